@@ -1,0 +1,1 @@
+"""Config service: validates, versions and publishes the osquery config document."""

@@ -1,0 +1,46 @@
+"""Process entry point of the config service: metrics, gRPC server, run until signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from config_service.service import ConfigServicer
+from config_service.store import ConfigStore
+from protos.v1 import config_pb2_grpc
+from quarry.grpc_runtime import serve_grpc
+from quarry.metrics_endpoint import start_metrics_endpoint
+from quarry.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Watch streams never end by themselves; this is how long they get on shutdown.
+SHUTDOWN_GRACE_S = 1.0
+
+
+def main(settings: Settings) -> None:
+    asyncio.run(serve(settings))
+
+
+async def serve(settings: Settings) -> None:
+    start_metrics_endpoint(settings, "config")
+    store = ConfigStore(settings.path("config.sqlite3"))
+    servicer = ConfigServicer(store)
+    server = await serve_grpc(
+        f"{settings.bind_host}:{settings.config_port}",
+        lambda s: config_pb2_grpc.add_ConfigServiceServicer_to_server(servicer, s),
+        "config",
+    )
+    await _until_signalled()
+    log.info("shutting down")
+    await server.stop(SHUTDOWN_GRACE_S)
+    store.close()
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()

@@ -1,0 +1,1 @@
+"""Distributed service: live query campaigns and the per-host account of each."""

@@ -1,0 +1,26 @@
+"""Prometheus metrics of the distributed service (never labelled by campaign or host)."""
+
+from prometheus_client import Counter, Gauge
+
+CAMPAIGNS_STARTED = Counter(
+    "quarry_distributed_campaigns_started_total", "Live query campaigns started."
+)
+OPEN_CAMPAIGNS = Gauge(
+    "quarry_distributed_open_campaigns", "Campaigns neither cancelled nor expired."
+)
+CAMPAIGNS_CLOSED = Counter(
+    "quarry_distributed_campaigns_closed_total",
+    "Campaigns closed, by reason (cancelled, expired).",
+    ["reason"],
+)
+DELIVERIES = Counter(
+    "quarry_distributed_deliveries_total",
+    "Reported deliveries by outcome (new, repeat, unknown_campaign).",
+    ["outcome"],
+)
+ANSWERS = Counter(
+    "quarry_distributed_answers_total",
+    "Reported answers by outcome (answered, failed, duplicate, unknown_campaign).",
+    ["outcome"],
+)
+WATCH_STREAMS = Gauge("quarry_distributed_watch_streams", "Open WatchCampaigns streams.")

@@ -1,0 +1,55 @@
+"""Process entry point of the distributed service: metrics, gRPC server, expiry, until signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from distributed_service.expiry import close_expired_forever
+from distributed_service.node_directory import NodeDirectory
+from distributed_service.service import DistributedServicer
+from distributed_service.store import CampaignStore
+from protos.v1 import distributed_pb2_grpc
+from quarry.grpc_runtime import serve_grpc
+from quarry.metrics_endpoint import start_metrics_endpoint
+from quarry.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Watch streams never end by themselves; this is how long they get on shutdown.
+SHUTDOWN_GRACE_S = 1.0
+
+
+def main(settings: Settings) -> None:
+    asyncio.run(serve(settings))
+
+
+async def serve(settings: Settings) -> None:
+    start_metrics_endpoint(settings, "distributed")
+    store = CampaignStore(settings.path("distributed.sqlite3"))
+    nodes = NodeDirectory(settings.service_addr("enroll"))
+    servicer = DistributedServicer(store, nodes, default_ttl_s=settings.live_query_ttl_s)
+    server = await serve_grpc(
+        f"{settings.bind_host}:{settings.distributed_port}",
+        lambda s: distributed_pb2_grpc.add_DistributedServiceServicer_to_server(servicer, s),
+        "distributed",
+    )
+    expiry = asyncio.create_task(close_expired_forever(servicer.close_expired))
+    await _until_signalled()
+    log.info("shutting down")
+    expiry.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await expiry
+    await server.stop(SHUTDOWN_GRACE_S)
+    await nodes.close()
+    store.close()
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()

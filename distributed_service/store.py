@@ -1,0 +1,304 @@
+"""Campaigns and per-host states in SQLite.
+
+A campaign is open while it is neither cancelled nor expired. Each targeted host has
+one row per campaign that only moves forward: targeted, delivered, then answered or
+failed; the first answer wins, so a re-sent distributed write changes nothing. All
+SQL of the service lives here, behind CampaignStore, so PostgreSQL can replace it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS campaigns (
+    campaign_id TEXT PRIMARY KEY,
+    sql TEXT NOT NULL,
+    target_all INTEGER NOT NULL,
+    node_ids_json TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    cancelled INTEGER NOT NULL DEFAULT 0,
+    author TEXT NOT NULL,
+    -- When CLOSE was announced (cancel or expiry); 0 while it has not been.
+    closed_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS campaigns_to_close ON campaigns (closed_at, expires_at);
+CREATE TABLE IF NOT EXISTS host_states (
+    campaign_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    host_identifier TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    status INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    row_count INTEGER NOT NULL DEFAULT 0,
+    wall_time_ms INTEGER NOT NULL DEFAULT 0,
+    user_time INTEGER NOT NULL DEFAULT 0,
+    system_time INTEGER NOT NULL DEFAULT 0,
+    memory INTEGER NOT NULL DEFAULT 0,
+    delivered_at INTEGER NOT NULL DEFAULT 0,
+    answered_at INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (campaign_id, node_id)
+);
+"""
+
+TARGETED, DELIVERED, ANSWERED, FAILED = "targeted", "delivered", "answered", "failed"
+CAMPAIGN_COLUMNS = (
+    "campaign_id, sql, target_all, node_ids_json, created_at, expires_at, cancelled, author"
+)
+HOST_COLUMNS = (
+    "node_id, host_identifier, state, status, message, row_count, wall_time_ms, user_time,"
+    " system_time, memory, delivered_at, answered_at"
+)
+OPEN = "cancelled = 0 AND expires_at > ?"
+
+
+@dataclass(frozen=True)
+class CampaignRecord:
+    campaign_id: str
+    sql: str
+    target_all: bool
+    node_ids: list[str]
+    created_at: int
+    expires_at: int
+    cancelled: bool
+    author: str
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    node_id: str
+    host_identifier: str
+    state: str
+    status: int = 0
+    message: str = ""
+    row_count: int = 0
+    wall_time_ms: int = 0
+    user_time: int = 0
+    system_time: int = 0
+    memory: int = 0
+    delivered_at: int = 0
+    answered_at: int = 0
+
+
+@dataclass(frozen=True)
+class AnswerRecord:
+    """One node's answer to one campaign, as the gateway reports it."""
+
+    campaign_id: str
+    host: HostRecord
+
+
+@dataclass
+class ActivityOutcome:
+    """What a batch changed: new deliveries and answers, and what it ignored."""
+
+    deliveries: int = 0
+    repeated_deliveries: int = 0
+    answers: list[tuple[str, str, str]] | None = None  # (campaign, node, state) newly stored
+    duplicate_answers: int = 0
+    unknown_campaign_deliveries: int = 0
+    unknown_campaign_answers: int = 0
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (we BEGIN ourselves) with WAL journaling."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+class CampaignStore:
+    def __init__(self, path: Path) -> None:
+        self._db = open_database(path)
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def create(self, campaign: CampaignRecord, targets: list[tuple[str, str]]) -> None:
+        """Store a campaign and one TARGETED row per (node_id, host_identifier)."""
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT INTO campaigns ({CAMPAIGN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    campaign.campaign_id,
+                    campaign.sql,
+                    int(campaign.target_all),
+                    json.dumps(campaign.node_ids),
+                    campaign.created_at,
+                    campaign.expires_at,
+                    int(campaign.cancelled),
+                    campaign.author,
+                ),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO host_states (campaign_id, node_id, host_identifier, state)"
+                " VALUES (?, ?, ?, ?)",
+                [(campaign.campaign_id, node, host, TARGETED) for node, host in targets],
+            )
+
+    def campaign(self, campaign_id: str) -> CampaignRecord | None:
+        row = self._db.execute(
+            f"SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE campaign_id = ?", (campaign_id,)
+        ).fetchone()
+        return _campaign(row) if row else None
+
+    def hosts(self, campaign_id: str) -> list[HostRecord]:
+        rows = self._db.execute(
+            f"SELECT {HOST_COLUMNS} FROM host_states WHERE campaign_id = ? ORDER BY node_id",
+            (campaign_id,),
+        )
+        return [HostRecord(*row) for row in rows]
+
+    def campaigns(self, include_closed: bool, now: int) -> list[CampaignRecord]:
+        where, args = ("1", ()) if include_closed else (OPEN, (now,))
+        rows = self._db.execute(
+            f"SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE {where} ORDER BY created_at", args
+        )
+        return [_campaign(row) for row in rows]
+
+    def count_open(self, now: int) -> int:
+        return self._db.execute(f"SELECT COUNT(*) FROM campaigns WHERE {OPEN}", (now,)).fetchone()[
+            0
+        ]
+
+    def answered_in_open(self, now: int) -> list[tuple[str, str]]:
+        """(campaign, node) for every node that answered a campaign still open."""
+        rows = self._db.execute(
+            "SELECT h.campaign_id, h.node_id FROM host_states h"
+            " JOIN campaigns c ON c.campaign_id = h.campaign_id"
+            " WHERE h.state IN (?, ?) AND c.cancelled = 0 AND c.expires_at > ?",
+            (ANSWERED, FAILED, now),
+        )
+        return list(rows)
+
+    def cancel(self, campaign_id: str, now: int) -> CampaignRecord | None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE campaigns SET cancelled = 1,"
+                " closed_at = CASE WHEN closed_at = 0 THEN ? ELSE closed_at END"
+                " WHERE campaign_id = ?",
+                (now, campaign_id),
+            )
+        return self.campaign(campaign_id)
+
+    def close_expired(self, now: int) -> list[CampaignRecord]:
+        """Expired campaigns whose CLOSE has not been announced yet, now marked announced."""
+        with self._transaction() as db:
+            rows = db.execute(
+                f"SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE closed_at = 0 AND expires_at <= ?",
+                (now,),
+            ).fetchall()
+            db.execute(
+                "UPDATE campaigns SET closed_at = ? WHERE closed_at = 0 AND expires_at <= ?",
+                (now, now),
+            )
+        return [_campaign(row) for row in rows]
+
+    def record_activity(
+        self, deliveries: list[tuple[str, str, int]], answers: list[AnswerRecord]
+    ) -> ActivityOutcome:
+        """Apply deliveries (campaign, node, at) and answers in one transaction."""
+        outcome = ActivityOutcome(answers=[])
+        with self._transaction() as db:
+            known: dict[str, bool] = {}
+            for campaign_id, node_id, delivered_at in deliveries:
+                if not _known(db, known, campaign_id):
+                    outcome.unknown_campaign_deliveries += 1
+                elif _deliver(db, campaign_id, node_id, delivered_at):
+                    outcome.deliveries += 1
+                else:
+                    outcome.repeated_deliveries += 1
+            for answer in answers:
+                if not _known(db, known, answer.campaign_id):
+                    outcome.unknown_campaign_answers += 1
+                elif _answer(db, answer):
+                    outcome.answers.append(
+                        (answer.campaign_id, answer.host.node_id, answer.host.state)
+                    )
+                else:
+                    outcome.duplicate_answers += 1
+        return outcome
+
+
+def _known(db: sqlite3.Connection, known: dict[str, bool], campaign_id: str) -> bool:
+    if campaign_id not in known:
+        row = db.execute("SELECT 1 FROM campaigns WHERE campaign_id = ?", (campaign_id,))
+        known[campaign_id] = row.fetchone() is not None
+    return known[campaign_id]
+
+
+def _deliver(db: sqlite3.Connection, campaign_id: str, node_id: str, delivered_at: int) -> bool:
+    """Mark delivered (adding the host if it was not targeted at launch); True if new."""
+    # The first delivery time stands; an answer that arrived first keeps its state.
+    cursor = db.execute(
+        "INSERT INTO host_states (campaign_id, node_id, state, delivered_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (campaign_id, node_id) DO UPDATE SET delivered_at = excluded.delivered_at,"
+        f" state = CASE WHEN state = '{TARGETED}' THEN '{DELIVERED}' ELSE state END"
+        " WHERE delivered_at = 0",
+        (campaign_id, node_id, DELIVERED, delivered_at),
+    )
+    return cursor.rowcount > 0
+
+
+def _answer(db: sqlite3.Connection, answer: AnswerRecord) -> bool:
+    """Store the answer unless this node already answered this campaign; True if stored."""
+    h = answer.host
+    cursor = db.execute(
+        "INSERT INTO host_states (campaign_id, node_id, host_identifier, state, status, message,"
+        " row_count, wall_time_ms, user_time, system_time, memory, answered_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (campaign_id, node_id) DO UPDATE SET"
+        " host_identifier = CASE WHEN excluded.host_identifier = '' THEN host_identifier"
+        " ELSE excluded.host_identifier END,"
+        " state = excluded.state, status = excluded.status, message = excluded.message,"
+        " row_count = excluded.row_count, wall_time_ms = excluded.wall_time_ms,"
+        " user_time = excluded.user_time, system_time = excluded.system_time,"
+        " memory = excluded.memory, answered_at = excluded.answered_at"
+        f" WHERE state IN ('{TARGETED}', '{DELIVERED}')",
+        (
+            answer.campaign_id,
+            h.node_id,
+            h.host_identifier,
+            h.state,
+            h.status,
+            h.message,
+            h.row_count,
+            h.wall_time_ms,
+            h.user_time,
+            h.system_time,
+            h.memory,
+            h.answered_at,
+        ),
+    )
+    return cursor.rowcount > 0
+
+
+def _campaign(row: tuple) -> CampaignRecord:
+    return CampaignRecord(
+        campaign_id=row[0],
+        sql=row[1],
+        target_all=bool(row[2]),
+        node_ids=json.loads(row[3]),
+        created_at=row[4],
+        expires_at=row[5],
+        cancelled=bool(row[6]),
+        author=row[7],
+    )

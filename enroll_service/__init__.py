@@ -1,0 +1,1 @@
+"""Enroll service: checks enroll secrets, issues node keys and owns the node records."""

@@ -1,0 +1,45 @@
+"""The gateway's Starlette application: osquery routes, health, and start-up wiring."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway import osquery_api
+from gateway.gateway_state import GatewayState
+from quarry.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state = GatewayState.connect(settings)
+        app.state.gateway = state
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    routes = [*osquery_api.routes(), Route("/healthz", healthz)]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def healthz(request: Request) -> JSONResponse:
+    """Ready when the caches hold their first snapshots."""
+    state: GatewayState = request.app.state.gateway
+    synced = {
+        "nodes": state.nodes.synced.is_set(),
+        "config": state.config.synced.is_set(),
+        "live_queries": state.live_queries.synced.is_set(),
+    }
+    return JSONResponse(
+        {"ok": all(synced.values()), "synced": synced}, 200 if all(synced.values()) else 503
+    )

@@ -1,0 +1,50 @@
+"""The gateway's Prometheus metrics (names quarry_gateway_<thing>_<unit>)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter(
+    "quarry_gateway_requests_total",
+    "osquery requests by endpoint and outcome (ok, node_invalid, bad_request, error).",
+    ["endpoint", "outcome"],
+)
+REQUEST_SECONDS = Histogram(
+    "quarry_gateway_request_duration_seconds",
+    "Time to answer an osquery request, by endpoint.",
+    ["endpoint"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+NODE_CACHE = Counter(
+    "quarry_gateway_node_cache_lookups_total",
+    "Node key authentications by result (hit, miss_found, miss_unknown, negative_hit).",
+    ["result"],
+)
+NODES_CACHED = Gauge("quarry_gateway_nodes_cached", "Valid node keys held in memory.")
+ENROLLMENTS = Counter(
+    "quarry_gateway_enrollments_total", "Enroll requests by outcome.", ["outcome"]
+)
+LOG_BATCHES = Counter(
+    "quarry_gateway_log_batches_total",
+    "Log batches sent to ingest, by kind and outcome (ok, duplicate, error, timeout).",
+    ["kind", "outcome"],
+)
+LOG_ACK_SECONDS = Histogram(
+    "quarry_gateway_log_ack_duration_seconds",
+    "From sending a log batch over ZeroMQ to its acknowledgement.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+LOG_BATCHES_IN_FLIGHT = Gauge(
+    "quarry_gateway_log_batches_in_flight", "Log batches sent and not yet acknowledged."
+)
+LIVE_QUERIES_OPEN = Gauge("quarry_gateway_live_queries_open", "Open live query campaigns held.")
+BATCHED_WRITES = Counter(
+    "quarry_gateway_batched_writes_total",
+    "Check-in writes flushed to the services, by kind (checkin, delivery, answer).",
+    ["kind"],
+)
+WATCH_SYNCED = Gauge(
+    "quarry_gateway_watch_synced",
+    "1 while a watch stream (nodes, config, campaigns) has its snapshot and is live.",
+    ["stream"],
+)

@@ -1,0 +1,66 @@
+"""Log store on embedded ClickHouse (chdb): the default when no server URL is set.
+
+Only one process may open a chdb directory, so the ingest process owns it and answers
+everyone else's SQL through the LogStore gRPC service.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+from chdb.session import Session
+
+from ingest_service.log_store import DATABASE, QueryResult
+from ingest_service.schema import is_modern, schema_statements
+
+
+class EmbeddedClickHouseStore:
+    """A LogStore on a chdb session over a data directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.session = Session(str(path))
+        # One session, used from the writer thread and from query threads.
+        self.lock = threading.Lock()
+        # Numbers as JSON numbers, as clickhouse-driver returns them for a server.
+        self.session.query("SET output_format_json_quote_64bit_integers = 0")
+
+    def ensure_schema(self) -> None:
+        modern = is_modern(self.version())
+        with self.lock:
+            for statement in schema_statements(DATABASE, modern):
+                self.session.query(statement)
+            self.session.query(f"USE {DATABASE}")
+
+    def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        body = b"\n".join(orjson.dumps(row) for row in rows).decode()
+        names = ", ".join(rows[0])
+        with self.lock:
+            self.session.query(
+                f"INSERT INTO {DATABASE}.{table} ({names}) FORMAT JSONEachRow\n{body}"
+            )
+
+    def query(self, sql: str) -> QueryResult:
+        with self.lock:
+            output = self.session.query(sql, "JSONCompact").bytes()
+        if not output.strip():
+            return QueryResult(columns=[], types=[], rows=[])
+        result = orjson.loads(output)
+        return QueryResult(
+            columns=[column["name"] for column in result["meta"]],
+            types=[column["type"] for column in result["meta"]],
+            rows=result["data"],
+        )
+
+    def version(self) -> str:
+        with self.lock:
+            output = self.session.query("SELECT version()", "JSONCompact").bytes()
+        return str(orjson.loads(output)["data"][0][0])
+
+    def close(self) -> None:
+        with self.lock:
+            self.session.close()

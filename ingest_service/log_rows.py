@@ -1,0 +1,284 @@
+"""Flatten the JSON of a log batch into table rows: pure functions, no I/O.
+
+osquery sends result logs in three shapes (event, batch/diffResults, snapshot; see
+osquery-protocol.md §8); every shape becomes one `results` row per result row, so analysts
+query one table whatever the host's logger flags were. Status lines become `status_logs`
+rows and a live query's answer becomes `distributed_results` rows.
+
+Leniency: a batch whose JSON does not parse, or is not an array, is rejected as a whole
+(`MalformedBatch`). Inside a good batch, a record that is not an object, or a result record
+with none of `columns`, `diffResults` or `snapshot`, is skipped and counted; a field of the
+wrong type is stored as best possible (a number that does not parse becomes 0). Rejecting
+the whole batch for one bad record would make osquery resend it for ever.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from protos.v1 import logs_pb2
+
+RESULTS_TABLE = "results"
+STATUS_TABLE = "status_logs"
+DISTRIBUTED_TABLE = "distributed_results"
+
+# Top-level keys osquery itself writes; any other key is a top-level decoration
+# (--decorations_top_level).
+RESULT_FIELDS = frozenset(
+    {
+        "name",
+        "hostIdentifier",
+        "calendarTime",
+        "unixTime",
+        "epoch",
+        "counter",
+        "numerics",
+        "decorations",
+        "columns",
+        "action",
+        "snapshot",
+        "diffResults",
+    }
+)
+STATUS_FIELDS = frozenset(
+    {
+        "hostIdentifier",
+        "calendarTime",
+        "unixTime",
+        "severity",
+        "filename",
+        "line",
+        "message",
+        "version",
+        "decorations",
+        "log_type",
+    }
+)
+
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+
+Row = dict[str, Any]
+
+
+class MalformedBatch(ValueError):
+    """The batch as a whole cannot be read; the message says why, for the LogAck."""
+
+
+@dataclass
+class FlatBatch:
+    """The rows one batch adds to one table, and how many records had to be skipped."""
+
+    table: str
+    rows: list[Row] = field(default_factory=list)
+    skipped_records: int = 0
+
+
+def flatten_batch(batch: logs_pb2.LogBatch) -> FlatBatch:
+    """Rows for the table this batch's kind goes to; raises MalformedBatch."""
+    records = parse_records(batch.data_json)
+    common = {
+        "node_id": batch.node_id,
+        "received_at": clamp_uint(batch.received_at, UINT32_MAX),
+        "batch_id": batch.batch_id,
+    }
+    if batch.kind == logs_pb2.RESULT:
+        return flatten_results(records, common, batch.host_identifier)
+    if batch.kind == logs_pb2.STATUS:
+        return flatten_status(records, common, batch.host_identifier)
+    if batch.kind == logs_pb2.DISTRIBUTED:
+        return flatten_distributed(records, common, batch.host_identifier, batch.campaign_id)
+    raise MalformedBatch(f"unknown log kind {batch.kind}")
+
+
+def parse_records(data_json: bytes) -> list[Any]:
+    try:
+        records = orjson.loads(data_json)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBatch(f"data_json is not valid JSON: {exc}") from None
+    if not isinstance(records, list):
+        raise MalformedBatch(f"data_json must be a JSON array, got {type(records).__name__}")
+    return records
+
+
+# Results
+
+
+def flatten_results(records: list[Any], common: Row, host_identifier: str) -> FlatBatch:
+    flat = FlatBatch(RESULTS_TABLE)
+    for record in records:
+        rows = result_record_rows(record)
+        if rows is None:
+            flat.skipped_records += 1
+            continue
+        shared = result_record_fields(record, common, host_identifier)
+        for action, values in rows:
+            names, strings = column_arrays(values)
+            flat.rows.append(
+                {**shared, "action": action, "column_names": names, "column_values": strings}
+            )
+    return flat
+
+
+def result_record_rows(record: Any) -> list[tuple[str, dict[str, Any]]] | None:
+    """(action, column values) for each result row of one record; None if unreadable."""
+    if not isinstance(record, dict):
+        return None
+    if isinstance(record.get("columns"), dict):
+        return [(as_text(record.get("action")), record["columns"])]
+    if isinstance(record.get("diffResults"), dict):
+        diff = record["diffResults"]
+        return [
+            *(("removed", row) for row in object_list(diff.get("removed"))),
+            *(("added", row) for row in object_list(diff.get("added"))),
+        ]
+    if isinstance(record.get("snapshot"), list):
+        return [("snapshot", row) for row in object_list(record["snapshot"])]
+    return None
+
+
+def result_record_fields(record: dict[str, Any], common: Row, host_identifier: str) -> Row:
+    names, values = decoration_arrays(record, RESULT_FIELDS)
+    return {
+        **common,
+        "name": as_text(record.get("name")),
+        "host_identifier": host_identifier or as_text(record.get("hostIdentifier")),
+        "calendar_time": as_text(record.get("calendarTime")),
+        "unix_time": as_uint(record.get("unixTime"), UINT32_MAX),
+        "epoch": as_uint(record.get("epoch"), UINT64_MAX),
+        "counter": as_uint(record.get("counter"), UINT64_MAX),
+        "numerics": 1 if record.get("numerics") is True else 0,
+        "decoration_names": names,
+        "decoration_values": values,
+    }
+
+
+# Status logs
+
+
+def flatten_status(records: list[Any], common: Row, host_identifier: str) -> FlatBatch:
+    flat = FlatBatch(STATUS_TABLE)
+    for record in records:
+        if not isinstance(record, dict):
+            flat.skipped_records += 1
+            continue
+        names, values = decoration_arrays(record, STATUS_FIELDS)
+        flat.rows.append(
+            {
+                **common,
+                "host_identifier": host_identifier or as_text(record.get("hostIdentifier")),
+                "calendar_time": as_text(record.get("calendarTime")),
+                "unix_time": as_uint(record.get("unixTime"), UINT32_MAX),
+                # Before osquery 5.10 these numbers arrive as strings ("0", "119").
+                "severity": as_uint(record.get("severity"), 255),
+                "filename": as_text(record.get("filename")),
+                "line": as_uint(record.get("line"), UINT32_MAX),
+                "message": as_text(record.get("message")),
+                "version": as_text(record.get("version")),
+                "decoration_names": names,
+                "decoration_values": values,
+            }
+        )
+    return flat
+
+
+# Distributed (live query) results
+
+
+def flatten_distributed(
+    records: list[Any], common: Row, host_identifier: str, campaign_id: str
+) -> FlatBatch:
+    flat = FlatBatch(DISTRIBUTED_TABLE)
+    for row_index, record in enumerate(records):
+        if not isinstance(record, dict):
+            flat.skipped_records += 1
+            continue
+        names, values = column_arrays(record)
+        flat.rows.append(
+            {
+                **common,
+                "campaign_id": campaign_id,
+                "host_identifier": host_identifier,
+                "row_index": row_index,
+                "column_names": names,
+                "column_values": values,
+            }
+        )
+    return flat
+
+
+# Values
+
+
+def column_arrays(values: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Parallel name and value arrays, every value as the string osquery would log."""
+    return list(values), [as_text(value) for value in values.values()]
+
+
+def decoration_arrays(record: dict[str, Any], known_fields: frozenset[str]) -> tuple[list, list]:
+    """Nested `decorations` plus any unknown top-level key (--decorations_top_level)."""
+    decorations: dict[str, Any] = {}
+    if isinstance(record.get("decorations"), dict):
+        decorations.update(record["decorations"])
+    for key, value in record.items():
+        if key not in known_fields:
+            decorations[key] = value
+    return column_arrays(decorations)
+
+
+def object_list(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        return []
+    return [row for row in value if isinstance(row, dict)]
+
+
+def as_text(value: Any) -> str:
+    """A JSON value as the string osquery logs without --logger_numerics."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return double_text(value)
+    return orjson.dumps(value).decode()
+
+
+def double_text(value: float) -> str:
+    """osquery's REAL format: 15 significant digits, always with a decimal point."""
+    if not math.isfinite(value):
+        return str(value)
+    text = f"{value:.15g}"
+    if "." not in text and "e" not in text:
+        text += ".0"
+    return text
+
+
+def as_uint(value: Any, maximum: int) -> int:
+    """A non-negative integer from a JSON number or numeric string; 0 when unreadable."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float):
+        return clamp_uint(value, maximum)
+    if isinstance(value, str):
+        text = value.strip()
+        # int() first: float() would round a large counter.
+        for parse in (int, float):
+            try:
+                return clamp_uint(parse(text), maximum)
+            except ValueError:
+                continue
+    return 0
+
+
+def clamp_uint(value: float, maximum: int) -> int:
+    if not math.isfinite(value):
+        return 0
+    return min(max(int(value), 0), maximum)

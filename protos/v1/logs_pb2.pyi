@@ -1,0 +1,69 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class LogKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOG_KIND_UNSPECIFIED: _ClassVar[LogKind]
+    RESULT: _ClassVar[LogKind]
+    STATUS: _ClassVar[LogKind]
+    DISTRIBUTED: _ClassVar[LogKind]
+LOG_KIND_UNSPECIFIED: LogKind
+RESULT: LogKind
+STATUS: LogKind
+DISTRIBUTED: LogKind
+
+class LogBatch(_message.Message):
+    __slots__ = ("batch_id", "kind", "node_id", "host_identifier", "received_at", "data_json", "campaign_id")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    kind: LogKind
+    node_id: str
+    host_identifier: str
+    received_at: int
+    data_json: bytes
+    campaign_id: str
+    def __init__(self, batch_id: _Optional[str] = ..., kind: _Optional[_Union[LogKind, str]] = ..., node_id: _Optional[str] = ..., host_identifier: _Optional[str] = ..., received_at: _Optional[int] = ..., data_json: _Optional[bytes] = ..., campaign_id: _Optional[str] = ...) -> None: ...
+
+class LogAck(_message.Message):
+    __slots__ = ("batch_id", "ok", "error", "rows", "duplicate")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    ok: bool
+    error: str
+    rows: int
+    duplicate: bool
+    def __init__(self, batch_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., rows: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class SqlRequest(_message.Message):
+    __slots__ = ("sql",)
+    SQL_FIELD_NUMBER: _ClassVar[int]
+    sql: str
+    def __init__(self, sql: _Optional[str] = ...) -> None: ...
+
+class SqlResponse(_message.Message):
+    __slots__ = ("columns", "types", "rows_json", "error")
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    types: _containers.RepeatedScalarFieldContainer[str]
+    rows_json: _containers.RepeatedScalarFieldContainer[str]
+    error: str
+    def __init__(self, columns: _Optional[_Iterable[str]] = ..., types: _Optional[_Iterable[str]] = ..., rows_json: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ...) -> None: ...

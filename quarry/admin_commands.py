@@ -1,0 +1,244 @@
+"""Admin commands: each talks to one service over gRPC and prints for people or --json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from protos.v1 import (
+    config_pb2,
+    config_pb2_grpc,
+    distributed_pb2,
+    distributed_pb2_grpc,
+    enroll_pb2,
+    enroll_pb2_grpc,
+    logs_pb2,
+    logs_pb2_grpc,
+)
+from quarry.cli_output import emit_json, emit_table, progress
+from quarry.grpc_runtime import sync_channel
+from quarry.osquery_flags import osquery_flags
+from quarry.settings import Settings
+
+RPC_TIMEOUT_S = 30.0
+HostState = distributed_pb2.HostState
+
+
+class CommandError(Exception):
+    """A failure to show the person as one clear line (exit code 1)."""
+
+
+def _as_dict(message) -> dict:
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _call(method, request):
+    try:
+        return method(request, timeout=RPC_TIMEOUT_S)
+    except grpc.RpcError as exc:
+        raise CommandError(f"{exc.code().name}: {exc.details()}") from exc
+
+
+# --- sql ------------------------------------------------------------------------------
+
+
+def sql(settings: Settings, args: argparse.Namespace) -> int:
+    stub = logs_pb2_grpc.LogStoreStub(sync_channel(settings.service_addr("ingest")))
+    reply = _call(stub.Query, logs_pb2.SqlRequest(sql=args.sql))
+    if reply.error:
+        raise CommandError(reply.error)
+    rows = [json.loads(r) for r in reply.rows_json]
+    if args.json:
+        emit_json([dict(zip(reply.columns, row, strict=False)) for row in rows])
+    else:
+        emit_table(list(reply.columns), rows)
+    return 0
+
+
+# --- config ---------------------------------------------------------------------------
+
+
+def _config_stub(settings: Settings) -> config_pb2_grpc.ConfigServiceStub:
+    return config_pb2_grpc.ConfigServiceStub(sync_channel(settings.service_addr("config")))
+
+
+def config_set(settings: Settings, args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    doc = _call(
+        _config_stub(settings).SetConfig,
+        config_pb2.SetConfigRequest(config_json=text, author=args.author),
+    )
+    if args.json:
+        emit_json(_as_dict(doc) | {"config_json": json.loads(doc.config_json)})
+    else:
+        print(f"config version {doc.version} is live ({len(doc.config_json)} bytes)")
+    return 0
+
+
+def config_show(settings: Settings, args: argparse.Namespace) -> int:
+    doc = _call(_config_stub(settings).GetConfig, config_pb2.GetConfigRequest())
+    if args.json:
+        emit_json(_as_dict(doc) | {"config_json": json.loads(doc.config_json)})
+    else:
+        print(f"# version {doc.version} by {doc.author or '-'} sha256 {doc.sha256}")
+        print(json.dumps(json.loads(doc.config_json), indent=2))
+    return 0
+
+
+# --- nodes ----------------------------------------------------------------------------
+
+
+def _enroll_stub(settings: Settings) -> enroll_pb2_grpc.EnrollServiceStub:
+    return enroll_pb2_grpc.EnrollServiceStub(sync_channel(settings.service_addr("enroll")))
+
+
+def nodes_list(settings: Settings, args: argparse.Namespace) -> int:
+    nodes = _call(_enroll_stub(settings).ListNodes, enroll_pb2.ListNodesRequest()).nodes
+    if args.json:
+        emit_json([_as_dict(n) | {"node_key": None} for n in nodes])
+        return 0
+    rows = [
+        (
+            n.node_id,
+            n.host_identifier,
+            n.platform,
+            n.osquery_version,
+            _ago(n.last_seen_at),
+            "revoked" if n.revoked else "",
+        )
+        for n in nodes
+    ]
+    emit_table(["node_id", "host_identifier", "platform", "osquery", "last_seen", ""], rows)
+    return 0
+
+
+def nodes_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    node = _call(_enroll_stub(settings).RevokeNode, enroll_pb2.RevokeNodeRequest(node=args.node))
+    if args.json:
+        emit_json(_as_dict(node) | {"node_key": None})
+    else:
+        print(f"revoked {node.node_id} ({node.host_identifier}); its next request re-enrolls")
+    return 0
+
+
+# --- live queries ---------------------------------------------------------------------
+
+
+def _distributed_stub(settings: Settings) -> distributed_pb2_grpc.DistributedServiceStub:
+    channel = sync_channel(settings.service_addr("distributed"))
+    return distributed_pb2_grpc.DistributedServiceStub(channel)
+
+
+def query_run(settings: Settings, args: argparse.Namespace) -> int:
+    stub = _distributed_stub(settings)
+    campaign = _call(
+        stub.StartQuery,
+        distributed_pb2.StartQueryRequest(
+            sql=args.sql, node_ids=args.node or [], ttl_seconds=args.ttl, author=args.author
+        ),
+    )
+    progress(f"live query {campaign.campaign_id} started")
+    report = _wait_for_answers(stub, campaign.campaign_id, args.timeout)
+    _print_report(report, args.json)
+    return 0
+
+
+def _wait_for_answers(stub, campaign_id: str, timeout: float) -> distributed_pb2.CampaignReport:
+    """Poll the campaign's account until every targeted host answered or time is up."""
+    deadline = time.monotonic() + timeout
+    request = distributed_pb2.GetCampaignRequest(campaign_id=campaign_id)
+    while True:
+        report = _call(stub.GetCampaign, request)
+        done = sum(h.state in (HostState.ANSWERED, HostState.FAILED) for h in report.hosts)
+        progress(f"{campaign_id}: {done}/{len(report.hosts)} hosts answered")
+        if (report.hosts and done == len(report.hosts)) or time.monotonic() >= deadline:
+            return report
+        time.sleep(0.5)
+
+
+def query_show(settings: Settings, args: argparse.Namespace) -> int:
+    stub = _distributed_stub(settings)
+    report = _call(stub.GetCampaign, distributed_pb2.GetCampaignRequest(campaign_id=args.id))
+    if not report.found:
+        raise CommandError(f"no live query {args.id}")
+    _print_report(report, args.json)
+    return 0
+
+
+def query_list(settings: Settings, args: argparse.Namespace) -> int:
+    stub = _distributed_stub(settings)
+    reply = _call(stub.ListCampaigns, distributed_pb2.ListCampaignsRequest(include_closed=True))
+    if args.json:
+        emit_json([_as_dict(c) for c in reply.campaigns])
+        return 0
+    rows = [
+        (c.campaign_id, _ago(c.created_at), "cancelled" if c.cancelled else "", c.sql)
+        for c in reply.campaigns
+    ]
+    emit_table(["campaign", "started", "", "sql"], rows)
+    return 0
+
+
+def query_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    stub = _distributed_stub(settings)
+    campaign = _call(stub.CancelCampaign, distributed_pb2.GetCampaignRequest(campaign_id=args.id))
+    if args.json:
+        emit_json(_as_dict(campaign))
+    else:
+        print(f"cancelled {campaign.campaign_id}")
+    return 0
+
+
+def _print_report(report: distributed_pb2.CampaignReport, as_json: bool) -> None:
+    if as_json:
+        emit_json(_as_dict(report))
+        return
+    c = report.campaign
+    print(f"\nlive query {c.campaign_id}: {c.sql}")
+    rows = [
+        (
+            h.host_identifier or h.node_id,
+            HostState.State.Name(h.state).lower(),
+            h.status,
+            h.row_count,
+            h.stats.wall_time_ms,
+            h.message,
+        )
+        for h in report.hosts
+    ]
+    emit_table(["host", "state", "status", "rows", "wall_ms", "message"], rows)
+    print(
+        'rows are in ClickHouse: quarry sql "SELECT * FROM quarry.distributed_results '
+        f"WHERE campaign_id = '{c.campaign_id}'\""
+    )
+
+
+# --- flags ----------------------------------------------------------------------------
+
+
+def flags(settings: Settings, args: argparse.Namespace) -> int:
+    from enroll_service.shared_secret import secret_file
+    from gateway.server import tls_files
+
+    lines = osquery_flags(settings, tls_files(settings).ca_cert, secret_file(settings))
+    if args.json:
+        emit_json(lines)
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def _ago(unix_time: int) -> str:
+    if not unix_time:
+        return "never"
+    seconds = int(time.time()) - unix_time
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{max(seconds, 0)}s ago"

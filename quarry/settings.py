@@ -1,0 +1,144 @@
+"""Settings shared by every Quarry process, read from QUARRY_* environment variables.
+
+`quarry up` passes the same settings to every child through the environment, so a
+process started by hand with `quarry serve SERVICE` behaves the same way. Every
+default works on one machine with nothing installed beside Quarry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "QUARRY_"
+
+# Offsets from --port-base, so a test can run a whole cluster on free ports.
+PORT_OFFSETS = {
+    "gateway_port": 0,
+    "enroll_port": 1,
+    "config_port": 2,
+    "distributed_port": 3,
+    "ingest_port": 4,
+    "ingest_zmq_port": 5,
+    "metrics_port_base": 10,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a Quarry process needs to know; one instance per process."""
+
+    state_dir: Path = Path(".quarry")
+    bind_host: str = "127.0.0.1"
+    # Host name osquery uses to reach the gateway; goes into the certificate and flags.
+    public_host: str = "localhost"
+
+    gateway_port: int = 8443
+    gateway_workers: int = 1
+    tls_cert: str = ""  # empty: generate a local CA and server certificate
+    tls_key: str = ""
+    tls_ca: str = ""  # the CA osquery should pin, when tls_cert is given
+
+    enroll_port: int = 50051
+    config_port: int = 50052
+    distributed_port: int = 50053
+    ingest_port: int = 50054
+    ingest_zmq_port: int = 50055
+    # Each process serves /metrics on metrics_port_base + its index in SERVICES.
+    metrics_port_base: int = 9400
+
+    # Where each gateway finds the services (host:port); empty means bind_host:port.
+    enroll_addr: str = ""
+    config_addr: str = ""
+    distributed_addr: str = ""
+    ingest_zmq_addrs: str = ""  # comma-separated tcp:// endpoints of ingest replicas
+    ingest_addr: str = ""
+
+    # Shared enroll secret; empty: read or create state_dir/enroll_secret.
+    enroll_secret: str = ""
+    enroll_secret_file: str = ""
+    # Body key (and URI parameter) holding the secret: osquery's --tls_enroll_override.
+    enroll_secret_key: str = "enroll_secret"
+
+    # ClickHouse server URL, e.g. clickhouse://default:@127.0.0.1:9000/quarry.
+    # Empty: embedded ClickHouse (chdb) under state_dir/chdb.
+    clickhouse_url: str = ""
+
+    # Log path: how long the gateway waits for ingest to confirm a batch.
+    log_ack_timeout_s: float = 10.0
+    # Group commit in ingest: flush after this many rows or this many seconds.
+    ingest_flush_rows: int = 50_000
+    ingest_flush_interval_s: float = 0.2
+
+    # Check-in writes (last seen, deliveries) are batched this long by the gateway.
+    checkin_flush_interval_s: float = 1.0
+    # distributed read answer `accelerate` (seconds) while a node has a live query.
+    distributed_accelerate_s: int = 60
+    live_query_ttl_s: int = 3600
+
+    log_level: str = "INFO"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Defaults, overridden by QUARRY_<FIELD> variables (QUARRY_PORT_BASE shifts all ports)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        base = env.get(ENV_PREFIX + "PORT_BASE")
+        if base:
+            values.update({name: int(base) + off for name, off in PORT_OFFSETS.items()})
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or f.name == "extra":
+                continue
+            values[f.name] = _convert(f.type, raw)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """The QUARRY_* variables that reproduce these settings in a child process."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            out[ENV_PREFIX + f.name.upper()] = str(getattr(self, f.name))
+        return out
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    # Addresses, with the bind host as the default for a one-machine cluster.
+    def service_addr(self, service: str) -> str:
+        explicit = getattr(self, f"{service}_addr")
+        return explicit or f"{self.bind_host}:{getattr(self, f'{service}_port')}"
+
+    def zmq_endpoints(self) -> list[str]:
+        if self.ingest_zmq_addrs:
+            return [a.strip() for a in self.ingest_zmq_addrs.split(",") if a.strip()]
+        return [f"tcp://{self.bind_host}:{self.ingest_zmq_port}"]
+
+    def metrics_port(self, service: str) -> int:
+        return self.metrics_port_base + SERVICES.index(service)
+
+    def path(self, *parts: str) -> Path:
+        """A path under the state directory, created on first use."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return self.state_dir.joinpath(*parts)
+
+
+# Start order matters: the gateway comes last, once what it watches is up.
+SERVICES = ("enroll", "config", "distributed", "ingest", "gateway")
+
+
+def _convert(type_name: object, raw: str) -> object:
+    kind = str(type_name)
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind == "bool":
+        return raw.lower() in ("1", "true", "yes", "on")
+    if kind == "Path":
+        return Path(raw)
+    return raw

@@ -1,0 +1,162 @@
+"""`quarry up`: the whole cluster on one machine, as separate supervised processes.
+
+Each service runs as `python -m quarry serve NAME` with the same QUARRY_* settings.
+The supervisor waits until each listens before starting the next (the gateway
+last), prints where everything is and how to connect osquery, restarts a process
+that dies, and stops them all on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from enroll_service.shared_secret import ensure_secret_file
+from gateway.server import tls_files
+from quarry.osquery_flags import osquery_flags, write_flagfile
+from quarry.settings import SERVICES, Settings
+
+READY_TIMEOUT_S = 60.0
+RESTART_BACKOFF_MAX_S = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    ports: list[int]
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = field(default=0.0)
+
+
+def service_ports(settings: Settings, name: str) -> list[int]:
+    """The ports a service must listen on before it counts as started."""
+    if name == "ingest":
+        return [settings.ingest_port, settings.ingest_zmq_port]
+    return [getattr(settings, f"{name}_port")]
+
+
+def run_cluster(settings: Settings, out=sys.stdout) -> int:
+    secret_path = ensure_secret_file(settings)
+    ca_path = tls_files(settings).ca_cert
+    env = {**os.environ, **settings.to_env()}
+    children = [Child(name, service_ports(settings, name)) for name in SERVICES]
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        for child in children:
+            _start(child, env)
+            if not _wait_listening(child, settings.bind_host, lambda: stopping):
+                print(f"quarry up: {child.name} did not start; see its log above", file=out)
+                return 1
+        _print_banner(settings, ca_path, secret_path, out)
+        while not stopping:
+            _supervise(children, env, out)
+            time.sleep(0.2)
+        return 0
+    finally:
+        _stop_all(children)
+
+
+def _start(child: Child, env: dict[str, str]) -> None:
+    cmd = [sys.executable, "-m", "quarry", "serve", child.name]
+    # Each child gets its own process group so Ctrl-C reaches the supervisor only.
+    child.process = subprocess.Popen(cmd, env=env, start_new_session=True)
+    child.started_at = time.monotonic()
+
+
+def _wait_listening(child: Child, host: str, stopping) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline and not stopping():
+        if child.process and child.process.poll() is not None:
+            return False
+        if all(_port_open(host, port) for port in child.ports):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _supervise(children: list[Child], env: dict[str, str], out) -> None:
+    now = time.monotonic()
+    for child in children:
+        if child.process is None or child.process.poll() is None:
+            continue
+        if child.next_start == 0.0:
+            backoff = min(2.0**child.restarts, RESTART_BACKOFF_MAX_S)
+            if now - child.started_at > 60:
+                backoff = 1.0  # it ran a while: a fresh failure, not a crash loop
+            child.next_start = now + backoff
+            print(
+                f"quarry up: {child.name} exited with {child.process.returncode}; "
+                f"restarting in {backoff:g} s",
+                file=out,
+                flush=True,
+            )
+        elif now >= child.next_start:
+            child.restarts += 1
+            child.next_start = 0.0
+            _start(child, env)
+
+
+def _stop_all(children: list[Child]) -> None:
+    running = [c.process for c in reversed(children) if c.process and c.process.poll() is None]
+    for process in running:  # the gateway first, so nothing new arrives while others stop
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for process in running:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _print_banner(settings: Settings, ca_path: Path, secret_path: Path, out) -> None:
+    flags = osquery_flags(settings, ca_path, secret_path)
+    flagfile = write_flagfile(settings.path("osquery.flags"), flags)
+    store = settings.clickhouse_url or f"embedded ClickHouse (chdb) in {settings.path('chdb')}"
+    host = settings.bind_host
+    lines = [
+        "",
+        "Quarry is running.",
+        f"  osquery gateway   https://{settings.public_host}:{settings.gateway_port}",
+        f"  enroll service    grpc {host}:{settings.enroll_port}",
+        f"  config service    grpc {host}:{settings.config_port}",
+        f"  distributed       grpc {host}:{settings.distributed_port}",
+        f"  ingest            zmq tcp://{host}:{settings.ingest_zmq_port}, "
+        f"grpc {host}:{settings.ingest_port}",
+        f"  log store         {store}",
+        "  metrics           " + ", ".join(f"{s} :{settings.metrics_port(s)}" for s in SERVICES),
+        f"  CA certificate    {ca_path.resolve()}   (osquery --tls_server_certs)",
+        f"  enroll secret     {secret_path.resolve()}",
+        "",
+        f"Connect a node:  osqueryd --flagfile={flagfile.resolve()}",
+        "with these flags:",
+        *(f"  {flag}" for flag in flags),
+        "",
+        'Query the logs:   quarry sql "SELECT name, count() FROM quarry.results GROUP BY name"',
+        "Stop:             Ctrl-C",
+        "",
+    ]
+    print("\n".join(lines), file=out, flush=True)

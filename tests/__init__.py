@@ -1,0 +1,1 @@
+"""Quarry test suite: real processes, real ClickHouse, an osquery emulator."""

@@ -1,0 +1,116 @@
+"""Start one Quarry service as a real separate process for a test, and stop it.
+
+`python -m <package>` with QUARRY_STATE_DIR and QUARRY_PORT_BASE set, so each test
+module gets its own state and ports. Output goes to a log file, shown when a start
+fails so the reason is in the test report.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from quarry.settings import PORT_OFFSETS, Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+# Every port a cluster on one base uses: the service ports and the metrics ports above.
+PORT_SPAN = max(PORT_OFFSETS.values()) + 10
+
+
+def free_port_base() -> int:
+    """A base port whose whole span is free on loopback right now."""
+    for _ in range(200):
+        base = random.randrange(20_000, 60_000 - PORT_SPAN)
+        if all(_port_is_free(base + offset) for offset in range(PORT_SPAN)):
+            return base
+    raise RuntimeError("no free port range found")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class ServiceProcess:
+    """One service (`enroll`, `config`, ...) running as `python -m <name>_service`."""
+
+    def __init__(
+        self, name: str, state_dir: Path, port_base: int, extra_env: dict[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.state_dir = state_dir
+        self.port_base = port_base
+        self.settings = Settings.from_env(
+            {"QUARRY_STATE_DIR": str(state_dir), "QUARRY_PORT_BASE": str(port_base)}
+        )
+        self.addr = self.settings.service_addr(name)
+        self.log_path = state_dir / f"{name}.log"
+        self._extra_env = extra_env or {}
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "QUARRY_STATE_DIR": str(self.state_dir),
+            "QUARRY_PORT_BASE": str(self.port_base),
+            "PYTHONUNBUFFERED": "1",
+            **self._extra_env,
+        }
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", f"{self.name}_service"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self._wait_until_listening()
+        return self
+
+    def _wait_until_listening(self) -> None:
+        host, port = self.addr.rsplit(":", 1)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_text()}")
+            try:
+                with socket.create_connection((host, int(port)), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not listen on {self.addr}:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._process is None else self._process.poll()
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        process = self._process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode

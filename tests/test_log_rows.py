@@ -1,0 +1,315 @@
+"""Flattening osquery log records into table rows, with the examples of osquery-protocol.md §8."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from ingest_service.log_rows import (
+    DISTRIBUTED_TABLE,
+    RESULTS_TABLE,
+    STATUS_TABLE,
+    MalformedBatch,
+    as_text,
+    flatten_batch,
+)
+from protos.v1 import logs_pb2
+
+# §8.2, verbatim except that the hashes are shortened.
+EVENT_ADDED = (
+    '{"name":"pack_osquery-monitoring_osquery_info","hostIdentifier":"web-01",'
+    '"calendarTime":"Sun Jan  5 10:20:30 2025 UTC","unixTime":1736072430,"epoch":0,"counter":0,'
+    '"numerics":false,"decorations":{"host_uuid":"4c4c4544-0042-3510-8052-b4c04f4d4e32",'
+    '"username":"alice"},"columns":{"build_distro":"centos7","build_platform":"linux",'
+    '"config_hash":"8fa3","config_valid":"1","extensions":"inactive","instance_id":"b6f5",'
+    '"pid":"3521","platform_mask":"9","start_time":"1736072400","uuid":"4C4C4544",'
+    '"version":"5.23.1","watcher":"3519"},"action":"added"}'
+)
+EVENT_REMOVED = (
+    '{"name":"processes","hostIdentifier":"web-01","calendarTime":"Sun Jan  5 10:25:30 2025 UTC",'
+    '"unixTime":1736072730,"epoch":0,"counter":3,"numerics":false,"columns":{"name":"osqueryd",'
+    '"path":"/opt/osquery/bin/osqueryd","pid":"97650"},"action":"removed"}'
+)
+# §8.3
+SNAPSHOT = (
+    '{"snapshot":[{"parent":"0","path":"/sbin/launchd","pid":"1"},{"parent":"1",'
+    '"path":"/usr/sbin/syslogd","pid":"51"}],"action":"snapshot","name":"process_snapshot",'
+    '"hostIdentifier":"web-01","calendarTime":"Sun Jan  5 10:20:30 2025 UTC",'
+    '"unixTime":1736072430,"epoch":0,"counter":0,"numerics":false}'
+)
+# §8.4
+BATCH_FORMAT = (
+    '{"diffResults":{"removed":[{"name":"osqueryd","path":"/opt/osquery/bin/osqueryd",'
+    '"pid":"97650"}],"added":[{"name":"osqueryd","path":"/opt/osquery/bin/osqueryd",'
+    '"pid":"97830"}]},"name":"processes","hostIdentifier":"web-01",'
+    '"calendarTime":"Sun Jan  5 10:25:30 2025 UTC","unixTime":1736072730,"epoch":0,"counter":3,'
+    '"numerics":false}'
+)
+# §8.5, and the same line as osquery before 5.10 wrote it (every value a string, `\/`).
+STATUS_LINES = (
+    '{"hostIdentifier":"web-01","calendarTime":"Sun Jan  5 10:20:30 2025 UTC",'
+    '"unixTime":1736072430,"severity":0,"filename":"query.cpp","line":119,'
+    '"message":"Storing initial results for new scheduled query: processes","version":"5.23.1",'
+    '"decorations":{"username":"alice"}}',
+    '{"hostIdentifier":"web-01","calendarTime":"Sun Jan  5 10:20:31 2025 UTC",'
+    '"unixTime":1736072431,"severity":0,"filename":"distributed.cpp","line":352,'
+    '"message":"Accelerating distributed query checkins for 60 seconds","version":"5.23.1"}',
+)
+STATUS_PRE_510 = (
+    '{"hostIdentifier":"web-01","calendarTime":"Sun Jan  5 10:20:30 2025 UTC",'
+    '"unixTime":"1736072430","severity":"2","filename":"query.cpp","line":"119",'
+    '"message":"path \\/etc\\/hosts","version":"5.9.1","decorations":{"username":"alice"}}'
+)
+
+
+def batch_of(kind: int, *records: str, campaign_id: str = "") -> logs_pb2.LogBatch:
+    return logs_pb2.LogBatch(
+        batch_id="b-1",
+        kind=kind,
+        node_id="node-1",
+        host_identifier="web-01",
+        received_at=1736072440,
+        data_json=f"[{','.join(records)}]".encode(),
+        campaign_id=campaign_id,
+    )
+
+
+def columns_of(row: dict) -> dict[str, str]:
+    return dict(zip(row["column_names"], row["column_values"], strict=True))
+
+
+def decorations_of(row: dict) -> dict[str, str]:
+    return dict(zip(row["decoration_names"], row["decoration_values"], strict=True))
+
+
+def test_event_format_is_one_row_per_record() -> None:
+    flat = flatten_batch(batch_of(logs_pb2.RESULT, EVENT_ADDED, EVENT_REMOVED))
+
+    assert flat.table == RESULTS_TABLE
+    assert flat.skipped_records == 0
+    added, removed = flat.rows
+    assert added == {
+        "node_id": "node-1",
+        "received_at": 1736072440,
+        "batch_id": "b-1",
+        "name": "pack_osquery-monitoring_osquery_info",
+        "host_identifier": "web-01",
+        "calendar_time": "Sun Jan  5 10:20:30 2025 UTC",
+        "unix_time": 1736072430,
+        "epoch": 0,
+        "counter": 0,
+        "numerics": 0,
+        "decoration_names": ["host_uuid", "username"],
+        "decoration_values": ["4c4c4544-0042-3510-8052-b4c04f4d4e32", "alice"],
+        "action": "added",
+        "column_names": [
+            "build_distro", "build_platform", "config_hash", "config_valid", "extensions",
+            "instance_id", "pid", "platform_mask", "start_time", "uuid", "version", "watcher",
+        ],
+        "column_values": [
+            "centos7", "linux", "8fa3", "1", "inactive", "b6f5", "3521", "9", "1736072400",
+            "4C4C4544", "5.23.1", "3519",
+        ],
+    }  # fmt: skip
+    assert (removed["action"], removed["counter"], removed["unix_time"]) == (
+        "removed",
+        3,
+        1736072730,
+    )
+    assert columns_of(removed) == {
+        "name": "osqueryd",
+        "path": "/opt/osquery/bin/osqueryd",
+        "pid": "97650",
+    }
+    assert decorations_of(removed) == {}
+
+
+def test_batch_format_is_one_row_per_removed_and_added_element() -> None:
+    flat = flatten_batch(batch_of(logs_pb2.RESULT, BATCH_FORMAT))
+
+    assert [(row["action"], columns_of(row)["pid"]) for row in flat.rows] == [
+        ("removed", "97650"),
+        ("added", "97830"),
+    ]
+    assert {row["name"] for row in flat.rows} == {"processes"}
+    assert {row["counter"] for row in flat.rows} == {3}
+
+
+def test_batch_format_first_run_with_empty_arrays_has_no_rows() -> None:
+    empty = orjson.loads(BATCH_FORMAT)
+    empty["diffResults"] = {"removed": [], "added": []}
+    flat = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(empty).decode()))
+
+    assert (flat.rows, flat.skipped_records) == ([], 0)
+
+
+def test_snapshot_format_is_one_row_per_snapshot_element() -> None:
+    flat = flatten_batch(batch_of(logs_pb2.RESULT, SNAPSHOT))
+
+    assert [(row["action"], columns_of(row)) for row in flat.rows] == [
+        ("snapshot", {"parent": "0", "path": "/sbin/launchd", "pid": "1"}),
+        ("snapshot", {"parent": "1", "path": "/usr/sbin/syslogd", "pid": "51"}),
+    ]
+    assert {row["name"] for row in flat.rows} == {"process_snapshot"}
+
+
+def test_empty_snapshot_yields_no_rows() -> None:
+    empty = orjson.loads(SNAPSHOT)
+    empty["snapshot"] = []
+    flat = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(empty).decode()))
+
+    assert (flat.rows, flat.skipped_records) == ([], 0)
+
+
+def test_snapshot_event_type_is_an_event_with_action_snapshot() -> None:
+    record = orjson.loads(EVENT_REMOVED)
+    record["action"] = "snapshot"
+    flat = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(record).decode()))
+
+    [row] = flat.rows
+    assert row["action"] == "snapshot"
+    assert columns_of(row)["pid"] == "97650"
+
+
+def test_numerics_become_the_strings_osquery_logs_without_them() -> None:
+    record = orjson.loads(EVENT_REMOVED)
+    record["numerics"] = True
+    record["columns"] = {"pid": 97650, "load": 1.5, "zero": 0.0, "ratio": 0.1, "gone": None}
+    flat = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(record).decode()))
+
+    [row] = flat.rows
+    assert row["numerics"] == 1
+    assert columns_of(row) == {
+        "pid": "97650",
+        "load": "1.5",
+        "zero": "0.0",
+        "ratio": "0.1",
+        "gone": "",
+    }
+
+
+def test_top_level_decorations_are_decorations() -> None:
+    record = orjson.loads(EVENT_REMOVED)
+    record["host_uuid"] = "4c4c"
+    record["username"] = "alice"
+    record["decorations"] = {"region": "eu"}
+    flat = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(record).decode()))
+
+    [row] = flat.rows
+    assert decorations_of(row) == {"region": "eu", "host_uuid": "4c4c", "username": "alice"}
+    assert "host_uuid" not in columns_of(row)
+
+
+def test_status_lines_with_numbers() -> None:
+    flat = flatten_batch(batch_of(logs_pb2.STATUS, *STATUS_LINES))
+
+    assert flat.table == STATUS_TABLE
+    first, second = flat.rows
+    assert first == {
+        "node_id": "node-1",
+        "received_at": 1736072440,
+        "batch_id": "b-1",
+        "host_identifier": "web-01",
+        "calendar_time": "Sun Jan  5 10:20:30 2025 UTC",
+        "unix_time": 1736072430,
+        "severity": 0,
+        "filename": "query.cpp",
+        "line": 119,
+        "message": "Storing initial results for new scheduled query: processes",
+        "version": "5.23.1",
+        "decoration_names": ["username"],
+        "decoration_values": ["alice"],
+    }
+    assert (second["filename"], second["line"], decorations_of(second)) == (
+        "distributed.cpp",
+        352,
+        {},
+    )
+
+
+def test_status_lines_before_510_have_string_numbers() -> None:
+    [row] = flatten_batch(batch_of(logs_pb2.STATUS, STATUS_PRE_510)).rows
+
+    assert (row["unix_time"], row["severity"], row["line"]) == (1736072430, 2, 119)
+    assert row["message"] == "path /etc/hosts"
+    assert decorations_of(row) == {"username": "alice"}
+
+
+def test_status_top_level_decorations() -> None:
+    record = orjson.loads(STATUS_LINES[1])
+    record["username"] = "bob"
+    [row] = flatten_batch(batch_of(logs_pb2.STATUS, orjson.dumps(record).decode())).rows
+
+    assert decorations_of(row) == {"username": "bob"}
+
+
+def test_distributed_rows_are_indexed_and_carry_the_campaign() -> None:
+    rows = '{"version":"5.23.1","build_platform":"linux"},{"version":"5.9.1","build_platform":""}'
+    flat = flatten_batch(batch_of(logs_pb2.DISTRIBUTED, rows, campaign_id="c-7"))
+
+    assert flat.table == DISTRIBUTED_TABLE
+    assert [
+        (row["campaign_id"], row["row_index"], columns_of(row), row["host_identifier"])
+        for row in flat.rows
+    ] == [
+        ("c-7", 0, {"version": "5.23.1", "build_platform": "linux"}, "web-01"),
+        ("c-7", 1, {"version": "5.9.1", "build_platform": ""}, "web-01"),
+    ]
+
+
+def test_an_empty_distributed_answer_has_no_rows() -> None:
+    assert flatten_batch(batch_of(logs_pb2.DISTRIBUTED, campaign_id="c-7")).rows == []
+
+
+@pytest.mark.parametrize(
+    ("data_json", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b'{"data": []}', "must be a JSON array"),
+        (b"", "not valid JSON"),
+    ],
+)
+def test_unreadable_batches_are_rejected_with_a_reason(data_json: bytes, message: str) -> None:
+    batch = batch_of(logs_pb2.RESULT)
+    batch.data_json = data_json
+    with pytest.raises(MalformedBatch, match=message):
+        flatten_batch(batch)
+
+
+def test_unknown_kind_is_rejected() -> None:
+    with pytest.raises(MalformedBatch, match="unknown log kind"):
+        flatten_batch(batch_of(logs_pb2.LOG_KIND_UNSPECIFIED))
+
+
+def test_malformed_records_are_skipped_and_counted() -> None:
+    flat = flatten_batch(
+        batch_of(logs_pb2.RESULT, "42", '"text"', '{"name":"no_rows"}', EVENT_REMOVED)
+    )
+
+    assert flat.skipped_records == 3
+    assert [row["name"] for row in flat.rows] == ["processes"]
+
+
+def test_wrongly_typed_fields_are_stored_as_best_possible() -> None:
+    record = orjson.loads(EVENT_REMOVED)
+    record.update(unixTime="yesterday", counter=-4, epoch=None, name=7)
+    record["columns"] = {"nested": {"a": [1, 2]}, "flag": True}
+    [row] = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(record).decode())).rows
+
+    assert (row["unix_time"], row["counter"], row["epoch"], row["name"]) == (0, 0, 0, "7")
+    assert columns_of(row) == {"nested": '{"a":[1,2]}', "flag": "1"}
+
+
+def test_distributed_non_object_rows_are_skipped() -> None:
+    flat = flatten_batch(batch_of(logs_pb2.DISTRIBUTED, "[1]", '{"a":"1"}', campaign_id="c"))
+
+    assert flat.skipped_records == 1
+    assert [(row["row_index"], columns_of(row)) for row in flat.rows] == [(1, {"a": "1"})]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(None, ""), ("x", "x"), (3, "3"), (1.5, "1.5"), (2.0, "2.0"), (1e20, "1e+20"), (False, "0")],
+)
+def test_values_as_osquery_text(value: object, text: str) -> None:
+    assert as_text(value) == text
