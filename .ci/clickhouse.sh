@@ -29,6 +29,11 @@ XML
   /usr/sbin/clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 &
   echo $! >"$dir/pid"
   for _ in $(seq 1 100); do
+    if ! kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+      echo "ClickHouse exited at start (port $tcp or $http taken?); its log:" >&2
+      tail -n 20 "$dir/log/error.log" "$dir/log/stdout.log" >&2 || true
+      exit 1
+    fi
     if curl -sf "http://127.0.0.1:$http/ping" >/dev/null; then
       cat "$dir/pid"
       exit 0
