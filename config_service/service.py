@@ -23,6 +23,10 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         self._feed: ChangeFeed[config_pb2.ConfigDocument] = ChangeFeed()
         _show_live(store.live())
 
+    def close_watches(self) -> None:
+        """End the watch streams cleanly; called at shutdown, before the server stops."""
+        self._feed.close()
+
     async def SetConfig(
         self, request: config_pb2.SetConfigRequest, context: grpc.aio.ServicerContext
     ) -> config_pb2.ConfigDocument:

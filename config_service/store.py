@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from quarry.sqlite_store import SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS config_versions (
@@ -51,31 +51,9 @@ DEFAULT_VERSION = ConfigVersion(
 )
 
 
-def open_database(path: Path) -> sqlite3.Connection:
-    """A connection in autocommit mode (we BEGIN ourselves) with WAL journaling."""
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA busy_timeout=5000")
-    return db
-
-
-class ConfigStore:
+class ConfigStore(SqliteStore):
     def __init__(self, path: Path) -> None:
-        self._db = open_database(path)
-        self._db.executescript(SCHEMA)
-
-    def close(self) -> None:
-        self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        super().__init__(path, SCHEMA)
 
     def live(self) -> ConfigVersion:
         """The newest stored version, or the built-in default when none is stored."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 
 from distributed_service.expiry import close_expired_forever
 from distributed_service.node_directory import NodeDirectory
@@ -15,10 +14,11 @@ from protos.v1 import distributed_pb2_grpc
 from quarry.grpc_runtime import serve_grpc
 from quarry.metrics_endpoint import start_metrics_endpoint
 from quarry.settings import Settings
+from quarry.shutdown import until_signalled
 
 log = logging.getLogger(__name__)
 
-# Watch streams never end by themselves; this is how long they get on shutdown.
+# In-flight calls get this long to finish on shutdown.
 SHUTDOWN_GRACE_S = 1.0
 
 
@@ -37,19 +37,12 @@ async def serve(settings: Settings) -> None:
         "distributed",
     )
     expiry = asyncio.create_task(close_expired_forever(servicer.close_expired))
-    await _until_signalled()
+    await until_signalled()
     log.info("shutting down")
+    servicer.close_watches()
     expiry.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await expiry
     await server.stop(SHUTDOWN_GRACE_S)
     await nodes.close()
     store.close()
-
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()

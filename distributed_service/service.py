@@ -44,6 +44,10 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
         self._feed: ChangeFeed[distributed_pb2.CampaignEvent] = ChangeFeed()
         self._show_open()
 
+    def close_watches(self) -> None:
+        """End the watch streams cleanly; called at shutdown, before the server stops."""
+        self._feed.close()
+
     async def StartQuery(
         self, request: distributed_pb2.StartQueryRequest, context: grpc.aio.ServicerContext
     ) -> distributed_pb2.Campaign:

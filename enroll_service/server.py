@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 from enroll_service.service import EnrollServicer
 from enroll_service.shared_secret import ensure_secret_file
@@ -13,10 +12,11 @@ from protos.v1 import enroll_pb2_grpc
 from quarry.grpc_runtime import serve_grpc
 from quarry.metrics_endpoint import start_metrics_endpoint
 from quarry.settings import Settings
+from quarry.shutdown import until_signalled
 
 log = logging.getLogger(__name__)
 
-# Watch streams never end by themselves; this is how long they get on shutdown.
+# In-flight calls get this long to finish on shutdown.
 SHUTDOWN_GRACE_S = 1.0
 
 
@@ -37,15 +37,8 @@ async def serve(settings: Settings) -> None:
         lambda s: enroll_pb2_grpc.add_EnrollServiceServicer_to_server(servicer, s),
         "enroll",
     )
-    await _until_signalled()
+    await until_signalled()
     log.info("shutting down")
+    servicer.close_watches()
     await server.stop(SHUTDOWN_GRACE_S)
     store.close()
-
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()

@@ -30,6 +30,10 @@ class EnrollServicer(enroll_pb2_grpc.EnrollServiceServicer):
         self._feed: ChangeFeed[enroll_pb2.NodeEvent] = ChangeFeed()
         metrics.VALID_NODES.set(store.count_valid())
 
+    def close_watches(self) -> None:
+        """End the watch streams cleanly; called at shutdown, before the server stops."""
+        self._feed.close()
+
     async def Enroll(
         self, request: enroll_pb2.EnrollRequest, context: grpc.aio.ServicerContext
     ) -> enroll_pb2.EnrollResponse:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from quarry.sqlite_store import SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -77,34 +78,12 @@ class NewNode:
     host_details_json: str
 
 
-def open_database(path: Path) -> sqlite3.Connection:
-    """A connection in autocommit mode (we BEGIN ourselves) with WAL journaling."""
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA busy_timeout=5000")
-    return db
-
-
-class NodeStore:
+class NodeStore(SqliteStore):
     def __init__(self, path: Path) -> None:
-        self._db = open_database(path)
-        self._db.executescript(SCHEMA)
+        super().__init__(path, SCHEMA)
         # Each change gets the next revision, so a watcher can order what it sees.
         latest = self._db.execute("SELECT COALESCE(MAX(revision), 0) FROM nodes").fetchone()
         self._revision: int = latest[0]
-
-    def close(self) -> None:
-        self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def _next_revision(self) -> int:
         self._revision += 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 import zmq
 import zmq.asyncio
@@ -22,6 +21,7 @@ from protos.v1 import logs_pb2, logs_pb2_grpc
 from quarry.grpc_runtime import serve_grpc
 from quarry.metrics_endpoint import start_metrics_endpoint
 from quarry.settings import Settings
+from quarry.shutdown import until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +51,10 @@ async def serve(settings: Settings) -> None:
         "ingest",
     )
 
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     writer = asyncio.create_task(committer.run())
     receiver = asyncio.create_task(receive_batches(router, committer))
     log.info("ingest ready: ZeroMQ %s, store version %s", endpoint, await store_version(store))
-    await stop.wait()
+    await until_signalled()
 
     log.info("stopping: flushing pending batches")
     receiver.cancel()

@@ -10,6 +10,7 @@ idempotent for the receiver (an upsert seen twice is harmless).
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import AsyncIterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar
@@ -28,15 +29,22 @@ class ChangeFeed(Generic[T]):
     """Broadcasts events to every current subscriber, in publication order."""
 
     def __init__(self) -> None:
-        self._queues: set[asyncio.Queue[T | None]] = set()
+        self._queues: set[asyncio.Queue[T | _Signal]] = set()
+        self._closed = False
 
     def publish(self, event: T) -> None:
         for queue in list(self._queues):
             if queue.qsize() >= MAX_BACKLOG:
                 self._queues.discard(queue)
-                queue.put_nowait(None)  # tells the subscriber it was dropped
+                queue.put_nowait(_Signal.TOO_SLOW)
             else:
                 queue.put_nowait(event)
+
+    def close(self) -> None:
+        """End every subscription (and refuse new ones): watch streams finish cleanly."""
+        self._closed = True
+        for queue in self._queues:
+            queue.put_nowait(_Signal.CLOSED)
 
     @property
     def subscribers(self) -> int:
@@ -45,7 +53,9 @@ class ChangeFeed(Generic[T]):
     @contextmanager
     def subscribe(self) -> AsyncIterator[T]:  # type: ignore[misc]
         """`with feed.subscribe() as events:` then `async for e in events`."""
-        queue: asyncio.Queue[T | None] = asyncio.Queue()
+        queue: asyncio.Queue[T | _Signal] = asyncio.Queue()
+        if self._closed:
+            queue.put_nowait(_Signal.CLOSED)
         self._queues.add(queue)
         try:
             yield _drain(queue)
@@ -53,9 +63,16 @@ class ChangeFeed(Generic[T]):
             self._queues.discard(queue)
 
 
-async def _drain(queue: asyncio.Queue[T | None]) -> AsyncIterator[T]:
+class _Signal(enum.Enum):
+    TOO_SLOW = "too slow"
+    CLOSED = "closed"
+
+
+async def _drain(queue: asyncio.Queue[T | _Signal]) -> AsyncIterator[T]:
     while True:
         event = await queue.get()
-        if event is None:
+        if event is _Signal.CLOSED:
+            return
+        if event is _Signal.TOO_SLOW:
             raise SubscriberTooSlow("watch stream fell behind; re-subscribe")
         yield event

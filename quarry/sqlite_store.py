@@ -1,0 +1,37 @@
+"""The embedded SQLite database each stateful service keeps its state in.
+
+One file per service, WAL journaling so readers never wait for the writer, and
+explicit BEGIN IMMEDIATE transactions so a read-modify-write cannot interleave with
+another. PostgreSQL, for replicas sharing state, plugs in here later.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class SqliteStore:
+    """Base of the services' stores: an open connection, its schema, transactions."""
+
+    def __init__(self, path: Path, schema: str) -> None:
+        # Autocommit mode: transactions are ours, opened by _transaction().
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(schema)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
