@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,27 +19,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.free_ports import free_port_base
+
 READY_LINE = "Quarry is running."
 START_TIMEOUT_S = 120.0
-PORT_SPAN = 15  # gateway, services, ingest, metrics: see quarry/settings.py PORT_OFFSETS
-
-
-def free_port_base() -> int:
-    """A base port with PORT_SPAN free ports above it."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - PORT_SPAN)
-        if all(_port_free(base + i) for i in range(PORT_SPAN)):
-            return base
-    raise RuntimeError("no free port range found")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass

@@ -8,7 +8,6 @@ fails so the reason is in the test report.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -16,31 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from quarry.settings import PORT_OFFSETS, Settings
+from quarry.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
-# Every port a cluster on one base uses: the service ports and the metrics ports above.
-PORT_SPAN = max(PORT_OFFSETS.values()) + 10
-
-
-def free_port_base() -> int:
-    """A base port whose whole span is free on loopback right now."""
-    for _ in range(200):
-        base = random.randrange(20_000, 60_000 - PORT_SPAN)
-        if all(_port_is_free(base + offset) for offset in range(PORT_SPAN)):
-            return base
-    raise RuntimeError("no free port range found")
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class ServiceProcess:
@@ -100,6 +79,11 @@ class ServiceProcess:
     @property
     def returncode(self) -> int | None:
         return None if self._process is None else self._process.poll()
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (stop() then waits for the exit)."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGTERM)
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""

@@ -8,11 +8,6 @@ for the server, straight from ClickHouse).
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -28,7 +23,8 @@ import zmq
 from clickhouse_driver import Client
 
 from protos.v1 import logs_pb2, logs_pb2_grpc
-from tests.clickhouse_server import clickhouse_server
+from tests.free_ports import free_port_base
+from tests.service_processes import ServiceProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60.0
@@ -115,7 +111,7 @@ STATUS_RECORDS = [
 
 @dataclass
 class IngestProcess:
-    process: subprocess.Popen[bytes]
+    service: ServiceProcess
     zmq_endpoint: str
     grpc_addr: str
     clickhouse_url: str
@@ -125,14 +121,10 @@ class IngestProcess:
 # Fixtures
 
 
-@pytest.fixture(scope="module", params=["chdb", "server"])
-def ingest(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    state_dir = tmp_path_factory.mktemp(f"ingest-{request.param}")
-    if request.param == "chdb":
-        with run_ingest(state_dir, clickhouse_url="") as process:
-            yield process
-        return
-    with clickhouse_server() as url, run_ingest(state_dir, clickhouse_url=url) as process:
+@pytest.fixture(scope="module")
+def ingest(log_store_url: str, tmp_path_factory: pytest.TempPathFactory):
+    """One ingest process per backend: chdb, and the session's ClickHouse server."""
+    with run_ingest(tmp_path_factory.mktemp("ingest"), log_store_url) as process:
         yield process
 
 
@@ -149,79 +141,47 @@ def dealer(ingest: IngestProcess) -> Iterator[zmq.Socket]:
 # Helpers
 
 
-def free_port_base() -> int:
-    """A port where this port and the next PORTS_PER_CLUSTER - 1 are all free."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + PORTS_PER_CLUSTER < 65536 and all(
-            port_is_free(p) for p in range(base, base + PORTS_PER_CLUSTER)
-        ):
-            return base
-    raise RuntimeError("no free port range")
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @contextmanager
 def run_ingest(
     state_dir: Path, clickhouse_url: str, flush_interval_s: float = 0.05
 ) -> Iterator[IngestProcess]:
-    base = free_port_base()
-    env = {
-        **os.environ,
-        "QUARRY_STATE_DIR": str(state_dir),
-        "QUARRY_PORT_BASE": str(base),
-        "QUARRY_CLICKHOUSE_URL": clickhouse_url,
-        "QUARRY_INGEST_FLUSH_INTERVAL_S": str(flush_interval_s),
-    }
-    log_file = (state_dir / "ingest.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ingest_service"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
+    service = ServiceProcess(
+        "ingest",
+        state_dir,
+        free_port_base(),
+        {
+            "QUARRY_CLICKHOUSE_URL": clickhouse_url,
+            "QUARRY_INGEST_FLUSH_INTERVAL_S": str(flush_interval_s),
+        },
     )
+    settings = service.settings
     ingest = IngestProcess(
-        process,
-        f"tcp://127.0.0.1:{base + 5}",
-        f"127.0.0.1:{base + 4}",
+        service,
+        settings.zmq_endpoints()[0],
+        settings.service_addr("ingest"),
         clickhouse_url,
-        f"http://127.0.0.1:{base + 13}/metrics",
+        f"http://127.0.0.1:{settings.metrics_port('ingest')}/metrics",
     )
     try:
-        wait_until_serving(ingest, state_dir / "ingest.log")
+        service.start()
+        wait_until_serving(ingest)
         yield ingest
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log_file.close()
+        service.stop()
 
 
-def wait_until_serving(ingest: IngestProcess, log_path: Path) -> None:
+def wait_until_serving(ingest: IngestProcess) -> None:
+    """Listening is not enough: the store must answer (chdb opens, schema exists)."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        if ingest.process.poll() is not None:
-            raise RuntimeError(f"ingest exited early:\n{log_path.read_text(errors='replace')}")
+        if ingest.service.returncode is not None:
+            raise RuntimeError(f"ingest exited early:\n{ingest.service.log_text()}")
         try:
             query(ingest, "SELECT 1")
             return
         except grpc.RpcError:
             time.sleep(0.1)
-    raise RuntimeError(f"ingest not serving:\n{log_path.read_text(errors='replace')}")
+    raise RuntimeError(f"ingest not serving:\n{ingest.service.log_text()}")
 
 
 def query(ingest: IngestProcess, sql: str) -> logs_pb2.SqlResponse:
@@ -479,12 +439,12 @@ def test_sigterm_flushes_pending_batches_before_exit(tmp_path: Path) -> None:
             dealer.send_multipart([b"corr-001", batch.SerializeToString()])
             while pending_rows(ingest) < 2:
                 time.sleep(0.05)
-            ingest.process.send_signal(signal.SIGTERM)
+            ingest.service.terminate()
             assert dealer.poll(int(ACK_TIMEOUT_S * 1000)), "no ack after SIGTERM"
             correlation_id, ack_frame = dealer.recv_multipart()
         finally:
             dealer.close()
-        assert ingest.process.wait(30) == 0
+        assert ingest.service.stop() == 0
     ack = logs_pb2.LogAck.FromString(ack_frame)
     assert (correlation_id, ack.ok, ack.rows) == (b"corr-001", True, 2)
 

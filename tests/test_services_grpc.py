@@ -20,7 +20,8 @@ from protos.v1 import (
     enroll_pb2_grpc,
 )
 from quarry.grpc_runtime import sync_channel
-from tests.service_processes import ServiceProcess, free_port_base
+from tests.free_ports import free_port_base
+from tests.service_processes import ServiceProcess
 
 SECRET = "first-secret"
 EVENT_WAIT_S = 15.0
