@@ -98,17 +98,18 @@ class GroupCommitter:
             error = f"frame is not a LogBatch protobuf ({len(frame)} bytes): {exc}"
             await self.reject("", error, reply)
             return
-        try:
-            flat = flatten_batch(batch)
-        except MalformedBatch as exc:
-            await self.reject(batch.batch_id, f"unreadable log batch: {exc}", reply)
-            return
+        # Duplicates first: a re-sent batch costs no parsing.
         if batch.batch_id in self.unsettled:
             self.unsettled[batch.batch_id].duplicate_replies.append(reply)
             metrics.DUPLICATES.inc()
             return
         if batch.batch_id and batch.batch_id in self.recent:
             await self.ack_duplicate(batch.batch_id, reply)
+            return
+        try:
+            flat = flatten_batch(batch)
+        except MalformedBatch as exc:
+            await self.reject(batch.batch_id, f"unreadable log batch: {exc}", reply)
             return
         metrics.SKIPPED_RECORDS.inc(flat.skipped_records)
         if not flat.rows:

@@ -389,3 +389,17 @@ def test_a_log_post_with_a_valid_key_but_bad_data_gets_an_error(cluster: QuarryC
     assert "array" in raw_post(cluster, "/log", body, {})["error"]
     body = json.dumps({"node_key": node_key, "log_type": "nope", "data": []}).encode()
     assert "log_type" in raw_post(cluster, "/log", body, {})["error"]
+
+
+def test_the_node_key_is_accepted_from_the_authorization_header_alone(
+    cluster: QuarryCluster,
+) -> None:
+    async def key() -> str:
+        async with new_node(cluster) as node:
+            return await node.get_node_key()
+
+    node_key = run(key())
+    served = raw_post(cluster, "/config", b"{}", {"Authorization": f"NodeKey {node_key}"})
+    assert "options" in served and "node_invalid" not in served
+    refused = raw_post(cluster, "/config", b"{}", {"Authorization": "NodeKey not-a-key"})
+    assert refused == {"node_invalid": True}
