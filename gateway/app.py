@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,11 +13,14 @@ from starlette.routing import Route
 
 from gateway import osquery_api
 from gateway.gateway_state import GatewayState
+from quarry.process_logging import setup_logging
 from quarry.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
+    if not logging.getLogger().handlers:  # a worker process uvicorn spawned
+        setup_logging("gateway", settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -20,7 +20,11 @@ NODE_CACHE = Counter(
     "Node key authentications by result (hit, miss_found, miss_unknown, negative_hit).",
     ["result"],
 )
-NODES_CACHED = Gauge("quarry_gateway_nodes_cached", "Valid node keys held in memory.")
+# Gauges say how to combine workers in multiprocess mode: every worker holds the same
+# caches (max), while in-flight work adds up (livesum).
+NODES_CACHED = Gauge(
+    "quarry_gateway_nodes_cached", "Valid node keys held in memory.", multiprocess_mode="max"
+)
 ENROLLMENTS = Counter(
     "quarry_gateway_enrollments_total", "Enroll requests by outcome.", ["outcome"]
 )
@@ -35,9 +39,13 @@ LOG_ACK_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 LOG_BATCHES_IN_FLIGHT = Gauge(
-    "quarry_gateway_log_batches_in_flight", "Log batches sent and not yet acknowledged."
+    "quarry_gateway_log_batches_in_flight",
+    "Log batches sent and not yet acknowledged.",
+    multiprocess_mode="livesum",
 )
-LIVE_QUERIES_OPEN = Gauge("quarry_gateway_live_queries_open", "Open live query campaigns held.")
+LIVE_QUERIES_OPEN = Gauge(
+    "quarry_gateway_live_queries_open", "Open live query campaigns held.", multiprocess_mode="max"
+)
 BATCHED_WRITES = Counter(
     "quarry_gateway_batched_writes_total",
     "Check-in writes flushed to the services, by kind (checkin, delivery, answer).",
@@ -47,4 +55,5 @@ WATCH_SYNCED = Gauge(
     "quarry_gateway_watch_synced",
     "1 while a watch stream (nodes, config, campaigns) has its snapshot and is live.",
     ["stream"],
+    multiprocess_mode="min",
 )

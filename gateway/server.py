@@ -8,7 +8,7 @@ from pathlib import Path
 import uvicorn
 
 from gateway.tls_bootstrap import TlsFiles, ensure_certificates
-from quarry.metrics_endpoint import start_metrics_endpoint
+from quarry.metrics_endpoint import prepare_multiprocess_metrics, start_metrics_endpoint
 from quarry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,18 @@ def tls_files(settings: Settings) -> TlsFiles:
 
 def main(settings: Settings) -> None:
     files = tls_files(settings)
+    if settings.gateway_workers > 1:
+        prepare_multiprocess_metrics(settings.path("gateway-metrics"))
     start_metrics_endpoint(settings, "gateway")
-    config = uvicorn.Config(
+    log.info(
+        "osquery gateway on https://%s:%d (%d worker%s)",
+        settings.bind_host,
+        settings.gateway_port,
+        settings.gateway_workers,
+        "s" if settings.gateway_workers > 1 else "",
+    )
+    # uvicorn.run, not Server.run: only it starts `workers` processes.
+    uvicorn.run(
         "gateway.app:create_app",
         factory=True,
         host=settings.bind_host,
@@ -37,5 +47,3 @@ def main(settings: Settings) -> None:
         timeout_keep_alive=75,  # osquery keeps one connection per plugin thread
         server_header=False,
     )
-    log.info("osquery gateway on https://%s:%d", settings.bind_host, settings.gateway_port)
-    uvicorn.Server(config).run()

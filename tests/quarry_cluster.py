@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.free_ports import free_port_base
@@ -31,6 +31,7 @@ class QuarryCluster:
     port_base: int
     clickhouse_url: str
     output: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
 
     @property
@@ -54,6 +55,7 @@ class QuarryCluster:
             # Quick batching keeps tests short; production defaults are in settings.py.
             QUARRY_CHECKIN_FLUSH_INTERVAL_S="0.2",
         )
+        env.update(self.extra_env)
         return env
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -136,12 +138,15 @@ class QuarryCluster:
 
 
 @contextmanager
-def quarry_cluster(tmp_dir: Path, clickhouse_url: str = "") -> Iterator[QuarryCluster]:
+def quarry_cluster(
+    tmp_dir: Path, clickhouse_url: str = "", extra_env: dict[str, str] | None = None
+) -> Iterator[QuarryCluster]:
     cluster = QuarryCluster(
         state_dir=tmp_dir / "state",
         port_base=free_port_base(),
         clickhouse_url=clickhouse_url,
         output=tmp_dir / "quarry-up.log",
+        extra_env=extra_env or {},
     )
     cluster.output.touch()
     cluster.start()

@@ -1,5 +1,8 @@
 """Live queries end to end: `quarry query run` against emulated nodes on a real cluster.
 
+The gateway runs two workers here, as in production, so a node's requests land on
+either one and both must hold the same nodes and campaigns.
+
 The cluster is this module's own, so "every node" means exactly the nodes started
 here. Each node runs osquery's distributed loop (read, run, write) while the command
 waits for their answers; rows must land in quarry.distributed_results on both stores.
@@ -23,7 +26,9 @@ FLEET_SIZE = 3
 def cluster(
     log_store_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[QuarryCluster]:
-    with quarry_cluster(tmp_path_factory.mktemp("quarry-live"), log_store_url) as running:
+    # Two gateway workers: each must learn of nodes and campaigns the other saw.
+    workers = {"QUARRY_GATEWAY_WORKERS": "2"}
+    with quarry_cluster(tmp_path_factory.mktemp("quarry-live"), log_store_url, workers) as running:
         yield running
 
 
