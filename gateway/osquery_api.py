@@ -49,7 +49,7 @@ def json_response(body: dict | bytes, status: int = 200) -> Response:
 
 
 def error(message: str, status: int = 500) -> Refusal:
-    return Refusal("error", {"error": message}, status)
+    return Refusal("bad_request" if status == 400 else "error", {"error": message}, status)
 
 
 # --- enroll ---------------------------------------------------------------------------
@@ -99,9 +99,10 @@ async def config(request: Request, state: GatewayState, body: dict) -> Response:
 
 async def log_batch(request: Request, state: GatewayState, body: dict) -> Response:
     node = await authenticate(request, state, body)
-    kind = LOG_KINDS.get(body.get("log_type"))  # type: ignore[arg-type]
+    log_type = body.get("log_type")
+    kind = LOG_KINDS.get(log_type) if isinstance(log_type, str) else None
     if kind is None:
-        raise error(f"log_type must be 'result' or 'status', not {body.get('log_type')!r}", 400)
+        raise error(f"log_type must be 'result' or 'status', not {log_type!r}", 400)
     data = body.get("data")
     if not isinstance(data, list):
         raise error("data must be a JSON array of log objects", 400)

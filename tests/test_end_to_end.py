@@ -387,8 +387,9 @@ def test_a_log_post_with_a_valid_key_but_bad_data_gets_an_error(cluster: QuarryC
     node_key = run(key())
     body = json.dumps({"node_key": node_key, "log_type": "result", "data": "oops"}).encode()
     assert "array" in raw_post(cluster, "/log", body, {})["error"]
-    body = json.dumps({"node_key": node_key, "log_type": "nope", "data": []}).encode()
-    assert "log_type" in raw_post(cluster, "/log", body, {})["error"]
+    for log_type in ("nope", ["result"], None):
+        body = json.dumps({"node_key": node_key, "log_type": log_type, "data": []}).encode()
+        assert "log_type must be" in raw_post(cluster, "/log", body, {})["error"]
 
 
 def test_the_node_key_is_accepted_from_the_authorization_header_alone(
