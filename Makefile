@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test protos lint clean install
+.PHONY: run test bench protos lint clean install
 
 install: $(STAMP)
 
@@ -34,3 +34,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .quarry
+
+## make bench: a standard benchmark run of a few minutes (not part of make test).
+## BENCH_ARGS="--hosts 5000 --sweep" and friends: see `python -m bench --help`.
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)

@@ -2,8 +2,10 @@
 
 A batch is acknowledged ok only after the insert holding its rows has returned, because
 osquery deletes a batch from its buffer as soon as the gateway reports success. Batches
-collect in a pending group until it holds `flush_rows` rows or its oldest batch has waited
-`flush_interval_s`; one writer then inserts the group (one insert per table, in a worker
+collect in a pending group until it holds `flush_rows` rows or `flush_interval_s` has passed
+since the previous insert began (so an idle store takes a lone batch at once, and a busy
+one gets at most one insert per interval, which keeps ClickHouse's part count low); one
+writer then inserts the group (one insert per table, in a worker
 thread so receiving goes on) while the next group fills.
 
 Duplicates (osquery re-sends): a batch_id stored recently, or still pending or being
@@ -52,7 +54,6 @@ class PendingBatch:
 class Group:
     batches: list[PendingBatch] = field(default_factory=list)
     rows: int = 0
-    started: float = 0.0
 
 
 class RecentBatchIds:
@@ -89,6 +90,8 @@ class GroupCommitter:
         self.wake = asyncio.Event()
         self.stopping = False
         self.schema_ready = False
+        # When the last group was taken; inserts are spaced at least flush_interval_s apart.
+        self.last_flush = time.monotonic()
 
     async def submit(self, frame: bytes, reply: Reply) -> None:
         """Accept one LogBatch frame; its ack is sent now (error, duplicate) or after insert."""
@@ -136,7 +139,6 @@ class GroupCommitter:
 
     def add_pending(self, pending: PendingBatch) -> None:
         if not self.pending.batches:
-            self.pending.started = time.monotonic()
             self.wake.set()
         if pending.batch_id:
             self.unsettled[pending.batch_id] = pending
@@ -156,6 +158,7 @@ class GroupCommitter:
             if not self.pending.batches:
                 return  # stopping, and everything is written
             group, self.pending = self.pending, Group()
+            self.last_flush = time.monotonic()
             metrics.PENDING_ROWS.set(0)
             await self.write_group(group)
 
@@ -168,7 +171,7 @@ class GroupCommitter:
         while not self.stopping and self.pending.rows < self.flush_rows:
             timeout = None
             if self.pending.batches:
-                timeout = self.pending.started + self.flush_interval_s - time.monotonic()
+                timeout = self.last_flush + self.flush_interval_s - time.monotonic()
                 if timeout <= 0:
                     return
             self.wake.clear()

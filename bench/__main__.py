@@ -1,0 +1,358 @@
+"""`python -m bench` (what `make bench` runs): Quarry under a simulated osquery fleet.
+
+One run, on this machine:
+1. starts a cluster the way `quarry up` does, sets the benchmark's packs as the config;
+2. simulates N osquery hosts (bench/fleet.py) at Fleet's load-test intervals, launches a
+   live query mid-run, and samples every server process's CPU and memory from /proc;
+3. checks that the log rows ClickHouse holds equal the rows osquery was told were stored;
+4. saturates Quarry's hot paths (distributed read, config, log POST) with a closed loop;
+5. measures the physical ceilings in the same way: a bare Starlette HTTPS endpoint answering
+   the same bytes, and raw inserts of the same rows into the same ClickHouse;
+6. writes a markdown report and JSON to --out, and prints the markdown.
+
+`--sweep` instead raises N stage by stage until the error rate exceeds 2% or a p95 latency
+exceeds 1 s, and reports the last good N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import orjson
+
+from bench import environment, report
+from bench.ceilings import http_ceiling, storage_ceiling
+from bench.fleet import FleetConfig, FleetResult, run_fleet
+from bench.payloads import config_for_packs
+from bench.process_costs import (
+    ProcessSampler,
+    costs_report,
+    find_clickhouse_pid,
+    find_quarry_service_pids,
+    hosts_per_core,
+)
+from bench.saturation import SaturationTarget, run_saturation
+from gateway.tls_bootstrap import TlsFiles
+from protos.v1 import distributed_pb2, distributed_pb2_grpc
+from tests.emulator import HostProfile, OsqueryNode, log_records, osquery_ssl_context
+from tests.emulator.http_client import ServerAddress
+from tests.quarry_cluster import QuarryCluster, quarry_cluster
+
+LIVE_QUERY_SQL = "SELECT hostname, cpu_brand, physical_memory FROM system_info"
+LOG_ROWS_PER_POST = 20
+MAX_ERROR_RATE = 0.02
+MAX_P95_MS = 1000.0
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--hosts", type=int, default=2000, help="simulated hosts (default 2000)")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of fleet load")
+    parser.add_argument(
+        "--start-period", type=float, default=20.0, help="seconds over which enrollments are spread"
+    )
+    parser.add_argument("--config-interval", type=float, default=60.0)
+    parser.add_argument("--log-interval", type=float, default=10.0)
+    parser.add_argument("--distributed-interval", type=float, default=10.0)
+    parser.add_argument("--gzip", action="store_true", help="gzip log bodies (logger_tls_compress)")
+    parser.add_argument("--gateway-workers", type=int, default=1)
+    parser.add_argument(
+        "--clickhouse-url", default="", help="a ClickHouse server (default: embedded chdb)"
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=64,
+        help="concurrent connections of the saturation probes",
+    )
+    parser.add_argument(
+        "--log-connections",
+        type=int,
+        default=256,
+        help="connections of the log-path probe: log POSTs wait for group commit, so "
+        "throughput needs a fleet's concurrency",
+    )
+    parser.add_argument("--saturation-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--sweep", action="store_true", help="raise --hosts stage by stage (x2) until it breaks"
+    )
+    parser.add_argument("--max-hosts", type=int, default=64_000, help="sweep upper bound")
+    parser.add_argument("--out", default="bench-results", help="folder for report.md and .json")
+    parser.add_argument("--json", action="store_true", help="print the JSON, not the markdown")
+    return parser.parse_args(argv)
+
+
+def fleet_config(args: argparse.Namespace, cluster: QuarryCluster, hosts: int) -> FleetConfig:
+    return FleetConfig(
+        hosts=hosts,
+        server=cluster.gateway,
+        ca_file=str(cluster.ca_cert),
+        enroll_secret=cluster.enroll_secret,
+        duration_s=args.duration,
+        start_period_s=min(args.start_period, args.duration / 2),
+        config_interval_s=args.config_interval,
+        log_interval_s=args.log_interval,
+        distributed_interval_s=args.distributed_interval,
+        gzip=args.gzip,
+        seed=time.time_ns() % 1_000_000_000,  # a fresh host prefix: rows counted per run
+    )
+
+
+def progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# --- the fleet run ------------------------------------------------------------------------
+
+
+def live_query_launcher(cluster: QuarryCluster):
+    async def launch() -> str:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{cluster.port_base + 3}") as channel:
+            stub = distributed_pb2_grpc.DistributedServiceStub(channel)
+            campaign = await stub.StartQuery(
+                distributed_pb2.StartQueryRequest(sql=LIVE_QUERY_SQL, author="bench"), timeout=60
+            )
+        return campaign.campaign_id
+
+    return launch
+
+
+def run_measured_fleet(
+    cluster: QuarryCluster, config: FleetConfig, clickhouse_url: str
+) -> dict[str, Any]:
+    """The fleet for one stage, with the server side's CPU and memory sampled meanwhile."""
+    assert cluster.process is not None
+    pids = find_quarry_service_pids(cluster.process.pid)
+    if clickhouse_url:
+        pids["clickhouse"] = find_clickhouse_pid(port=_port_of(clickhouse_url))
+    live = [(config.duration_s / 2, live_query_launcher(cluster))]
+    with ProcessSampler(pids) as sampler:
+        result: FleetResult = asyncio.run(run_fleet(config, live))
+        costs = sampler.stop()
+    return {
+        "fleet": result.to_dict(),
+        "costs": cost_model(costs_report(costs), result),
+        "rows_check": rows_check(cluster, result),
+    }
+
+
+def cost_model(costs: dict[str, dict[str, Any]], result: FleetResult) -> dict[str, Any]:
+    server_cpu_s = costs["total"]["cpu_s"]
+    per_host_second = server_cpu_s / result.host_seconds if result.host_seconds else 0.0
+    enrolled = max(result.hosts_enrolled, 1)
+    return {
+        "processes": costs,
+        "server_cpu_s": server_cpu_s,
+        "client_cpu_s": result.client_cpu_s,
+        "cpu_s_per_host_second": per_host_second,
+        "hosts_per_core": hosts_per_core(per_host_second) if per_host_second else None,
+        "rss_per_10k_hosts_mb": {
+            name: figures["rss_max_bytes"] * 10_000 / enrolled / 2**20
+            for name, figures in costs.items()
+        },
+    }
+
+
+def rows_check(cluster: QuarryCluster, result: FleetResult) -> dict[str, Any]:
+    """Rows osquery was told are stored, against rows ClickHouse holds for this run."""
+    prefix = result.config.identifier_prefix.replace("'", "")
+    found = {}
+    for kind, table in (("results", "quarry.results"), ("status", "quarry.status_logs")):
+        rows = cluster.sql(
+            f"SELECT count() AS n FROM {table} WHERE startsWith(host_identifier, '{prefix}-')"
+        )
+        found[kind] = int(rows[0]["n"])
+    accepted = result.rows_accepted
+    return {"accepted": accepted, "found": found, "equal": accepted == found}
+
+
+# --- saturation probes --------------------------------------------------------------------
+
+
+def enrolled_node_key(cluster: QuarryCluster) -> str:
+    async def enroll() -> str:
+        profile = HostProfile.make(0, seed=cluster.port_base)
+        async with OsqueryNode(
+            server=cluster.gateway,
+            ca_file=cluster.ca_cert,
+            enroll_secret=cluster.enroll_secret,
+            profile=profile,
+            host_identifier=f"saturation-{cluster.port_base}",
+        ) as node:
+            return await node.get_node_key()
+
+    return asyncio.run(enroll())
+
+
+def log_body_factory(node_key: str, host: str):
+    """A log POST of LOG_ROWS_PER_POST event rows, different for every request number."""
+
+    def body(number: int) -> bytes:
+        records = log_records.event_records(
+            "pack_bench_saturation",
+            host,
+            1_736_072_430 + number,
+            counter=number,
+            added=[
+                {"pid": str(i), "name": f"proc{i}", "n": str(number)}
+                for i in range(LOG_ROWS_PER_POST)
+            ],
+        )
+        return orjson.dumps({"data": records, "log_type": "result", "node_key": node_key})
+
+    return body
+
+
+def saturate_quarry(cluster: QuarryCluster, args: argparse.Namespace) -> dict[str, Any]:
+    node_key = enrolled_node_key(cluster)
+    host, port = cluster.gateway.split(":")
+    address = ServerAddress(host, int(port))
+    context = osquery_ssl_context(cluster.ca_cert)
+    key_body = orjson.dumps({"node_key": node_key})
+    log_body = log_body_factory(node_key, f"saturation-{port}")
+    targets = {
+        "distributed_read": ("/api/v1/osquery/distributed/read", key_body, args.connections),
+        "config": ("/api/v1/osquery/config", key_body, args.connections),
+        "log": ("/api/v1/osquery/log", log_body, args.log_connections),
+    }
+    figures = {}
+    for name, (path, body, connections) in targets.items():
+        progress(f"saturating Quarry's {name} with {connections} connections")
+        target = SaturationTarget(address, context, path, body, node_key=node_key)
+        figures[name] = run_saturation(
+            target, connections=connections, duration_s=args.saturation_seconds
+        ).as_dict()
+        figures[name]["connections"] = connections
+    figures["log"]["rows_per_s"] = figures["log"]["requests_per_s"] * LOG_ROWS_PER_POST
+    return figures
+
+
+# --- the whole run ------------------------------------------------------------------------
+
+
+def standard_run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    env = {"QUARRY_GATEWAY_WORKERS": str(args.gateway_workers)}
+    with quarry_cluster(scratch, args.clickhouse_url, env) as cluster:
+        set_bench_config(cluster, scratch)
+        config = fleet_config(args, cluster, args.hosts)
+        progress(f"simulating {config.hosts} hosts for {config.duration_s:g} s")
+        measured = run_measured_fleet(cluster, config, args.clickhouse_url)
+        quarry = saturate_quarry(cluster, args)
+        server_version = cluster.sql("SELECT version() AS v")[0]["v"]
+        tls = TlsFiles(
+            cluster.ca_cert,
+            cluster.state_dir / "tls/server.pem",
+            cluster.state_dir / "tls/server.key",
+        )
+        config_bytes = json.dumps(config_for_packs(), separators=(",", ":")).encode()
+    progress("measuring the bare HTTPS ceiling")
+    bare = http_ceiling(
+        tls,
+        args.gateway_workers,
+        args.connections,
+        args.saturation_seconds,
+        config_bytes=config_bytes,
+    )
+    progress("measuring the storage ceiling")
+    storage = storage_ceiling(args.clickhouse_url, chdb_dir=scratch / "ceiling-chdb")
+    return {
+        "environment": environment.describe(server_version),
+        "settings": vars(args),
+        **measured,
+        "saturation": {"quarry": quarry, "bare_https": bare, "storage": storage},
+        "ratios": ratios(quarry, bare, storage),
+    }
+
+
+def set_bench_config(cluster: QuarryCluster, scratch: Path) -> None:
+    config_file = scratch / "bench-config.json"
+    config_file.write_text(json.dumps(config_for_packs()))
+    cluster.cli("config", "set", "-f", str(config_file))
+
+
+def ratios(quarry: dict, bare: dict, storage: dict) -> dict[str, float | None]:
+    def share(ours: float, ceiling: float) -> float | None:
+        return round(ours / ceiling, 3) if ceiling else None
+
+    return {
+        "distributed_read_vs_bare_https": share(
+            quarry["distributed_read"]["requests_per_s"],
+            bare["distributed_read"]["requests_per_s"],
+        ),
+        "config_vs_bare_https": share(
+            quarry["config"]["requests_per_s"], bare["config"]["requests_per_s"]
+        ),
+        "log_rows_vs_raw_inserts": share(quarry["log"]["rows_per_s"], storage["rows_per_s"]),
+    }
+
+
+def sweep(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    stages = []
+    env = {"QUARRY_GATEWAY_WORKERS": str(args.gateway_workers)}
+    with quarry_cluster(scratch, args.clickhouse_url, env) as cluster:
+        set_bench_config(cluster, scratch)
+        hosts = args.hosts
+        while hosts <= args.max_hosts:
+            progress(f"sweep stage: {hosts} hosts for {args.duration:g} s")
+            measured = run_measured_fleet(
+                cluster, fleet_config(args, cluster, hosts), args.clickhouse_url
+            )
+            verdict = stage_verdict(measured["fleet"])
+            stages.append({"hosts": hosts, "verdict": verdict, **measured})
+            if verdict:
+                break
+            hosts *= 2
+        server_version = cluster.sql("SELECT version() AS v")[0]["v"]
+    good = [s["hosts"] for s in stages if not s["verdict"]]
+    return {
+        "environment": environment.describe(server_version),
+        "settings": vars(args),
+        "sweep": {"stages": stages, "last_good_hosts": good[-1] if good else None},
+    }
+
+
+def stage_verdict(fleet: dict[str, Any]) -> str:
+    """Why the stage broke the limits ("" when it did not)."""
+    requests = sum(e["requests"] for e in fleet["endpoints"].values())
+    errors = sum(e["errors"] for e in fleet["endpoints"].values())
+    if requests and errors / requests > MAX_ERROR_RATE:
+        return f"error rate {errors / requests:.1%} > {MAX_ERROR_RATE:.0%}"
+    for name, stats in fleet["endpoints"].items():
+        if (stats["p95_ms"] or 0) > MAX_P95_MS:
+            return f"{name} p95 {stats['p95_ms']:.0f} ms > {MAX_P95_MS:.0f} ms"
+    return ""
+
+
+def _port_of(url: str) -> int:
+    return int(url.split("@", 1)[-1].split("/", 1)[0].rsplit(":", 1)[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="quarry-bench-") as scratch:
+        run = sweep if args.sweep else standard_run
+        figures = run(args, Path(scratch))
+    markdown = report.render(figures)
+    (out / "report.json").write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    (out / "report.md").write_text(markdown)
+    print(json.dumps(figures, indent=2, default=str) if args.json else markdown)
+    progress(f"written {out / 'report.md'} and {out / 'report.json'}")
+    rows_ok = all(
+        s.get("rows_check", {}).get("equal", True)
+        for s in figures.get("sweep", {}).get("stages", [figures])
+    )
+    return 0 if rows_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

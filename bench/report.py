@@ -1,0 +1,161 @@
+"""The benchmark's markdown report, rendered from its JSON figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ENDPOINT_COLUMNS = ("requests", "errors", "requests_per_s", "p50_ms", "p95_ms", "p99_ms")
+
+
+def render(figures: dict[str, Any]) -> str:
+    lines = ["# Quarry benchmark", ""]
+    lines += _environment(figures["environment"], figures["settings"])
+    if "sweep" in figures:
+        lines += _sweep(figures["sweep"])
+    else:
+        lines += _fleet(figures)
+        lines += _saturation(figures["saturation"], figures["ratios"])
+    return "\n".join(lines) + "\n"
+
+
+def _environment(env: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
+    store = settings.get("clickhouse_url") or "embedded chdb"
+    return [
+        f"Machine: {env['cpu_model']}, {env['cpu_count']} cores, {env['memory_gib']} GiB, "
+        f"Linux {env['kernel']}, Python {env['python']}.",
+        f"ClickHouse {env['clickhouse']} ({store}). {packages}.",
+        f"Gateway workers: {settings['gateway_workers']}. Intervals: config "
+        f"{settings['config_interval']:g} s, logs {settings['log_interval']:g} s, distributed "
+        f"{settings['distributed_interval']:g} s; gzip {'on' if settings['gzip'] else 'off'}.",
+        "",
+    ]
+
+
+def _fleet(run: dict[str, Any]) -> list[str]:
+    fleet, costs, rows = run["fleet"], run["costs"], run["rows_check"]
+    lines = [
+        f"## Fleet: {fleet['config']['hosts']} simulated hosts for {fleet['wall_s']:.0f} s",
+        "",
+        f"Enrolled {fleet['hosts_enrolled']}; {fleet['host_seconds']:.0f} host-seconds.",
+        "",
+        _table(
+            ("endpoint", *ENDPOINT_COLUMNS),
+            [
+                (name, *(stats[c] for c in ENDPOINT_COLUMNS))
+                for name, stats in fleet["endpoints"].items()
+            ],
+        ),
+        "",
+        f"Log rows accepted {rows['accepted']}, found in ClickHouse {rows['found']}: "
+        f"{'equal' if rows['equal'] else 'NOT EQUAL'}.",
+        "",
+    ]
+    for live in fleet["live_queries"]:
+        reached = ", ".join(
+            f"{k} {v} s" if v is not None else f"{k} never" for k, v in live["seconds_to"].items()
+        )
+        lines += [
+            f"Live query launched at {live['launched_at_s']:.0f} s to "
+            f"{live['hosts_enrolled_at_launch']} hosts: {reached}. {live['error']}",
+            "",
+        ]
+    lines += [
+        "## Cost (server side: every Quarry process and ClickHouse, from /proc)",
+        "",
+        f"- Server CPU: {costs['server_cpu_s']:.1f} s; "
+        f"load generator: {costs['client_cpu_s']:.1f} s.",
+        f"- CPU per simulated host-second: {costs['cpu_s_per_host_second'] * 1e6:.1f} µs, "
+        f"so **{_number(costs['hosts_per_core'])} hosts per core** at these intervals.",
+        "",
+        _table(
+            ("process", "cpu_s", "rss_max_mb", "rss per 10k hosts (MB)"),
+            [
+                (
+                    name,
+                    round(p["cpu_s"], 1),
+                    round(p["rss_max_bytes"] / 2**20, 1),
+                    round(costs["rss_per_10k_hosts_mb"][name], 1),
+                )
+                for name, p in costs["processes"].items()
+            ],
+        ),
+        "",
+    ]
+    return lines
+
+
+def _saturation(saturation: dict[str, Any], ratios: dict[str, Any]) -> list[str]:
+    quarry, bare, storage = saturation["quarry"], saturation["bare_https"], saturation["storage"]
+    rows = [
+        (
+            "distributed read",
+            quarry["distributed_read"]["requests_per_s"],
+            bare["distributed_read"]["requests_per_s"],
+            ratios["distributed_read_vs_bare_https"],
+        ),
+        (
+            "config",
+            quarry["config"]["requests_per_s"],
+            bare["config"]["requests_per_s"],
+            ratios["config_vs_bare_https"],
+        ),
+        (
+            "log rows/s",
+            quarry["log"]["rows_per_s"],
+            storage["rows_per_s"],
+            ratios["log_rows_vs_raw_inserts"],
+        ),
+    ]
+    return [
+        f"## Against the physical limits (closed loop: {bare['connections']} connections, "
+        f"{quarry['log']['connections']} for logs)",
+        "",
+        _table(("path", "Quarry /s", "ceiling /s", "ratio"), rows),
+        "",
+        f"HTTP ceiling: bare Starlette+uvicorn over the same TLS answering the same bytes. "
+        f"Storage ceiling: raw inserts of the same rows, {storage['insert_batch_rows']} rows "
+        f"per insert, into {storage.get('backend', 'the same store')}.",
+        "",
+    ]
+
+
+def _sweep(sweep: dict[str, Any]) -> list[str]:
+    rows = []
+    for stage in sweep["stages"]:
+        endpoints = stage["fleet"]["endpoints"]
+        worst_p95 = max((e["p95_ms"] or 0) for e in endpoints.values())
+        requests = sum(e["requests"] for e in endpoints.values())
+        errors = sum(e["errors"] for e in endpoints.values())
+        rows.append(
+            (
+                stage["hosts"],
+                requests,
+                errors,
+                worst_p95,
+                _number(stage["costs"]["hosts_per_core"]),
+                stage["verdict"] or "ok",
+            )
+        )
+    return [
+        f"## Sweep: last good N = {sweep['last_good_hosts']}",
+        "",
+        _table(("hosts", "requests", "errors", "worst p95 ms", "hosts/core", "verdict"), rows),
+        "",
+    ]
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return "" if value is None else str(value)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"

@@ -1,0 +1,39 @@
+"""`python -m bench` at tiny scale: the whole benchmark runs and its report holds together.
+
+A smoke test of the code, not a measurement: no figure is compared with a threshold.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.__main__ import main
+
+
+def test_a_tiny_standard_run_writes_a_consistent_report(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    exit_code = main(
+        [
+            "--hosts", "12", "--duration", "8", "--start-period", "2",
+            "--config-interval", "4", "--log-interval", "2", "--distributed-interval", "2",
+            "--connections", "2", "--log-connections", "4", "--saturation-seconds", "0.5",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert exit_code == 0
+    figures = json.loads((out / "report.json").read_text())
+    assert figures["fleet"]["hosts_enrolled"] == 12
+    assert figures["rows_check"]["equal"] is True
+    assert figures["rows_check"]["found"]["results"] > 0
+    assert figures["fleet"]["live_queries"][0]["seconds_to"]["p100"] is not None
+    assert set(figures["costs"]["processes"]) >= {"gateway", "ingest", "enroll", "total"}
+    assert figures["costs"]["server_cpu_s"] > 0
+    for path in ("distributed_read", "config", "log"):
+        assert figures["saturation"]["quarry"][path]["requests"] > 0
+        assert figures["saturation"]["quarry"][path]["errors"] == 0
+    assert figures["saturation"]["bare_https"]["distributed_read"]["requests"] > 0
+    assert figures["saturation"]["storage"]["rows_per_s"] > 0
+    assert all(value is not None for value in figures["ratios"].values())
+    markdown = (out / "report.md").read_text()
+    assert "hosts per core" in markdown and "| distributed read |" in markdown
