@@ -21,6 +21,7 @@ import asyncio
 import json
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import orjson
 from bench import environment, report
 from bench.ceilings import http_ceiling, storage_ceiling
 from bench.fleet import FleetConfig, FleetResult, run_fleet
-from bench.payloads import config_for_packs
+from bench.payloads import FIRST_RUN_WINDOW_S, config_for_packs
 from bench.process_costs import (
     ProcessSampler,
     costs_report,
@@ -50,14 +51,15 @@ LIVE_QUERY_SQL = "SELECT hostname, cpu_brand, physical_memory FROM system_info"
 LOG_ROWS_PER_POST = 20
 MAX_ERROR_RATE = 0.02
 MAX_P95_MS = 1000.0
+MIN_STEADY_WINDOW_S = 30.0
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--hosts", type=int, default=2000, help="simulated hosts (default 2000)")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of fleet load")
+    parser.add_argument("--duration", type=float, default=180.0, help="seconds of fleet load")
     parser.add_argument(
-        "--start-period", type=float, default=20.0, help="seconds over which enrollments are spread"
+        "--start-period", type=float, default=30.0, help="seconds over which enrollments are spread"
     )
     parser.add_argument("--config-interval", type=float, default=60.0)
     parser.add_argument("--log-interval", type=float, default=10.0)
@@ -134,24 +136,43 @@ def run_measured_fleet(
     if clickhouse_url:
         pids["clickhouse"] = find_clickhouse_pid(port=_port_of(clickhouse_url))
     live = [(config.duration_s / 2, live_query_launcher(cluster))]
+    # Steady state: after every host enrolled and sent its first full result sets.
+    steady_from_s = config.start_period_s + FIRST_RUN_WINDOW_S
+    steady = ProcessSampler(pids)
+    steady_timer = threading.Timer(steady_from_s, steady.start)
+    if steady_from_s + MIN_STEADY_WINDOW_S <= config.duration_s:
+        steady_timer.start()
     with ProcessSampler(pids) as sampler:
         result: FleetResult = asyncio.run(run_fleet(config, live))
         costs = sampler.stop()
-    return {
+    steady_timer.cancel()
+    measured = {
         "fleet": result.to_dict(),
-        "costs": cost_model(costs_report(costs), result),
+        "costs": cost_model(costs_report(costs), result, result.host_seconds),
         "rows_check": rows_check(cluster, result),
     }
+    if steady.started:
+        window_s = result.wall_s - steady_from_s
+        steady_costs = costs_report(steady.stop())
+        measured["steady_costs"] = {
+            "from_s": steady_from_s,
+            "window_s": window_s,
+            **cost_model(steady_costs, result, result.hosts_enrolled * window_s),
+        }
+    return measured
 
 
-def cost_model(costs: dict[str, dict[str, Any]], result: FleetResult) -> dict[str, Any]:
+def cost_model(
+    costs: dict[str, dict[str, Any]], result: FleetResult, host_seconds: float
+) -> dict[str, Any]:
     server_cpu_s = costs["total"]["cpu_s"]
-    per_host_second = server_cpu_s / result.host_seconds if result.host_seconds else 0.0
+    per_host_second = server_cpu_s / host_seconds if host_seconds else 0.0
     enrolled = max(result.hosts_enrolled, 1)
     return {
         "processes": costs,
         "server_cpu_s": server_cpu_s,
         "client_cpu_s": result.client_cpu_s,
+        "host_seconds": host_seconds,
         "cpu_s_per_host_second": per_host_second,
         "hosts_per_core": hosts_per_core(per_host_second) if per_host_second else None,
         "rss_per_10k_hosts_mb": {

@@ -150,6 +150,10 @@ class ProcessSampler:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
     def start(self) -> None:
         stats = all_stats()
         for tree in self.trees.values():

@@ -68,6 +68,7 @@ def _fleet(run: dict[str, Any]) -> list[str]:
         f"- CPU per simulated host-second: {costs['cpu_s_per_host_second'] * 1e6:.1f} µs, "
         f"so **{_number(costs['hosts_per_core'])} hosts per core** at these intervals.",
         "",
+        *_steady(run.get("steady_costs")),
         _table(
             ("process", "cpu_s", "rss_max_mb", "rss per 10k hosts (MB)"),
             [
@@ -83,6 +84,17 @@ def _fleet(run: dict[str, Any]) -> list[str]:
         "",
     ]
     return lines
+
+
+def _steady(steady: dict[str, Any] | None) -> list[str]:
+    if not steady:
+        return []
+    return [
+        f"- Steady state (from {steady['from_s']:.0f} s, after enrollment and first full result "
+        f"sets; {steady['window_s']:.0f} s): {steady['cpu_s_per_host_second'] * 1e6:.1f} µs per "
+        f"host-second, so **{_number(steady['hosts_per_core'])} hosts per core**.",
+        "",
+    ]
 
 
 def _saturation(saturation: dict[str, Any], ratios: dict[str, Any]) -> list[str]:
