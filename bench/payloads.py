@@ -173,18 +173,7 @@ SYSTEM_ACCOUNTS += ["systemd-resolve", "messagebus", "systemd-timesync", "syslog
 
 
 def users_rows(host: HostProfile, rng: random.Random) -> list[Row]:
-    rows = [
-        {
-            "uid": str(uid),
-            "gid": str(uid),
-            "username": name,
-            "description": name,
-            "directory": "/root" if uid == 0 else f"/home/{name}",
-            "shell": "/bin/bash",
-            "uuid": "",
-        }
-        for name, uid in host.users
-    ]
+    rows = host.table("users") or []  # the host's people, as the emulator's tables give them
     for offset, name in enumerate(SYSTEM_ACCOUNTS, start=1):
         uid = 65534 if name == "nobody" else offset if offset < 100 else 100 + offset
         shell = "/usr/sbin/nologin"
