@@ -32,7 +32,7 @@ from ingest_service.clickhouse_server_store import client_url
 from ingest_service.embedded_clickhouse_store import EmbeddedClickHouseStore
 from ingest_service.log_rows import RESULTS_TABLE, Row, flatten_batch
 from ingest_service.log_store import DATABASE
-from ingest_service.schema import is_modern, results_table
+from ingest_service.schema import RESULTS, create_table, is_modern
 from protos.v1 import logs_pb2
 from tests.emulator import HostProfile, log_records
 from tests.emulator.http_client import ServerAddress, osquery_ssl_context
@@ -273,7 +273,7 @@ def insert_into_server(url: str, batches: list[list[Row]], max_seconds: float) -
         client.execute(f"CREATE DATABASE {SCRATCH_DATABASE}")
         try:
             # The very DDL of quarry.results, in a scratch database.
-            client.execute(results_table(SCRATCH_DATABASE, is_modern(version)))
+            client.execute(create_table(SCRATCH_DATABASE, RESULTS, is_modern(version), days=0))
             table = f"{SCRATCH_DATABASE}.{RESULTS_TABLE}"
 
             def insert(batch: list[Row]) -> None:

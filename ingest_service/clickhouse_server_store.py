@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from clickhouse_driver import Client
 
 from ingest_service.log_store import DATABASE, QueryResult
-from ingest_service.schema import is_modern, schema_statements
+from ingest_service.schema import apply_schema, is_modern, retention_days
 
 # The driver logs a full traceback per failed connect; the service logs one line per failed
 # insert instead.
@@ -48,8 +48,7 @@ class ClickHouseServerStore:
         bootstrap = Client.from_url(client_url(self.url, "default"))
         try:
             version = bootstrap.execute("SELECT version()")[0][0]
-            for statement in schema_statements(DATABASE, is_modern(version)):
-                bootstrap.execute(statement)
+            apply_schema(bootstrap.execute, DATABASE, is_modern(version), retention_days())
         finally:
             bootstrap.disconnect()
 

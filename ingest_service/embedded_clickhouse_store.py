@@ -14,7 +14,7 @@ import orjson
 from chdb.session import Session
 
 from ingest_service.log_store import DATABASE, QueryResult
-from ingest_service.schema import is_modern, schema_statements
+from ingest_service.schema import apply_schema, is_modern, retention_days
 
 
 class EmbeddedClickHouseStore:
@@ -30,9 +30,13 @@ class EmbeddedClickHouseStore:
     def ensure_schema(self) -> None:
         modern = is_modern(self.version())
         with self.lock:
-            for statement in schema_statements(DATABASE, modern):
-                self.session.query(statement)
+            apply_schema(self.run_rows, DATABASE, modern, retention_days())
             self.session.query(f"USE {DATABASE}")
+
+    def run_rows(self, sql: str) -> list[list[Any]]:
+        """Rows of one statement; the caller holds the lock."""
+        output = self.session.query(sql, "JSONCompact").bytes()
+        return orjson.loads(output)["data"] if output.strip() else []
 
     def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         if not rows:

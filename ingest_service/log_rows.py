@@ -5,11 +5,16 @@ osquery-protocol.md §8); every shape becomes one `results` row per result row, 
 query one table whatever the host's logger flags were. Status lines become `status_logs`
 rows and a live query's answer becomes `distributed_results` rows.
 
-Leniency: a batch whose JSON does not parse, or is not an array, is rejected as a whole
-(`MalformedBatch`). Inside a good batch, a record that is not an object, or a result record
-with none of `columns`, `diffResults` or `snapshot`, is skipped and counted; a field of the
-wrong type is stored as best possible (a number that does not parse becomes 0). Rejecting
-the whole batch for one bad record would make osquery resend it for ever.
+A scheduled query's name `pack_<pack>_<query>` is also split into `pack` and `query` at
+the first `_` after `pack_` (pack names are usually written with `-`); see schema.py.
+
+Leniency: osquery does not validate UTF-8 in table data, so bytes that are not UTF-8
+become U+FFFD and the rest of the value and batch is kept. A batch whose JSON does not
+parse, or is not an array, is rejected as a whole (`MalformedBatch`). Inside a good batch,
+a record that is not an object, or a result record with none of `columns`, `diffResults`
+or `snapshot`, is skipped and counted; a field of the wrong type is stored as best possible
+(a number that does not parse becomes 0). Rejecting the whole batch for one bad record
+would make osquery resend it for ever.
 """
 
 from __future__ import annotations
@@ -98,11 +103,19 @@ def flatten_batch(batch: logs_pb2.LogBatch) -> FlatBatch:
 def parse_records(data_json: bytes) -> list[Any]:
     try:
         records = orjson.loads(data_json)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedBatch(f"data_json is not valid JSON: {exc}") from None
+    except orjson.JSONDecodeError:
+        records = parse_lenient(data_json)
     if not isinstance(records, list):
         raise MalformedBatch(f"data_json must be a JSON array, got {type(records).__name__}")
     return records
+
+
+def parse_lenient(data_json: bytes) -> Any:
+    """JSON whose strings may hold bytes that are not UTF-8 (osquery sends them as is)."""
+    try:
+        return orjson.loads(data_json.decode("utf-8", errors="replace"))
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBatch(f"data_json is not valid JSON: {exc}") from None
 
 
 # Results
@@ -143,9 +156,13 @@ def result_record_rows(record: Any) -> list[tuple[str, dict[str, Any]]] | None:
 
 def result_record_fields(record: dict[str, Any], common: Row, host_identifier: str) -> Row:
     names, values = decoration_arrays(record, RESULT_FIELDS)
+    name = as_text(record.get("name"))
+    pack, query = split_query_name(name)
     return {
         **common,
-        "name": as_text(record.get("name")),
+        "name": name,
+        "pack": pack,
+        "query": query,
         "host_identifier": host_identifier or as_text(record.get("hostIdentifier")),
         "calendar_time": as_text(record.get("calendarTime")),
         "unix_time": as_uint(record.get("unixTime"), UINT32_MAX),
@@ -155,6 +172,15 @@ def result_record_fields(record: dict[str, Any], common: Row, host_identifier: s
         "decoration_names": names,
         "decoration_values": values,
     }
+
+
+def split_query_name(name: str) -> tuple[str, str]:
+    """(pack, query) of `pack_<pack>_<query>`, split at the first `_`; ("", name) otherwise."""
+    if name.startswith("pack_"):
+        pack, delimiter, query = name[len("pack_") :].partition("_")
+        if delimiter:
+            return pack, query
+    return "", name
 
 
 # Status logs

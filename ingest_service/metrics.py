@@ -6,8 +6,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 BATCHES = Counter(
     "quarry_ingest_batches_total",
-    "Log batches received from gateways, by outcome: stored, duplicate, rejected "
-    "(unreadable, acked with an error), failed (the insert failed, acked with an error).",
+    "Log batches received from gateways, by outcome: stored (fsynced to the spool, acked ok), "
+    "duplicate, rejected (unreadable, acked with an error), failed (spool full or the spool "
+    "write failed, acked with an error).",
     ["outcome"],
 )
 ROWS_INSERTED = Counter(
@@ -23,7 +24,7 @@ INSERT_SECONDS = Histogram(
 )
 INSERT_ERRORS = Counter(
     "quarry_ingest_insert_errors_total",
-    "Group-commit inserts that failed (every batch of the group was acked with an error).",
+    "Replay inserts that failed (the group is retried with backoff; nothing is dropped).",
     ["table"],
 )
 DUPLICATES = Counter(
@@ -36,9 +37,34 @@ SKIPPED_RECORDS = Counter(
 )
 UNSETTLED_BATCHES = Gauge(
     "quarry_ingest_unsettled_batches",
-    "Batches received but not yet acknowledged (pending or being inserted).",
+    "Batches received but not yet acknowledged (waiting for their spool append).",
 )
 PENDING_ROWS = Gauge(
     "quarry_ingest_pending_rows",
-    "Rows waiting for the next group-commit insert.",
+    "Rows spooled by this process and not yet inserted into ClickHouse.",
+)
+SPOOL_UNREPLAYED_BYTES = Gauge(
+    "quarry_ingest_spool_unreplayed_bytes",
+    "Bytes in the spool acknowledged but not yet confirmed inserted into ClickHouse.",
+)
+SPOOL_OLDEST_AGE_SECONDS = Gauge(
+    "quarry_ingest_spool_oldest_record_age_seconds",
+    "Age of the oldest spooled batch not yet inserted into ClickHouse (0 when caught up).",
+)
+SPOOL_APPENDS = Counter(
+    "quarry_ingest_spool_appends_total",
+    "Batches written and fsynced to the spool.",
+)
+SPOOL_FSYNC_SECONDS = Histogram(
+    "quarry_ingest_spool_fsync_duration_seconds",
+    "Time one fsync of a spool append group took.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+REPLAY_LAG_BATCHES = Gauge(
+    "quarry_ingest_replay_lag_batches",
+    "Spooled batches waiting to be inserted into ClickHouse.",
+)
+SPOOL_FULL_REFUSALS = Counter(
+    "quarry_ingest_spool_full_refusals_total",
+    "Batches acked with an error because the spool held more than ingest_spool_max_bytes.",
 )

@@ -1,20 +1,44 @@
-"""The ClickHouse tables Quarry writes logs to, for ClickHouse 18.16 and for modern servers.
+"""The ClickHouse tables and views Quarry writes logs to, and keeping them current.
 
-Every statement must run on Debian's ClickHouse 18.16 (no Map, no LowCardinality without an
-experimental setting) and on modern ClickHouse (chdb 26.9). Column values are stored as
-two parallel arrays (names, values), which every version reads; modern servers also get a
-`columns` Map alias so analysts can write `columns['pid']`. docs/clickhouse-schema.md
-documents each column for analysts; keep the two in step.
+Every statement must run on Debian's ClickHouse 18.16 (no Map, no TTL, no LowCardinality
+without an experimental setting) and on modern ClickHouse (chdb 26.9). Column values are
+stored as two parallel arrays (names, values), which every version reads; modern servers
+also get a `columns` Map alias so analysts can write `columns['pid']`. docs/analysts.md
+documents each column and view for analysts; keep the two in step.
+
+Tables are only ever extended: `apply_schema` creates what is missing and adds missing
+columns to tables an older Quarry created, so rows already stored keep working. A table's
+partition key and sort key are fixed when it is created; only new tables get the current ones.
 """
 
 from __future__ import annotations
 
-# mapFromArrays arrived in 23.3; before that Map was experimental or missing.
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
+
+from quarry.settings import Settings
+
+# mapFromArrays arrived in 23.3; TTL in 19.6. Before 23.3 Map was experimental or missing.
 MODERN_MIN_VERSION = (23, 3)
 
 
+# `pack_<pack>_<query>` split at the first `_` after `pack_`: pack names are usually
+# written with `-` (osquery-monitoring, incident-response) while query names often hold
+# `_` (osquery_info), so the first `_` is the likelier delimiter. log_rows.split_query_name
+# does the same in Python; this SQL fills the columns for rows stored before they existed.
+_PACK_REST = "substring(name, 6)"
+_IS_PACK = f"substring(name, 1, 5) = 'pack_' AND position({_PACK_REST}, '_') > 0"
+PACK_DEFAULT = f"if({_IS_PACK}, substring({_PACK_REST}, 1, position({_PACK_REST}, '_') - 1), '')"
+QUERY_DEFAULT = f"if({_IS_PACK}, substring({_PACK_REST}, position({_PACK_REST}, '_') + 1), name)"
+
+# Run one SQL statement and return its rows; each store passes its own.
+RunSql = Callable[[str], Sequence[Sequence[Any]]]
+
+
 def is_modern(version: str) -> bool:
-    """Whether a server of this version (as `SELECT version()` prints it) has Map and friends."""
+    """Whether a server of this version (as `SELECT version()` prints it) has Map and TTL."""
     parts = []
     for piece in version.split(".")[:2]:
         digits = "".join(ch for ch in piece if ch.isdigit())
@@ -22,89 +46,299 @@ def is_modern(version: str) -> bool:
     return tuple(parts) >= MODERN_MIN_VERSION
 
 
-def schema_statements(database: str, modern: bool) -> list[str]:
-    """CREATE statements for the database and its three tables; safe to run again."""
+def retention_days(environ: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Days to keep each table's rows (QUARRY_RETENTION_<TABLE>_DAYS); 0 means for ever."""
+    settings = Settings.from_env(environ)
+    days = {table: getattr(settings, f"retention_{table}_days") for table in TABLE_NAMES}
+    for table, value in days.items():
+        if value < 0:
+            raise ValueError(f"QUARRY_RETENTION_{table.upper()}_DAYS must not be negative")
+    return days
+
+
+# Columns
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column; `modern` columns exist only on servers with Map (they are aliases)."""
+
+    name: str
+    type: str
+    default: str = ""
+    alias: str = ""
+    modern: bool = False
+
+    def definition(self, modern_server: bool) -> str:
+        column_type = self.type
+        if not modern_server:
+            column_type = column_type.replace("LowCardinality(String)", "String")
+        if self.alias:
+            return f"{self.name} {column_type} ALIAS {self.alias}"
+        if self.default:
+            return f"{self.name} {column_type} DEFAULT {self.default}"
+        return f"{self.name} {column_type}"
+
+
+TEXT = "LowCardinality(String)"  # plain String on 18.16
+COLUMNS_MAP = Column(
+    "columns",
+    "Map(String, String)",
+    alias="mapFromArrays(column_names, column_values)",
+    modern=True,
+)
+DECORATIONS_MAP = Column(
+    "decorations",
+    "Map(String, String)",
+    alias="mapFromArrays(decoration_names, decoration_values)",
+    modern=True,
+)
+INGEST_COLUMNS = (
+    Column("node_id", "String"),
+    Column("received_at", "DateTime"),
+    Column("batch_id", "String"),
+)
+# When ClickHouse wrote the row; retention (TTL) counts from here, so a batch whose
+# received_at is old (replayed from a spool, or a test's fixed clock) is still kept N days.
+STORED_AT = Column("stored_at", "DateTime", default="now()")
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    order_by: str
+
+    def columns_for(self, modern: bool) -> list[Column]:
+        return [column for column in self.columns if modern or not column.modern]
+
+
+RESULTS = Table(
+    "results",
+    (
+        Column("name", TEXT),
+        Column("host_identifier", "String"),
+        Column("unix_time", "DateTime"),
+        Column("calendar_time", "String"),
+        Column("action", TEXT),
+        Column("column_names", "Array(String)"),
+        Column("column_values", "Array(String)"),
+        Column("decoration_names", "Array(String)"),
+        Column("decoration_values", "Array(String)"),
+        Column("epoch", "UInt64"),
+        Column("counter", "UInt64"),
+        Column("numerics", "UInt8"),
+        *INGEST_COLUMNS,
+        Column("pack", TEXT, default=PACK_DEFAULT),
+        Column("query", TEXT, default=QUERY_DEFAULT),
+        STORED_AT,
+        COLUMNS_MAP,
+        DECORATIONS_MAP,
+    ),
+    order_by="name, host_identifier, unix_time",
+)
+STATUS_LOGS = Table(
+    "status_logs",
+    (
+        Column("host_identifier", "String"),
+        Column("unix_time", "DateTime"),
+        Column("calendar_time", "String"),
+        Column("severity", "UInt8"),
+        Column("filename", TEXT),
+        Column("line", "UInt32"),
+        Column("message", "String"),
+        Column("version", TEXT),
+        Column("decoration_names", "Array(String)"),
+        Column("decoration_values", "Array(String)"),
+        *INGEST_COLUMNS,
+        STORED_AT,
+        DECORATIONS_MAP,
+    ),
+    order_by="host_identifier, unix_time",
+)
+DISTRIBUTED_RESULTS = Table(
+    "distributed_results",
+    (
+        Column("campaign_id", "String"),
+        Column("host_identifier", "String"),
+        Column("row_index", "UInt32"),
+        Column("column_names", "Array(String)"),
+        Column("column_values", "Array(String)"),
+        *INGEST_COLUMNS,
+        STORED_AT,
+        COLUMNS_MAP,
+    ),
+    order_by="campaign_id, host_identifier, row_index",
+)
+TABLES = (RESULTS, STATUS_LOGS, DISTRIBUTED_RESULTS)
+TABLE_NAMES = ("results", "status_logs", "distributed_results")
+
+
+def ttl_clause(days: int) -> str:
+    return f"TTL stored_at + toIntervalDay({days})" if days > 0 else ""
+
+
+def create_table(database: str, table: Table, modern: bool, days: int) -> str:
+    # Partitioned by the server's receive day, not the host's clock: a host with a wrong
+    # clock must not create partitions for 1970 or 2099.
+    columns = ",\n    ".join(column.definition(modern) for column in table.columns_for(modern))
+    ttl = ttl_clause(days) if modern else ""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {database}.{table.name} (\n    {columns}\n)\n"
+        f"ENGINE = MergeTree\nPARTITION BY toYYYYMMDD(received_at)\n"
+        f"ORDER BY ({table.order_by})\n{ttl}"
+    ).rstrip()
+
+
+# Views
+
+
+def view_statements(database: str, modern: bool) -> list[str]:
+    """Views analysts reach for; plain views, so they work on 18.16 and need no backfill."""
+    columns_map = ",\n    mapFromArrays(column_names, column_values) AS columns" if modern else ""
     return [
-        f"CREATE DATABASE IF NOT EXISTS {database}",
-        results_table(database, modern),
-        status_logs_table(database, modern),
-        distributed_results_table(database, modern),
+        f"""CREATE VIEW IF NOT EXISTS {database}.host_last_seen AS
+SELECT host_identifier, max(received_at) AS last_seen, argMax(node_id, received_at) AS node_id
+FROM (
+    SELECT host_identifier, node_id, received_at FROM {database}.results
+    UNION ALL
+    SELECT host_identifier, node_id, received_at FROM {database}.status_logs
+)
+GROUP BY host_identifier""",
+        f"""CREATE VIEW IF NOT EXISTS {database}.query_rows_per_day AS
+SELECT toDate(received_at) AS day, name, pack, query,
+    count() AS row_count, uniqExact(host_identifier) AS host_count
+FROM {database}.results
+GROUP BY day, name, pack, query""",
+        f"""CREATE VIEW IF NOT EXISTS {database}.latest_snapshot AS
+SELECT name, pack, query, host_identifier, unix_time, column_names, column_values,
+    decoration_names, decoration_values, node_id, received_at, batch_id{columns_map}
+FROM {database}.results
+WHERE action = 'snapshot'
+    AND (host_identifier, name, unix_time) IN (
+        SELECT host_identifier, name, max(unix_time)
+        FROM {database}.results
+        WHERE action = 'snapshot'
+        GROUP BY host_identifier, name
+    )""",
     ]
 
 
-def low_cardinality(modern: bool) -> str:
-    return "LowCardinality(String)" if modern else "String"
+# Creating and migrating
 
 
-def map_aliases(modern: bool, *maps: tuple[str, str, str]) -> str:
-    """`name Map(String, String) ALIAS mapFromArrays(keys, values)` lines, modern only."""
-    if not modern:
-        return ""
-    return "".join(
-        f",\n    {name} Map(String, String) ALIAS mapFromArrays({keys}, {values})"
-        for name, keys, values in maps
-    )
+def schema_statements(
+    database: str, modern: bool, days: Mapping[str, int] | None = None
+) -> list[str]:
+    """CREATE statements for the database and its three tables; safe to run again."""
+    days = retention_days() if days is None else days
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {database}",
+        *(create_table(database, table, modern, days.get(table.name, 0)) for table in TABLES),
+    ]
 
 
-COLUMNS_MAP = ("columns", "column_names", "column_values")
-DECORATIONS_MAP = ("decorations", "decoration_names", "decoration_values")
-
-# Partitioned by the server's receive time, not the host's clock: a host with a wrong
-# clock must not create partitions for 1970 or 2099.
-MERGE_TREE = "ENGINE = MergeTree\nPARTITION BY toYYYYMM(received_at)\nORDER BY ({order_by})"
-
-
-def results_table(database: str, modern: bool) -> str:
-    text = low_cardinality(modern)
-    return f"""CREATE TABLE IF NOT EXISTS {database}.results (
-    name {text},
-    host_identifier String,
-    unix_time DateTime,
-    calendar_time String,
-    action {text},
-    column_names Array(String),
-    column_values Array(String),
-    decoration_names Array(String),
-    decoration_values Array(String),
-    epoch UInt64,
-    counter UInt64,
-    numerics UInt8,
-    node_id String,
-    received_at DateTime,
-    batch_id String{map_aliases(modern, COLUMNS_MAP, DECORATIONS_MAP)}
-)
-{MERGE_TREE.format(order_by="name, host_identifier, unix_time")}"""
+def missing_column_statements(
+    database: str, modern: bool, existing: Mapping[str, set[str]]
+) -> list[str]:
+    """ALTER TABLE ADD COLUMN for each column an older schema's table lacks."""
+    statements = []
+    for table in TABLES:
+        for column in table.columns_for(modern):
+            if column.name not in existing.get(table.name, set()):
+                statements.append(
+                    f"ALTER TABLE {database}.{table.name} ADD COLUMN {column.definition(modern)}"
+                )
+    return statements
 
 
-def status_logs_table(database: str, modern: bool) -> str:
-    text = low_cardinality(modern)
-    return f"""CREATE TABLE IF NOT EXISTS {database}.status_logs (
-    host_identifier String,
-    unix_time DateTime,
-    calendar_time String,
-    severity UInt8,
-    filename {text},
-    line UInt32,
-    message String,
-    version {text},
-    decoration_names Array(String),
-    decoration_values Array(String),
-    node_id String,
-    received_at DateTime,
-    batch_id String{map_aliases(modern, DECORATIONS_MAP)}
-)
-{MERGE_TREE.format(order_by="host_identifier, unix_time")}"""
+def ttl_statements(database: str, engines: Mapping[str, str], days: Mapping[str, int]) -> list[str]:
+    """ALTER TABLE MODIFY/REMOVE TTL where a table's TTL differs from the retention setting."""
+    statements = []
+    for table in TABLES:
+        engine = engines.get(table.name, "")
+        wanted = ttl_clause(days.get(table.name, 0))
+        if wanted and wanted not in engine:
+            statements.append(f"ALTER TABLE {database}.{table.name} MODIFY {wanted}")
+        elif not wanted and " TTL " in engine:
+            statements.append(f"ALTER TABLE {database}.{table.name} REMOVE TTL")
+    return statements
 
 
-def distributed_results_table(database: str, modern: bool) -> str:
-    return f"""CREATE TABLE IF NOT EXISTS {database}.distributed_results (
-    campaign_id String,
-    host_identifier String,
-    row_index UInt32,
-    column_names Array(String),
-    column_values Array(String),
-    node_id String,
-    received_at DateTime,
-    batch_id String{map_aliases(modern, COLUMNS_MAP)}
-)
-{MERGE_TREE.format(order_by="campaign_id, host_identifier, row_index")}"""
+def apply_schema(run: RunSql, database: str, modern: bool, days: Mapping[str, int]) -> None:
+    """Create or bring up to date the database, tables and views; safe to run again."""
+    for statement in schema_statements(database, modern, days):
+        run(statement)
+    existing: dict[str, set[str]] = {}
+    for table, column in run(
+        f"SELECT table, name FROM system.columns WHERE database = '{database}'"
+    ):
+        existing.setdefault(table, set()).add(column)
+    for statement in missing_column_statements(database, modern, existing):
+        run(statement)
+    if modern:
+        engines = dict(
+            run(f"SELECT name, engine_full FROM system.tables WHERE database = '{database}'")
+        )
+        for statement in ttl_statements(database, engines, days):
+            run(statement)
+    for statement in view_statements(database, modern):
+        run(statement)
+
+
+# Retention on 18.16: dropping whole day partitions
+
+
+class QueryableStore(Protocol):
+    def query(self, sql: str) -> Any: ...
+
+
+def partition_last_day(partition: str) -> date | None:
+    """The last day a partition holds: `20250105` (by day) or `202501` (older, by month)."""
+    text = partition.strip("'")
+    try:
+        if len(text) == 8:
+            return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+        if len(text) == 6:
+            first_of_next = date(int(text[:4]) + int(text[4:]) // 12, int(text[4:]) % 12 + 1, 1)
+            return first_of_next - timedelta(days=1)
+    except ValueError:
+        return None
+    return None
+
+
+def expired_partitions(
+    partitions: Sequence[Sequence[str]], days: Mapping[str, int], today: date
+) -> list[tuple[str, str]]:
+    """(table, partition) pairs whose every day is older than the table's retention."""
+    expired = []
+    for table, partition in partitions:
+        keep_days = days.get(table, 0)
+        last_day = partition_last_day(str(partition))
+        if keep_days > 0 and last_day is not None and last_day < today - timedelta(days=keep_days):
+            expired.append((table, str(partition)))
+    return sorted(set(expired))
+
+
+def drop_expired_partitions(
+    store: QueryableStore,
+    days: Mapping[str, int] | None = None,
+    today: date | None = None,
+    database: str = "quarry",
+) -> list[tuple[str, str]]:
+    """Drop day partitions older than the retention; returns what was dropped.
+
+    ClickHouse 18.16 has no TTL, so the ingest service calls this periodically. It is
+    harmless on modern servers (TTL usually got there first) and also trims the month
+    partitions of tables an older Quarry created. Days count by received_at.
+    """
+    days = retention_days() if days is None else days
+    today = today or datetime.now(UTC).date()
+    rows = store.query(
+        "SELECT DISTINCT table, partition FROM system.parts "
+        f"WHERE database = '{database}' AND active"
+    ).rows
+    dropped = expired_partitions(rows, days, today)
+    for table, partition in dropped:
+        store.query(f"ALTER TABLE {database}.{table} DROP PARTITION {partition}")
+    return dropped

@@ -1,4 +1,10 @@
-"""The ingest process: ZeroMQ ROUTER for log batches, LogStore gRPC, group commit to ClickHouse.
+"""The ingest process: ZeroMQ ROUTER for log batches, an fsynced spool, replay into ClickHouse,
+and the LogStore gRPC service.
+
+A batch goes: receive -> dedup -> flatten check -> spool append+fsync -> ack -> replay ->
+insert -> checkpoint (ingest_service.group_commit; ingest_service.spool for the disk format).
+While ClickHouse is down or slow, batches are still acked once spooled, up to
+`ingest_spool_max_bytes` unreplayed; replay catches up when it is back.
 
 Frames on the ROUTER (the contract with the gateway's DEALER):
 receive `[peer identity, correlation id, LogBatch]`, answer `[peer identity, correlation id,
@@ -14,9 +20,18 @@ import logging
 import zmq
 import zmq.asyncio
 
-from ingest_service.group_commit import GroupCommitter, Reply
+from ingest_service import metrics
+from ingest_service.group_commit import (
+    GroupCommitter,
+    ReplayedReads,
+    Replayer,
+    Reply,
+    recent_ids_from_spool,
+)
 from ingest_service.log_store import LogStore, open_log_store
+from ingest_service.schema import drop_expired_partitions, retention_days
 from ingest_service.service import LogStoreService
+from ingest_service.spool import Spool
 from protos.v1 import logs_pb2, logs_pb2_grpc
 from quarry.grpc_runtime import serve_grpc
 from quarry.metrics_endpoint import start_metrics_endpoint
@@ -30,6 +45,9 @@ HIGH_WATER_MARK = 100_000
 # On shutdown, give the last acks this long to leave.
 LINGER_MS = 2_000
 GRPC_STOP_GRACE_S = 2.0
+# On shutdown, replay for at most this long; what is left is replayed at the next start.
+REPLAY_GRACE_S = 5.0
+RETENTION_INTERVAL_S = 3600.0
 
 
 def main(settings: Settings) -> None:
@@ -39,31 +57,78 @@ def main(settings: Settings) -> None:
 async def serve(settings: Settings) -> None:
     start_metrics_endpoint(settings, "ingest")
     store = open_log_store(settings)
-    committer = GroupCommitter(store, settings.ingest_flush_rows, settings.ingest_flush_interval_s)
-    committer.schema_ready = await create_schema(store)
+    spool = await asyncio.to_thread(open_spool, settings)
+    recent = await asyncio.to_thread(recent_ids_from_spool, spool)
+    replayer = Replayer(spool, store, settings.ingest_flush_rows, settings.ingest_flush_interval_s)
+    committer = GroupCommitter(spool, replayer, settings.ingest_spool_max_bytes, recent)
+    replayer.schema_ready = await create_schema(store)
 
     context = zmq.asyncio.Context()
     endpoint = f"tcp://{settings.bind_host}:{settings.ingest_zmq_port}"
     router = bind_router(context, endpoint)
+    reads = ReplayedReads(store, spool, replayer)
     grpc_server = await serve_grpc(
         f"{settings.bind_host}:{settings.ingest_port}",
-        lambda server: logs_pb2_grpc.add_LogStoreServicer_to_server(LogStoreService(store), server),
+        lambda server: logs_pb2_grpc.add_LogStoreServicer_to_server(LogStoreService(reads), server),
         "ingest",
     )
 
-    writer = asyncio.create_task(committer.run())
+    replaying = asyncio.create_task(replayer.run())
+    appending = asyncio.create_task(committer.run())
     receiver = asyncio.create_task(receive_batches(router, committer))
-    log.info("ingest ready: ZeroMQ %s, store version %s", endpoint, await store_version(store))
+    retention = asyncio.create_task(enforce_retention(store, retention_days()))
+    log.info(
+        "ingest ready: ZeroMQ %s, store version %s, %d spooled batches to replay",
+        endpoint,
+        await store_version(store),
+        spool.unreplayed_records(),
+    )
     await until_signalled()
 
-    log.info("stopping: flushing pending batches")
+    log.info("stopping: spooling what was received, replaying for up to %ss", REPLAY_GRACE_S)
     receiver.cancel()
+    retention.cancel()
     committer.stop()
-    await writer
+    await appending
+    replayer.stop(REPLAY_GRACE_S)
+    await replaying
+    log.info("stopped with %d batches left to replay", spool.unreplayed_records())
     await grpc_server.stop(GRPC_STOP_GRACE_S)
     router.close(linger=LINGER_MS)
     context.term()
+    spool.close()
     store.close()
+
+
+def open_spool(settings: Settings) -> Spool:
+    spool = Spool(
+        settings.path("spool"),
+        settings.ingest_spool_segment_bytes,
+        settings.ingest_spool_retention_s,
+    )
+    # Read at scrape time, so the figures are never stale.
+    metrics.SPOOL_UNREPLAYED_BYTES.set_function(spool.unreplayed_bytes)
+    metrics.SPOOL_OLDEST_AGE_SECONDS.set_function(spool.oldest_unreplayed_age_s)
+    metrics.REPLAY_LAG_BATCHES.set_function(spool.unreplayed_records)
+    return spool
+
+
+async def enforce_retention(store: LogStore, days: dict[str, int]) -> None:
+    """Every hour, drop whole partitions past their table's retention.
+
+    Modern servers also expire rows by TTL; ClickHouse 18.16 has none, so this is how its
+    tables stay bounded. The first pass waits one interval, so a restart loop cannot
+    hammer the server.
+    """
+    while True:
+        await asyncio.sleep(RETENTION_INTERVAL_S)
+        try:
+            dropped = await asyncio.to_thread(drop_expired_partitions, store, days)
+        except Exception as exc:
+            log.warning("retention: cannot drop expired partitions now: %s", exc)
+            continue
+        for table, partition in dropped:
+            log.info("retention: dropped partition %s of %s", partition, table)
 
 
 async def create_schema(store: LogStore) -> bool:

@@ -71,6 +71,18 @@ class Settings:
     # Group commit in ingest: flush after this many rows or this many seconds.
     ingest_flush_rows: int = 50_000
     ingest_flush_interval_s: float = 0.2
+    # Ingest spool (batches are acked once fsynced here): refuse new batches above this many
+    # unreplayed bytes, keep replayed segments this long (the de-duplication window), rotate
+    # segment files at this size.
+    ingest_spool_max_bytes: int = 1 << 30
+    ingest_spool_retention_s: float = 3600.0
+    ingest_spool_segment_bytes: int = 64 << 20
+
+    # Days each log table keeps its rows (0: for ever): TTL on modern ClickHouse, and
+    # partition drops on 18.16.
+    retention_results_days: int = 30
+    retention_status_logs_days: int = 30
+    retention_distributed_results_days: int = 90
 
     # Check-in writes (last seen, deliveries) are batched this long by the gateway.
     checkin_flush_interval_s: float = 1.0
@@ -93,7 +105,12 @@ class Settings:
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is None or f.name == "extra":
                 continue
-            values[f.name] = _convert(f.type, raw)
+            try:
+                values[f.name] = _convert(f.type, raw)
+            except ValueError:
+                raise ValueError(
+                    f"{ENV_PREFIX}{f.name.upper()} must be a {f.type}, got {raw!r}"
+                ) from None
         return cls(**values)  # type: ignore[arg-type]
 
     def to_env(self) -> dict[str, str]:

@@ -80,6 +80,11 @@ class ServiceProcess:
     def returncode(self) -> int | None:
         return None if self._process is None else self._process.poll()
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; stop() then reaps it."""
+        if self._process is not None:
+            self._process.kill()
+
     def terminate(self) -> None:
         """Send SIGTERM without waiting (stop() then waits for the exit)."""
         if self._process is not None:

@@ -404,3 +404,46 @@ def test_the_node_key_is_accepted_from_the_authorization_header_alone(
     assert "options" in served and "node_invalid" not in served
     refused = raw_post(cluster, "/config", b"{}", {"Authorization": "NodeKey not-a-key"})
     assert refused == {"node_invalid": True}
+
+
+# --- delivery guarantee: ingest killed mid-stream ------------------------------------------
+
+
+def test_logs_acked_before_ingest_is_killed_are_stored_exactly_once(
+    cluster: QuarryCluster,
+) -> None:
+    """Acked means fsynced to the spool: a SIGKILL right after the acks loses nothing, and
+    the replay after the restart stores each line once."""
+
+    async def scenario() -> tuple[str, int]:
+        async with new_node(cluster) as node:
+            host = node.host_identifier
+            assert await node.get_node_key()
+            buffer = LogBuffer(node, period_s=0)
+            for i in range(10):
+                buffer.add_result(log_records.event_record("killed", host, NOW, {"i": str(i)}))
+                assert await buffer.check() == {"result": True}
+            cluster.kill_service("ingest")
+            # More lines while ingest is down or restarting: refused, kept, retried.
+            for i in range(10, 20):
+                buffer.add_result(log_records.event_record("killed", host, NOW, {"i": str(i)}))
+            deadline = time.monotonic() + 60
+            while buffer.pending() and time.monotonic() < deadline:
+                await buffer.check()
+                await asyncio.sleep(0.5)
+            return host, buffer.pending()
+
+    host, left = run(scenario())
+    assert left == 0
+
+    def stored() -> list[dict]:
+        try:
+            return cluster.sql(
+                "SELECT column_values[1] AS i, count() AS n FROM quarry.results "
+                f"WHERE host_identifier = {sql_literal(host)} GROUP BY i ORDER BY toUInt32(i)"
+            )
+        except Exception:
+            return []  # ingest still restarting
+
+    rows = eventually(lambda: len(stored()) == 20 and stored(), timeout_s=60)
+    assert rows == [{"i": str(i), "n": 1} for i in range(20)]

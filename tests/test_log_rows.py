@@ -12,6 +12,7 @@ from ingest_service.log_rows import (
     MalformedBatch,
     as_text,
     flatten_batch,
+    split_query_name,
 )
 from protos.v1 import logs_pb2
 
@@ -93,6 +94,8 @@ def test_event_format_is_one_row_per_record() -> None:
         "received_at": 1736072440,
         "batch_id": "b-1",
         "name": "pack_osquery-monitoring_osquery_info",
+        "pack": "osquery-monitoring",
+        "query": "osquery_info",
         "host_identifier": "web-01",
         "calendar_time": "Sun Jan  5 10:20:30 2025 UTC",
         "unix_time": 1736072430,
@@ -313,3 +316,85 @@ def test_distributed_non_object_rows_are_skipped() -> None:
 )
 def test_values_as_osquery_text(value: object, text: str) -> None:
     assert as_text(value) == text
+
+
+# Pack and query names
+
+
+@pytest.mark.parametrize(
+    ("name", "pack", "query"),
+    [
+        ("pack_osquery-monitoring_osquery_info", "osquery-monitoring", "osquery_info"),
+        ("pack_incident-response_listening_ports", "incident-response", "listening_ports"),
+        ("pack_my_pack_q", "my", "pack_q"),  # documented: split at the first `_`
+        ("processes", "", "processes"),
+        ("pack_x", "", "pack_x"),
+        ("", "", ""),
+    ],
+)
+def test_pack_and_query_are_split_from_the_name(name: str, pack: str, query: str) -> None:
+    assert split_query_name(name) == (pack, query)
+
+
+def test_rows_carry_pack_and_query() -> None:
+    flat = flatten_batch(batch_of(logs_pb2.RESULT, EVENT_ADDED, EVENT_REMOVED, SNAPSHOT))
+
+    assert [(row["pack"], row["query"]) for row in flat.rows] == [
+        ("osquery-monitoring", "osquery_info"),
+        ("", "processes"),
+        ("", "process_snapshot"),
+        ("", "process_snapshot"),
+    ]
+
+
+# Input as osquery really sends it
+
+
+def test_bytes_that_are_not_utf8_are_kept_as_replacement_characters() -> None:
+    line = EVENT_REMOVED.encode().replace(b'"osqueryd"', b'"osq\xffd\xc3"')
+    batch = batch_of(logs_pb2.RESULT)
+    batch.data_json = b"[" + line + b"," + EVENT_REMOVED.encode() + b"]"
+
+    flat = flatten_batch(batch)
+
+    assert flat.skipped_records == 0
+    assert [columns_of(row)["name"] for row in flat.rows] == ["osq\ufffdd\ufffd", "osqueryd"]
+    assert columns_of(flat.rows[0])["path"] == "/opt/osquery/bin/osqueryd"
+
+
+def test_a_line_of_one_mebibyte_is_stored_whole() -> None:
+    record = orjson.loads(EVENT_REMOVED)
+    record["columns"]["cmdline"] = "A" * (1024 * 1024)
+    [row] = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(record).decode())).rows
+
+    assert len(columns_of(row)["cmdline"]) == 1024 * 1024
+
+
+def test_numerics_off_and_on_give_the_same_values() -> None:
+    off = orjson.loads(EVENT_REMOVED)
+    on = {**off, "numerics": True, "columns": {**off["columns"], "pid": 97650}}
+    rows = flatten_batch(batch_of(logs_pb2.RESULT, *(orjson.dumps(r).decode() for r in (off, on))))
+
+    assert [row["numerics"] for row in rows.rows] == [0, 1]
+    assert columns_of(rows.rows[0]) == columns_of(rows.rows[1])
+
+
+def test_nested_and_top_level_decorations_are_stored_alike() -> None:
+    nested = orjson.loads(EVENT_REMOVED) | {"decorations": {"hostname": "web-01"}}
+    top_level = orjson.loads(EVENT_REMOVED) | {"hostname": "web-01"}
+    flat = flatten_batch(
+        batch_of(logs_pb2.RESULT, *(orjson.dumps(r).decode() for r in (nested, top_level)))
+    )
+
+    assert [(row["decoration_names"], row["decoration_values"]) for row in flat.rows] == [
+        (["hostname"], ["web-01"]),
+        (["hostname"], ["web-01"]),
+    ]
+
+
+def test_a_non_object_item_in_data_is_skipped_and_counted_for_every_kind() -> None:
+    for kind in (logs_pb2.RESULT, logs_pb2.STATUS):
+        good = EVENT_REMOVED if kind == logs_pb2.RESULT else STATUS_PRE_510
+        flat = flatten_batch(batch_of(kind, "null", "[]", good, '"x"'))
+
+        assert (flat.skipped_records, len(flat.rows)) == (3, 1)

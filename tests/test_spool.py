@@ -1,0 +1,417 @@
+"""The ingest spool: the disk format on its own, then the ingest process through faults.
+
+The unit tests drive `Spool` in a temporary directory (append, read, checkpoint, rotation,
+retention, torn and corrupt records, a failing write). The process tests run the real ingest
+service against a private ClickHouse server they can stop and start, and check that what was
+acked ends up in ClickHouse exactly once: across a ClickHouse outage, a SIGKILL, a crash between
+insert and checkpoint, a full spool, and a duplicate re-sent after a restart.
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import zmq
+from clickhouse_driver import Client
+
+from ingest_service.group_commit import recent_ids_from_spool
+from ingest_service.spool import HEADER, Position, Spool
+from protos.v1 import logs_pb2
+from tests.clickhouse_server import (
+    CONFIG_TEMPLATE,
+    SERVER_BINARY,
+    USERS_CONFIG,
+    free_port,
+    wait_until_ready,
+)
+from tests.free_ports import free_port_base
+from tests.service_processes import ServiceProcess
+from tests.test_ingest_pipeline import (
+    EVENT_RECORDS,
+    IngestProcess,
+    make_batch,
+    send_batches,
+    wait_until_serving,
+)
+
+BIG_SEGMENT = 1 << 20
+HOUR = 3600.0
+# Generous: only a broken replay takes this long.
+ARRIVAL_TIMEOUT_S = 90.0
+
+
+# Unit tests of the spool
+
+
+def open_spool(directory: Path, segment_bytes: int = BIG_SEGMENT, retention_s: float = HOUR):
+    return Spool(directory, segment_bytes, retention_s)
+
+
+def payloads(spool: Spool, position: Position | None = None) -> list[bytes]:
+    start = spool.checkpoint if position is None else position
+    return [record.payload for record in spool.read_from(start)]
+
+
+def segment_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.seg"))
+
+
+def test_records_come_back_in_order_and_the_checkpoint_survives_a_reopen(
+    tmp_path: Path,
+) -> None:
+    spool = open_spool(tmp_path)
+    first = spool.append([b"one", b"two"])
+    spool.append([b"three"])
+    assert payloads(spool) == [b"one", b"two", b"three"]
+    assert spool.unreplayed_records() == 3
+    assert spool.unreplayed_bytes() == 3 * HEADER.size + len(b"onetwothree")
+
+    records = list(spool.read_from(first[0], limit=2))
+    spool.commit(records[-1].next_position, len(records))
+    assert payloads(spool) == [b"three"]
+    assert spool.unreplayed_bytes() == HEADER.size + len(b"three")
+    spool.close()
+
+    reopened = open_spool(tmp_path)
+    assert payloads(reopened) == [b"three"]
+    assert reopened.unreplayed_records() == 1
+    assert reopened.oldest_unreplayed_age_s() >= 0
+    reopened.append([b"four"])
+    assert payloads(reopened) == [b"three", b"four"]
+    reopened.close()
+
+
+def test_segments_rotate_and_fully_replayed_ones_expire(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path, segment_bytes=64, retention_s=0)
+    for index in range(6):
+        spool.append([b"x" * 60 + bytes([index])])
+    assert len(segment_files(tmp_path)) == 6
+    assert len(payloads(spool)) == 6
+
+    records = list(spool.read_from(spool.checkpoint))
+    spool.commit(records[3].next_position, 4)
+    # Segments wholly before the checkpoint are gone; the rest is still readable.
+    assert len(segment_files(tmp_path)) == 3
+    assert payloads(spool) == [b"x" * 60 + bytes([4]), b"x" * 60 + bytes([5])]
+    assert spool.unreplayed_records() == 2
+    spool.close()
+
+
+def test_replayed_segments_are_kept_for_the_retention_window_and_remember_batch_ids(
+    tmp_path: Path,
+) -> None:
+    spool = open_spool(tmp_path, segment_bytes=64)
+    batches = [make_batch(logs_pb2.RESULT, EVENT_RECORDS) for _ in range(3)]
+    positions = spool.append([batch.SerializeToString() for batch in batches])
+    end = list(spool.read_from(positions[0]))[-1].next_position
+    spool.commit(end, 3)
+    spool.close()
+
+    reopened = open_spool(tmp_path, segment_bytes=64)
+    assert reopened.unreplayed_records() == 0
+    assert reopened.oldest_unreplayed_age_s() == 0
+    recent = recent_ids_from_spool(reopened)
+    assert all(batch.batch_id in recent for batch in batches)
+    reopened.close()
+
+
+def test_a_torn_tail_is_ignored_and_truncated_on_recovery(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    spool.append([b"kept-1", b"kept-2"])
+    spool.close()
+    [segment] = segment_files(tmp_path)
+    good_size = segment.stat().st_size
+    with open(segment, "ab") as out:  # a crash in the middle of the next record
+        out.write(HEADER.pack(1000, 0, 0) + b"half a rec")
+
+    reopened = open_spool(tmp_path)
+    assert payloads(reopened) == [b"kept-1", b"kept-2"]
+    assert segment.stat().st_size == good_size
+    assert reopened.unreplayed_records() == 2
+    reopened.close()
+
+
+def test_a_record_with_a_bad_crc_is_not_replayed(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    spool.append([b"good"])
+    spool.append([b"will be damaged"])
+    spool.close()
+    [segment] = segment_files(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[-1] ^= 0xFF
+    segment.write_bytes(bytes(data))
+
+    reopened = open_spool(tmp_path)
+    assert payloads(reopened) == [b"good"]
+    reopened.close()
+
+
+def test_a_failed_write_raises_and_leaves_no_partial_record(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    spool.append([b"before"])
+    [segment] = segment_files(tmp_path)
+    limit = segment.stat().st_size + 10
+    # A file size limit makes the write fail like a full disk (EFBIG instead of ENOSPC).
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        with pytest.raises(OSError):
+            spool.append([b"y" * 100])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)
+
+    spool.append([b"after"])
+    assert payloads(spool) == [b"before", b"after"]
+    spool.close()
+
+
+# Process tests: the ingest service against a ClickHouse server that can be stopped
+
+
+class StoppableClickHouse:
+    """A private clickhouse-server whose data survives stop() and start() on the same port."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tcp_port, self.http_port = free_port(), free_port()
+        for sub in ("log", "data", "tmp", "user_files", "format_schemas"):
+            (root / sub).mkdir()
+        self.config = root / "config.xml"
+        self.config.write_text(
+            CONFIG_TEMPLATE.format(
+                root=root,
+                tcp_port=self.tcp_port,
+                http_port=self.http_port,
+                interserver_port=free_port(),
+                users_config=USERS_CONFIG,
+            )
+        )
+        self.url = f"clickhouse://default:@127.0.0.1:{self.tcp_port}/quarry"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(SERVER_BINARY), f"--config-file={self.config}"],
+            cwd=self.root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until_ready(self.process, self.http_port, self.root)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+        self.process = None
+
+
+@pytest.fixture
+def clickhouse() -> Iterator[StoppableClickHouse]:
+    if not SERVER_BINARY.exists():
+        pytest.skip(f"needs {SERVER_BINARY} to stop and start a server")
+    with tempfile.TemporaryDirectory(prefix="quarry-spool-clickhouse-") as root:
+        server = StoppableClickHouse(Path(root))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@contextmanager
+def ingest_process(
+    state_dir: Path, clickhouse_url: str, **settings: str
+) -> Iterator[IngestProcess]:
+    env = {
+        "QUARRY_CLICKHOUSE_URL": clickhouse_url,
+        "QUARRY_INGEST_FLUSH_INTERVAL_S": "0.05",
+        **{f"QUARRY_{name.upper()}": value for name, value in settings.items()},
+    }
+    service = ServiceProcess("ingest", state_dir, free_port_base(), env)
+    ingest = IngestProcess(
+        service,
+        service.settings.zmq_endpoints()[0],
+        service.settings.service_addr("ingest"),
+        clickhouse_url,
+        f"http://127.0.0.1:{service.settings.metrics_port('ingest')}/metrics",
+    )
+    try:
+        service.start()
+        wait_until_serving(ingest)
+        yield ingest
+    finally:
+        service.stop()
+
+
+@contextmanager
+def dealer_for(ingest: IngestProcess) -> Iterator[zmq.Socket]:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(ingest.zmq_endpoint)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def send(ingest: IngestProcess, batches: list[logs_pb2.LogBatch]) -> list[logs_pb2.LogAck]:
+    with dealer_for(ingest) as dealer:
+        return send_batches(dealer, batches)
+
+
+def metric(ingest: IngestProcess, name: str) -> float:
+    with urllib.request.urlopen(ingest.metrics_url, timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} missing from /metrics")
+
+
+def rows_per_batch(clickhouse_url: str, batch_ids: list[str]) -> dict[str, int]:
+    ids = ", ".join(f"'{batch_id}'" for batch_id in batch_ids)
+    client = Client.from_url(clickhouse_url)
+    try:
+        rows = client.execute(
+            "SELECT batch_id, count() FROM quarry.results "
+            f"WHERE batch_id IN ({ids}) GROUP BY batch_id"
+        )
+    except Exception:
+        return {}  # not there yet (no table, or the server is starting)
+    finally:
+        client.disconnect()
+    return dict(rows)
+
+
+def wait_for_rows(clickhouse_url: str, expected: dict[str, int]) -> dict[str, int]:
+    """Poll until every batch has at least its rows (or give up); return what is stored."""
+    deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+    while True:
+        stored = rows_per_batch(clickhouse_url, list(expected))
+        if all(stored.get(b, 0) >= rows for b, rows in expected.items()):
+            return stored
+        if time.monotonic() > deadline:
+            return stored
+        time.sleep(0.2)
+
+
+def result_batches(count: int) -> list[logs_pb2.LogBatch]:
+    return [make_batch(logs_pb2.RESULT, EVENT_RECORDS) for _ in range(count)]
+
+
+def test_batches_are_acked_while_clickhouse_is_down_and_arrive_once_it_is_back(
+    tmp_path: Path, clickhouse: StoppableClickHouse
+) -> None:
+    with ingest_process(tmp_path, clickhouse.url) as ingest:
+        before = result_batches(3)
+        assert all(ack.ok for ack in send(ingest, before))
+        wait_for_rows(clickhouse.url, {b.batch_id: 2 for b in before})
+
+        clickhouse.stop()
+        during = result_batches(20)
+        acks = send(ingest, during)
+        assert [(ack.ok, ack.rows) for ack in acks] == [(True, 2)] * 20
+        assert metric(ingest, "quarry_ingest_replay_lag_batches") == 20
+        assert metric(ingest, "quarry_ingest_spool_unreplayed_bytes") > 0
+        assert metric(ingest, "quarry_ingest_spool_appends_total") == 23
+
+        clickhouse.start()
+        expected = {b.batch_id: 2 for b in before + during}
+        assert wait_for_rows(clickhouse.url, expected) == expected
+        # Replayed means checkpointed too: the lag drops to zero.
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+        while metric(ingest, "quarry_ingest_replay_lag_batches") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert metric(ingest, "quarry_ingest_replay_lag_batches") == 0
+        assert metric(ingest, "quarry_ingest_spool_unreplayed_bytes") == 0
+
+
+def test_a_sigkilled_ingest_loses_nothing_acked_and_duplicates_nothing(
+    tmp_path: Path, clickhouse_url: str
+) -> None:
+    acked: dict[str, int] = {}
+    with ingest_process(tmp_path, clickhouse_url) as ingest:
+        for _ in range(5):
+            batches = result_batches(40)
+            for batch, ack in zip(batches, send(ingest, batches), strict=True):
+                if ack.ok:
+                    acked[batch.batch_id] = ack.rows
+        ingest.service.kill()  # SIGKILL right after the last acks
+        ingest.service.stop()
+
+    with ingest_process(tmp_path, clickhouse_url):
+        assert wait_for_rows(clickhouse_url, acked) == acked
+    assert len(acked) == 200
+
+
+def test_a_crash_between_insert_and_checkpoint_does_not_insert_twice(
+    tmp_path: Path, clickhouse_url: str
+) -> None:
+    batches = result_batches(10)
+    expected = {b.batch_id: 2 for b in batches}
+    with ingest_process(tmp_path, clickhouse_url) as ingest:
+        assert all(ack.ok for ack in send(ingest, batches))
+        assert wait_for_rows(clickhouse_url, expected) == expected
+    # As if the process had died after the inserts but before moving the checkpoint.
+    spool_dir = tmp_path / "spool"
+    first_segment = int(segment_files(spool_dir)[0].stem)
+    (spool_dir / "checkpoint").write_text(f"{first_segment} 0\n")
+
+    with ingest_process(tmp_path, clickhouse_url) as restarted:
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+        while metric(restarted, "quarry_ingest_replay_lag_batches") and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        assert metric(restarted, "quarry_ingest_replay_lag_batches") == 0
+        assert rows_per_batch(clickhouse_url, list(expected)) == expected
+        assert "already in results, not inserted again" in restarted.service.log_text()
+
+
+def test_a_full_spool_refuses_new_batches_and_keeps_the_earlier_ones(
+    tmp_path: Path, clickhouse: StoppableClickHouse
+) -> None:
+    clickhouse.stop()
+    with ingest_process(tmp_path, clickhouse.url, ingest_spool_max_bytes="100") as ingest:
+        first, second = result_batches(2)
+        [first_ack] = send(ingest, [first])
+        [second_ack] = send(ingest, [second])
+        assert (first_ack.ok, first_ack.rows) == (True, 2)
+        assert not second_ack.ok
+        assert "ingest spool full (" in second_ack.error
+        assert "bytes unreplayed): retry later" in second_ack.error
+        assert metric(ingest, "quarry_ingest_spool_full_refusals_total") == 1
+
+        clickhouse.start()
+        assert wait_for_rows(clickhouse.url, {first.batch_id: 2}) == {first.batch_id: 2}
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+        while metric(ingest, "quarry_ingest_replay_lag_batches") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [retried] = send(ingest, [second])
+        assert (retried.ok, retried.rows) == (True, 2)
+        stored = wait_for_rows(clickhouse.url, {first.batch_id: 2, second.batch_id: 2})
+        assert stored == {first.batch_id: 2, second.batch_id: 2}
+
+
+def test_a_duplicate_re_sent_after_an_ingest_restart_is_stored_once(
+    tmp_path: Path, clickhouse_url: str
+) -> None:
+    batch = make_batch(logs_pb2.RESULT, EVENT_RECORDS)
+    with ingest_process(tmp_path, clickhouse_url) as ingest:
+        [ack] = send(ingest, [batch])
+        assert (ack.ok, ack.duplicate) == (True, False)
+
+    with ingest_process(tmp_path, clickhouse_url) as restarted:
+        [again] = send(restarted, [batch])
+        assert (again.ok, again.duplicate) == (True, True)
+    assert wait_for_rows(clickhouse_url, {batch.batch_id: 2}) == {batch.batch_id: 2}
