@@ -21,14 +21,9 @@ import zmq
 import zmq.asyncio
 
 from ingest_service import metrics
-from ingest_service.group_commit import (
-    GroupCommitter,
-    ReplayedReads,
-    Replayer,
-    Reply,
-    recent_ids_from_spool,
-)
+from ingest_service.group_commit import GroupCommitter, Reply, recent_ids_from_spool
 from ingest_service.log_store import LogStore, open_log_store
+from ingest_service.replay import ReplayedReads, Replayer
 from ingest_service.schema import drop_expired_partitions, retention_days
 from ingest_service.service import LogStoreService
 from ingest_service.spool import Spool

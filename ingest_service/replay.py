@@ -1,0 +1,283 @@
+"""The ClickHouse side of ingest: move spooled batches into the log store, exactly once.
+
+`Replayer` reads spooled records in order, groups them until the group holds `flush_rows`
+rows or `flush_interval_s` has passed since the previous insert began, inserts one insert per
+table, then advances the spool's checkpoint. A failed insert is retried with backoff, in order,
+while the spool keeps accepting. Records that may already be in ClickHouse (found past the
+checkpoint at start-up, or after an insert that failed) are first checked: batch ids already
+fully present are not inserted again (docs/adr/0004-spool-and-exactly-once.md).
+
+`ReplayedReads` gives `quarry sql` read-your-writes: a query waits until what was acknowledged
+before it has been replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ingest_service import metrics
+from ingest_service.log_rows import FlatBatch, MalformedBatch, Row, flatten_batch
+from ingest_service.log_store import LogStore, QueryResult
+from ingest_service.spool import Position, Spool, SpoolRecord
+from protos.v1 import logs_pb2
+
+log = logging.getLogger(__name__)
+
+# Flattened batches kept in memory for the replayer, so a live batch is flattened only once.
+CACHED_ROWS = 500_000
+RETRY_FIRST_S = 0.1
+RETRY_CAP_S = 5.0
+# How long an analyst's query waits for what was acked before it to reach ClickHouse.
+READ_YOUR_WRITES_WAIT_S = 5.0
+
+
+@dataclass
+class ReplayGroup:
+    """Consecutive spooled records, flattened, and where the checkpoint goes once inserted."""
+
+    records: int = 0
+    end: Position = field(default_factory=lambda: Position(0, 0))
+    rows: dict[str, list[Row]] = field(default_factory=dict)
+    # Per table: (batch_id, rows it adds), to tell which batches are already present.
+    batches: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    # True when some of it may already be in ClickHouse.
+    uncertain: bool = False
+    # Rows of records spooled by this process (counted in Replayer.pending_rows).
+    live_rows: int = 0
+
+    def add(self, record: SpoolRecord, flat: FlatBatch, batch_id: str) -> None:
+        self.records += 1
+        self.end = record.next_position
+        self.rows.setdefault(flat.table, []).extend(flat.rows)
+        self.batches.setdefault(flat.table, []).append((batch_id, len(flat.rows)))
+
+    def rows_of(self, table: str, present: set[str]) -> list[Row]:
+        if not present:
+            return self.rows[table]
+        return [row for row in self.rows[table] if row["batch_id"] not in present]
+
+
+class Replayer:
+    """Moves spooled batches into the log store, in order, then advances the checkpoint."""
+
+    def __init__(
+        self, spool: Spool, store: LogStore, flush_rows: int, flush_interval_s: float
+    ) -> None:
+        self.spool = spool
+        self.store = store
+        self.flush_rows = max(1, flush_rows)
+        self.flush_interval_s = flush_interval_s
+        self.schema_ready = False
+        # Records before this were spooled by an earlier process and may be in ClickHouse.
+        self.uncertain_before = spool.end_position()
+        self.startup_backlog = spool.unreplayed_records()
+        # Shared by the event loop (spooled) and the worker thread (read_group).
+        self.flats_lock = threading.Lock()
+        self.flats: dict[Position, FlatBatch] = {}
+        self.cached_rows = 0
+        self.pending_rows = 0
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self.give_up_at = float("inf")
+        self.last_flush = time.monotonic()
+        self.replayed = threading.Condition()
+
+    def spooled(self, entries: list[tuple[Position, FlatBatch]]) -> None:
+        """Batches were just appended: keep their rows at hand and wake the replay."""
+        for position, flat in entries:
+            self.pending_rows += len(flat.rows)
+            self.cache_flat(position, flat)
+        metrics.PENDING_ROWS.set(self.pending_rows)
+        self.wake.set()
+
+    def cache_flat(self, position: Position, flat: FlatBatch) -> None:
+        with self.flats_lock:
+            # Past the cap (a long outage) the replay flattens again from disk instead.
+            if self.cached_rows + len(flat.rows) <= CACHED_ROWS:
+                self.flats[position] = flat
+                self.cached_rows += len(flat.rows)
+
+    def cached_flat(self, position: Position) -> FlatBatch | None:
+        with self.flats_lock:
+            flat = self.flats.pop(position, None)
+            if flat is not None:
+                self.cached_rows -= len(flat.rows)
+            return flat
+
+    def stop(self, grace_s: float) -> None:
+        """Replay what it can within grace_s, then let run() return (the rest waits on disk)."""
+        self.stopping = True
+        self.give_up_at = time.monotonic() + grace_s
+        self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.wait_for_group()
+            if self.out_of_time():
+                return
+            if not self.spool.unreplayed_records():
+                if self.stopping:
+                    return
+                self.startup_backlog = 0
+                continue
+            self.last_flush = time.monotonic()
+            group = await asyncio.to_thread(self.read_group)
+            if not await self.insert_until_stored(group):
+                return
+            await asyncio.to_thread(self.spool.commit, group.end, group.records)
+            self.replayed_group(group)
+
+    def replayed_group(self, group: ReplayGroup) -> None:
+        self.startup_backlog = max(0, self.startup_backlog - group.records)
+        # May go below zero for a moment: replay can read a record before spooled() counts it.
+        self.pending_rows -= group.live_rows
+        metrics.PENDING_ROWS.set(max(0, self.pending_rows))
+        with self.flats_lock:
+            # Records replayed before spooled() cached them: drop them (oldest first).
+            for position in list(self.flats):
+                if position >= group.end:
+                    break
+                self.cached_rows -= len(self.flats.pop(position).rows)
+        with self.replayed:
+            self.replayed.notify_all()
+
+    def out_of_time(self) -> bool:
+        return self.stopping and time.monotonic() >= self.give_up_at
+
+    async def wait_for_group(self) -> None:
+        while not self.stopping:
+            if self.startup_backlog or (
+                self.pending_rows >= self.flush_rows and self.spool.unreplayed_records()
+            ):
+                return
+            timeout = None
+            if self.spool.unreplayed_records():
+                timeout = self.last_flush + self.flush_interval_s - time.monotonic()
+                if timeout <= 0:
+                    return
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+
+    def read_group(self) -> ReplayGroup:
+        group = ReplayGroup()
+        for record in self.spool.read_from(self.spool.checkpoint):
+            batch = logs_pb2.LogBatch.FromString(record.payload)
+            flat = self.cached_flat(record.position) or self.flatten(batch)
+            group.add(record, flat, batch.batch_id)
+            if record.position < self.uncertain_before:
+                group.uncertain = True
+            else:
+                group.live_rows += len(flat.rows)
+            if sum(map(len, group.rows.values())) >= self.flush_rows:
+                break
+        return group
+
+    def flatten(self, batch: logs_pb2.LogBatch) -> FlatBatch:
+        try:
+            return flatten_batch(batch)
+        except MalformedBatch as exc:
+            # Checked before spooling; only a changed parser can get here. Never stall on it.
+            log.error("spooled batch %s is unreadable now, not inserted: %s", batch.batch_id, exc)
+            return FlatBatch("results")
+
+    async def insert_until_stored(self, group: ReplayGroup) -> bool:
+        """Insert the group, retrying with backoff; False if stopped before it was stored."""
+        done: set[str] = set()
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                await asyncio.to_thread(self.insert_group, group, done)
+                return True
+            except Exception as exc:
+                log.error("replay of %d batches failed (retrying): %s", group.records, exc)
+                # The failed insert may have been committed all the same.
+                group.uncertain = True
+            if self.out_of_time():
+                return False
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), delay)
+            delay = min(delay * 2, RETRY_CAP_S)
+
+    def insert_group(self, group: ReplayGroup, done: set[str]) -> None:
+        # The server may have been down at start-up: create the schema on first success.
+        if not self.schema_ready:
+            self.store.ensure_schema()
+            self.schema_ready = True
+        for table in group.rows:
+            if table in done:
+                continue
+            present = (
+                self.present_batches(table, group.batches[table]) if group.uncertain else set()
+            )
+            self.insert(table, group.rows_of(table, present))
+            done.add(table)
+
+    def present_batches(self, table: str, batches: list[tuple[str, int]]) -> set[str]:
+        """The batch ids whose rows are all in the table already."""
+        expected = {batch_id: rows for batch_id, rows in batches if batch_id}
+        if not expected:
+            return set()
+        ids = ", ".join(sql_string(batch_id) for batch_id in expected)
+        result: QueryResult = self.store.query(
+            f"SELECT batch_id, count() FROM quarry.{table} WHERE batch_id IN ({ids}) "
+            "GROUP BY batch_id"
+        )
+        present = set()
+        for batch_id, count in result.rows:
+            if int(count) >= expected[batch_id]:
+                present.add(batch_id)
+            else:
+                log.warning(
+                    "batch %s: %s of %d rows already in %s; inserting it again",
+                    batch_id,
+                    count,
+                    expected[batch_id],
+                    table,
+                )
+        if present:
+            log.info("replay: %d batches already in %s, not inserted again", len(present), table)
+        return present
+
+    def insert(self, table: str, rows: list[Row]) -> None:
+        if not rows:
+            return
+        started = time.monotonic()
+        try:
+            self.store.insert_rows(table, rows)
+        except Exception:
+            metrics.INSERT_ERRORS.labels(table).inc()
+            raise
+        finally:
+            metrics.INSERT_SECONDS.labels(table).observe(time.monotonic() - started)
+        metrics.ROWS_INSERTED.labels(table).inc(len(rows))
+
+    def wait_until_replayed(self, records: int, timeout_s: float) -> None:
+        """Block (a worker thread) until `records` spooled records have been replayed."""
+        with self.replayed:
+            self.replayed.wait_for(lambda: self.spool.replayed_records >= records, timeout_s)
+
+
+class ReplayedReads:
+    """The log store for analysts' queries: a query first waits (a little) for what was acked
+    before it to be replayed, so a log acked and then queried is found."""
+
+    def __init__(self, store: LogStore, spool: Spool, replayer: Replayer) -> None:
+        self.store = store
+        self.spool = spool
+        self.replayer = replayer
+
+    def query(self, sql: str) -> QueryResult:
+        self.replayer.wait_until_replayed(self.spool.appended_records, READ_YOUR_WRITES_WAIT_S)
+        return self.store.query(sql)
+
+
+def sql_string(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
