@@ -447,3 +447,35 @@ def test_logs_acked_before_ingest_is_killed_are_stored_exactly_once(
 
     rows = eventually(lambda: len(stored()) == 20 and stored(), timeout_s=60)
     assert rows == [{"i": str(i), "n": 1} for i in range(20)]
+
+
+def test_a_gateway_restart_loses_nothing_and_nodes_carry_on(cluster: QuarryCluster) -> None:
+    """The gateway holds no state: killed, restarted by `quarry up`, it re-syncs its caches
+    from the services; the node keeps its key and its buffered lines reach ClickHouse once."""
+
+    async def scenario() -> tuple[str, str, str, int]:
+        async with new_node(cluster) as node:
+            host = node.host_identifier
+            key_before = await node.get_node_key()
+            buffer = LogBuffer(node, period_s=0)
+            for i in range(5):
+                buffer.add_result(log_records.event_record("gw-restart", host, NOW, {"i": str(i)}))
+            assert await buffer.check() == {"result": True}
+            cluster.kill_service("gateway")
+            for i in range(5, 10):
+                buffer.add_result(log_records.event_record("gw-restart", host, NOW, {"i": str(i)}))
+            deadline = time.monotonic() + 60
+            while buffer.pending() and time.monotonic() < deadline:
+                await buffer.check()
+                await asyncio.sleep(0.5)
+            assert await node.fetch_config() is not None
+            return host, key_before, node.node_key, buffer.pending()
+
+    host, key_before, key_after, left = run(scenario())
+    assert left == 0
+    assert key_after == key_before  # the restarted gateway knew the key: no re-enrollment
+    rows = cluster.sql(
+        "SELECT column_values[1] AS i, count() AS n FROM quarry.results "
+        f"WHERE host_identifier = {sql_literal(host)} GROUP BY i ORDER BY toUInt32(i)"
+    )
+    assert rows == [{"i": str(i), "n": 1} for i in range(10)]
