@@ -43,12 +43,14 @@ class SaturationTarget:
     body: RequestBody
     node_key: str = ""
     osquery_version: str = OSQUERY_VERSION
+    compressed: bool = False  # bodies are gzip (--logger_tls_compress)
 
     def headers(self) -> list[tuple[str, str]]:
         return osquery_headers(
             version=self.osquery_version,
             host_header=self.address.host_header,
             node_key=self.node_key,
+            compressed=self.compressed,
         )
 
     def body_for(self, number: int) -> bytes:

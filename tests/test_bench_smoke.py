@@ -32,6 +32,9 @@ def test_a_tiny_standard_run_writes_a_consistent_report(tmp_path: Path) -> None:
     for path in ("distributed_read", "config", "log"):
         assert figures["saturation"]["quarry"][path]["requests"] > 0
         assert figures["saturation"]["quarry"][path]["errors"] == 0
+    full = figures["saturation"]["quarry"]["log_full_batches"]
+    assert full["errors"] == 0
+    assert full["rows_visible"] >= full["rows_acked_in_window"] > 0  # every acked row landed
     assert figures["saturation"]["bare_https"]["distributed_read"]["requests"] > 0
     assert figures["saturation"]["storage"]["rows_per_s"] > 0
     assert all(value is not None for value in figures["ratios"].values())
