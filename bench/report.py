@@ -125,6 +125,7 @@ def _saturation(saturation: dict[str, Any], ratios: dict[str, Any]) -> list[str]
             ratios["full_batches_visible_vs_raw_inserts"],
         ),
     ]
+    rows = [(*row[:3], _ratio(row[3])) for row in rows]
     return [
         f"## Against the physical limits (closed loop: {bare['connections']} connections, "
         f"{quarry['log']['connections']} for logs)",
@@ -173,6 +174,10 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.1f}"
     return "" if value is None else str(value)
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _number(value: float | None) -> str:
