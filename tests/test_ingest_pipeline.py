@@ -143,17 +143,15 @@ def dealer(ingest: IngestProcess) -> Iterator[zmq.Socket]:
 
 @contextmanager
 def run_ingest(
-    state_dir: Path, clickhouse_url: str, flush_interval_s: float = 0.05
+    state_dir: Path, clickhouse_url: str, flush_interval_s: float = 0.05, **settings: str
 ) -> Iterator[IngestProcess]:
-    service = ServiceProcess(
-        "ingest",
-        state_dir,
-        free_port_base(),
-        {
-            "QUARRY_CLICKHOUSE_URL": clickhouse_url,
-            "QUARRY_INGEST_FLUSH_INTERVAL_S": str(flush_interval_s),
-        },
-    )
+    """An ingest process; `settings` are further Settings fields, e.g. ingest_spool_max_bytes."""
+    env = {
+        "QUARRY_CLICKHOUSE_URL": clickhouse_url,
+        "QUARRY_INGEST_FLUSH_INTERVAL_S": str(flush_interval_s),
+        **{f"QUARRY_{name.upper()}": value for name, value in settings.items()},
+    }
+    service = ServiceProcess("ingest", state_dir, free_port_base(), env)
     settings = service.settings
     ingest = IngestProcess(
         service,

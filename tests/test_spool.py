@@ -33,14 +33,12 @@ from tests.clickhouse_server import (
     free_port,
     wait_until_ready,
 )
-from tests.free_ports import free_port_base
-from tests.service_processes import ServiceProcess
 from tests.test_ingest_pipeline import (
     EVENT_RECORDS,
     IngestProcess,
     make_batch,
+    run_ingest,
     send_batches,
-    wait_until_serving,
 )
 
 BIG_SEGMENT = 1 << 20
@@ -230,31 +228,6 @@ def clickhouse() -> Iterator[StoppableClickHouse]:
 
 
 @contextmanager
-def ingest_process(
-    state_dir: Path, clickhouse_url: str, **settings: str
-) -> Iterator[IngestProcess]:
-    env = {
-        "QUARRY_CLICKHOUSE_URL": clickhouse_url,
-        "QUARRY_INGEST_FLUSH_INTERVAL_S": "0.05",
-        **{f"QUARRY_{name.upper()}": value for name, value in settings.items()},
-    }
-    service = ServiceProcess("ingest", state_dir, free_port_base(), env)
-    ingest = IngestProcess(
-        service,
-        service.settings.zmq_endpoints()[0],
-        service.settings.service_addr("ingest"),
-        clickhouse_url,
-        f"http://127.0.0.1:{service.settings.metrics_port('ingest')}/metrics",
-    )
-    try:
-        service.start()
-        wait_until_serving(ingest)
-        yield ingest
-    finally:
-        service.stop()
-
-
-@contextmanager
 def dealer_for(ingest: IngestProcess) -> Iterator[zmq.Socket]:
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -312,7 +285,7 @@ def result_batches(count: int) -> list[logs_pb2.LogBatch]:
 def test_batches_are_acked_while_clickhouse_is_down_and_arrive_once_it_is_back(
     tmp_path: Path, clickhouse: StoppableClickHouse
 ) -> None:
-    with ingest_process(tmp_path, clickhouse.url) as ingest:
+    with run_ingest(tmp_path, clickhouse.url) as ingest:
         before = result_batches(3)
         assert all(ack.ok for ack in send(ingest, before))
         wait_for_rows(clickhouse.url, {b.batch_id: 2 for b in before})
@@ -340,7 +313,7 @@ def test_a_sigkilled_ingest_loses_nothing_acked_and_duplicates_nothing(
     tmp_path: Path, clickhouse_url: str
 ) -> None:
     acked: dict[str, int] = {}
-    with ingest_process(tmp_path, clickhouse_url) as ingest:
+    with run_ingest(tmp_path, clickhouse_url) as ingest:
         for _ in range(5):
             batches = result_batches(40)
             for batch, ack in zip(batches, send(ingest, batches), strict=True):
@@ -349,7 +322,7 @@ def test_a_sigkilled_ingest_loses_nothing_acked_and_duplicates_nothing(
         ingest.service.kill()  # SIGKILL right after the last acks
         ingest.service.stop()
 
-    with ingest_process(tmp_path, clickhouse_url):
+    with run_ingest(tmp_path, clickhouse_url):
         assert wait_for_rows(clickhouse_url, acked) == acked
     assert len(acked) == 200
 
@@ -359,7 +332,7 @@ def test_a_crash_between_insert_and_checkpoint_does_not_insert_twice(
 ) -> None:
     batches = result_batches(10)
     expected = {b.batch_id: 2 for b in batches}
-    with ingest_process(tmp_path, clickhouse_url) as ingest:
+    with run_ingest(tmp_path, clickhouse_url) as ingest:
         assert all(ack.ok for ack in send(ingest, batches))
         assert wait_for_rows(clickhouse_url, expected) == expected
     # As if the process had died after the inserts but before moving the checkpoint.
@@ -367,7 +340,7 @@ def test_a_crash_between_insert_and_checkpoint_does_not_insert_twice(
     first_segment = int(segment_files(spool_dir)[0].stem)
     (spool_dir / "checkpoint").write_text(f"{first_segment} 0\n")
 
-    with ingest_process(tmp_path, clickhouse_url) as restarted:
+    with run_ingest(tmp_path, clickhouse_url) as restarted:
         deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
         while metric(restarted, "quarry_ingest_replay_lag_batches") and (
             time.monotonic() < deadline
@@ -382,7 +355,7 @@ def test_a_full_spool_refuses_new_batches_and_keeps_the_earlier_ones(
     tmp_path: Path, clickhouse: StoppableClickHouse
 ) -> None:
     clickhouse.stop()
-    with ingest_process(tmp_path, clickhouse.url, ingest_spool_max_bytes="100") as ingest:
+    with run_ingest(tmp_path, clickhouse.url, ingest_spool_max_bytes="100") as ingest:
         first, second = result_batches(2)
         [first_ack] = send(ingest, [first])
         [second_ack] = send(ingest, [second])
@@ -407,11 +380,11 @@ def test_a_duplicate_re_sent_after_an_ingest_restart_is_stored_once(
     tmp_path: Path, clickhouse_url: str
 ) -> None:
     batch = make_batch(logs_pb2.RESULT, EVENT_RECORDS)
-    with ingest_process(tmp_path, clickhouse_url) as ingest:
+    with run_ingest(tmp_path, clickhouse_url) as ingest:
         [ack] = send(ingest, [batch])
         assert (ack.ok, ack.duplicate) == (True, False)
 
-    with ingest_process(tmp_path, clickhouse_url) as restarted:
+    with run_ingest(tmp_path, clickhouse_url) as restarted:
         [again] = send(restarted, [batch])
         assert (again.ok, again.duplicate) == (True, True)
     assert wait_for_rows(clickhouse_url, {batch.batch_id: 2}) == {batch.batch_id: 2}
