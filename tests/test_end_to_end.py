@@ -409,6 +409,25 @@ def test_the_node_key_is_accepted_from_the_authorization_header_alone(
 # --- delivery guarantee: ingest killed mid-stream ------------------------------------------
 
 
+async def flush_until_delivered(buffer: LogBuffer, timeout_s: float = 60) -> None:
+    """osquery's forwarder ticks until its buffer is empty (or time is up)."""
+    deadline = time.monotonic() + timeout_s
+    while buffer.pending() and time.monotonic() < deadline:
+        await buffer.check()
+        await asyncio.sleep(0.5)
+
+
+def copies_per_line(cluster: QuarryCluster, host: str) -> list[dict]:
+    """How many times each line ("i" column) of this host is stored; [] while unreachable."""
+    try:
+        return cluster.sql(
+            "SELECT column_values[1] AS i, count() AS n FROM quarry.results "
+            f"WHERE host_identifier = {sql_literal(host)} GROUP BY i ORDER BY toUInt32(i)"
+        )
+    except AssertionError:
+        return []  # ingest still restarting: `quarry sql` failed
+
+
 def test_logs_acked_before_ingest_is_killed_are_stored_exactly_once(
     cluster: QuarryCluster,
 ) -> None:
@@ -427,25 +446,14 @@ def test_logs_acked_before_ingest_is_killed_are_stored_exactly_once(
             # More lines while ingest is down or restarting: refused, kept, retried.
             for i in range(10, 20):
                 buffer.add_result(log_records.event_record("killed", host, NOW, {"i": str(i)}))
-            deadline = time.monotonic() + 60
-            while buffer.pending() and time.monotonic() < deadline:
-                await buffer.check()
-                await asyncio.sleep(0.5)
+            await flush_until_delivered(buffer)
             return host, buffer.pending()
 
     host, left = run(scenario())
     assert left == 0
 
-    def stored() -> list[dict]:
-        try:
-            return cluster.sql(
-                "SELECT column_values[1] AS i, count() AS n FROM quarry.results "
-                f"WHERE host_identifier = {sql_literal(host)} GROUP BY i ORDER BY toUInt32(i)"
-            )
-        except Exception:
-            return []  # ingest still restarting
-
-    rows = eventually(lambda: len(stored()) == 20 and stored(), timeout_s=60)
+    rows = eventually(lambda: len(copies_per_line(cluster, host)) == 20, timeout_s=60)
+    rows = copies_per_line(cluster, host)
     assert rows == [{"i": str(i), "n": 1} for i in range(20)]
 
 
@@ -464,18 +472,12 @@ def test_a_gateway_restart_loses_nothing_and_nodes_carry_on(cluster: QuarryClust
             cluster.kill_service("gateway")
             for i in range(5, 10):
                 buffer.add_result(log_records.event_record("gw-restart", host, NOW, {"i": str(i)}))
-            deadline = time.monotonic() + 60
-            while buffer.pending() and time.monotonic() < deadline:
-                await buffer.check()
-                await asyncio.sleep(0.5)
+            await flush_until_delivered(buffer)
             assert await node.fetch_config() is not None
             return host, key_before, node.node_key, buffer.pending()
 
     host, key_before, key_after, left = run(scenario())
     assert left == 0
     assert key_after == key_before  # the restarted gateway knew the key: no re-enrollment
-    rows = cluster.sql(
-        "SELECT column_values[1] AS i, count() AS n FROM quarry.results "
-        f"WHERE host_identifier = {sql_literal(host)} GROUP BY i ORDER BY toUInt32(i)"
-    )
+    rows = copies_per_line(cluster, host)
     assert rows == [{"i": str(i), "n": 1} for i in range(10)]
