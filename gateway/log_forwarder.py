@@ -1,15 +1,24 @@
-"""Sends log batches to the ingest service over ZeroMQ and waits for their acks.
+"""Sends log batches to the ingest replicas over ZeroMQ and waits for their acks.
 
-One DEALER socket connects to every ingest replica's ROUTER; ZeroMQ spreads batches
-over the replicas that are connected (IMMEDIATE: never queue for a peer that is
-down). Each batch travels as [correlation id, LogBatch] and comes back as
-[correlation id, LogAck]; many are in flight at once, and one receive loop resolves
-the waiting requests. See docs/adr/0002-log-acknowledgement.md.
+Each ingest replica has its own spool and its own memory of recent batch ids, so a batch
+re-sent by osquery must reach the replica that stored it the first time, or it would be
+stored twice. The gateway therefore keeps one DEALER socket per replica and sends each
+batch to its first choice by rendezvous hashing of the batch id over the configured
+replicas: every gateway picks the same replica for the same batch, and adding or removing
+a replica moves only that replica's share. When the first choice is unreachable
+(IMMEDIATE: ZeroMQ refuses to queue for a peer that is not connected) the batch goes to
+the next replica in that batch's order, marked `failover` so that replica checks
+ClickHouse before inserting it (docs/adr/0005-ingest-replicas.md).
+
+A batch travels as [correlation id, LogBatch] and comes back as [correlation id, LogAck];
+many are in flight at once on each socket and one receive loop per socket resolves the
+waiting requests (docs/adr/0002-log-acknowledgement.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import time
@@ -28,17 +37,21 @@ class LogForwarder:
         self._endpoints = endpoints
         self._ack_timeout_s = ack_timeout_s
         self._ctx = zmq.asyncio.Context()
-        self._socket = self._ctx.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.IMMEDIATE, 1)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.SNDHWM, 100_000)
-        self._socket.setsockopt(zmq.RCVHWM, 100_000)
+        self._sockets = {endpoint: self._dealer() for endpoint in endpoints}
         self._ids = itertools.count(1)
         self._pending: dict[bytes, asyncio.Future[logs_pb2.LogAck]] = {}
 
+    def _dealer(self) -> zmq.asyncio.Socket:
+        socket = self._ctx.socket(zmq.DEALER)
+        socket.setsockopt(zmq.IMMEDIATE, 1)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDHWM, 100_000)
+        socket.setsockopt(zmq.RCVHWM, 100_000)
+        return socket
+
     def connect(self) -> None:
-        for endpoint in self._endpoints:
-            self._socket.connect(endpoint)
+        for endpoint, socket in self._sockets.items():
+            socket.connect(endpoint)
         log.info("log batches go to %s", ", ".join(self._endpoints))
 
     async def send(self, batch: logs_pb2.LogBatch) -> logs_pb2.LogAck:
@@ -49,10 +62,10 @@ class LogForwarder:
         metrics.LOG_BATCHES_IN_FLIGHT.set(len(self._pending))
         started = time.perf_counter()
         try:
-            await self._socket.send_multipart([corr, batch.SerializeToString()], flags=zmq.NOBLOCK)
-            ack = await asyncio.wait_for(future, self._ack_timeout_s)
-        except zmq.Again:
-            ack = _failed(batch, "no ingest service is reachable")
+            if not await self._send_to_first_reachable(corr, batch):
+                ack = _failed(batch, "no ingest service is reachable")
+            else:
+                ack = await asyncio.wait_for(future, self._ack_timeout_s)
         except TimeoutError:
             ack = _failed(batch, f"ingest did not confirm within {self._ack_timeout_s:g} s")
         finally:
@@ -61,10 +74,28 @@ class LogForwarder:
         metrics.LOG_ACK_SECONDS.observe(time.perf_counter() - started)
         return ack
 
+    async def _send_to_first_reachable(self, corr: bytes, batch: logs_pb2.LogBatch) -> bool:
+        for attempt, endpoint in enumerate(replica_order(batch.batch_id, self._endpoints)):
+            if attempt:
+                batch.failover = True
+            try:
+                await self._sockets[endpoint].send_multipart(
+                    [corr, batch.SerializeToString()], flags=zmq.NOBLOCK
+                )
+            except zmq.Again:
+                continue
+            if attempt:
+                metrics.LOG_BATCH_FAILOVERS.inc()
+            return True
+        return False
+
     async def run(self) -> None:
-        """Receive acks for ever, waking the requests that wait for them."""
+        """Receive acks from every replica for ever, waking the requests that wait for them."""
+        await asyncio.gather(*(self._receive(socket) for socket in self._sockets.values()))
+
+    async def _receive(self, socket: zmq.asyncio.Socket) -> None:
         while True:
-            frames = await self._socket.recv_multipart()
+            frames = await socket.recv_multipart()
             if len(frames) != 2:
                 log.warning("ignoring a malformed ack of %d frames", len(frames))
                 continue
@@ -75,8 +106,20 @@ class LogForwarder:
                 future.set_result(ack)
 
     def close(self) -> None:
-        self._socket.close(linger=0)
+        for socket in self._sockets.values():
+            socket.close(linger=0)
         self._ctx.term()
+
+
+def replica_order(batch_id: str, endpoints: list[str]) -> list[str]:
+    """The replicas to try for this batch, best first (rendezvous hashing)."""
+    if len(endpoints) == 1:
+        return endpoints
+    return sorted(
+        endpoints,
+        key=lambda endpoint: hashlib.blake2b(f"{endpoint}\0{batch_id}".encode()).digest(),
+        reverse=True,
+    )
 
 
 def _failed(batch: logs_pb2.LogBatch, error: str) -> logs_pb2.LogAck:

@@ -43,6 +43,10 @@ LOG_BATCHES_IN_FLIGHT = Gauge(
     "Log batches sent and not yet acknowledged.",
     multiprocess_mode="livesum",
 )
+LOG_BATCH_FAILOVERS = Counter(
+    "quarry_gateway_log_batch_failovers_total",
+    "Log batches sent to another ingest replica because their first choice was unreachable.",
+)
 LIVE_QUERIES_OPEN = Gauge(
     "quarry_gateway_live_queries_open", "Open live query campaigns held.", multiprocess_mode="max"
 )

@@ -12,6 +12,7 @@ an existing Fleet flagfile works unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -165,12 +166,22 @@ async def distributed_write(request: Request, state: GatewayState, body: dict) -
     results = body.get("queries")
     if not isinstance(results, dict):
         raise error("queries must be an object of query id -> rows", 400)
-    answers = []
-    for campaign_id, rows in results.items():
-        rows = rows if isinstance(rows, list) else []
-        if rows:
-            await store_logs(state, node, logs_pb2.DISTRIBUTED, orjson.dumps(rows), campaign_id)
-        answers.append(_answer(body, node, campaign_id, len(rows)))
+    rows_by_campaign = {
+        campaign_id: rows if isinstance(rows, list) else [] for campaign_id, rows in results.items()
+    }
+    answers = [
+        _answer(body, node, campaign_id, len(rows))
+        for campaign_id, rows in rows_by_campaign.items()
+    ]
+    # Rows and statuses go to ClickHouse before the answers are recorded as answered.
+    stores = [
+        store_logs(state, node, logs_pb2.DISTRIBUTED, orjson.dumps(rows), campaign_id)
+        for campaign_id, rows in rows_by_campaign.items()
+        if rows
+    ]
+    if answers:
+        stores.append(store_logs(state, node, logs_pb2.DISTRIBUTED_STATUS, _statuses(answers)))
+    await asyncio.gather(*stores)
     try:
         await state.activity.answer(answers)
     except Exception as exc:
@@ -178,6 +189,25 @@ async def distributed_write(request: Request, state: GatewayState, body: dict) -
     for answer in answers:
         state.live_queries.mark_answered(answer.campaign_id, node.node_id)
     return json_response({})
+
+
+def _statuses(answers: list[distributed_pb2.Answer]) -> bytes:
+    """The DISTRIBUTED_STATUS batch: no receive time in it, so a re-sent write has the same id."""
+    return orjson.dumps(
+        [
+            {
+                "campaign_id": answer.campaign_id,
+                "status": answer.status,
+                "message": answer.message,
+                "row_count": answer.row_count,
+                "wall_time_ms": answer.stats.wall_time_ms,
+                "user_time": answer.stats.user_time,
+                "system_time": answer.stats.system_time,
+                "memory": answer.stats.memory,
+            }
+            for answer in answers
+        ]
+    )
 
 
 def _answer(body: dict, node: NodeIdentity, campaign_id: str, rows: int) -> distributed_pb2.Answer:

@@ -60,10 +60,13 @@ class RecentBatchIds:
 
 
 def recent_ids_from_spool(spool: Spool) -> RecentBatchIds:
-    """The batch ids of every record in the spool's retained segments (slow: reads them all)."""
+    """The batch ids of every record in the spool's retained segments.
+
+    Mostly read from the segments' id indexes; only records the indexes miss (appended without
+    ids, or not indexed before a crash) are parsed.
+    """
     recent = RecentBatchIds()
-    for record in spool.read_from(spool.first_position()):
-        batch_id = logs_pb2.LogBatch.FromString(record.payload).batch_id
+    for batch_id in spool.record_ids(lambda frame: logs_pb2.LogBatch.FromString(frame).batch_id):
         if batch_id:
             recent.add(batch_id)
     return recent
@@ -178,7 +181,9 @@ class GroupCommitter:
 
     async def append_group(self, group: list[WaitingBatch]) -> None:
         try:
-            positions = await asyncio.to_thread(self.spool.append, [w.frame for w in group])
+            positions = await asyncio.to_thread(
+                self.spool.append, [w.frame for w in group], [w.batch_id for w in group]
+            )
         except OSError as exc:
             log.error("spool append of %d batches failed: %s", len(group), exc)
             for waiting in group:

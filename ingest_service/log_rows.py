@@ -3,7 +3,9 @@
 osquery sends result logs in three shapes (event, batch/diffResults, snapshot; see
 osquery-protocol.md §8); every shape becomes one `results` row per result row, so analysts
 query one table whatever the host's logger flags were. Status lines become `status_logs`
-rows and a live query's answer becomes `distributed_results` rows.
+rows, a live query's answer becomes `distributed_results` rows, and how each live query went on
+a node (osquery's status, message and stats) one `distributed_status` row. With raw retention on,
+every batch is also kept as received in `raw_batches` (`raw_batch_row`).
 
 A scheduled query's name `pack_<pack>_<query>` is also split into `pack` and `query` at
 the first `_` after `pack_` (pack names are usually written with `-`); see schema.py.
@@ -30,6 +32,8 @@ from protos.v1 import logs_pb2
 RESULTS_TABLE = "results"
 STATUS_TABLE = "status_logs"
 DISTRIBUTED_TABLE = "distributed_results"
+DISTRIBUTED_STATUS_TABLE = "distributed_status"
+RAW_TABLE = "raw_batches"
 
 # Top-level keys osquery itself writes; any other key is a top-level decoration
 # (--decorations_top_level).
@@ -97,6 +101,8 @@ def flatten_batch(batch: logs_pb2.LogBatch) -> FlatBatch:
         return flatten_status(records, common, batch.host_identifier)
     if batch.kind == logs_pb2.DISTRIBUTED:
         return flatten_distributed(records, common, batch.host_identifier, batch.campaign_id)
+    if batch.kind == logs_pb2.DISTRIBUTED_STATUS:
+        return flatten_distributed_status(records, common, batch.host_identifier)
     raise MalformedBatch(f"unknown log kind {batch.kind}")
 
 
@@ -235,6 +241,46 @@ def flatten_distributed(
             }
         )
     return flat
+
+
+# osquery's per-query `stats` in a distributed write (5.x); absent ones are stored as 0.
+QUERY_STATS = ("wall_time_ms", "user_time", "system_time", "memory")
+
+
+def flatten_distributed_status(records: list[Any], common: Row, host_identifier: str) -> FlatBatch:
+    flat = FlatBatch(DISTRIBUTED_STATUS_TABLE)
+    for record in records:
+        if not isinstance(record, dict):
+            flat.skipped_records += 1
+            continue
+        flat.rows.append(
+            {
+                **common,
+                "campaign_id": as_text(record.get("campaign_id")),
+                "host_identifier": host_identifier,
+                "status": as_uint(record.get("status"), UINT32_MAX),
+                "message": as_text(record.get("message")),
+                "row_count": as_uint(record.get("row_count"), UINT64_MAX),
+                **{stat: as_uint(record.get(stat), UINT64_MAX) for stat in QUERY_STATS},
+            }
+        )
+    return flat
+
+
+# Raw retention
+
+
+def raw_batch_row(batch: logs_pb2.LogBatch) -> Row:
+    """The batch as the gateway forwarded it, for forensic replay (`raw_batches`)."""
+    return {
+        "node_id": batch.node_id,
+        "received_at": clamp_uint(batch.received_at, UINT32_MAX),
+        "batch_id": batch.batch_id,
+        "kind": logs_pb2.LogKind.Name(batch.kind).lower(),
+        "host_identifier": batch.host_identifier,
+        "campaign_id": batch.campaign_id,
+        "data_json": batch.data_json.decode("utf-8", errors="replace"),
+    }
 
 
 # Values

@@ -21,7 +21,14 @@ import time
 from dataclasses import dataclass, field
 
 from ingest_service import metrics
-from ingest_service.log_rows import FlatBatch, MalformedBatch, Row, flatten_batch
+from ingest_service.log_rows import (
+    RAW_TABLE,
+    FlatBatch,
+    MalformedBatch,
+    Row,
+    flatten_batch,
+    raw_batch_row,
+)
 from ingest_service.log_store import LogStore, QueryResult
 from ingest_service.spool import Position, Spool, SpoolRecord
 from protos.v1 import logs_pb2
@@ -53,8 +60,11 @@ class ReplayGroup:
     def add(self, record: SpoolRecord, flat: FlatBatch, batch_id: str) -> None:
         self.records += 1
         self.end = record.next_position
-        self.rows.setdefault(flat.table, []).extend(flat.rows)
-        self.batches.setdefault(flat.table, []).append((batch_id, len(flat.rows)))
+        self.add_rows(flat.table, flat.rows, batch_id)
+
+    def add_rows(self, table: str, rows: list[Row], batch_id: str) -> None:
+        self.rows.setdefault(table, []).extend(rows)
+        self.batches.setdefault(table, []).append((batch_id, len(rows)))
 
     def rows_of(self, table: str, present: set[str]) -> list[Row]:
         if not present:
@@ -66,10 +76,16 @@ class Replayer:
     """Moves spooled batches into the log store, in order, then advances the checkpoint."""
 
     def __init__(
-        self, spool: Spool, store: LogStore, flush_rows: int, flush_interval_s: float
+        self,
+        spool: Spool,
+        store: LogStore,
+        flush_rows: int,
+        flush_interval_s: float,
+        keep_raw_batches: bool = False,
     ) -> None:
         self.spool = spool
         self.store = store
+        self.keep_raw_batches = keep_raw_batches
         self.flush_rows = max(1, flush_rows)
         self.flush_interval_s = flush_interval_s
         self.schema_ready = False
@@ -170,7 +186,10 @@ class Replayer:
             batch = logs_pb2.LogBatch.FromString(record.payload)
             flat = self.cached_flat(record.position) or self.flatten(batch)
             group.add(record, flat, batch.batch_id)
-            if record.position < self.uncertain_before:
+            if self.keep_raw_batches:
+                group.add_rows(RAW_TABLE, [raw_batch_row(batch)], batch.batch_id)
+            # A failover batch may also be in its first-choice replica's spool (ADR 0005).
+            if record.position < self.uncertain_before or batch.failover:
                 group.uncertain = True
             else:
                 group.live_rows += len(flat.rows)

@@ -170,8 +170,39 @@ DISTRIBUTED_RESULTS = Table(
     ),
     order_by="campaign_id, host_identifier, row_index",
 )
-TABLES = (RESULTS, STATUS_LOGS, DISTRIBUTED_RESULTS)
-TABLE_NAMES = ("results", "status_logs", "distributed_results")
+DISTRIBUTED_STATUS = Table(
+    "distributed_status",
+    (
+        Column("campaign_id", "String"),
+        Column("host_identifier", "String"),
+        # osquery's status code: 0 when the query ran, otherwise its error.
+        Column("status", "UInt32"),
+        Column("message", "String"),
+        Column("row_count", "UInt64"),
+        Column("wall_time_ms", "UInt64"),
+        Column("user_time", "UInt64"),
+        Column("system_time", "UInt64"),
+        Column("memory", "UInt64"),
+        *INGEST_COLUMNS,
+        STORED_AT,
+    ),
+    order_by="campaign_id, host_identifier",
+)
+# Written only when QUARRY_INGEST_KEEP_RAW_BATCHES is on: each batch as the gateway got it.
+RAW_BATCHES = Table(
+    "raw_batches",
+    (
+        Column("kind", TEXT),
+        Column("host_identifier", "String"),
+        Column("campaign_id", "String"),
+        Column("data_json", "String"),
+        *INGEST_COLUMNS,
+        STORED_AT,
+    ),
+    order_by="node_id, received_at",
+)
+TABLES = (RESULTS, STATUS_LOGS, DISTRIBUTED_RESULTS, DISTRIBUTED_STATUS, RAW_BATCHES)
+TABLE_NAMES = tuple(table.name for table in TABLES)
 
 
 def ttl_clause(days: int) -> str:
@@ -230,7 +261,7 @@ WHERE action = 'snapshot'
 def schema_statements(
     database: str, modern: bool, days: Mapping[str, int] | None = None
 ) -> list[str]:
-    """CREATE statements for the database and its three tables; safe to run again."""
+    """CREATE statements for the database and its tables; safe to run again."""
     days = retention_days() if days is None else days
     return [
         f"CREATE DATABASE IF NOT EXISTS {database}",

@@ -54,7 +54,13 @@ async def serve(settings: Settings) -> None:
     store = open_log_store(settings)
     spool = await asyncio.to_thread(open_spool, settings)
     recent = await asyncio.to_thread(recent_ids_from_spool, spool)
-    replayer = Replayer(spool, store, settings.ingest_flush_rows, settings.ingest_flush_interval_s)
+    replayer = Replayer(
+        spool,
+        store,
+        settings.ingest_flush_rows,
+        settings.ingest_flush_interval_s,
+        settings.ingest_keep_raw_batches,
+    )
     committer = GroupCommitter(spool, replayer, settings.ingest_spool_max_bytes, recent)
     replayer.schema_ready = await create_schema(store)
 

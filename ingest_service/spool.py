@@ -12,6 +12,16 @@ or bad crc) ends its segment: it was never acknowledged, so recovery truncates i
 
 Fully replayed segments stay for `retention_s` so that a restarted process can remember which
 batch ids it has seen (the de-duplication window), then they are deleted.
+
+So that remembering costs a read per id rather than per byte, each segment has an id index,
+`<number>.ids`, with one entry per record whose id the caller passed to `append()`:
+
+    crc32 (4 bytes) | id length (4) | record start (8) | record end (8) | id (utf-8)
+
+all big-endian; the crc covers the rest of the entry. An entry is written only after its record
+is fsynced, and the index itself is never fsynced: it is a cache of the segment. `record_ids()`
+trusts a segment's index up to its first torn, corrupt or non-contiguous entry (or one past the
+end of the segment) and reads the records after that point from the segment itself.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +45,10 @@ HEADER = struct.Struct(">IIQ")
 # corrupt header, not a record.
 MAX_RECORD_BYTES = 2**31
 SEGMENT_SUFFIX = ".seg"
+INDEX_SUFFIX = ".ids"
+INDEX_CRC = struct.Struct(">I")
+INDEX_FIELDS = struct.Struct(">IQQ")
+INDEX_ENTRY_HEADER = INDEX_CRC.size + INDEX_FIELDS.size
 CHECKPOINT_FILE = "checkpoint"
 
 
@@ -77,6 +91,8 @@ class Spool:
                 self.oldest_unreplayed_at = record.appended_at
         self.active = max([*self.sizes, self.checkpoint.segment]) + 1
         self.active_fd = self.create_segment(self.active)
+        # None once a write to the index failed: the rest of the segment is then read instead.
+        self.index_fd: int | None = self.create_index(self.active)
 
     # Start-up
 
@@ -96,6 +112,7 @@ class Spool:
         )
         for number in numbers:
             self.sizes[number] = self.segment_path(number).stat().st_size
+        self.delete_orphaned_indexes()
         if not numbers:
             return
         last = numbers[-1]
@@ -112,14 +129,25 @@ class Spool:
             os.truncate(self.segment_path(last), valid_end)
             self.sizes[last] = valid_end
 
+    def delete_orphaned_indexes(self) -> None:
+        """Indexes whose segment is gone (a crash between deleting the two files)."""
+        for path in self.directory.glob(f"*{INDEX_SUFFIX}"):
+            if path.stem.isdigit() and int(path.stem) not in self.sizes:
+                path.unlink()
+
     # Appending
 
-    def append(self, payloads: list[bytes]) -> list[Position]:
+    def append(self, payloads: list[bytes], ids: list[str] | None = None) -> list[Position]:
         """Write the payloads as records and fsync once; returns where each record starts.
+
+        `ids` (one per payload, "" for none) go to the segment's id index for `record_ids()`;
+        without them those records are read back in full at the next start.
 
         Called from one thread at a time. The lock is not held while writing, so the event
         loop can read the accounting during an fsync.
         """
+        if ids is not None and len(ids) != len(payloads):
+            raise ValueError(f"append got {len(ids)} ids for {len(payloads)} payloads")
         if self.sizes[self.active] >= self.segment_bytes:
             with self.lock:
                 self.rotate()
@@ -132,6 +160,8 @@ class Spool:
             frames.append(frame)
             offset += len(frame)
         self.write_durably(b"".join(frames), start)
+        if ids is not None:
+            self.write_index(ids, positions, offset)
         with self.lock:
             self.sizes[self.active] = offset
             if self.appended_records == self.replayed_records:
@@ -153,11 +183,33 @@ class Spool:
             os.ftruncate(self.active_fd, start)
             raise
 
+    def write_index(self, ids: list[str], positions: list[Position], end: int) -> None:
+        """Index the records just fsynced; a failure only costs a longer read at the next start."""
+        if self.index_fd is None:
+            return
+        ends = [position.offset for position in positions[1:]] + [end]
+        entries = b"".join(
+            encode_index_entry(batch_id, position.offset, record_end)
+            for batch_id, position, record_end in zip(ids, positions, ends, strict=True)
+        )
+        try:
+            view = memoryview(entries)
+            while view:
+                view = view[os.write(self.index_fd, view) :]
+        except OSError as exc:
+            # A part-written entry fails its crc, so the index stays trustworthy up to it.
+            log.warning("spool segment %d: id index not written (%s)", self.active, exc)
+            os.close(self.index_fd)
+            self.index_fd = None
+
     def rotate(self) -> None:
         """Called with the lock held."""
         os.close(self.active_fd)
+        if self.index_fd is not None:
+            os.close(self.index_fd)
         self.active += 1
         self.active_fd = self.create_segment(self.active)
+        self.index_fd = self.create_index(self.active)
         self.delete_expired_segments()
 
     def create_segment(self, number: int) -> int:
@@ -165,6 +217,11 @@ class Spool:
         self.sizes[number] = os.fstat(fd).st_size
         self.fsync_directory()
         return fd
+
+    def create_index(self, number: int) -> int:
+        # Emptied in case a stale index was left behind; not fsynced, like its entries.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+        return os.open(self.index_path(number), flags, 0o600)
 
     # Reading and replay bookkeeping
 
@@ -204,6 +261,49 @@ class Spool:
                 )
                 offset = next_offset
 
+    def record_ids(self, id_of_payload: Callable[[bytes], str]) -> Iterator[str]:
+        """The id of every record in the retained segments, oldest first.
+
+        Ids come from each segment's index; records it does not cover (appended without ids,
+        or after the index was cut short) are read and given to `id_of_payload`.
+        """
+        with self.lock:
+            sizes = dict(self.sizes)
+        for number in sorted(sizes):
+            ids, covered = self.read_index(number, sizes[number])
+            yield from ids
+            if covered < sizes[number]:
+                log.info(
+                    "spool segment %d: id index covers %d of %d bytes; reading the rest",
+                    number,
+                    covered,
+                    sizes[number],
+                )
+                for record in self.read_segment(number, covered, sizes[number]):
+                    yield id_of_payload(record.payload)
+
+    def read_index(self, number: int, segment_size: int) -> tuple[list[str], int]:
+        """The ids of a segment's first records, and the offset up to which they cover it."""
+        try:
+            data = self.index_path(number).read_bytes()
+        except FileNotFoundError:
+            return [], 0
+        ids: list[str] = []
+        covered = offset = 0
+        while offset + INDEX_ENTRY_HEADER <= len(data):
+            [crc] = INDEX_CRC.unpack_from(data, offset)
+            length, start, end = INDEX_FIELDS.unpack_from(data, offset + INDEX_CRC.size)
+            id_start = offset + INDEX_ENTRY_HEADER
+            raw_id = data[id_start : id_start + length]
+            checked = data[offset + INDEX_CRC.size : id_start + length]
+            intact = len(raw_id) == length and zlib.crc32(checked) == crc
+            # Each entry must take up where the previous one ended, within the segment.
+            if not intact or start != covered or not start < end <= segment_size:
+                break
+            ids.append(raw_id.decode())
+            covered, offset = end, id_start + length
+        return ids, covered
+
     def commit(self, position: Position, records: int) -> None:
         """Record that everything before `position` (`records` more records) is in ClickHouse."""
         write_atomically(
@@ -225,6 +325,8 @@ class Spool:
             path = self.segment_path(number)
             if path.stat().st_mtime > expired_before:
                 return
+            # The index first: a segment left without one is read instead, never misread.
+            self.index_path(number).unlink(missing_ok=True)
             path.unlink()
             del self.sizes[number]
 
@@ -257,6 +359,9 @@ class Spool:
     def segment_path(self, number: int) -> Path:
         return self.directory / f"{number:012d}{SEGMENT_SUFFIX}"
 
+    def index_path(self, number: int) -> Path:
+        return self.directory / f"{number:012d}{INDEX_SUFFIX}"
+
     def fsync_directory(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY)
         try:
@@ -266,6 +371,8 @@ class Spool:
 
     def close(self) -> None:
         os.close(self.active_fd)
+        if self.index_fd is not None:
+            os.close(self.index_fd)
 
 
 def encode_record(payload: bytes, appended_at: float) -> bytes:
@@ -275,6 +382,12 @@ def encode_record(payload: bytes, appended_at: float) -> bytes:
 
 def record_crc(payload: bytes, appended_ms: int) -> int:
     return zlib.crc32(payload, zlib.crc32(appended_ms.to_bytes(8, "big")))
+
+
+def encode_index_entry(batch_id: str, start: int, end: int) -> bytes:
+    raw_id = batch_id.encode()
+    checked = INDEX_FIELDS.pack(len(raw_id), start, end) + raw_id
+    return INDEX_CRC.pack(zlib.crc32(checked)) + checked
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -83,6 +83,11 @@ class Settings:
     retention_results_days: int = 30
     retention_status_logs_days: int = 30
     retention_distributed_results_days: int = 90
+    retention_distributed_status_days: int = 90
+    retention_raw_batches_days: int = 7
+    # Keep every batch as received in quarry.raw_batches too, for forensic replay. Off by
+    # default: it roughly doubles what ClickHouse stores.
+    ingest_keep_raw_batches: bool = False
 
     # Check-in writes (last seen, deliveries) are batched this long by the gateway.
     checkin_flush_interval_s: float = 1.0

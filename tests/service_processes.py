@@ -1,6 +1,6 @@
 """Start one Quarry service as a real separate process for a test, and stop it.
 
-`python -m <package>` with QUARRY_STATE_DIR and QUARRY_PORT_BASE set, so each test
+`quarry serve <service>` with QUARRY_STATE_DIR and QUARRY_PORT_BASE set, so each test
 module gets its own state and ports. Output goes to a log file, shown when a start
 fails so the reason is in the test report.
 """
@@ -23,7 +23,7 @@ STOP_TIMEOUT_S = 10.0
 
 
 class ServiceProcess:
-    """One service (`enroll`, `config`, ...) running as `python -m <name>_service`."""
+    """One service (`enroll`, `config`, ..., `gateway`) running as `quarry serve <name>`."""
 
     def __init__(
         self, name: str, state_dir: Path, port_base: int, extra_env: dict[str, str] | None = None
@@ -34,7 +34,11 @@ class ServiceProcess:
         self.settings = Settings.from_env(
             {"QUARRY_STATE_DIR": str(state_dir), "QUARRY_PORT_BASE": str(port_base)}
         )
-        self.addr = self.settings.service_addr(name)
+        self.addr = (
+            f"{self.settings.bind_host}:{self.settings.gateway_port}"
+            if name == "gateway"
+            else self.settings.service_addr(name)
+        )
         self.log_path = state_dir / f"{name}.log"
         self._extra_env = extra_env or {}
         self._process: subprocess.Popen[bytes] | None = None
@@ -50,7 +54,7 @@ class ServiceProcess:
         }
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", f"{self.name}_service"],
+                [sys.executable, "-m", "quarry", "serve", self.name],
                 cwd=REPO_ROOT,
                 env=env,
                 stdout=log,

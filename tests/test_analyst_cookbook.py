@@ -25,6 +25,7 @@ import pytest
 import zmq
 from clickhouse_driver import Client
 
+from ingest_service.clickhouse_server_store import client_url
 from ingest_service.embedded_clickhouse_store import EmbeddedClickHouseStore
 from ingest_service.log_store import QueryResult
 from ingest_service.schema import (
@@ -143,6 +144,15 @@ def lab_fleet() -> list[tuple[str, int, int, list[dict]]]:
         (WEB1, NOW, logs_pb2.DISTRIBUTED, [{"name": "sshd", "pid": "811"}]),
         (WEB2, NOW, logs_pb2.DISTRIBUTED, [{"name": "sshd", "pid": "811"},
                                            {"name": "kworkerd", "pid": "6666"}]),
+        (WEB1, NOW, logs_pb2.DISTRIBUTED_STATUS, [
+            {"campaign_id": CAMPAIGN, "status": 0, "message": "", "row_count": 1,
+             "wall_time_ms": 5, "user_time": 2, "system_time": 1, "memory": 2048}]),
+        (WEB2, NOW, logs_pb2.DISTRIBUTED_STATUS, [
+            {"campaign_id": CAMPAIGN, "status": 0, "message": "", "row_count": 2,
+             "wall_time_ms": 40, "user_time": 30, "system_time": 5, "memory": 8192}]),
+        (DB1, NOW, logs_pb2.DISTRIBUTED_STATUS, [
+            {"campaign_id": CAMPAIGN, "status": 1, "message": "no such table: x",
+             "row_count": 0}]),
     ]  # fmt: skip
 
 
@@ -167,7 +177,8 @@ def lab(log_store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     are running while this module's run.
     """
     if log_store_url:
-        client = Client.from_url(log_store_url)
+        # Connect to `default`: on a fresh server the quarry database does not exist yet.
+        client = Client.from_url(client_url(log_store_url, "default"))
         client.execute("DROP DATABASE IF EXISTS quarry")
         client.disconnect()
     with run_ingest(tmp_path_factory.mktemp("cookbook"), log_store_url) as ingest:
@@ -255,6 +266,14 @@ EXPECTATIONS = {
     "Hosts that answered each live query": lambda rows: (
         [CAMPAIGN, 2, 3] in [row[:3] for row in rows]
     ),
+    "Live query failures and slowest hosts": lambda rows: (
+        rows
+        == [
+            [DB1, 1, "no such table: x", 0, 0, 0],
+            [WEB2, 0, "", 2, 40, 8192],
+            [WEB1, 0, "", 1, 5, 2048],
+        ]
+    ),
     "Latest snapshot of a query per host": lambda rows: (
         [[row[0], row[2]] for row in lab_rows(rows)] == [[WEB1, "/"], [WEB1, "/mnt/usb"]]
     ),
@@ -314,7 +333,13 @@ OLD_ROWS = [
     ("pack_incident-response_listening_ports", datetime(2025, 1, 5, tzinfo=UTC)),
     ("processes", datetime.now(UTC).replace(microsecond=0)),
 ]
-RETENTION = {"results": 30, "status_logs": 30, "distributed_results": 90}
+RETENTION = {
+    "results": 30,
+    "status_logs": 30,
+    "distributed_results": 90,
+    "distributed_status": 90,
+    "raw_batches": 7,
+}
 
 
 class SqlRunner:

@@ -474,3 +474,39 @@ def test_unreachable_clickhouse_is_acked_once_spooled(tmp_path: Path) -> None:
     # (tests/test_spool.py covers the replay and the refusal once the spool is full).
     assert (acks[0].ok, acks[0].rows) == (True, 2)
     assert (acks[1].ok, acks[1].rows) == (True, 0)  # nothing to store is stored
+
+
+def test_raw_batches_are_kept_once_when_asked(log_store_url: str, tmp_path: Path) -> None:
+    result = make_batch(logs_pb2.RESULT, EVENT_RECORDS)
+    status = make_batch(logs_pb2.STATUS, STATUS_RECORDS)
+    with run_ingest(tmp_path, log_store_url, ingest_keep_raw_batches="true") as ingest:
+        context = zmq.Context.instance()
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(ingest.zmq_endpoint)
+        try:
+            acks = send_batches(dealer, [result, status, result])
+        finally:
+            dealer.close()
+        ids = f"'{result.batch_id}', '{status.batch_id}'"
+        raw = query_rows(
+            ingest,
+            f"SELECT batch_id, kind, host_identifier, data_json FROM raw_batches "
+            f"WHERE batch_id IN ({ids}) ORDER BY kind",
+        )
+
+    assert all(ack.ok for ack in acks)
+    assert raw == [
+        [result.batch_id, "result", HOST, result.data_json.decode()],
+        [status.batch_id, "status", HOST, status.data_json.decode()],
+    ]
+
+
+def test_raw_batches_are_not_kept_by_default(ingest: IngestProcess, dealer: zmq.Socket) -> None:
+    batch = make_batch(logs_pb2.RESULT, EVENT_RECORDS)
+    [ack] = send_batches(dealer, [batch])
+
+    assert (ack.ok, ack.rows) == (True, 2)
+    where = f"WHERE batch_id = '{batch.batch_id}'"
+    assert query_rows(ingest, f"SELECT count() FROM results {where}") == [[2]]
+    assert query_rows(ingest, f"SELECT count() FROM raw_batches {where}") == [[0]]

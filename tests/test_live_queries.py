@@ -113,6 +113,19 @@ def test_a_live_query_reaches_every_node_and_its_rows_reach_clickhouse(
     }
     for node in nodes:
         assert by_host[node.host_identifier]["hostname"] == node.profile.hostname
+    assert statuses_in_clickhouse(cluster, campaign_id) == {host: (0, "", 1) for host in hosts}
+
+
+def statuses_in_clickhouse(cluster: QuarryCluster, campaign_id: str) -> dict[str, tuple]:
+    """host -> (status, message, row_count) in quarry.distributed_status; one row per host."""
+    rows = cluster.sql(
+        "SELECT host_identifier, status, message, row_count "
+        f"FROM quarry.distributed_status WHERE campaign_id = '{campaign_id}'"
+    )
+    assert len(rows) == len({r["host_identifier"] for r in rows})  # no duplicates
+    return {
+        r["host_identifier"]: (int(r["status"]), r["message"], int(r["row_count"])) for r in rows
+    }
 
 
 def test_a_failing_live_query_reports_each_node_s_error(cluster: QuarryCluster) -> None:
@@ -133,6 +146,10 @@ def test_a_failing_live_query_reports_each_node_s_error(cluster: QuarryCluster) 
         assert host["state"] == "FAILED"
         assert host["status"] == 1
         assert host["message"] == "no such table: no_such_table"
+    campaign_id = report["campaign"]["campaign_id"]
+    assert statuses_in_clickhouse(cluster, campaign_id) == {
+        host["host_identifier"]: (1, "no such table: no_such_table", 0) for host in report["hosts"]
+    }
 
 
 def test_a_live_query_for_one_node_goes_only_to_that_node(cluster: QuarryCluster) -> None:

@@ -6,12 +6,14 @@ import orjson
 import pytest
 
 from ingest_service.log_rows import (
+    DISTRIBUTED_STATUS_TABLE,
     DISTRIBUTED_TABLE,
     RESULTS_TABLE,
     STATUS_TABLE,
     MalformedBatch,
     as_text,
     flatten_batch,
+    raw_batch_row,
     split_query_name,
 )
 from protos.v1 import logs_pb2
@@ -258,6 +260,63 @@ def test_distributed_rows_are_indexed_and_carry_the_campaign() -> None:
         ("c-7", 0, {"version": "5.23.1", "build_platform": "linux"}, "web-01"),
         ("c-7", 1, {"version": "5.9.1", "build_platform": ""}, "web-01"),
     ]
+
+
+def test_distributed_statuses_are_one_row_per_query_with_osquery_s_stats() -> None:
+    statuses = (
+        '{"campaign_id":"c-7","status":0,"message":"","row_count":2,'
+        '"wall_time_ms":12,"user_time":3,"system_time":1,"memory":4096}',
+        '{"campaign_id":"c-8","status":1,"message":"no such table: x","row_count":0}',
+        '"not an object"',
+    )
+    flat = flatten_batch(batch_of(logs_pb2.DISTRIBUTED_STATUS, *statuses))
+
+    assert flat.table == DISTRIBUTED_STATUS_TABLE
+    assert flat.skipped_records == 1
+    assert flat.rows == [
+        {
+            "node_id": "node-1",
+            "received_at": 1736072440,
+            "batch_id": "b-1",
+            "campaign_id": "c-7",
+            "host_identifier": "web-01",
+            "status": 0,
+            "message": "",
+            "row_count": 2,
+            "wall_time_ms": 12,
+            "user_time": 3,
+            "system_time": 1,
+            "memory": 4096,
+        },
+        {
+            "node_id": "node-1",
+            "received_at": 1736072440,
+            "batch_id": "b-1",
+            "campaign_id": "c-8",
+            "host_identifier": "web-01",
+            "status": 1,
+            "message": "no such table: x",
+            "row_count": 0,
+            "wall_time_ms": 0,
+            "user_time": 0,
+            "system_time": 0,
+            "memory": 0,
+        },
+    ]
+
+
+def test_a_raw_batch_row_keeps_the_batch_as_received() -> None:
+    batch = batch_of(logs_pb2.DISTRIBUTED, '{"pid":"1"}', campaign_id="c-7")
+
+    assert raw_batch_row(batch) == {
+        "node_id": "node-1",
+        "received_at": 1736072440,
+        "batch_id": "b-1",
+        "kind": "distributed",
+        "host_identifier": "web-01",
+        "campaign_id": "c-7",
+        "data_json": '[{"pid":"1"}]',
+    }
 
 
 def test_an_empty_distributed_answer_has_no_rows() -> None:

@@ -1,10 +1,11 @@
 """The ingest spool: the disk format on its own, then the ingest process through faults.
 
 The unit tests drive `Spool` in a temporary directory (append, read, checkpoint, rotation,
-retention, torn and corrupt records, a failing write). The process tests run the real ingest
-service against a private ClickHouse server they can stop and start, and check that what was
-acked ends up in ClickHouse exactly once: across a ClickHouse outage, a SIGKILL, a crash between
-insert and checkpoint, a full spool, and a duplicate re-sent after a restart.
+retention, torn and corrupt records, a failing write, and the id indexes that rebuild the
+de-duplication window at start-up: whole, missing, torn or corrupt). The process tests run the
+real ingest service against a private ClickHouse server they can stop and start, and check that
+what was acked ends up in ClickHouse exactly once: across a ClickHouse outage, a SIGKILL, a crash
+between insert and checkpoint, a full spool, and a duplicate re-sent after a restart.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import zmq
 from clickhouse_driver import Client
 
 from ingest_service.group_commit import recent_ids_from_spool
-from ingest_service.spool import HEADER, Position, Spool
+from ingest_service.spool import HEADER, INDEX_ENTRY_HEADER, Position, Spool
 from protos.v1 import logs_pb2
 from tests.clickhouse_server import (
     CONFIG_TEMPLATE,
@@ -61,6 +62,10 @@ def payloads(spool: Spool, position: Position | None = None) -> list[bytes]:
 
 def segment_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.seg"))
+
+
+def index_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.ids"))
 
 
 def test_records_come_back_in_order_and_the_checkpoint_survives_a_reopen(
@@ -172,6 +177,206 @@ def test_a_failed_write_raises_and_leaves_no_partial_record(tmp_path: Path) -> N
     spool.append([b"after"])
     assert payloads(spool) == [b"before", b"after"]
     spool.close()
+
+
+# The id indexes: the de-duplication window rebuilt without reading the segments
+
+
+SMALL_SEGMENT = 256
+
+
+def append_ids(spool: Spool, ids: list[str]) -> None:
+    """Append one record per id whose payload is the id itself, indexing the ids."""
+    spool.append([batch_id.encode() for batch_id in ids], ids)
+
+
+def ids_after_restart(directory: Path) -> tuple[list[str], list[str]]:
+    """Reopen the spool and rebuild its ids: (all ids, the ones read from segments instead)."""
+    read_from_segments: list[str] = []
+
+    def id_of_payload(payload: bytes) -> str:
+        read_from_segments.append(payload.decode())
+        return payload.decode()
+
+    spool = open_spool(directory, segment_bytes=SMALL_SEGMENT)
+    try:
+        return list(spool.record_ids(id_of_payload)), read_from_segments
+    finally:
+        spool.close()
+
+
+def numbered_ids(count: int, prefix: str = "batch") -> list[str]:
+    return [f"{prefix}-{index:04d}" for index in range(count)]
+
+
+def test_the_ids_rebuilt_at_start_are_the_ids_appended_without_reading_segments(
+    tmp_path: Path,
+) -> None:
+    spool = open_spool(tmp_path, segment_bytes=SMALL_SEGMENT)
+    ids = numbered_ids(60)
+    for group in range(0, 60, 7):
+        append_ids(spool, ids[group : group + 7])
+    spool.close()
+    assert len(segment_files(tmp_path)) > 3
+    assert [path.stem for path in index_files(tmp_path)] == [
+        path.stem for path in segment_files(tmp_path)
+    ]
+
+    rebuilt, read_from_segments = ids_after_restart(tmp_path)
+    assert rebuilt == ids
+    assert read_from_segments == []
+    # A second restart appends to a new segment; both generations come back.
+    reopened = open_spool(tmp_path, segment_bytes=SMALL_SEGMENT)
+    append_ids(reopened, ["after-restart"])
+    reopened.close()
+    assert ids_after_restart(tmp_path) == ([*ids, "after-restart"], [])
+
+
+def test_the_recent_batch_ids_come_from_the_index_and_from_unindexed_records(
+    tmp_path: Path,
+) -> None:
+    spool = open_spool(tmp_path)
+    groups = [[make_batch(logs_pb2.RESULT, EVENT_RECORDS) for _ in range(2)] for _ in range(3)]
+    indexed, unindexed, indexed_again = groups
+    spool.append([b.SerializeToString() for b in indexed], [b.batch_id for b in indexed])
+    # The old call, without ids: these records (and the index after them) are parsed instead.
+    spool.append([b.SerializeToString() for b in unindexed])
+    spool.append(
+        [b.SerializeToString() for b in indexed_again], [b.batch_id for b in indexed_again]
+    )
+    spool.close()
+    assert len(segment_files(tmp_path)) == 1
+
+    reopened = open_spool(tmp_path)
+    recent = recent_ids_from_spool(reopened)
+    assert list(recent.ids) == [b.batch_id for b in indexed + unindexed + indexed_again]
+    reopened.close()
+
+
+def test_a_missing_index_means_reading_that_segment(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path, segment_bytes=SMALL_SEGMENT)
+    ids = numbered_ids(30)
+    for group in range(0, 30, 5):
+        append_ids(spool, ids[group : group + 5])
+    spool.close()
+    lost_index = index_files(tmp_path)[1]
+    lost_index.unlink()
+
+    rebuilt, read_from_segments = ids_after_restart(tmp_path)
+    assert rebuilt == ids
+    assert read_from_segments == [
+        payload.decode() for payload in payloads_of_segment(tmp_path, lost_index.stem)
+    ]
+    assert read_from_segments
+
+
+def payloads_of_segment(directory: Path, stem: str) -> list[bytes]:
+    spool = open_spool(directory, segment_bytes=SMALL_SEGMENT)
+    try:
+        number = int(stem)
+        return [r.payload for r in spool.read_segment(number, 0, spool.sizes[number])]
+    finally:
+        spool.close()
+
+
+def test_a_torn_index_tail_is_trusted_only_up_to_the_last_whole_entry(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    ids = numbered_ids(10)
+    append_ids(spool, ids)
+    spool.close()
+    [index] = index_files(tmp_path)
+    entry_size = INDEX_ENTRY_HEADER + len(ids[0])
+    # As if the machine lost power while the (never fsynced) index was being written.
+    with open(index, "r+b") as out:
+        out.truncate(6 * entry_size + 5)
+
+    rebuilt, read_from_segments = ids_after_restart(tmp_path)
+    assert rebuilt == ids
+    assert read_from_segments == ids[6:]
+
+
+def test_a_corrupt_index_entry_is_never_taken_for_an_id(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    ids = numbered_ids(10)
+    append_ids(spool, ids)
+    spool.close()
+    [index] = index_files(tmp_path)
+    entry_size = INDEX_ENTRY_HEADER + len(ids[0])
+    data = bytearray(index.read_bytes())
+    data[3 * entry_size + INDEX_ENTRY_HEADER] ^= ord("b") ^ ord("X")  # batch-0003 -> Xatch-0003
+    data += b"\0" * 64  # and zeros after the end, as a crashed file system may leave
+    index.write_bytes(bytes(data))
+
+    rebuilt, read_from_segments = ids_after_restart(tmp_path)
+    assert rebuilt == ids
+    assert read_from_segments == ids[3:]
+
+
+def test_records_fsynced_but_not_indexed_before_a_crash_are_read(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    ids = numbered_ids(8)
+    append_ids(spool, ids[:5])
+    [index] = index_files(tmp_path)
+    indexed_part = index.read_bytes()
+    append_ids(spool, ids[5:])
+    spool.close()
+    [segment] = segment_files(tmp_path)
+    # The process died after the fsync of the second group, before its index entries, and in
+    # the middle of writing a third group.
+    index.write_bytes(indexed_part)
+    with open(segment, "ab") as out:
+        out.write(HEADER.pack(1000, 0, 0) + b"half a rec")
+
+    rebuilt, read_from_segments = ids_after_restart(tmp_path)
+    assert rebuilt == ids
+    assert read_from_segments == ids[5:]
+
+
+def test_index_entries_past_the_end_of_a_truncated_segment_are_dropped(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    ids = numbered_ids(6)
+    positions = spool.append([batch_id.encode() for batch_id in ids], ids)
+    spool.close()
+    [segment] = segment_files(tmp_path)
+    # The last two records cut off (one of them half-way): their ids must not come back.
+    with open(segment, "r+b") as out:
+        out.truncate(positions[4].offset + 3)
+
+    rebuilt, read_from_segments = ids_after_restart(tmp_path)
+    assert rebuilt == ids[:4]
+    assert read_from_segments == []
+
+
+def test_an_append_with_the_wrong_number_of_ids_writes_nothing(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    with pytest.raises(ValueError, match="2 ids for 3 payloads"):
+        spool.append([b"a", b"b", b"c"], ["a", "b"])
+    assert payloads(spool) == []
+    spool.close()
+
+
+def test_expired_segments_take_their_index_with_them(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path, segment_bytes=64, retention_s=0)
+    ids = [f"{index:060d}" for index in range(6)]
+    for batch_id in ids:
+        append_ids(spool, [batch_id])
+    assert len(index_files(tmp_path)) == 6
+
+    records = list(spool.read_from(spool.checkpoint))
+    spool.commit(records[3].next_position, 4)
+    assert len(segment_files(tmp_path)) == 3
+    assert [p.stem for p in index_files(tmp_path)] == [p.stem for p in segment_files(tmp_path)]
+    # The checkpoint sits at the end of record 3's segment, which is kept.
+    assert list(spool.record_ids(bytes.decode)) == ids[3:]
+    spool.close()
+
+    # An index whose segment went away in a crash between the two deletions goes at start.
+    orphan = tmp_path / "000000000001.ids"
+    orphan.write_bytes(b"left behind")
+    reopened = open_spool(tmp_path, segment_bytes=64, retention_s=0)
+    assert not orphan.exists()
+    assert list(reopened.record_ids(bytes.decode)) == ids[3:]
+    reopened.close()
 
 
 # Process tests: the ingest service against a ClickHouse server that can be stopped

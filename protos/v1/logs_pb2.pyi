@@ -13,13 +13,15 @@ class LogKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESULT: _ClassVar[LogKind]
     STATUS: _ClassVar[LogKind]
     DISTRIBUTED: _ClassVar[LogKind]
+    DISTRIBUTED_STATUS: _ClassVar[LogKind]
 LOG_KIND_UNSPECIFIED: LogKind
 RESULT: LogKind
 STATUS: LogKind
 DISTRIBUTED: LogKind
+DISTRIBUTED_STATUS: LogKind
 
 class LogBatch(_message.Message):
-    __slots__ = ("batch_id", "kind", "node_id", "host_identifier", "received_at", "data_json", "campaign_id")
+    __slots__ = ("batch_id", "kind", "node_id", "host_identifier", "received_at", "data_json", "campaign_id", "failover")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +29,7 @@ class LogBatch(_message.Message):
     RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
     DATA_JSON_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    FAILOVER_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     kind: LogKind
     node_id: str
@@ -34,7 +37,8 @@ class LogBatch(_message.Message):
     received_at: int
     data_json: bytes
     campaign_id: str
-    def __init__(self, batch_id: _Optional[str] = ..., kind: _Optional[_Union[LogKind, str]] = ..., node_id: _Optional[str] = ..., host_identifier: _Optional[str] = ..., received_at: _Optional[int] = ..., data_json: _Optional[bytes] = ..., campaign_id: _Optional[str] = ...) -> None: ...
+    failover: bool
+    def __init__(self, batch_id: _Optional[str] = ..., kind: _Optional[_Union[LogKind, str]] = ..., node_id: _Optional[str] = ..., host_identifier: _Optional[str] = ..., received_at: _Optional[int] = ..., data_json: _Optional[bytes] = ..., campaign_id: _Optional[str] = ..., failover: _Optional[bool] = ...) -> None: ...
 
 class LogAck(_message.Message):
     __slots__ = ("batch_id", "ok", "error", "rows", "duplicate")

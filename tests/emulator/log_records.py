@@ -229,3 +229,14 @@ def status_record(
     if decorations:
         record["decorations"] = dict(sorted(decorations.items()))
     return record
+
+
+def decorations_at_top_level(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record as `--decorations_top_level` writes it: the keys take `decorations`' place."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if key == "decorations":
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat

@@ -252,11 +252,21 @@ class OsqueryNode:
     # -- logger (§7) ---------------------------------------------------------------------
 
     async def send_logs(
-        self, log_type: str, records: Sequence[LogRecord], compress: bool | None = None
+        self,
+        log_type: str,
+        records: Sequence[LogRecord],
+        compress: bool | None = None,
+        *,
+        strict_utf8: bool = True,
     ) -> bool:
-        """One logger POST of `records` ("result"/"status"); True if osquery would delete them."""
+        """One logger POST of `records` ("result"/"status"); True if osquery would delete them.
+
+        With `strict_utf8=False`, a bytes line whose strings hold bytes that are not UTF-8
+        is sent as is, as osquery does: rapidjson does not validate encodings (spec §8.6).
+        """
         compress = self.logger_tls_compress if compress is None else compress
-        lines = [line for line in map(_log_line, records) if line is not None]
+        lines = [_log_line(record, strict_utf8) for record in records]
+        lines = [line for line in lines if line is not None]
 
         def body_for(key: str) -> bytes:
             return _logger_body(lines, log_type, key, compressed=compress)
@@ -602,11 +612,13 @@ def _object_member(document: dict[str, Any], name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _log_line(record: LogRecord) -> bytes | None:
+def _log_line(record: LogRecord, strict_utf8: bool = True) -> bytes | None:
     """A record as compact JSON; None for lines osquery would drop (too big or not JSON)."""
     if isinstance(record, bytes):
+        # Replacing bad bytes cannot make JSON valid or invalid, only check it leniently.
+        text = record if strict_utf8 else record.decode("utf-8", errors="replace")
         try:
-            orjson.loads(record)
+            orjson.loads(text)
         except orjson.JSONDecodeError:
             return None
         line = record
