@@ -67,7 +67,6 @@ def post_from_new_host(
     make_records: Callable[[str], Sequence[LogRecord]],
     *,
     compress: bool = False,
-    strict_utf8: bool = True,
 ) -> str:
     """One logger POST of `make_records(host)`, which must succeed; returns the host."""
 
@@ -75,7 +74,7 @@ def post_from_new_host(
         async with new_node(cluster, logger_tls_compress=compress) as node:
             host = node.host_identifier
             records = make_records(host)
-            assert await node.send_logs(log_type, records, strict_utf8=strict_utf8), node.last_error
+            assert await node.send_logs(log_type, records), node.last_error
             return host
 
     return asyncio.run(scenario())
@@ -260,7 +259,7 @@ def test_bytes_that_are_not_utf8_become_replacement_characters_and_the_rest_is_k
         event = log_records.event_record("raw_bytes_event", host, NOW, PROCESS_ROW)
         return [line_with_raw_bytes(snapshot, "@@", b"\xff\xfe"), event]
 
-    host = post_from_new_host(cluster, "result", records, strict_utf8=False)
+    host = post_from_new_host(cluster, "result", records)
     assert stored_results(cluster, host, 3) == [
         result_row("raw_bytes", {"path": "/tmp/caf\ufffd\ufffd", "pid": "1"}, action="snapshot"),
         result_row("raw_bytes", {"path": "/tmp/ok", "pid": "2"}, action="snapshot"),
@@ -273,7 +272,7 @@ def test_a_status_message_with_bytes_that_are_not_utf8_is_kept(cluster: QuarryCl
         status = log_records.status_record(host, NOW, "cannot open /home/@@/x")
         return [line_with_raw_bytes(status, "@@", b"j\xe9r\xf4me")]
 
-    host = post_from_new_host(cluster, "status", records, strict_utf8=False)
+    host = post_from_new_host(cluster, "status", records)
     [row] = stored_status_logs(cluster, host, 1)
     assert row["message"] == "cannot open /home/j\ufffdr\ufffdme/x"
     assert (row["severity"], row["filename"], row["line"]) == (0, "scheduler.cpp", 100)

@@ -256,16 +256,10 @@ class OsqueryNode:
         log_type: str,
         records: Sequence[LogRecord],
         compress: bool | None = None,
-        *,
-        strict_utf8: bool = True,
     ) -> bool:
-        """One logger POST of `records` ("result"/"status"); True if osquery would delete them.
-
-        With `strict_utf8=False`, a bytes line whose strings hold bytes that are not UTF-8
-        is sent as is, as osquery does: rapidjson does not validate encodings (spec §8.6).
-        """
+        """One logger POST of `records` ("result"/"status"); True if osquery would delete them."""
         compress = self.logger_tls_compress if compress is None else compress
-        lines = [_log_line(record, strict_utf8) for record in records]
+        lines = [_log_line(record) for record in records]
         lines = [line for line in lines if line is not None]
 
         def body_for(key: str) -> bytes:
@@ -612,13 +606,16 @@ def _object_member(document: dict[str, Any], name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _log_line(record: LogRecord, strict_utf8: bool = True) -> bytes | None:
-    """A record as compact JSON; None for lines osquery would drop (too big or not JSON)."""
+def _log_line(record: LogRecord) -> bytes | None:
+    """A record as compact JSON; None for lines osquery would drop (too big or not JSON).
+
+    A bytes line is sent as is, even with bytes that are not UTF-8 in its strings: osquery's
+    rapidjson does not validate encodings (spec §8.6). Replacing them only for the check
+    cannot make JSON valid or invalid.
+    """
     if isinstance(record, bytes):
-        # Replacing bad bytes cannot make JSON valid or invalid, only check it leniently.
-        text = record if strict_utf8 else record.decode("utf-8", errors="replace")
         try:
-            orjson.loads(text)
+            orjson.loads(record.decode("utf-8", errors="replace"))
         except orjson.JSONDecodeError:
             return None
         line = record
