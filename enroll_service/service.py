@@ -118,7 +118,7 @@ class EnrollServicer(enroll_pb2_grpc.EnrollServiceServicer):
         )
 
     async def RevokeNode(
-        self, request: enroll_pb2.RevokeNodeRequest, context: grpc.aio.ServicerContext
+        self, request: enroll_pb2.NodeRef, context: grpc.aio.ServicerContext
     ) -> enroll_pb2.Node:
         if not request.node:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name a node to revoke")

@@ -119,7 +119,7 @@ def nodes_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def nodes_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    node = _call(_enroll_stub(settings).RevokeNode, enroll_pb2.RevokeNodeRequest(node=args.node))
+    node = _call(_enroll_stub(settings).RevokeNode, enroll_pb2.NodeRef(node=args.node))
     if args.json:
         emit_json(_as_dict(node) | {"node_key": None})
     else:

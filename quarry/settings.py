@@ -61,6 +61,26 @@ class Settings:
     enroll_secret_file: str = ""
     # Body key (and URI parameter) holding the secret: osquery's --tls_enroll_override.
     enroll_secret_key: str = "enroll_secret"
+    # What makes two enrollments the same machine: system_info.uuid (the hardware UUID),
+    # hardware_serial (system_info.hardware_serial) or host_identifier. A host without the
+    # chosen fact falls back to its host_identifier.
+    node_identity: str = "system_info.uuid"
+    # Clone detection: an identity enrolling this many times within the window, while its
+    # previous keys are still in use, is a suspected clone; further enrollments of it wait
+    # for the cooldown (the current key keeps working, so the real host is not locked out).
+    enroll_clone_window_s: int = 600
+    enroll_clone_threshold: int = 3
+    enroll_cooldown_s: int = 60
+
+    # TLS client certificates: with a CA here the gateway asks every client for a
+    # certificate signed by it (required when tls_client_cert_required) and passes the
+    # verified identity to enrollment.
+    tls_client_ca: str = ""
+    tls_client_cert_required: bool = False
+    # Use the certificate as the node's identity: "" (no), subject, san or fingerprint.
+    enroll_client_cert_identity: str = ""
+    # Enroll a node that presents a verified certificate even without an enroll secret.
+    enroll_secret_optional_with_client_cert: bool = False
 
     # ClickHouse server URL, e.g. clickhouse://default:@127.0.0.1:9000/quarry.
     # Empty: embedded ClickHouse (chdb) under state_dir/chdb.

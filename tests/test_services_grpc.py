@@ -220,7 +220,7 @@ def test_revoking_a_node_removes_its_key(enroll) -> None:
     watch = StreamReader(enroll.WatchNodes(enroll_pb2.WatchNodesRequest()))
     try:
         watch.until(is_snapshot_done)
-        revoked = enroll.RevokeNode(enroll_pb2.RevokeNodeRequest(node=doomed.node.node_id))
+        revoked = enroll.RevokeNode(enroll_pb2.NodeRef(node=doomed.node.node_id))
         event = watch.next()
     finally:
         watch.close()
@@ -238,7 +238,7 @@ def test_revoking_a_node_removes_its_key(enroll) -> None:
 
 def test_revoking_an_unknown_node_is_not_found(enroll) -> None:
     with pytest.raises(grpc.RpcError) as refused:
-        enroll.RevokeNode(enroll_pb2.RevokeNodeRequest(node="no-such-node"))
+        enroll.RevokeNode(enroll_pb2.NodeRef(node="no-such-node"))
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     assert "no-such-node" in refused.value.details()
 

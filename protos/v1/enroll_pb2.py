@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/v1/enroll.proto\x12\tquarry.v1\"\x86\x01\n\rEnrollRequest\x12\x15\n\renroll_secret\x18\x01 \x01(\t\x12\x17\n\x0fhost_identifier\x18\x02 \x01(\t\x12\x15\n\rplatform_type\x18\x03 \x01(\t\x12\x19\n\x11host_details_json\x18\x04 \x01(\t\x12\x13\n\x0bremote_addr\x18\x05 \x01(\t\"]\n\x0e\x45nrollResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x10\n\x08node_key\x18\x02 \x01(\t\x12\x1d\n\x04node\x18\x03 \x01(\x0b\x32\x0f.quarry.v1.Node\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xe1\x01\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08node_key\x18\x02 \x01(\t\x12\x17\n\x0fhost_identifier\x18\x03 \x01(\t\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x15\n\rplatform_type\x18\x05 \x01(\t\x12\x17\n\x0fosquery_version\x18\x06 \x01(\t\x12\x13\n\x0b\x65nrolled_at\x18\x07 \x01(\x03\x12\x14\n\x0clast_seen_at\x18\x08 \x01(\x03\x12\x0f\n\x07revoked\x18\t \x01(\x08\x12\r\n\x05\x66ound\x18\n \x01(\x08\x12\x10\n\x08hostname\x18\x0b \x01(\t\"\x13\n\x11WatchNodesRequest\"\xae\x01\n\tNodeEvent\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.quarry.v1.NodeEvent.Kind\x12\x1d\n\x04node\x18\x02 \x01(\x0b\x32\x0f.quarry.v1.Node\x12\x10\n\x08revision\x18\x03 \x01(\x03\"G\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\n\n\x06UPSERT\x10\x01\x12\n\n\x06REMOVE\x10\x02\x12\x11\n\rSNAPSHOT_DONE\x10\x03\"\"\n\x0eGetNodeRequest\x12\x10\n\x08node_key\x18\x01 \x01(\t\"+\n\x07\x43heckin\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07seen_at\x18\x02 \x01(\x03\"4\n\x0c\x43heckinBatch\x12$\n\x08\x63heckins\x18\x01 \x03(\x0b\x32\x12.quarry.v1.Checkin\"*\n\x16RecordCheckinsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\"\x12\n\x10ListNodesRequest\"3\n\x11ListNodesResponse\x12\x1e\n\x05nodes\x18\x01 \x03(\x0b\x32\x0f.quarry.v1.Node\"!\n\x11RevokeNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t2\x9c\x03\n\rEnrollService\x12=\n\x06\x45nroll\x12\x18.quarry.v1.EnrollRequest\x1a\x19.quarry.v1.EnrollResponse\x12\x42\n\nWatchNodes\x12\x1c.quarry.v1.WatchNodesRequest\x1a\x14.quarry.v1.NodeEvent0\x01\x12\x35\n\x07GetNode\x12\x19.quarry.v1.GetNodeRequest\x1a\x0f.quarry.v1.Node\x12L\n\x0eRecordCheckins\x12\x17.quarry.v1.CheckinBatch\x1a!.quarry.v1.RecordCheckinsResponse\x12\x46\n\tListNodes\x12\x1b.quarry.v1.ListNodesRequest\x1a\x1c.quarry.v1.ListNodesResponse\x12;\n\nRevokeNode\x12\x1c.quarry.v1.RevokeNodeRequest\x1a\x0f.quarry.v1.Nodeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/v1/enroll.proto\x12\tquarry.v1\"\xc0\x01\n\rEnrollRequest\x12\x15\n\renroll_secret\x18\x01 \x01(\t\x12\x17\n\x0fhost_identifier\x18\x02 \x01(\t\x12\x15\n\rplatform_type\x18\x03 \x01(\t\x12\x19\n\x11host_details_json\x18\x04 \x01(\t\x12\x13\n\x0bremote_addr\x18\x05 \x01(\t\x12\x38\n\x12\x63lient_certificate\x18\x06 \x01(\x0b\x32\x1c.quarry.v1.ClientCertificate\"[\n\x11\x43lientCertificate\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x19\n\x11subject_alt_names\x18\x02 \x03(\t\x12\x1a\n\x12sha256_fingerprint\x18\x03 \x01(\t\"]\n\x0e\x45nrollResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x10\n\x08node_key\x18\x02 \x01(\t\x12\x1d\n\x04node\x18\x03 \x01(\x0b\x32\x0f.quarry.v1.Node\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xea\x02\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08node_key\x18\x02 \x01(\t\x12\x17\n\x0fhost_identifier\x18\x03 \x01(\t\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x15\n\rplatform_type\x18\x05 \x01(\t\x12\x17\n\x0fosquery_version\x18\x06 \x01(\t\x12\x13\n\x0b\x65nrolled_at\x18\x07 \x01(\x03\x12\x14\n\x0clast_seen_at\x18\x08 \x01(\x03\x12\x0f\n\x07revoked\x18\t \x01(\x08\x12\r\n\x05\x66ound\x18\n \x01(\x08\x12\x10\n\x08hostname\x18\x0b \x01(\t\x12\x0c\n\x04tags\x18\x0c \x03(\t\x12\r\n\x05group\x18\r \x01(\t\x12\x0f\n\x07pending\x18\x0e \x01(\x08\x12\x10\n\x08identity\x18\x0f \x01(\t\x12\x13\n\x0bsecret_name\x18\x10 \x01(\t\x12\x19\n\x11\x66irst_enrolled_at\x18\x11 \x01(\x03\x12\x17\n\x0fhardware_serial\x18\x12 \x01(\t\"\xb6\x01\n\x0bNodeDetails\x12\x1d\n\x04node\x18\x01 \x01(\x0b\x32\x0f.quarry.v1.Node\x12\x19\n\x11host_details_json\x18\x02 \x01(\t\x12\x1a\n\x12recent_enrollments\x18\x03 \x01(\x05\x12\x17\n\x0fsuspected_clone\x18\x04 \x01(\x08\x12\x38\n\x12\x63lient_certificate\x18\x05 \x01(\x0b\x32\x1c.quarry.v1.ClientCertificate\"\x13\n\x11WatchNodesRequest\"\xae\x01\n\tNodeEvent\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.quarry.v1.NodeEvent.Kind\x12\x1d\n\x04node\x18\x02 \x01(\x0b\x32\x0f.quarry.v1.Node\x12\x10\n\x08revision\x18\x03 \x01(\x03\"G\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\n\n\x06UPSERT\x10\x01\x12\n\n\x06REMOVE\x10\x02\x12\x11\n\rSNAPSHOT_DONE\x10\x03\"\"\n\x0eGetNodeRequest\x12\x10\n\x08node_key\x18\x01 \x01(\t\"+\n\x07\x43heckin\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07seen_at\x18\x02 \x01(\x03\"4\n\x0c\x43heckinBatch\x12$\n\x08\x63heckins\x18\x01 \x03(\x0b\x32\x12.quarry.v1.Checkin\"*\n\x16RecordCheckinsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\"p\n\x10ListNodesRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x13\n\x0bsecret_name\x18\x04 \x01(\t\x12\x18\n\x10suspected_clones\x18\x05 \x01(\x08\"3\n\x11ListNodesResponse\x12\x1e\n\x05nodes\x18\x01 \x03(\x0b\x32\x0f.quarry.v1.Node\"\x17\n\x07NodeRef\x12\x0c\n\x04node\x18\x01 \x01(\t\"\xb6\x02\n\x0c\x45nrollSecret\x12\x11\n\tsecret_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\r\n\x05group\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\x12\x12\n\nexpires_at\x18\x06 \x01(\x03\x12\x17\n\x0fmax_enrollments\x18\x07 \x01(\x03\x12\x13\n\x0b\x65nrollments\x18\x08 \x01(\x03\x12\x14\n\x0clast_used_at\x18\t \x01(\x03\x12\x10\n\x08one_time\x18\n \x01(\x08\x12\x19\n\x11requires_approval\x18\x0b \x01(\x08\x12,\n$allows_reenrollment_after_revocation\x18\x0c \x01(\x08\x12\x12\n\nrevoked_at\x18\r \x01(\x03\x12\r\n\x05state\x18\x0e \x01(\t\"\xc8\x01\n\x13\x43reateSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\x12\x17\n\x0fmax_enrollments\x18\x05 \x01(\x03\x12\x10\n\x08one_time\x18\x06 \x01(\x08\x12\x19\n\x11requires_approval\x18\x07 \x01(\x08\x12,\n$allows_reenrollment_after_revocation\x18\x08 \x01(\x08\"G\n\rCreatedSecret\x12\'\n\x06secret\x18\x01 \x01(\x0b\x32\x17.quarry.v1.EnrollSecret\x12\r\n\x05value\x18\x02 \x01(\t\".\n\x12ListSecretsRequest\x12\x18\n\x10include_inactive\x18\x01 \x01(\x08\"?\n\x13ListSecretsResponse\x12(\n\x07secrets\x18\x01 \x03(\x0b\x32\x17.quarry.v1.EnrollSecret\"\x1b\n\tSecretRef\x12\x0e\n\x06secret\x18\x01 \x01(\t\"<\n\x13RotateSecretRequest\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\x15\n\rgrace_seconds\x18\x02 \x01(\x03\x32\xd2\x06\n\rEnrollService\x12=\n\x06\x45nroll\x12\x18.quarry.v1.EnrollRequest\x1a\x19.quarry.v1.EnrollResponse\x12\x42\n\nWatchNodes\x12\x1c.quarry.v1.WatchNodesRequest\x1a\x14.quarry.v1.NodeEvent0\x01\x12\x35\n\x07GetNode\x12\x19.quarry.v1.GetNodeRequest\x1a\x0f.quarry.v1.Node\x12L\n\x0eRecordCheckins\x12\x17.quarry.v1.CheckinBatch\x1a!.quarry.v1.RecordCheckinsResponse\x12\x46\n\tListNodes\x12\x1b.quarry.v1.ListNodesRequest\x1a\x1c.quarry.v1.ListNodesResponse\x12\x36\n\x08ShowNode\x12\x12.quarry.v1.NodeRef\x1a\x16.quarry.v1.NodeDetails\x12\x31\n\nRevokeNode\x12\x12.quarry.v1.NodeRef\x1a\x0f.quarry.v1.Node\x12\x32\n\x0b\x41pproveNode\x12\x12.quarry.v1.NodeRef\x1a\x0f.quarry.v1.Node\x12\x31\n\nRejectNode\x12\x12.quarry.v1.NodeRef\x1a\x0f.quarry.v1.Node\x12H\n\x0c\x43reateSecret\x12\x1e.quarry.v1.CreateSecretRequest\x1a\x18.quarry.v1.CreatedSecret\x12L\n\x0bListSecrets\x12\x1d.quarry.v1.ListSecretsRequest\x1a\x1e.quarry.v1.ListSecretsResponse\x12=\n\x0cRevokeSecret\x12\x14.quarry.v1.SecretRef\x1a\x17.quarry.v1.EnrollSecret\x12H\n\x0cRotateSecret\x12\x1e.quarry.v1.RotateSecretRequest\x1a\x18.quarry.v1.CreatedSecretb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,31 +32,49 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.v1.enroll_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENROLLREQUEST']._serialized_start=38
-  _globals['_ENROLLREQUEST']._serialized_end=172
-  _globals['_ENROLLRESPONSE']._serialized_start=174
-  _globals['_ENROLLRESPONSE']._serialized_end=267
-  _globals['_NODE']._serialized_start=270
-  _globals['_NODE']._serialized_end=495
-  _globals['_WATCHNODESREQUEST']._serialized_start=497
-  _globals['_WATCHNODESREQUEST']._serialized_end=516
-  _globals['_NODEEVENT']._serialized_start=519
-  _globals['_NODEEVENT']._serialized_end=693
-  _globals['_NODEEVENT_KIND']._serialized_start=622
-  _globals['_NODEEVENT_KIND']._serialized_end=693
-  _globals['_GETNODEREQUEST']._serialized_start=695
-  _globals['_GETNODEREQUEST']._serialized_end=729
-  _globals['_CHECKIN']._serialized_start=731
-  _globals['_CHECKIN']._serialized_end=774
-  _globals['_CHECKINBATCH']._serialized_start=776
-  _globals['_CHECKINBATCH']._serialized_end=828
-  _globals['_RECORDCHECKINSRESPONSE']._serialized_start=830
-  _globals['_RECORDCHECKINSRESPONSE']._serialized_end=872
-  _globals['_LISTNODESREQUEST']._serialized_start=874
-  _globals['_LISTNODESREQUEST']._serialized_end=892
-  _globals['_LISTNODESRESPONSE']._serialized_start=894
-  _globals['_LISTNODESRESPONSE']._serialized_end=945
-  _globals['_REVOKENODEREQUEST']._serialized_start=947
-  _globals['_REVOKENODEREQUEST']._serialized_end=980
-  _globals['_ENROLLSERVICE']._serialized_start=983
-  _globals['_ENROLLSERVICE']._serialized_end=1395
+  _globals['_ENROLLREQUEST']._serialized_end=230
+  _globals['_CLIENTCERTIFICATE']._serialized_start=232
+  _globals['_CLIENTCERTIFICATE']._serialized_end=323
+  _globals['_ENROLLRESPONSE']._serialized_start=325
+  _globals['_ENROLLRESPONSE']._serialized_end=418
+  _globals['_NODE']._serialized_start=421
+  _globals['_NODE']._serialized_end=783
+  _globals['_NODEDETAILS']._serialized_start=786
+  _globals['_NODEDETAILS']._serialized_end=968
+  _globals['_WATCHNODESREQUEST']._serialized_start=970
+  _globals['_WATCHNODESREQUEST']._serialized_end=989
+  _globals['_NODEEVENT']._serialized_start=992
+  _globals['_NODEEVENT']._serialized_end=1166
+  _globals['_NODEEVENT_KIND']._serialized_start=1095
+  _globals['_NODEEVENT_KIND']._serialized_end=1166
+  _globals['_GETNODEREQUEST']._serialized_start=1168
+  _globals['_GETNODEREQUEST']._serialized_end=1202
+  _globals['_CHECKIN']._serialized_start=1204
+  _globals['_CHECKIN']._serialized_end=1247
+  _globals['_CHECKINBATCH']._serialized_start=1249
+  _globals['_CHECKINBATCH']._serialized_end=1301
+  _globals['_RECORDCHECKINSRESPONSE']._serialized_start=1303
+  _globals['_RECORDCHECKINSRESPONSE']._serialized_end=1345
+  _globals['_LISTNODESREQUEST']._serialized_start=1347
+  _globals['_LISTNODESREQUEST']._serialized_end=1459
+  _globals['_LISTNODESRESPONSE']._serialized_start=1461
+  _globals['_LISTNODESRESPONSE']._serialized_end=1512
+  _globals['_NODEREF']._serialized_start=1514
+  _globals['_NODEREF']._serialized_end=1537
+  _globals['_ENROLLSECRET']._serialized_start=1540
+  _globals['_ENROLLSECRET']._serialized_end=1850
+  _globals['_CREATESECRETREQUEST']._serialized_start=1853
+  _globals['_CREATESECRETREQUEST']._serialized_end=2053
+  _globals['_CREATEDSECRET']._serialized_start=2055
+  _globals['_CREATEDSECRET']._serialized_end=2126
+  _globals['_LISTSECRETSREQUEST']._serialized_start=2128
+  _globals['_LISTSECRETSREQUEST']._serialized_end=2174
+  _globals['_LISTSECRETSRESPONSE']._serialized_start=2176
+  _globals['_LISTSECRETSRESPONSE']._serialized_end=2239
+  _globals['_SECRETREF']._serialized_start=2241
+  _globals['_SECRETREF']._serialized_end=2268
+  _globals['_ROTATESECRETREQUEST']._serialized_start=2270
+  _globals['_ROTATESECRETREQUEST']._serialized_end=2330
+  _globals['_ENROLLSERVICE']._serialized_start=2333
+  _globals['_ENROLLSERVICE']._serialized_end=3183
 # @@protoc_insertion_point(module_scope)

@@ -59,10 +59,45 @@ class EnrollServiceStub:
                 request_serializer=protos_dot_v1_dot_enroll__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_enroll__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.ShowNode = channel.unary_unary(
+                '/quarry.v1.EnrollService/ShowNode',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.NodeRef.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.NodeDetails.FromString,
+                _registered_method=True)
         self.RevokeNode = channel.unary_unary(
                 '/quarry.v1.EnrollService/RevokeNode',
-                request_serializer=protos_dot_v1_dot_enroll__pb2.RevokeNodeRequest.SerializeToString,
+                request_serializer=protos_dot_v1_dot_enroll__pb2.NodeRef.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_enroll__pb2.Node.FromString,
+                _registered_method=True)
+        self.ApproveNode = channel.unary_unary(
+                '/quarry.v1.EnrollService/ApproveNode',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.NodeRef.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.Node.FromString,
+                _registered_method=True)
+        self.RejectNode = channel.unary_unary(
+                '/quarry.v1.EnrollService/RejectNode',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.NodeRef.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.Node.FromString,
+                _registered_method=True)
+        self.CreateSecret = channel.unary_unary(
+                '/quarry.v1.EnrollService/CreateSecret',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.CreateSecretRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.CreatedSecret.FromString,
+                _registered_method=True)
+        self.ListSecrets = channel.unary_unary(
+                '/quarry.v1.EnrollService/ListSecrets',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.ListSecretsRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.ListSecretsResponse.FromString,
+                _registered_method=True)
+        self.RevokeSecret = channel.unary_unary(
+                '/quarry.v1.EnrollService/RevokeSecret',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.SecretRef.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.EnrollSecret.FromString,
+                _registered_method=True)
+        self.RotateSecret = channel.unary_unary(
+                '/quarry.v1.EnrollService/RotateSecret',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.RotateSecretRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.CreatedSecret.FromString,
                 _registered_method=True)
 
 
@@ -103,8 +138,57 @@ class EnrollServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShowNode(self, request, context):
+        """One node with its host details, enroll secret and clone report.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RevokeNode(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveNode(self, request, context):
+        """A pending node (its secret requires approval) becomes active, or is rejected
+        (revoked; it may not enroll again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSecret(self, request, context):
+        """Enroll secrets: the secret itself is returned once, by Create and Rotate;
+        only its hash is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSecrets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateSecret(self, request, context):
+        """A new secret with the same name and policy; the old one keeps working until
+        `grace_seconds` from now, so hosts can move over without downtime.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -137,10 +221,45 @@ def add_EnrollServiceServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_v1_dot_enroll__pb2.ListNodesRequest.FromString,
                     response_serializer=protos_dot_v1_dot_enroll__pb2.ListNodesResponse.SerializeToString,
             ),
+            'ShowNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShowNode,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.NodeRef.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.NodeDetails.SerializeToString,
+            ),
             'RevokeNode': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeNode,
-                    request_deserializer=protos_dot_v1_dot_enroll__pb2.RevokeNodeRequest.FromString,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.NodeRef.FromString,
                     response_serializer=protos_dot_v1_dot_enroll__pb2.Node.SerializeToString,
+            ),
+            'ApproveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveNode,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.NodeRef.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.Node.SerializeToString,
+            ),
+            'RejectNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectNode,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.NodeRef.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.Node.SerializeToString,
+            ),
+            'CreateSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSecret,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.CreateSecretRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.CreatedSecret.SerializeToString,
+            ),
+            'ListSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecrets,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.ListSecretsRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.ListSecretsResponse.SerializeToString,
+            ),
+            'RevokeSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSecret,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.SecretRef.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.EnrollSecret.SerializeToString,
+            ),
+            'RotateSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateSecret,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.RotateSecretRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.CreatedSecret.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -289,6 +408,33 @@ class EnrollService:
             _registered_method=True)
 
     @staticmethod
+    def ShowNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/ShowNode',
+            protos_dot_v1_dot_enroll__pb2.NodeRef.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.NodeDetails.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def RevokeNode(request,
             target,
             options=(),
@@ -303,8 +449,170 @@ class EnrollService:
             request,
             target,
             '/quarry.v1.EnrollService/RevokeNode',
-            protos_dot_v1_dot_enroll__pb2.RevokeNodeRequest.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.NodeRef.SerializeToString,
             protos_dot_v1_dot_enroll__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/ApproveNode',
+            protos_dot_v1_dot_enroll__pb2.NodeRef.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/RejectNode',
+            protos_dot_v1_dot_enroll__pb2.NodeRef.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/CreateSecret',
+            protos_dot_v1_dot_enroll__pb2.CreateSecretRequest.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.CreatedSecret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/ListSecrets',
+            protos_dot_v1_dot_enroll__pb2.ListSecretsRequest.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.ListSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/RevokeSecret',
+            protos_dot_v1_dot_enroll__pb2.SecretRef.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.EnrollSecret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/RotateSecret',
+            protos_dot_v1_dot_enroll__pb2.RotateSecretRequest.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.CreatedSecret.FromString,
             options,
             channel_credentials,
             insecure,
