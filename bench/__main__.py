@@ -6,6 +6,8 @@ One run, on this machine:
    live query mid-run, and samples every server process's CPU and memory from /proc;
 3. checks that the log rows ClickHouse holds equal the rows osquery was told were stored;
 4. saturates Quarry's hot paths (distributed read, config, log POST) with a closed loop;
+   and times 1024-line gzip log POSTs sent at a moderate fixed rate until their rows are
+   visible in ClickHouse (bench/visibility_latency.py);
 5. measures the physical ceilings in the same way: a bare Starlette HTTPS endpoint answering
    the same bytes, and raw inserts of the same rows into the same ClickHouse;
 6. writes a markdown report and JSON to --out, and prints the markdown.
@@ -42,8 +44,9 @@ from bench.process_costs import (
     hosts_per_core,
 )
 from bench.saturation import SaturationTarget, run_saturation
+from bench.visibility_latency import RowCounter, measure_visibility
 from gateway.tls_bootstrap import TlsFiles
-from protos.v1 import distributed_pb2, distributed_pb2_grpc
+from protos.v1 import distributed_pb2, distributed_pb2_grpc, logs_pb2, logs_pb2_grpc
 from tests.emulator import HostProfile, OsqueryNode, log_records, osquery_ssl_context
 from tests.emulator.http_client import ServerAddress
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
@@ -54,6 +57,7 @@ FULL_BATCH_LINES = 1024  # --logger_tls_max_lines
 MARKER_COUNTER = 987_654_321
 # Rows are stored under the enrolled node's identity, so the probe is found by query name.
 FULL_BATCH_QUERY = "pack_bench_full_batches"
+LATENCY_QUERY = "pack_bench_visibility_latency"
 MAX_ERROR_RATE = 0.02
 MAX_P95_MS = 1000.0
 MIN_STEADY_WINDOW_S = 30.0
@@ -88,6 +92,15 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "throughput needs a fleet's concurrency",
     )
     parser.add_argument("--saturation-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=20.0,
+        help="1024-line gzip log POSTs per second while timing POST-to-visible (default 20)",
+    )
+    parser.add_argument(
+        "--latency-seconds", type=float, default=10.0, help="seconds of POST-to-visible timing"
+    )
     parser.add_argument(
         "--sweep", action="store_true", help="raise --hosts stage by stage (x2) until it breaks"
     )
@@ -259,10 +272,13 @@ def saturate_quarry(cluster: QuarryCluster, args: argparse.Namespace) -> dict[st
         figures[name]["connections"] = connections
     figures["log"]["rows_per_s"] = figures["log"]["requests_per_s"] * LOG_ROWS_PER_POST
     figures["log_full_batches"] = full_batches_to_visible(cluster, address, context, node_key, args)
+    figures["log_post_to_visible"] = post_to_visible_latency(
+        cluster, address, context, node_key, args
+    )
     return figures
 
 
-def full_batch_body_factory(node_key: str, host: str):
+def full_batch_body_factory(node_key: str, host: str, query_name: str = FULL_BATCH_QUERY):
     """osquery's largest log POST: 1024 event lines, gzip; different for every number.
 
     The JSON is built once with a marker in place of each line's counter, so a request costs
@@ -270,7 +286,7 @@ def full_batch_body_factory(node_key: str, host: str):
     client shares the machine).
     """
     records = log_records.event_records(
-        FULL_BATCH_QUERY, host, 1_736_072_430, counter=MARKER_COUNTER,
+        query_name, host, 1_736_072_430, counter=MARKER_COUNTER,
         added=[{"pid": str(i), "name": f"proc{i}", "path": f"/usr/bin/proc{i}"}
                for i in range(FULL_BATCH_LINES)],
     )  # fmt: skip
@@ -319,6 +335,56 @@ def full_batches_to_visible(
         "seconds_to_visible": round(seconds, 3),
         "rows_visible_per_s": round(visible / seconds, 1) if seconds > 0 else 0.0,
     }
+
+
+def post_to_visible_latency(
+    cluster: QuarryCluster, address: ServerAddress, context, node_key: str, args
+) -> dict[str, Any]:
+    """p50/p99/max from sending a 1024-line gzip POST to all its rows visible in ClickHouse.
+
+    Runs after the throughput probe, at a fixed moderate rate, so neither figure disturbs
+    the other. Row counts come from the LogStore gRPC service (what `quarry sql` calls), the
+    one reader that works for embedded chdb as for a ClickHouse server.
+    """
+    host = f"visibility-{cluster.port_base}"
+    progress(
+        f"timing 1024-line gzip POSTs to visible rows at {args.latency_rate:g}/s "
+        f"for {args.latency_seconds:g} s"
+    )
+    target = SaturationTarget(
+        address, context, "/api/v1/osquery/log",
+        full_batch_body_factory(node_key, host, LATENCY_QUERY),
+        node_key=node_key, compressed=True,
+    )  # fmt: skip
+
+    async def measure() -> dict[str, Any]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{cluster.port_base + 4}") as channel:
+            result = await measure_visibility(
+                target,
+                rows_per_counter(logs_pb2_grpc.LogStoreStub(channel), LATENCY_QUERY),
+                lines_per_post=FULL_BATCH_LINES,
+                rate_per_s=args.latency_rate,
+                duration_s=args.latency_seconds,
+            )
+        return result.as_dict()
+
+    return asyncio.run(measure())
+
+
+def rows_per_counter(stub: logs_pb2_grpc.LogStoreStub, query_name: str) -> RowCounter:
+    """Rows stored per log `counter` of one query, from `lowest` up, read through LogStore."""
+
+    async def count(lowest: int) -> dict[int, int]:
+        sql = (
+            f"SELECT counter, count() AS n FROM quarry.results "
+            f"WHERE name = '{query_name}' AND counter >= {lowest} GROUP BY counter"
+        )
+        reply = await stub.Query(logs_pb2.SqlRequest(sql=sql), timeout=30)
+        if reply.error:
+            raise RuntimeError(reply.error)
+        return {int(c): int(n) for c, n in map(orjson.loads, reply.rows_json)}
+
+    return count
 
 
 # --- the whole run ------------------------------------------------------------------------

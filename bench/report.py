@@ -15,6 +15,7 @@ def render(figures: dict[str, Any]) -> str:
     else:
         lines += _fleet(figures)
         lines += _saturation(figures["saturation"], figures["ratios"])
+        lines += _post_to_visible(figures["saturation"]["quarry"].get("log_post_to_visible"))
     return "\n".join(lines) + "\n"
 
 
@@ -135,6 +136,32 @@ def _saturation(saturation: dict[str, Any], ratios: dict[str, Any]) -> list[str]
         f"HTTP ceiling: bare Starlette+uvicorn over the same TLS answering the same bytes. "
         f"Storage ceiling: raw inserts of the same rows, {storage['insert_batch_rows']} rows "
         f"per insert, into {storage.get('backend', 'the same store')}.",
+        "",
+    ]
+
+
+def _post_to_visible(latency: dict[str, Any] | None) -> list[str]:
+    if not latency:
+        return []
+    visible, ack = latency["visible"], latency["ack"]
+    rows = [
+        ("its answer (ack)", ack, latency["posts_sent"] - latency["errors"]),
+        ("all its rows visible in ClickHouse", visible, latency["posts_visible"]),
+    ]
+    return [
+        f"## Log POST to rows visible (open loop: {latency['rate_per_s']:g} POSTs/s of "
+        f"{latency['lines_per_post']} lines, gzip, for {latency['duration_s']:g} s)",
+        "",
+        _table(
+            ("from sending the POST to", "p50_ms", "p99_ms", "max_ms", "POSTs"),
+            [(name, f["p50_ms"], f["p99_ms"], f["max_ms"], posts) for name, f, posts in rows],
+        ),
+        "",
+        f"{latency['posts_sent']} POSTs sent, {latency['errors']} errors, "
+        f"{latency['posts_visible']} with every row visible; visibility polled every "
+        f"{latency['poll_interval_ms']:g} ms plus its round trip (mean "
+        f"{_cell(latency['poll_round_trip_ms'])} ms, {latency['polls']} polls), so a figure "
+        f"overstates the truth by at most one poll interval plus one round trip.",
         "",
     ]
 

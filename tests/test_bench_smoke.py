@@ -18,6 +18,7 @@ def test_a_tiny_standard_run_writes_a_consistent_report(tmp_path: Path) -> None:
             "--hosts", "12", "--duration", "8", "--start-period", "2",
             "--config-interval", "4", "--log-interval", "2", "--distributed-interval", "2",
             "--connections", "2", "--log-connections", "4", "--saturation-seconds", "0.5",
+            "--latency-rate", "5", "--latency-seconds", "1",
             "--out", str(out),
         ]
     )  # fmt: skip
@@ -35,8 +36,17 @@ def test_a_tiny_standard_run_writes_a_consistent_report(tmp_path: Path) -> None:
     full = figures["saturation"]["quarry"]["log_full_batches"]
     assert full["errors"] == 0
     assert full["rows_visible"] >= full["rows_acked_in_window"] > 0  # every acked row landed
+    latency = figures["saturation"]["quarry"]["log_post_to_visible"]
+    assert latency["posts_sent"] == 5 and latency["errors"] == 0
+    assert latency["posts_visible"] == 5  # every POST's 1024 rows were counted in ClickHouse
+    assert latency["rows_visible"] == 5 * 1024
+    assert latency["polls"] > 0 and latency["poll_round_trip_ms"] > 0
+    for phase in ("ack", "visible"):
+        figure = latency[phase]
+        assert 0 < figure["p50_ms"] <= figure["p99_ms"] <= figure["max_ms"]
     assert figures["saturation"]["bare_https"]["distributed_read"]["requests"] > 0
     assert figures["saturation"]["storage"]["rows_per_s"] > 0
     assert all(value is not None for value in figures["ratios"].values())
     markdown = (out / "report.md").read_text()
     assert "hosts per core" in markdown and "| distributed read |" in markdown
+    assert "| all its rows visible in ClickHouse |" in markdown
