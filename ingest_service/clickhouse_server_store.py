@@ -32,6 +32,13 @@ def client_url(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}", query=urlencode(options)))
 
 
+def as_columns(rows: list[dict[str, Any]]) -> tuple[str, list[list[Any]]]:
+    """The column list and one list per column: the driver's columnar insert is ~1.5x faster
+    than handing it a dict per row."""
+    names = list(rows[0])
+    return ", ".join(names), [[row[name] for row in rows] for name in names]
+
+
 class ClickHouseServerStore:
     """A LogStore on a ClickHouse server; one connection for inserts, one for queries."""
 
@@ -55,9 +62,11 @@ class ClickHouseServerStore:
     def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        names = ", ".join(rows[0])
+        names, columns = as_columns(rows)
         with self.insert_lock:
-            self.insert_client.execute(f"INSERT INTO {DATABASE}.{table} ({names}) VALUES", rows)
+            self.insert_client.execute(
+                f"INSERT INTO {DATABASE}.{table} ({names}) VALUES", columns, columnar=True
+            )
 
     def query(self, sql: str) -> QueryResult:
         with self.query_lock:

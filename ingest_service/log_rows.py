@@ -21,6 +21,7 @@ would make osquery resend it for ever.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,6 +181,7 @@ def result_record_fields(record: dict[str, Any], common: Row, host_identifier: s
     }
 
 
+@functools.lru_cache(maxsize=4096)
 def split_query_name(name: str) -> tuple[str, str]:
     """(pack, query) of `pack_<pack>_<query>`, split at the first `_`; ("", name) otherwise."""
     if name.startswith("pack_"):
@@ -288,17 +290,22 @@ def raw_batch_row(batch: logs_pb2.LogBatch) -> Row:
 
 def column_arrays(values: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Parallel name and value arrays, every value as the string osquery would log."""
-    return list(values), [as_text(value) for value in values.values()]
+    # The hot loop of ingest: most values are already strings, so skip the call for them.
+    return list(values), [
+        value if type(value) is str else as_text(value) for value in values.values()
+    ]
 
 
 def decoration_arrays(record: dict[str, Any], known_fields: frozenset[str]) -> tuple[list, list]:
     """Nested `decorations` plus any unknown top-level key (--decorations_top_level)."""
-    decorations: dict[str, Any] = {}
-    if isinstance(record.get("decorations"), dict):
-        decorations.update(record["decorations"])
-    for key, value in record.items():
-        if key not in known_fields:
-            decorations[key] = value
+    nested = record.get("decorations")
+    top_level = record.keys() - known_fields
+    if not top_level:
+        return column_arrays(nested) if isinstance(nested, dict) else ([], [])
+    decorations: dict[str, Any] = dict(nested) if isinstance(nested, dict) else {}
+    for key in record:
+        if key in top_level:
+            decorations[key] = record[key]
     return column_arrays(decorations)
 
 
@@ -335,6 +342,8 @@ def double_text(value: float) -> str:
 
 def as_uint(value: Any, maximum: int) -> int:
     """A non-negative integer from a JSON number or numeric string; 0 when unreadable."""
+    if type(value) is int:
+        return value if 0 <= value <= maximum else clamp_uint(value, maximum)
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int | float):
