@@ -1,4 +1,4 @@
-"""The enrolled nodes a campaign for "every node" targets, asked of the enroll service."""
+"""The enrolled nodes a campaign targets (every node, or by tag), asked of the enroll service."""
 
 from __future__ import annotations
 
@@ -16,10 +16,17 @@ class NodeDirectory:
         self._channel = aio_channel(enroll_addr)
         self._stub = enroll_pb2_grpc.EnrollServiceStub(self._channel)
 
-    async def valid_nodes(self) -> list[tuple[str, str]]:
-        """(node_id, host_identifier) of every node that is not revoked."""
-        response = await self._stub.ListNodes(enroll_pb2.ListNodesRequest(), timeout=LIST_TIMEOUT_S)
-        return [(n.node_id, n.host_identifier) for n in response.nodes if not n.revoked]
+    async def active_nodes(self, tags: list[str] | None = None) -> list[tuple[str, str]]:
+        """(node_id, host_identifier) of every active node (not revoked, not pending
+        approval), or of those with any of `tags`."""
+        requests = [enroll_pb2.ListNodesRequest(status="active", tag=tag) for tag in tags or []]
+        found: dict[str, str] = {}
+        for request in requests or [enroll_pb2.ListNodesRequest(status="active")]:
+            response = await self._stub.ListNodes(request, timeout=LIST_TIMEOUT_S)
+            for node in response.nodes:
+                if not node.revoked and not node.pending:
+                    found[node.node_id] = node.host_identifier
+        return list(found.items())
 
     async def close(self) -> None:
         await self._channel.close()

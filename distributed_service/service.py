@@ -56,10 +56,17 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
         if request.ttl_seconds < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ttl_seconds must be >= 0")
         node_ids = list(dict.fromkeys(n for n in request.node_ids if n))
+        tags = [tag for tag in request.tags if tag]
         if node_ids:
             targets = [(node_id, "") for node_id in node_ids]
         else:
-            targets = await self._every_node(context)
+            targets = await self._active_nodes(context, tags)
+        if tags:
+            if not targets:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"no active node has a tag of {tags}"
+                )
+            node_ids = [node_id for node_id, _ in targets]
         now = int(time.time())
         campaign = CampaignRecord(
             # Letters, digits and "_" only: safe as an osquery distributed query id.
@@ -85,9 +92,11 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
         )
         return message
 
-    async def _every_node(self, context: grpc.aio.ServicerContext) -> list[tuple[str, str]]:
+    async def _active_nodes(
+        self, context: grpc.aio.ServicerContext, tags: list[str]
+    ) -> list[tuple[str, str]]:
         try:
-            return await self._nodes.valid_nodes()
+            return await self._nodes.active_nodes(tags)
         except grpc.aio.AioRpcError as exc:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,

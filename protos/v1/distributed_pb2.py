@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/v1/distributed.proto\x12\tquarry.v1\"W\n\x11StartQueryRequest\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x10\n\x08node_ids\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\x12\x0e\n\x06\x61uthor\x18\x04 \x01(\t\"\x9d\x01\n\x08\x43\x61mpaign\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x12\n\ntarget_all\x18\x03 \x01(\x08\x12\x10\n\x08node_ids\x18\x04 \x03(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\x12\x12\n\nexpires_at\x18\x06 \x01(\x03\x12\x11\n\tcancelled\x18\x07 \x01(\x08\x12\x0e\n\x06\x61uthor\x18\x08 \x01(\t\"\xbc\x02\n\tHostState\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0fhost_identifier\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.quarry.v1.HostState.State\x12\x0e\n\x06status\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\trow_count\x18\x06 \x01(\x03\x12$\n\x05stats\x18\x07 \x01(\x0b\x32\x15.quarry.v1.QueryStats\x12\x14\n\x0c\x64\x65livered_at\x18\x08 \x01(\x03\x12\x13\n\x0b\x61nswered_at\x18\t \x01(\x03\"U\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08TARGETED\x10\x01\x12\r\n\tDELIVERED\x10\x02\x12\x0c\n\x08\x41NSWERED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\"Z\n\nQueryStats\x12\x14\n\x0cwall_time_ms\x18\x01 \x01(\x04\x12\x11\n\tuser_time\x18\x02 \x01(\x04\x12\x13\n\x0bsystem_time\x18\x03 \x01(\x04\x12\x0e\n\x06memory\x18\x04 \x01(\x04\"k\n\x0e\x43\x61mpaignReport\x12%\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x13.quarry.v1.Campaign\x12#\n\x05hosts\x18\x02 \x03(\x0b\x32\x14.quarry.v1.HostState\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\")\n\x12GetCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\".\n\x14ListCampaignsRequest\x12\x16\n\x0einclude_closed\x18\x01 \x01(\x08\"?\n\x15ListCampaignsResponse\x12&\n\tcampaigns\x18\x01 \x03(\x0b\x32\x13.quarry.v1.Campaign\"\x17\n\x15WatchCampaignsRequest\"\xc8\x01\n\rCampaignEvent\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.quarry.v1.CampaignEvent.Kind\x12%\n\x08\x63\x61mpaign\x18\x02 \x01(\x0b\x32\x13.quarry.v1.Campaign\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"R\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04OPEN\x10\x01\x12\t\n\x05\x43LOSE\x10\x02\x12\x0c\n\x08\x41NSWERED\x10\x03\x12\x11\n\rSNAPSHOT_DONE\x10\x04\"F\n\x08\x44\x65livery\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65livered_at\x18\x03 \x01(\x03\"\xb6\x01\n\x06\x41nswer\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x17\n\x0fhost_identifier\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\trow_count\x18\x06 \x01(\x03\x12$\n\x05stats\x18\x07 \x01(\x0b\x32\x15.quarry.v1.QueryStats\x12\x13\n\x0b\x61nswered_at\x18\x08 \x01(\x03\"\\\n\rActivityBatch\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.quarry.v1.Delivery\x12\"\n\x07\x61nswers\x18\x02 \x03(\x0b\x32\x11.quarry.v1.Answer\"=\n\x16RecordActivityResponse\x12\x12\n\ndeliveries\x18\x01 \x01(\x05\x12\x0f\n\x07\x61nswers\x18\x02 \x01(\x05\x32\xd7\x03\n\x12\x44istributedService\x12?\n\nStartQuery\x12\x1c.quarry.v1.StartQueryRequest\x1a\x13.quarry.v1.Campaign\x12G\n\x0bGetCampaign\x12\x1d.quarry.v1.GetCampaignRequest\x1a\x19.quarry.v1.CampaignReport\x12R\n\rListCampaigns\x12\x1f.quarry.v1.ListCampaignsRequest\x1a .quarry.v1.ListCampaignsResponse\x12\x44\n\x0e\x43\x61ncelCampaign\x12\x1d.quarry.v1.GetCampaignRequest\x1a\x13.quarry.v1.Campaign\x12N\n\x0eWatchCampaigns\x12 .quarry.v1.WatchCampaignsRequest\x1a\x18.quarry.v1.CampaignEvent0\x01\x12M\n\x0eRecordActivity\x12\x18.quarry.v1.ActivityBatch\x1a!.quarry.v1.RecordActivityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/v1/distributed.proto\x12\tquarry.v1\"e\n\x11StartQueryRequest\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x10\n\x08node_ids\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\x12\x0e\n\x06\x61uthor\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\"\x9d\x01\n\x08\x43\x61mpaign\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x12\n\ntarget_all\x18\x03 \x01(\x08\x12\x10\n\x08node_ids\x18\x04 \x03(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\x12\x12\n\nexpires_at\x18\x06 \x01(\x03\x12\x11\n\tcancelled\x18\x07 \x01(\x08\x12\x0e\n\x06\x61uthor\x18\x08 \x01(\t\"\xbc\x02\n\tHostState\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0fhost_identifier\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.quarry.v1.HostState.State\x12\x0e\n\x06status\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\trow_count\x18\x06 \x01(\x03\x12$\n\x05stats\x18\x07 \x01(\x0b\x32\x15.quarry.v1.QueryStats\x12\x14\n\x0c\x64\x65livered_at\x18\x08 \x01(\x03\x12\x13\n\x0b\x61nswered_at\x18\t \x01(\x03\"U\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08TARGETED\x10\x01\x12\r\n\tDELIVERED\x10\x02\x12\x0c\n\x08\x41NSWERED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\"Z\n\nQueryStats\x12\x14\n\x0cwall_time_ms\x18\x01 \x01(\x04\x12\x11\n\tuser_time\x18\x02 \x01(\x04\x12\x13\n\x0bsystem_time\x18\x03 \x01(\x04\x12\x0e\n\x06memory\x18\x04 \x01(\x04\"k\n\x0e\x43\x61mpaignReport\x12%\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x13.quarry.v1.Campaign\x12#\n\x05hosts\x18\x02 \x03(\x0b\x32\x14.quarry.v1.HostState\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\")\n\x12GetCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\".\n\x14ListCampaignsRequest\x12\x16\n\x0einclude_closed\x18\x01 \x01(\x08\"?\n\x15ListCampaignsResponse\x12&\n\tcampaigns\x18\x01 \x03(\x0b\x32\x13.quarry.v1.Campaign\"\x17\n\x15WatchCampaignsRequest\"\xc8\x01\n\rCampaignEvent\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.quarry.v1.CampaignEvent.Kind\x12%\n\x08\x63\x61mpaign\x18\x02 \x01(\x0b\x32\x13.quarry.v1.Campaign\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"R\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04OPEN\x10\x01\x12\t\n\x05\x43LOSE\x10\x02\x12\x0c\n\x08\x41NSWERED\x10\x03\x12\x11\n\rSNAPSHOT_DONE\x10\x04\"F\n\x08\x44\x65livery\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65livered_at\x18\x03 \x01(\x03\"\xb6\x01\n\x06\x41nswer\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x17\n\x0fhost_identifier\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\trow_count\x18\x06 \x01(\x03\x12$\n\x05stats\x18\x07 \x01(\x0b\x32\x15.quarry.v1.QueryStats\x12\x13\n\x0b\x61nswered_at\x18\x08 \x01(\x03\"\\\n\rActivityBatch\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.quarry.v1.Delivery\x12\"\n\x07\x61nswers\x18\x02 \x03(\x0b\x32\x11.quarry.v1.Answer\"=\n\x16RecordActivityResponse\x12\x12\n\ndeliveries\x18\x01 \x01(\x05\x12\x0f\n\x07\x61nswers\x18\x02 \x01(\x05\x32\xd7\x03\n\x12\x44istributedService\x12?\n\nStartQuery\x12\x1c.quarry.v1.StartQueryRequest\x1a\x13.quarry.v1.Campaign\x12G\n\x0bGetCampaign\x12\x1d.quarry.v1.GetCampaignRequest\x1a\x19.quarry.v1.CampaignReport\x12R\n\rListCampaigns\x12\x1f.quarry.v1.ListCampaignsRequest\x1a .quarry.v1.ListCampaignsResponse\x12\x44\n\x0e\x43\x61ncelCampaign\x12\x1d.quarry.v1.GetCampaignRequest\x1a\x13.quarry.v1.Campaign\x12N\n\x0eWatchCampaigns\x12 .quarry.v1.WatchCampaignsRequest\x1a\x18.quarry.v1.CampaignEvent0\x01\x12M\n\x0eRecordActivity\x12\x18.quarry.v1.ActivityBatch\x1a!.quarry.v1.RecordActivityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,37 +32,37 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.v1.distributed_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTQUERYREQUEST']._serialized_start=42
-  _globals['_STARTQUERYREQUEST']._serialized_end=129
-  _globals['_CAMPAIGN']._serialized_start=132
-  _globals['_CAMPAIGN']._serialized_end=289
-  _globals['_HOSTSTATE']._serialized_start=292
-  _globals['_HOSTSTATE']._serialized_end=608
-  _globals['_HOSTSTATE_STATE']._serialized_start=523
-  _globals['_HOSTSTATE_STATE']._serialized_end=608
-  _globals['_QUERYSTATS']._serialized_start=610
-  _globals['_QUERYSTATS']._serialized_end=700
-  _globals['_CAMPAIGNREPORT']._serialized_start=702
-  _globals['_CAMPAIGNREPORT']._serialized_end=809
-  _globals['_GETCAMPAIGNREQUEST']._serialized_start=811
-  _globals['_GETCAMPAIGNREQUEST']._serialized_end=852
-  _globals['_LISTCAMPAIGNSREQUEST']._serialized_start=854
-  _globals['_LISTCAMPAIGNSREQUEST']._serialized_end=900
-  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_start=902
-  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_end=965
-  _globals['_WATCHCAMPAIGNSREQUEST']._serialized_start=967
-  _globals['_WATCHCAMPAIGNSREQUEST']._serialized_end=990
-  _globals['_CAMPAIGNEVENT']._serialized_start=993
-  _globals['_CAMPAIGNEVENT']._serialized_end=1193
-  _globals['_CAMPAIGNEVENT_KIND']._serialized_start=1111
-  _globals['_CAMPAIGNEVENT_KIND']._serialized_end=1193
-  _globals['_DELIVERY']._serialized_start=1195
-  _globals['_DELIVERY']._serialized_end=1265
-  _globals['_ANSWER']._serialized_start=1268
-  _globals['_ANSWER']._serialized_end=1450
-  _globals['_ACTIVITYBATCH']._serialized_start=1452
-  _globals['_ACTIVITYBATCH']._serialized_end=1544
-  _globals['_RECORDACTIVITYRESPONSE']._serialized_start=1546
-  _globals['_RECORDACTIVITYRESPONSE']._serialized_end=1607
-  _globals['_DISTRIBUTEDSERVICE']._serialized_start=1610
-  _globals['_DISTRIBUTEDSERVICE']._serialized_end=2081
+  _globals['_STARTQUERYREQUEST']._serialized_end=143
+  _globals['_CAMPAIGN']._serialized_start=146
+  _globals['_CAMPAIGN']._serialized_end=303
+  _globals['_HOSTSTATE']._serialized_start=306
+  _globals['_HOSTSTATE']._serialized_end=622
+  _globals['_HOSTSTATE_STATE']._serialized_start=537
+  _globals['_HOSTSTATE_STATE']._serialized_end=622
+  _globals['_QUERYSTATS']._serialized_start=624
+  _globals['_QUERYSTATS']._serialized_end=714
+  _globals['_CAMPAIGNREPORT']._serialized_start=716
+  _globals['_CAMPAIGNREPORT']._serialized_end=823
+  _globals['_GETCAMPAIGNREQUEST']._serialized_start=825
+  _globals['_GETCAMPAIGNREQUEST']._serialized_end=866
+  _globals['_LISTCAMPAIGNSREQUEST']._serialized_start=868
+  _globals['_LISTCAMPAIGNSREQUEST']._serialized_end=914
+  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_start=916
+  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_end=979
+  _globals['_WATCHCAMPAIGNSREQUEST']._serialized_start=981
+  _globals['_WATCHCAMPAIGNSREQUEST']._serialized_end=1004
+  _globals['_CAMPAIGNEVENT']._serialized_start=1007
+  _globals['_CAMPAIGNEVENT']._serialized_end=1207
+  _globals['_CAMPAIGNEVENT_KIND']._serialized_start=1125
+  _globals['_CAMPAIGNEVENT_KIND']._serialized_end=1207
+  _globals['_DELIVERY']._serialized_start=1209
+  _globals['_DELIVERY']._serialized_end=1279
+  _globals['_ANSWER']._serialized_start=1282
+  _globals['_ANSWER']._serialized_end=1464
+  _globals['_ACTIVITYBATCH']._serialized_start=1466
+  _globals['_ACTIVITYBATCH']._serialized_end=1558
+  _globals['_RECORDACTIVITYRESPONSE']._serialized_start=1560
+  _globals['_RECORDACTIVITYRESPONSE']._serialized_end=1621
+  _globals['_DISTRIBUTEDSERVICE']._serialized_start=1624
+  _globals['_DISTRIBUTEDSERVICE']._serialized_end=2095
 # @@protoc_insertion_point(module_scope)

@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StartQueryRequest(_message.Message):
-    __slots__ = ("sql", "node_ids", "ttl_seconds", "author")
+    __slots__ = ("sql", "node_ids", "ttl_seconds", "author", "tags")
     SQL_FIELD_NUMBER: _ClassVar[int]
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
     sql: str
     node_ids: _containers.RepeatedScalarFieldContainer[str]
     ttl_seconds: int
     author: str
-    def __init__(self, sql: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., author: _Optional[str] = ...) -> None: ...
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sql: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., author: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Campaign(_message.Message):
     __slots__ = ("campaign_id", "sql", "target_all", "node_ids", "created_at", "expires_at", "cancelled", "author")
