@@ -10,6 +10,7 @@ from dataclasses import dataclass
 class HostFacts:
     hostname: str = ""
     hardware_uuid: str = ""
+    hardware_serial: str = ""
     platform: str = ""
     osquery_version: str = ""
 
@@ -25,6 +26,7 @@ def parse_host_details(host_details_json: str) -> tuple[str, HostFacts]:
     facts = HostFacts(
         hostname=_field(details, "system_info", "hostname"),
         hardware_uuid=_field(details, "system_info", "uuid"),
+        hardware_serial=_field(details, "system_info", "hardware_serial"),
         platform=_field(details, "os_version", "platform"),
         osquery_version=_field(details, "osquery_info", "version"),
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
+from enroll_service.node_identity import check_identity_settings
 from enroll_service.service import EnrollServicer
 from enroll_service.shared_secret import ensure_secret_file
 from enroll_service.store import NodeStore
@@ -18,6 +20,8 @@ log = logging.getLogger(__name__)
 
 # In-flight calls get this long to finish on shutdown.
 SHUTDOWN_GRACE_S = 1.0
+# Secret expiry and the clone window move with the clock alone; their gauges follow.
+GAUGE_REFRESH_S = 15.0
 
 
 def main(settings: Settings) -> None:
@@ -25,6 +29,7 @@ def main(settings: Settings) -> None:
 
 
 async def serve(settings: Settings) -> None:
+    check_identity_settings(settings)
     start_metrics_endpoint(settings, "enroll")
     # `quarry up` creates it too; a service started alone must not refuse everyone.
     secret_path = ensure_secret_file(settings)
@@ -37,8 +42,21 @@ async def serve(settings: Settings) -> None:
         lambda s: enroll_pb2_grpc.add_EnrollServiceServicer_to_server(servicer, s),
         "enroll",
     )
+    refresher = asyncio.create_task(_refresh_gauges(servicer))
     await until_signalled()
     log.info("shutting down")
+    refresher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await refresher
     servicer.close_watches()
     await server.stop(SHUTDOWN_GRACE_S)
     store.close()
+
+
+async def _refresh_gauges(servicer: EnrollServicer) -> None:
+    while True:
+        await asyncio.sleep(GAUGE_REFRESH_S)
+        try:
+            servicer.refresh_gauges()
+        except Exception:
+            log.exception("refreshing the enroll gauges failed; trying again later")

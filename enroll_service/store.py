@@ -1,18 +1,26 @@
-"""Node records in SQLite: one row per machine, holding its current node key.
+"""Node records, enroll secrets and the enrollment history, in SQLite.
 
-Re-enrollment of the same machine replaces the key in its row, so an old key stops
-working the moment a new one is issued and a machine never appears twice. All SQL of
-the service lives here, behind NodeStore, so PostgreSQL can replace it later.
+One row per machine (per identity) holds its current node key: re-enrollment replaces
+the key in that row, so an old key stops working the moment a new one is issued and a
+machine never appears twice. All SQL of the service lives here, behind NodeStore, so
+PostgreSQL can replace it later (issue 9).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from enroll_service.enroll_secrets import (
+    KIND_CREATED,
+    SecretPolicy,
+    SecretRecord,
+)
+from enroll_service.node_identity import EnrollmentHistory
 from quarry.sqlite_store import SqliteStore
 
 SCHEMA = """
@@ -31,13 +39,82 @@ CREATE TABLE IF NOT EXISTS nodes (
     revoked INTEGER NOT NULL DEFAULT 0,
     revision INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS nodes_by_machine ON nodes (host_identifier, hardware_uuid);
+CREATE TABLE IF NOT EXISTS enroll_secrets (
+    secret_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value_sha256 TEXT UNIQUE,
+    tags_json TEXT NOT NULL,
+    secret_group TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    max_enrollments INTEGER NOT NULL,
+    enrollments INTEGER NOT NULL DEFAULT 0,
+    last_used_at INTEGER NOT NULL DEFAULT 0,
+    one_time INTEGER NOT NULL,
+    requires_approval INTEGER NOT NULL,
+    allows_reenrollment_after_revocation INTEGER NOT NULL,
+    revoked_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS enroll_secrets_by_name ON enroll_secrets (name);
+-- One row per successful enrollment, kept for the clone window: cooldown and clone report.
+CREATE TABLE IF NOT EXISTS enrollments (
+    identity TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    enrolled_at INTEGER NOT NULL,
+    -- none (first enrollment, or after a revocation), used or unused: the replaced key.
+    replaced_key TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS enrollments_by_identity ON enrollments (identity, enrolled_at);
+CREATE INDEX IF NOT EXISTS enrollments_by_time ON enrollments (enrolled_at);
+"""
+
+# Columns added to `nodes` since its first version: a database made by an older Quarry
+# gets them by ALTER TABLE when it is opened.
+ADDED_NODE_COLUMNS = {
+    "identity": "TEXT NOT NULL DEFAULT ''",
+    "hardware_serial": "TEXT NOT NULL DEFAULT ''",
+    "tags_json": "TEXT NOT NULL DEFAULT '[]'",
+    "node_group": "TEXT NOT NULL DEFAULT ''",
+    "secret_id": "TEXT NOT NULL DEFAULT ''",
+    "secret_name": "TEXT NOT NULL DEFAULT ''",
+    "pending": "INTEGER NOT NULL DEFAULT 0",
+    "approved_at": "INTEGER NOT NULL DEFAULT 0",
+    "first_enrolled_at": "INTEGER NOT NULL DEFAULT 0",
+    "client_certificate_json": "TEXT NOT NULL DEFAULT ''",
+}
+# What older rows mean in the new columns: they enrolled with the shared secret, were
+# active at once, and were told apart by hardware UUID, else host identifier.
+BACKFILL_OLD_NODES = """
+UPDATE nodes SET
+    identity = CASE hardware_uuid WHEN '' THEN host_identifier ELSE hardware_uuid END,
+    secret_name = 'default',
+    approved_at = enrolled_at,
+    first_enrolled_at = enrolled_at
+WHERE identity = ''
+"""
+INDEXES_ON_ADDED_COLUMNS = """
+CREATE INDEX IF NOT EXISTS nodes_by_identity ON nodes (identity, enrolled_at);
 """
 
 NODE_COLUMNS = (
     "node_id, node_key, host_identifier, hardware_uuid, platform_type, platform,"
-    " osquery_version, hostname, enrolled_at, last_seen_at, revoked, revision"
+    " osquery_version, hostname, enrolled_at, last_seen_at, revoked, revision,"
+    " identity, hardware_serial, tags_json, node_group, secret_name, pending, approved_at,"
+    " first_enrolled_at"
 )
+SECRET_COLUMNS = (
+    "secret_id, kind, name, tags_json, secret_group, created_at, expires_at, max_enrollments,"
+    " enrollments, last_used_at, one_time, requires_approval,"
+    " allows_reenrollment_after_revocation, revoked_at"
+)
+
+# ListNodes status filter -> SQL condition.
+STATUS_CONDITIONS = {
+    "active": "revoked = 0 AND pending = 0",
+    "pending": "revoked = 0 AND pending = 1",
+    "revoked": "revoked = 1",
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +131,32 @@ class NodeRecord:
     last_seen_at: int
     revoked: bool
     revision: int
+    identity: str
+    hardware_serial: str
+    tags: tuple[str, ...]
+    group: str
+    secret_name: str
+    pending: bool
+    approved: bool
+    first_enrolled_at: int
+
+
+@dataclass(frozen=True)
+class NewNode:
+    """The facts an enrollment request brings, and what the service decided about it."""
+
+    node_key: str
+    identity: str
+    host_identifier: str
+    hardware_uuid: str
+    hardware_serial: str
+    platform_type: str
+    platform: str
+    osquery_version: str
+    hostname: str
+    host_details_json: str
+    client_certificate_json: str
+    pending: bool
 
 
 @dataclass(frozen=True)
@@ -62,87 +165,322 @@ class Enrollment:
 
     node: NodeRecord
     replaced_key: str | None
+    # Whether the node's key was not valid before (new node, or a revoked one back).
+    newly_valid: bool
 
 
 @dataclass(frozen=True)
-class NewNode:
-    """The facts an enrollment request brings."""
-
-    node_key: str
-    host_identifier: str
-    hardware_uuid: str
-    platform_type: str
-    platform: str
-    osquery_version: str
-    hostname: str
-    host_details_json: str
+class NodeFilter:
+    status: str = ""
+    tag: str = ""
+    platform: str = ""
+    secret_name: str = ""
 
 
 class NodeStore(SqliteStore):
     def __init__(self, path: Path) -> None:
         super().__init__(path, SCHEMA)
+        self._add_missing_node_columns()
+        self._db.executescript(INDEXES_ON_ADDED_COLUMNS)
         # Each change gets the next revision, so a watcher can order what it sees.
         latest = self._db.execute("SELECT COALESCE(MAX(revision), 0) FROM nodes").fetchone()
         self._revision: int = latest[0]
+        # Counted once here, then kept current by each change (no COUNT per enrollment).
+        counted = self._db.execute("SELECT COUNT(*) FROM nodes WHERE revoked = 0").fetchone()
+        self.valid_count: int = counted[0]
+
+    def _add_missing_node_columns(self) -> None:
+        existing = {row[1] for row in self._db.execute("PRAGMA table_info(nodes)")}
+        missing = [name for name in ADDED_NODE_COLUMNS if name not in existing]
+        if not missing:
+            return
+        with self._transaction() as db:
+            for name in missing:
+                db.execute(f"ALTER TABLE nodes ADD COLUMN {name} {ADDED_NODE_COLUMNS[name]}")
+            db.execute(BACKFILL_OLD_NODES)
 
     def _next_revision(self) -> int:
         self._revision += 1
         return self._revision
 
-    def enroll(self, new: NewNode, now: int) -> Enrollment:
-        """Issue new.node_key to this machine, re-using its record when it enrolled before."""
+    # Enroll secrets
+
+    def create_secret(
+        self, policy: SecretPolicy, kind: str, value_sha256: str | None, now: int
+    ) -> SecretRecord:
         with self._transaction() as db:
-            previous = db.execute(
-                f"SELECT {NODE_COLUMNS} FROM nodes WHERE host_identifier = ? AND hardware_uuid = ?"
-                " ORDER BY enrolled_at DESC LIMIT 1",
-                (new.host_identifier, new.hardware_uuid),
-            ).fetchone()
-            node_id = previous[0] if previous else str(uuid.uuid4())
+            return self._insert_secret(db, policy, kind, value_sha256, now)
+
+    def _insert_secret(
+        self,
+        db: sqlite3.Connection,
+        policy: SecretPolicy,
+        kind: str,
+        value_sha256: str | None,
+        now: int,
+    ) -> SecretRecord:
+        secret_id = str(uuid.uuid4())
+        db.execute(
+            "INSERT INTO enroll_secrets (secret_id, kind, name, value_sha256, tags_json,"
+            " secret_group, created_at, expires_at, max_enrollments, one_time,"
+            " requires_approval, allows_reenrollment_after_revocation)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                secret_id,
+                kind,
+                policy.name,
+                value_sha256,
+                json.dumps(list(policy.tags)),
+                policy.group,
+                now,
+                policy.expires_at,
+                policy.max_enrollments,
+                policy.one_time,
+                policy.requires_approval,
+                policy.allows_reenrollment_after_revocation,
+            ),
+        )
+        found = self._secret_where(db, "secret_id = ?", secret_id)
+        assert found
+        return found[0]
+
+    def secret_by_hash(self, value_sha256: str) -> SecretRecord | None:
+        """A secret an admin created, by the SHA-256 of its value."""
+        found = self._secret_where(
+            self._db, "value_sha256 = ? AND kind = ?", value_sha256, KIND_CREATED
+        )
+        return found[0] if found else None
+
+    def builtin_secret(
+        self, kind: str, name: str, value_sha256: str | None, now: int
+    ) -> SecretRecord:
+        """The built-in secret of this kind, created on first use, its hash kept current."""
+        with self._transaction() as db:
+            found = self._secret_where(db, "kind = ?", kind)
+            if not found:
+                return self._insert_secret(db, SecretPolicy(name=name), kind, value_sha256, now)
             db.execute(
-                "INSERT INTO nodes (node_id, node_key, host_identifier, hardware_uuid,"
-                " platform_type, platform, osquery_version, hostname, host_details_json,"
-                " enrolled_at, last_seen_at, revoked, revision)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)"
-                " ON CONFLICT (node_id) DO UPDATE SET node_key = excluded.node_key,"
-                " platform_type = excluded.platform_type, platform = excluded.platform,"
-                " osquery_version = excluded.osquery_version, hostname = excluded.hostname,"
-                " host_details_json = excluded.host_details_json,"
-                " enrolled_at = excluded.enrolled_at, last_seen_at = excluded.last_seen_at,"
-                " revoked = 0, revision = excluded.revision",
-                (
-                    node_id,
-                    new.node_key,
-                    new.host_identifier,
-                    new.hardware_uuid,
-                    new.platform_type,
-                    new.platform,
-                    new.osquery_version,
-                    new.hostname,
-                    new.host_details_json,
-                    now,
-                    now,
-                    self._next_revision(),
-                ),
+                "UPDATE enroll_secrets SET value_sha256 = ? WHERE secret_id = ?"
+                " AND value_sha256 IS NOT ?",
+                (value_sha256, found[0].secret_id, value_sha256),
             )
-            node = self._select_one(db, "node_id = ?", node_id)
+            return found[0]
+
+    def secrets(self) -> list[SecretRecord]:
+        return self._secret_where(self._db, "1 = 1")
+
+    def secrets_by_ref(self, ref: str) -> list[SecretRecord]:
+        """The secret with this id, else every secret with this name (newest last)."""
+        by_id = self._secret_where(self._db, "secret_id = ?", ref)
+        return by_id or self._secret_where(self._db, "name = ?", ref)
+
+    def revoke_secrets(self, secret_ids: list[str], now: int) -> list[SecretRecord]:
+        """Revoke each (an already revoked one keeps its revocation time)."""
+        with self._transaction() as db:
+            for secret_id in secret_ids:
+                db.execute(
+                    "UPDATE enroll_secrets SET revoked_at = ? WHERE secret_id = ?"
+                    " AND revoked_at = 0",
+                    (now, secret_id),
+                )
+        return [self._secret_where(self._db, "secret_id = ?", i)[0] for i in secret_ids]
+
+    def rotate_secret(
+        self,
+        old_ids: list[str],
+        policy: SecretPolicy,
+        value_sha256: str,
+        expire_old_at: int,
+        now: int,
+    ) -> SecretRecord:
+        """A new secret with `policy`; the old ones expire at expire_old_at (or before)."""
+        with self._transaction() as db:
+            for secret_id in old_ids:
+                db.execute(
+                    "UPDATE enroll_secrets SET expires_at = ? WHERE secret_id = ?"
+                    " AND (expires_at = 0 OR expires_at > ?)",
+                    (expire_old_at, secret_id, expire_old_at),
+                )
+            return self._insert_secret(db, policy, KIND_CREATED, value_sha256, now)
+
+    @staticmethod
+    def _secret_where(db: sqlite3.Connection, where: str, *values: object) -> list[SecretRecord]:
+        rows = db.execute(
+            f"SELECT {SECRET_COLUMNS} FROM enroll_secrets WHERE {where} ORDER BY created_at, rowid",
+            values,
+        )
+        return [_secret_record(row) for row in rows]
+
+    # Enrollment
+
+    def node_by_identity(self, identity: str) -> NodeRecord | None:
+        return self._select_one(self._db, "identity = ? ORDER BY enrolled_at DESC", identity)
+
+    def enroll(self, new: NewNode, secret: SecretRecord, now: int) -> Enrollment | None:
+        """Issue new.node_key to this identity, re-using its record when it enrolled before.
+
+        None (and nothing changed) when the secret can no longer be used: another
+        enrollment used up its quota, or it was revoked or expired, since it was checked.
+        """
+        try:
+            with self._transaction() as db:
+                if not self._count_use_of_secret(db, secret.secret_id, now):
+                    raise _SecretUsedUp
+                previous = self._select_one(
+                    db, "identity = ? ORDER BY enrolled_at DESC", new.identity
+                )
+                node_id = previous.node_id if previous else str(uuid.uuid4())
+                self._upsert_node(db, node_id, new, secret, now)
+                db.execute(
+                    "INSERT INTO enrollments (identity, node_id, enrolled_at, replaced_key)"
+                    " VALUES (?, ?, ?, ?)",
+                    (new.identity, node_id, now, _replaced_key_use(previous)),
+                )
+                node = self._select_one(db, "node_id = ?", node_id)
+        except _SecretUsedUp:
+            return None
         assert node is not None
-        replaced = previous[1] if previous and not previous[10] else None
-        return Enrollment(node=node, replaced_key=replaced)
+        still_valid = previous is not None and not previous.revoked
+        if not still_valid:
+            self.valid_count += 1
+        return Enrollment(
+            node=node,
+            replaced_key=previous.node_key if still_valid else None,
+            newly_valid=not still_valid,
+        )
+
+    @staticmethod
+    def _count_use_of_secret(db: sqlite3.Connection, secret_id: str, now: int) -> bool:
+        """One more enrollment on the secret, if it is still usable; False if not."""
+        cursor = db.execute(
+            "UPDATE enroll_secrets SET enrollments = enrollments + 1, last_used_at = ?"
+            " WHERE secret_id = ? AND revoked_at = 0"
+            " AND (expires_at = 0 OR expires_at > ?)"
+            " AND (max_enrollments = 0 OR enrollments < max_enrollments)"
+            " AND (one_time = 0 OR enrollments = 0)",
+            (now, secret_id, now),
+        )
+        return cursor.rowcount == 1
+
+    def _upsert_node(
+        self, db: sqlite3.Connection, node_id: str, new: NewNode, secret: SecretRecord, now: int
+    ) -> None:
+        db.execute(
+            "INSERT INTO nodes (node_id, node_key, host_identifier, hardware_uuid,"
+            " platform_type, platform, osquery_version, hostname, host_details_json,"
+            " enrolled_at, last_seen_at, revoked, revision, identity, hardware_serial,"
+            " tags_json, node_group, secret_id, secret_name, pending, approved_at,"
+            " first_enrolled_at, client_certificate_json)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (node_id) DO UPDATE SET node_key = excluded.node_key,"
+            " host_identifier = excluded.host_identifier,"
+            " hardware_uuid = excluded.hardware_uuid,"
+            " platform_type = excluded.platform_type, platform = excluded.platform,"
+            " osquery_version = excluded.osquery_version, hostname = excluded.hostname,"
+            " host_details_json = excluded.host_details_json,"
+            " enrolled_at = excluded.enrolled_at, last_seen_at = excluded.last_seen_at,"
+            " revoked = 0, revision = excluded.revision,"
+            " hardware_serial = excluded.hardware_serial, tags_json = excluded.tags_json,"
+            " node_group = excluded.node_group, secret_id = excluded.secret_id,"
+            " secret_name = excluded.secret_name, pending = excluded.pending,"
+            " approved_at = CASE WHEN nodes.approved_at > 0 THEN nodes.approved_at"
+            " ELSE excluded.approved_at END,"
+            " client_certificate_json = excluded.client_certificate_json",
+            (
+                node_id,
+                new.node_key,
+                new.host_identifier,
+                new.hardware_uuid,
+                new.platform_type,
+                new.platform,
+                new.osquery_version,
+                new.hostname,
+                new.host_details_json,
+                now,
+                now,
+                self._next_revision(),
+                new.identity,
+                new.hardware_serial,
+                json.dumps(list(secret.policy.tags)),
+                secret.policy.group,
+                secret.secret_id,
+                secret.name,
+                new.pending,
+                0 if new.pending else now,
+                now,
+                new.client_certificate_json,
+            ),
+        )
+
+    def enrollment_history(self, identity: str, since: int) -> EnrollmentHistory:
+        """This identity's enrollments after `since`."""
+        row = self._db.execute(
+            f"SELECT {HISTORY_AGGREGATES} FROM enrollments WHERE identity = ? AND enrolled_at > ?",
+            (identity, since),
+        ).fetchone()
+        return _history(row)
+
+    def enrollment_histories(self, since: int) -> dict[str, EnrollmentHistory]:
+        """Every identity that enrolled after `since`, with its history."""
+        rows = self._db.execute(
+            f"SELECT identity, {HISTORY_AGGREGATES} FROM enrollments WHERE enrolled_at > ?"
+            " GROUP BY identity",
+            (since,),
+        )
+        return {row[0]: _history(row[1:]) for row in rows}
+
+    def forget_enrollments_before(self, before: int) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM enrollments WHERE enrolled_at <= ?", (before,))
+
+    # Nodes
 
     def valid_nodes(self) -> Iterator[NodeRecord]:
-        """Every node whose key is currently valid."""
+        """Every node whose key is currently valid (pending ones included)."""
         for row in self._db.execute(f"SELECT {NODE_COLUMNS} FROM nodes WHERE revoked = 0"):
-            yield _record(row)
+            yield _node_record(row)
 
-    def all_nodes(self) -> list[NodeRecord]:
-        rows = self._db.execute(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY enrolled_at")
-        return [_record(row) for row in rows]
-
-    def count_valid(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM nodes WHERE revoked = 0").fetchone()[0]
+    def list_nodes(self, node_filter: NodeFilter) -> list[NodeRecord]:
+        conditions, values = ["1 = 1"], []
+        if node_filter.status:
+            conditions.append(STATUS_CONDITIONS[node_filter.status])
+        if node_filter.tag:
+            conditions.append("EXISTS (SELECT 1 FROM json_each(nodes.tags_json) WHERE value = ?)")
+            values.append(node_filter.tag)
+        if node_filter.platform:
+            conditions.append("platform = ?")
+            values.append(node_filter.platform)
+        if node_filter.secret_name:
+            conditions.append("secret_name = ?")
+            values.append(node_filter.secret_name)
+        rows = self._db.execute(
+            f"SELECT {NODE_COLUMNS} FROM nodes WHERE {' AND '.join(conditions)}"
+            " ORDER BY first_enrolled_at, node_id",
+            values,
+        )
+        return [_node_record(row) for row in rows]
 
     def by_key(self, node_key: str) -> NodeRecord | None:
         return self._select_one(self._db, "node_key = ?", node_key)
+
+    def find(self, ref: str) -> NodeRecord | None:
+        """The node with this id, key or host identifier (a valid one first, then newest)."""
+        return self._find(self._db, ref)
+
+    def _find(self, db: sqlite3.Connection, ref: str) -> NodeRecord | None:
+        return (
+            self._select_one(db, "node_id = ?", ref)
+            or self._select_one(db, "node_key = ?", ref)
+            or self._select_one(db, "host_identifier = ? ORDER BY revoked, enrolled_at DESC", ref)
+        )
+
+    def host_details(self, node_id: str) -> tuple[str, str]:
+        """The node's host_details JSON and its client certificate JSON ('' when none)."""
+        row = self._db.execute(
+            "SELECT host_details_json, client_certificate_json FROM nodes WHERE node_id = ?",
+            (node_id,),
+        ).fetchone()
+        return (row[0], row[1]) if row else ("", "")
 
     def record_checkins(self, seen: list[tuple[str, int]]) -> int:
         """Move last_seen_at forward (never back) for each (node_id, seen_at); returns matches."""
@@ -156,30 +494,92 @@ class NodeStore(SqliteStore):
                 matched += cursor.rowcount
         return matched
 
-    def revoke(self, node: str) -> NodeRecord | None:
-        """Revoke the node named by its id, key or host identifier; None if there is none."""
+    def revoke(self, node_id: str) -> NodeRecord:
+        """Revoke the node (revoking a revoked node changes nothing but its revision)."""
         with self._transaction() as db:
-            found = (
-                self._select_one(db, "node_id = ?", node)
-                or self._select_one(db, "node_key = ?", node)
-                or self._select_one(
-                    db, "host_identifier = ? ORDER BY revoked, enrolled_at DESC", node
-                )
-            )
-            if found is None:
-                return None
+            before = self._select_one(db, "node_id = ?", node_id)
             db.execute(
-                "UPDATE nodes SET revoked = 1, revision = ? WHERE node_id = ?",
-                (self._next_revision(), found.node_id),
+                "UPDATE nodes SET revoked = 1, pending = 0, revision = ? WHERE node_id = ?",
+                (self._next_revision(), node_id),
             )
-            return self._select_one(db, "node_id = ?", found.node_id)
+            after = self._select_one(db, "node_id = ?", node_id)
+        assert before is not None and after is not None
+        if not before.revoked:
+            self.valid_count -= 1
+        return after
+
+    def approve(self, node_id: str, now: int) -> NodeRecord:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE nodes SET pending = 0, approved_at = ?, revision = ? WHERE node_id = ?",
+                (now, self._next_revision(), node_id),
+            )
+            approved = self._select_one(db, "node_id = ?", node_id)
+        assert approved is not None
+        return approved
 
     @staticmethod
     def _select_one(db: sqlite3.Connection, where: str, value: str) -> NodeRecord | None:
         row = db.execute(f"SELECT {NODE_COLUMNS} FROM nodes WHERE {where} LIMIT 1", (value,))
         found = row.fetchone()
-        return _record(found) if found else None
+        return _node_record(found) if found else None
 
 
-def _record(row: tuple) -> NodeRecord:
-    return NodeRecord(*row[:10], revoked=bool(row[10]), revision=row[11])
+class _SecretUsedUp(Exception):
+    """Rolls back an enrollment whose secret was used up or revoked since it was checked."""
+
+
+HISTORY_AGGREGATES = (
+    "COUNT(*), COALESCE(SUM(replaced_key = 'used'), 0),"
+    " COALESCE(SUM(replaced_key = 'unused'), 0), COALESCE(MAX(enrolled_at), 0)"
+)
+
+
+def _history(row: tuple) -> EnrollmentHistory:
+    return EnrollmentHistory(
+        count=row[0], replaced_used=row[1], replaced_unused=row[2], last_enrolled_at=row[3]
+    )
+
+
+def _replaced_key_use(previous: NodeRecord | None) -> str:
+    """Whether the key a re-enrollment replaces had been used since it was issued."""
+    if previous is None or previous.revoked:
+        return "none"
+    return "used" if previous.last_seen_at > previous.enrolled_at else "unused"
+
+
+def _node_record(row: tuple) -> NodeRecord:
+    return NodeRecord(
+        *row[:10],
+        revoked=bool(row[10]),
+        revision=row[11],
+        identity=row[12],
+        hardware_serial=row[13],
+        tags=tuple(json.loads(row[14])),
+        group=row[15],
+        secret_name=row[16],
+        pending=bool(row[17]),
+        approved=row[18] > 0,
+        first_enrolled_at=row[19],
+    )
+
+
+def _secret_record(row: tuple) -> SecretRecord:
+    return SecretRecord(
+        secret_id=row[0],
+        kind=row[1],
+        policy=SecretPolicy(
+            name=row[2],
+            tags=tuple(json.loads(row[3])),
+            group=row[4],
+            expires_at=row[6],
+            max_enrollments=row[7],
+            one_time=bool(row[10]),
+            requires_approval=bool(row[11]),
+            allows_reenrollment_after_revocation=bool(row[12]),
+        ),
+        created_at=row[5],
+        enrollments=row[8],
+        last_used_at=row[9],
+        revoked_at=row[13],
+    )

@@ -6,17 +6,19 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
 from protos.v1 import (
     config_pb2,
     config_pb2_grpc,
     distributed_pb2,
     distributed_pb2_grpc,
-    enroll_pb2,
     enroll_pb2_grpc,
     logs_pb2,
     logs_pb2_grpc,
@@ -38,11 +40,13 @@ def _as_dict(message) -> dict:
     return MessageToDict(message, preserving_proto_field_name=True)
 
 
-def _call(method, request):
+def call_rpc(method: Callable[..., Any], request: Message) -> Any:
+    """One RPC; a failure becomes a one-line CommandError such as "NOT_FOUND: no node x"."""
     try:
         return method(request, timeout=RPC_TIMEOUT_S)
     except grpc.RpcError as exc:
-        raise CommandError(f"{exc.code().name}: {exc.details()}") from exc
+        details = " ".join((exc.details() or "").split())
+        raise CommandError(f"{exc.code().name}: {details}") from exc
 
 
 # --- sql ------------------------------------------------------------------------------
@@ -50,7 +54,7 @@ def _call(method, request):
 
 def sql(settings: Settings, args: argparse.Namespace) -> int:
     stub = logs_pb2_grpc.LogStoreStub(sync_channel(settings.service_addr("ingest")))
-    reply = _call(stub.Query, logs_pb2.SqlRequest(sql=args.sql))
+    reply = call_rpc(stub.Query, logs_pb2.SqlRequest(sql=args.sql))
     if reply.error:
         raise CommandError(reply.error)
     rows = [json.loads(r) for r in reply.rows_json]
@@ -70,7 +74,7 @@ def _config_stub(settings: Settings) -> config_pb2_grpc.ConfigServiceStub:
 
 def config_set(settings: Settings, args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-    doc = _call(
+    doc = call_rpc(
         _config_stub(settings).SetConfig,
         config_pb2.SetConfigRequest(config_json=text, author=args.author),
     )
@@ -82,7 +86,7 @@ def config_set(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def config_show(settings: Settings, args: argparse.Namespace) -> int:
-    doc = _call(_config_stub(settings).GetConfig, config_pb2.GetConfigRequest())
+    doc = call_rpc(_config_stub(settings).GetConfig, config_pb2.GetConfigRequest())
     if args.json:
         emit_json(_as_dict(doc) | {"config_json": json.loads(doc.config_json)})
     else:
@@ -91,40 +95,11 @@ def config_show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-# --- nodes ----------------------------------------------------------------------------
+# --- enroll service (its commands are in quarry/enrollment_commands.py) ---------------
 
 
-def _enroll_stub(settings: Settings) -> enroll_pb2_grpc.EnrollServiceStub:
+def enroll_stub(settings: Settings) -> enroll_pb2_grpc.EnrollServiceStub:
     return enroll_pb2_grpc.EnrollServiceStub(sync_channel(settings.service_addr("enroll")))
-
-
-def nodes_list(settings: Settings, args: argparse.Namespace) -> int:
-    nodes = _call(_enroll_stub(settings).ListNodes, enroll_pb2.ListNodesRequest()).nodes
-    if args.json:
-        emit_json([_as_dict(n) | {"node_key": None} for n in nodes])
-        return 0
-    rows = [
-        (
-            n.node_id,
-            n.host_identifier,
-            n.platform,
-            n.osquery_version,
-            _ago(n.last_seen_at),
-            "revoked" if n.revoked else "",
-        )
-        for n in nodes
-    ]
-    emit_table(["node_id", "host_identifier", "platform", "osquery", "last_seen", ""], rows)
-    return 0
-
-
-def nodes_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    node = _call(_enroll_stub(settings).RevokeNode, enroll_pb2.NodeRef(node=args.node))
-    if args.json:
-        emit_json(_as_dict(node) | {"node_key": None})
-    else:
-        print(f"revoked {node.node_id} ({node.host_identifier}); its next request re-enrolls")
-    return 0
 
 
 # --- live queries ---------------------------------------------------------------------
@@ -137,7 +112,7 @@ def _distributed_stub(settings: Settings) -> distributed_pb2_grpc.DistributedSer
 
 def query_run(settings: Settings, args: argparse.Namespace) -> int:
     stub = _distributed_stub(settings)
-    campaign = _call(
+    campaign = call_rpc(
         stub.StartQuery,
         distributed_pb2.StartQueryRequest(
             sql=args.sql, node_ids=args.node or [], ttl_seconds=args.ttl, author=args.author
@@ -154,7 +129,7 @@ def _wait_for_answers(stub, campaign_id: str, timeout: float) -> distributed_pb2
     deadline = time.monotonic() + timeout
     request = distributed_pb2.GetCampaignRequest(campaign_id=campaign_id)
     while True:
-        report = _call(stub.GetCampaign, request)
+        report = call_rpc(stub.GetCampaign, request)
         done = sum(h.state in (HostState.ANSWERED, HostState.FAILED) for h in report.hosts)
         progress(f"{campaign_id}: {done}/{len(report.hosts)} hosts answered")
         if (report.hosts and done == len(report.hosts)) or time.monotonic() >= deadline:
@@ -164,7 +139,7 @@ def _wait_for_answers(stub, campaign_id: str, timeout: float) -> distributed_pb2
 
 def query_show(settings: Settings, args: argparse.Namespace) -> int:
     stub = _distributed_stub(settings)
-    report = _call(stub.GetCampaign, distributed_pb2.GetCampaignRequest(campaign_id=args.id))
+    report = call_rpc(stub.GetCampaign, distributed_pb2.GetCampaignRequest(campaign_id=args.id))
     if not report.found:
         raise CommandError(f"no live query {args.id}")
     _print_report(report, args.json)
@@ -173,7 +148,7 @@ def query_show(settings: Settings, args: argparse.Namespace) -> int:
 
 def query_list(settings: Settings, args: argparse.Namespace) -> int:
     stub = _distributed_stub(settings)
-    reply = _call(stub.ListCampaigns, distributed_pb2.ListCampaignsRequest(include_closed=True))
+    reply = call_rpc(stub.ListCampaigns, distributed_pb2.ListCampaignsRequest(include_closed=True))
     if args.json:
         emit_json([_as_dict(c) for c in reply.campaigns])
         return 0
@@ -187,7 +162,9 @@ def query_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def query_cancel(settings: Settings, args: argparse.Namespace) -> int:
     stub = _distributed_stub(settings)
-    campaign = _call(stub.CancelCampaign, distributed_pb2.GetCampaignRequest(campaign_id=args.id))
+    campaign = call_rpc(
+        stub.CancelCampaign, distributed_pb2.GetCampaignRequest(campaign_id=args.id)
+    )
     if args.json:
         emit_json(_as_dict(campaign))
     else:

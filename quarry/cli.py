@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from quarry import admin_commands
+from quarry import admin_commands, enrollment_commands
 from quarry.process_logging import setup_logging
 from quarry.settings import SERVICES, Settings
 
@@ -61,11 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--author", default=os.environ.get("USER", ""), help="recorded with it")
     _admin(config_sub, "show", "print the live config", admin_commands.config_show)
 
-    nodes = sub.add_parser("nodes", help="enrolled osquery nodes")
-    nodes_sub = nodes.add_subparsers(dest="nodes_command", required=True, metavar="ACTION")
-    _admin(nodes_sub, "list", "list enrolled nodes", admin_commands.nodes_list)
-    cmd = _admin(nodes_sub, "revoke", "invalidate a node's key", admin_commands.nodes_revoke)
-    cmd.add_argument("node", help="node id, node key or host identifier")
+    enrollment_commands.add_secret_commands(sub, _admin)
+    enrollment_commands.add_node_commands(sub, _admin)
 
     query = sub.add_parser("query", help="live queries")
     query_sub = query.add_subparsers(dest="query_command", required=True, metavar="ACTION")

@@ -1,11 +1,18 @@
-"""How admin commands print: aligned tables for people, JSON for scripts (--json)."""
+"""How admin commands print: aligned tables for people, JSON for scripts (--json).
+
+Times shown to people are UTC ISO-8601; JSON keeps unix seconds, as the services do.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 
 def emit_json(value: Any) -> None:
@@ -22,6 +29,32 @@ def emit_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)).rstrip())
     print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+
+
+def utc_iso(unix_time: int, zero: str = "never") -> str:
+    """2026-12-31T00:00:00Z for a unix time; `zero` for 0, which the protos use for unset."""
+    if not unix_time:
+        return zero
+    return datetime.fromtimestamp(unix_time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def proto_to_json(message: Message) -> dict[str, Any]:
+    """Every field of a message, unset ones included, with 64-bit integers kept as numbers.
+
+    (protobuf's MessageToDict writes int64 as strings and leaves out unset fields, which
+    makes scripts test for both.)
+    """
+    return {
+        field.name: _field_json(field, getattr(message, field.name))
+        for field in message.DESCRIPTOR.fields
+    }
+
+
+def _field_json(field: FieldDescriptor, value: Any) -> Any:
+    is_message = field.type == FieldDescriptor.TYPE_MESSAGE
+    if field.is_repeated:
+        return [proto_to_json(v) if is_message else v for v in value]
+    return proto_to_json(value) if is_message else value
 
 
 def progress(message: str) -> None:
