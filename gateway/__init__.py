@@ -3,5 +3,6 @@
 Read `osquery_api.py` first: it is the whole osquery protocol surface. The caches it
 answers from (`node_cache.py`, `config_cache.py`, `live_queries.py`) are fed by the
 services' gRPC watch streams; writes leave through `activity_batcher.py` (gRPC, in
-batches) and `log_forwarder.py` (ZeroMQ to the ingest service).
+batches) and `log_forwarder.py` (ZeroMQ to the ingest service). `client_certificates.py`
+captures each TLS connection's verified client certificate for enrollment.
 """

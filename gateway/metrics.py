@@ -17,7 +17,8 @@ REQUEST_SECONDS = Histogram(
 )
 NODE_CACHE = Counter(
     "quarry_gateway_node_cache_lookups_total",
-    "Node key authentications by result (hit, miss_found, miss_unknown, negative_hit).",
+    "Node key authentications by result: hit (in memory), miss_found and miss_unknown "
+    "(asked the enroll service), negative_hit (recently unknown or revoked), empty (no key).",
     ["result"],
 )
 # Gauges say how to combine workers in multiprocess mode: every worker holds the same
@@ -26,7 +27,15 @@ NODES_CACHED = Gauge(
     "quarry_gateway_nodes_cached", "Valid node keys held in memory.", multiprocess_mode="max"
 )
 ENROLLMENTS = Counter(
-    "quarry_gateway_enrollments_total", "Enroll requests by outcome.", ["outcome"]
+    "quarry_gateway_enrollments_total",
+    "Enroll requests by outcome (ok, pending: awaits approval, refused, unavailable).",
+    ["outcome"],
+)
+TLS_CONNECTIONS = Counter(
+    "quarry_gateway_tls_connections_total",
+    "TCP connections accepted, and those whose TLS handshake succeeded (established); "
+    "the difference is failed handshakes, e.g. a missing or untrusted client certificate.",
+    ["stage"],
 )
 LOG_BATCHES = Counter(
     "quarry_gateway_log_batches_total",

@@ -1,20 +1,29 @@
 """Every valid node key, in memory: how the gateway authenticates check-ins.
 
-Fed by EnrollService.WatchNodes: a snapshot, then each enrollment and revocation.
+Fed by EnrollService.WatchNodes: a snapshot, then each enrollment, approval and
+revocation. A REMOVE (revocation, or a key replaced by re-enrollment) evicts the key
+at once, so a revoked node is refused on its next request by every gateway replica.
 On every (re)connection the snapshot is built into a fresh dict and swapped in when
-complete, so a key revoked while the stream was down disappears too. A key the dict
-does not know (enrolled through another gateway a moment ago, or bogus) costs one
-GetNode call; its answer is remembered briefly so a flood of bad keys stays cheap.
+complete, so a key revoked while the stream was down disappears too.
+
+Entries are indexed by the SHA-256 digest of the key and the key itself is then
+compared with hmac.compare_digest: the dict lookup never compares secret bytes, so
+response times say nothing about how much of a guessed key was right.
+
+A key the dict does not know (enrolled through another gateway a moment ago, or
+bogus) costs one GetNode call; a "no such key" answer is remembered briefly so a flood
+of bad keys stays cheap. An UPSERT for that key clears the memory at once, so a
+fresh key is never refused because of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import time
 from dataclasses import dataclass
-
-import grpc
 
 from gateway import metrics
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
@@ -23,85 +32,162 @@ from quarry.grpc_runtime import run_forever_with_reconnect
 log = logging.getLogger(__name__)
 
 NEGATIVE_TTL_S = 5.0
+MAX_NEGATIVE_ENTRIES = 100_000
 LOOKUP_TIMEOUT_S = 5.0
+
+Event = enroll_pb2.NodeEvent
 
 
 @dataclass(frozen=True, slots=True)
 class NodeIdentity:
+    """What the osquery API needs to know about an authenticated node."""
+
     node_id: str
     host_identifier: str
+    # Not approved yet: served an empty config and no live queries.
+    pending: bool = False
+    tags: tuple[str, ...] = ()
+    group: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CachedKey:
+    key: bytes
+    node: NodeIdentity
+
+
+def key_digest(node_key: str | bytes) -> bytes:
+    raw = node_key.encode() if isinstance(node_key, str) else node_key
+    return hashlib.sha256(raw).digest()
+
+
+def cached_key(node: enroll_pb2.Node, node_key: str = "") -> CachedKey:
+    identity = NodeIdentity(
+        node_id=node.node_id,
+        host_identifier=node.host_identifier,
+        pending=node.pending,
+        tags=tuple(node.tags),
+        group=node.group,
+    )
+    return CachedKey((node_key or node.node_key).encode(), identity)
 
 
 class NodeCache:
     def __init__(self, stub: enroll_pb2_grpc.EnrollServiceStub) -> None:
         self._stub = stub
-        self._by_key: dict[str, NodeIdentity] = {}
-        self._unknown_until: dict[str, float] = {}
+        self._by_digest: dict[bytes, CachedKey] = {}
+        # digest -> when it was found unknown or removed (time.monotonic()).
+        self._unknown_since: dict[bytes, float] = {}
         self.synced = asyncio.Event()
 
-    def add(self, node: enroll_pb2.Node) -> None:
-        """Remember a node key (from a watch event or an enrollment this gateway made)."""
-        self._by_key[node.node_key] = NodeIdentity(node.node_id, node.host_identifier)
-        self._unknown_until.pop(node.node_key, None)
-        metrics.NODES_CACHED.set(len(self._by_key))
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    def add(self, node: enroll_pb2.Node, node_key: str = "") -> None:
+        """Remember a valid key (from a watch event or an enrollment this gateway made)."""
+        entry = cached_key(node, node_key)
+        digest = key_digest(entry.key)
+        self._by_digest[digest] = entry
+        self._unknown_since.pop(digest, None)
+        metrics.NODES_CACHED.set(len(self._by_digest))
 
     def remove(self, node_key: str) -> None:
-        self._by_key.pop(node_key, None)
-        metrics.NODES_CACHED.set(len(self._by_key))
+        """Forget a key now; it stays refused without asking the enroll service."""
+        digest = key_digest(node_key)
+        self._by_digest.pop(digest, None)
+        self._remember_unknown(digest)
+        metrics.NODES_CACHED.set(len(self._by_digest))
+
+    def lookup(self, node_key: str) -> NodeIdentity | None:
+        """The node owning this key if the cache holds it; never asks the service."""
+        if not node_key:
+            return None
+        presented = node_key.encode()
+        entry = self._by_digest.get(key_digest(presented))
+        if entry is None or not hmac.compare_digest(entry.key, presented):
+            return None
+        return entry.node
 
     async def authenticate(self, node_key: str) -> NodeIdentity | None:
         """The node owning this key, or None when the key is unknown or revoked."""
         if not node_key:
+            metrics.NODE_CACHE.labels("empty").inc()
             return None
-        node = self._by_key.get(node_key)
+        node = self.lookup(node_key)
         if node is not None:
             metrics.NODE_CACHE.labels("hit").inc()
             return node
-        if self._unknown_until.get(node_key, 0.0) > time.monotonic():
+        digest = key_digest(node_key)
+        if self._is_known_unknown(digest):
             metrics.NODE_CACHE.labels("negative_hit").inc()
             return None
-        return await self._lookup(node_key)
+        return await self._ask_service(node_key, digest)
 
-    async def _lookup(self, node_key: str) -> NodeIdentity | None:
-        try:
-            found = await self._stub.GetNode(
-                enroll_pb2.GetNodeRequest(node_key=node_key), timeout=LOOKUP_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError:
-            # The service is unreachable: refuse without caching, osquery retries later.
-            raise
-        if found.found and not found.revoked:
+    async def _ask_service(self, node_key: str, digest: bytes) -> NodeIdentity | None:
+        asked_at = time.monotonic()
+        # grpc.aio.AioRpcError propagates: the service is unreachable, so the request is
+        # refused without caching anything and osquery retries later.
+        found = await self._stub.GetNode(
+            enroll_pb2.GetNodeRequest(node_key=node_key), timeout=LOOKUP_TIMEOUT_S
+        )
+        # A REMOVE that arrived while we waited wins over the older answer.
+        removed_meanwhile = self._unknown_since.get(digest, -1.0) >= asked_at
+        if found.found and not found.revoked and not removed_meanwhile:
             metrics.NODE_CACHE.labels("miss_found").inc()
-            self.add(found)
-            return self._by_key[node_key]
+            self.add(found, node_key)
+            return self.lookup(node_key)
         metrics.NODE_CACHE.labels("miss_unknown").inc()
-        if len(self._unknown_until) > 100_000:
-            self._unknown_until.clear()
-        self._unknown_until[node_key] = time.monotonic() + NEGATIVE_TTL_S
+        self._remember_unknown(digest)
         return None
+
+    def _is_known_unknown(self, digest: bytes) -> bool:
+        since = self._unknown_since.get(digest)
+        return since is not None and time.monotonic() - since < NEGATIVE_TTL_S
+
+    def _remember_unknown(self, digest: bytes) -> None:
+        if len(self._unknown_since) >= MAX_NEGATIVE_ENTRIES:
+            self._unknown_since.clear()  # a flood of bogus keys: start over, stay bounded
+        self._unknown_since[digest] = time.monotonic()
+
+    # --- the watch stream -------------------------------------------------------------
 
     async def run(self) -> None:
         await run_forever_with_reconnect("nodes", self._watch_once)
 
     async def _watch_once(self) -> None:
-        fresh: dict[str, NodeIdentity] | None = {}
+        fresh: dict[bytes, CachedKey] | None = {}
         async for event in self._stub.WatchNodes(enroll_pb2.WatchNodesRequest()):
-            if fresh is not None:  # still receiving the snapshot
-                if event.kind == enroll_pb2.NodeEvent.SNAPSHOT_DONE:
-                    self._by_key, fresh = fresh, None
-                    metrics.NODES_CACHED.set(len(self._by_key))
-                    metrics.WATCH_SYNCED.labels("nodes").set(1)
-                    self.synced.set()
-                    log.info("node keys synced: %d valid", len(self._by_key))
-                elif event.kind == enroll_pb2.NodeEvent.UPSERT:
-                    fresh[event.node.node_key] = NodeIdentity(
-                        event.node.node_id, event.node.host_identifier
-                    )
-                elif event.kind == enroll_pb2.NodeEvent.REMOVE:
-                    fresh.pop(event.node.node_key, None)
+            # Changes apply to the live dict even while a snapshot is being received:
+            # a revocation must not wait for a resync to finish.
+            self.apply(event)
+            if fresh is None:
                 continue
-            if event.kind == enroll_pb2.NodeEvent.UPSERT:
-                self.add(event.node)
-            elif event.kind == enroll_pb2.NodeEvent.REMOVE:
-                self.remove(event.node.node_key)
+            if event.kind == Event.SNAPSHOT_DONE:
+                self._swap_in(fresh)
+                fresh = None
+            else:
+                _apply_to(fresh, event)
         metrics.WATCH_SYNCED.labels("nodes").set(0)
+
+    def apply(self, event: enroll_pb2.NodeEvent) -> None:
+        """One live change from the watch stream."""
+        if event.kind == Event.UPSERT:
+            self.add(event.node)
+        elif event.kind == Event.REMOVE:
+            self.remove(event.node.node_key)
+
+    def _swap_in(self, snapshot: dict[bytes, CachedKey]) -> None:
+        self._by_digest = snapshot
+        self._unknown_since.clear()
+        metrics.NODES_CACHED.set(len(self._by_digest))
+        metrics.WATCH_SYNCED.labels("nodes").set(1)
+        self.synced.set()
+        log.info("node keys synced: %d valid", len(self._by_digest))
+
+
+def _apply_to(snapshot: dict[bytes, CachedKey], event: enroll_pb2.NodeEvent) -> None:
+    if event.kind == Event.UPSERT:
+        entry = cached_key(event.node)
+        snapshot[key_digest(entry.key)] = entry
+    elif event.kind == Event.REMOVE:
+        snapshot.pop(key_digest(event.node.node_key), None)

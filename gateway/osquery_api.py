@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import metrics
+from gateway import client_certificates, metrics
 from gateway.gateway_state import GatewayState
 from gateway.node_cache import NodeIdentity
 from gateway.request_body import BadRequest, node_key_of, read_json_object
@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 LOG_KINDS = {"result": logs_pb2.RESULT, "status": logs_pb2.STATUS}
 NODE_INVALID = {"node_invalid": True}
+# A node waiting for approval gets an empty config object (osquery accepts it and
+# schedules nothing) and no live queries.
+PENDING_CONFIG = b"{}"
+NO_LIVE_QUERIES = b'{"queries":{}}'
 ENROLL_TIMEOUT_S = 10.0
 
 
@@ -70,6 +74,7 @@ async def enroll(request: Request, state: GatewayState, body: dict) -> Response:
                 platform_type=_text(body.get("platform_type")),
                 host_details_json=orjson.dumps(details).decode() if details else "",
                 remote_addr=request.client.host if request.client else "",
+                client_certificate=_client_certificate(request),
             ),
             timeout=ENROLL_TIMEOUT_S,
         )
@@ -80,16 +85,30 @@ async def enroll(request: Request, state: GatewayState, body: dict) -> Response:
         metrics.ENROLLMENTS.labels("refused").inc()
         # osquery reads only node_key here; the reason is for the people reading logs.
         raise Refusal("node_invalid", {"node_invalid": True, "error": reply.reason}, 401)
-    state.nodes.add(reply.node)
-    metrics.ENROLLMENTS.labels("ok").inc()
+    state.nodes.add(reply.node, reply.node_key)
+    metrics.ENROLLMENTS.labels("pending" if reply.node.pending else "ok").inc()
     return json_response({"node_key": reply.node_key})
+
+
+def _client_certificate(request: Request) -> enroll_pb2.ClientCertificate | None:
+    """The certificate the client verified with on this connection, if it presented one."""
+    certificate = client_certificates.certificate_of(request.client)
+    if certificate is None:
+        return None
+    return enroll_pb2.ClientCertificate(
+        subject=certificate.subject,
+        subject_alt_names=certificate.subject_alt_names,
+        sha256_fingerprint=certificate.sha256_fingerprint,
+    )
 
 
 # --- config ---------------------------------------------------------------------------
 
 
 async def config(request: Request, state: GatewayState, body: dict) -> Response:
-    await authenticate(request, state, body)
+    node = await authenticate(request, state, body)
+    if node.pending:
+        return json_response(PENDING_CONFIG)
     if state.config.body is None:
         raise error("the config is not available yet", 503)
     return json_response(state.config.body)
@@ -151,9 +170,9 @@ def _batch_id(node_id: str, kind: int, campaign_id: str, data_json: bytes) -> st
 
 async def distributed_read(request: Request, state: GatewayState, body: dict) -> Response:
     node = await authenticate(request, state, body)
-    queries = state.live_queries.pending_for(node.node_id)
+    queries = {} if node.pending else state.live_queries.pending_for(node.node_id)
     if not queries:
-        return json_response({"queries": {}})
+        return json_response(NO_LIVE_QUERIES)
     for campaign_id in queries:
         state.activity.delivered(campaign_id, node.node_id)
     return json_response(

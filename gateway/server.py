@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
+from gateway.client_certificates import PROTOCOL_IMPORT_STRING
 from gateway.tls_bootstrap import TlsFiles, ensure_certificates
 from quarry.metrics_endpoint import prepare_multiprocess_metrics, start_metrics_endpoint
 from quarry.settings import Settings
@@ -19,6 +22,24 @@ def tls_files(settings: Settings) -> TlsFiles:
     if settings.tls_cert and settings.tls_key:
         return TlsFiles(Path(settings.tls_ca), Path(settings.tls_cert), Path(settings.tls_key))
     return ensure_certificates(settings.path("tls"), [settings.public_host])
+
+
+def client_certificate_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options that ask clients for a certificate signed by tls_client_ca."""
+    if not settings.tls_client_ca:
+        return {}
+    if not Path(settings.tls_client_ca).is_file():
+        raise SystemExit(f"QUARRY_TLS_CLIENT_CA: no such file {settings.tls_client_ca}")
+    required = settings.tls_client_cert_required
+    log.info(
+        "TLS client certificates %s, verified against %s",
+        "required" if required else "accepted",
+        settings.tls_client_ca,
+    )
+    return {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL,
+        "ssl_ca_certs": settings.tls_client_ca,
+    }
 
 
 def main(settings: Settings) -> None:
@@ -42,6 +63,12 @@ def main(settings: Settings) -> None:
         workers=settings.gateway_workers,
         ssl_certfile=str(files.cert),
         ssl_keyfile=str(files.key),
+        **client_certificate_options(settings),
+        # Registers each connection's client certificate for the enroll handler.
+        http=PROTOCOL_IMPORT_STRING,
+        # The gateway terminates TLS itself: a forwarded-for header is never the peer,
+        # and the certificate lookup needs scope["client"] to be the real connection.
+        proxy_headers=False,
         log_config=None,
         access_log=False,
         timeout_keep_alive=75,  # osquery keeps one connection per plugin thread

@@ -163,6 +163,9 @@ class OsqueryNode:
     unsent_results: dict[str, QueryResult] = field(default_factory=dict, init=False)
     retry_sleeps: list[float] = field(default_factory=list, init=False)
     last_error: str = field(default="", init=False)
+    # The server's last enroll answer as parsed; osquery reads only node_key from it, but
+    # tests read the reason a server gives next to node_invalid.
+    last_enroll_answer: dict[str, Any] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.address = ServerAddress.parse(self.server)
@@ -228,6 +231,7 @@ class OsqueryNode:
         if response is None:
             return ""
         document, reason = parse_body(self._decoded_body(response))
+        self.last_enroll_answer = document
         key = _node_key_from(document)
         if not key:
             self.last_error = reason or "No node key returned from TLS enroll plugin"
