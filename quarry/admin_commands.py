@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -115,7 +116,11 @@ def query_run(settings: Settings, args: argparse.Namespace) -> int:
     campaign = call_rpc(
         stub.StartQuery,
         distributed_pb2.StartQueryRequest(
-            sql=args.sql, node_ids=args.node or [], ttl_seconds=args.ttl, author=args.author
+            sql=args.sql,
+            node_ids=args.node or [],
+            tags=args.tag or [],
+            ttl_seconds=args.ttl,
+            author=args.author,
         ),
     )
     progress(f"live query {campaign.campaign_id} started")
@@ -219,3 +224,23 @@ def _ago(unix_time: int) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit} ago"
     return f"{max(seconds, 0)}s ago"
+
+
+# --- tls ------------------------------------------------------------------------------
+
+
+def tls_client_cert(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.tls_bootstrap import issue_client_certificate
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
+        raise CommandError(f"{args.name!r}: use letters, digits, '.', '_' and '-' only")
+    try:
+        cert, key = issue_client_certificate(settings.path("tls"), args.name, Path(args.out_dir))
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot issue a client certificate: {exc}") from exc
+    if args.json:
+        emit_json({"name": args.name, "cert": str(cert), "key": str(key)})
+    else:
+        print(f"certificate {cert}\nkey         {key}")
+        print(f"osquery: --tls_client_cert={cert} --tls_client_key={key}", file=sys.stderr)
+    return 0

@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--node", action="append", help="target this node id (repeatable); default: every node"
     )
     cmd.add_argument(
+        "--tag",
+        action="append",
+        help="target the active nodes with this tag from their enroll secret (repeatable: any)",
+    )
+    cmd.add_argument(
         "--ttl",
         type=int,
         default=0,
@@ -98,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("id")
 
     _admin(sub, "flags", "print the osquery flags that connect a node", admin_commands.flags)
+    tls = sub.add_parser("tls", help="certificates of the local CA")
+    tls_sub = tls.add_subparsers(dest="tls_command", required=True, metavar="ACTION")
+    cmd = _admin(
+        tls_sub,
+        "client-cert",
+        "issue a client certificate from the local CA, for osquery's --tls_client_cert",
+        admin_commands.tls_client_cert,
+    )
+    cmd.add_argument("name", help="the certificate's common name (and DNS SAN), e.g. the host")
+    cmd.add_argument("-o", "--out-dir", default=".", help="where to write NAME.pem and NAME.key")
     return parser
 
 

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from cryptography import x509
 
+from gateway.tls_bootstrap import ensure_certificates
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
 from quarry.cli import build_parser
 from quarry.cli_output import proto_to_json, utc_iso
@@ -41,6 +43,7 @@ ADMIN_COMMANDS = [
     ["query", "list"],
     ["query", "cancel", "q"],
     ["flags"],
+    ["tls", "client-cert", "host-1"],
 ]
 
 
@@ -56,7 +59,7 @@ HELP_COMMANDS = [
     ["query", "show"], ["query", "list"], ["query", "cancel"], ["flags"],
     ["secret"], ["secret", "create"], ["secret", "list"], ["secret", "revoke"],
     ["secret", "rotate"], ["node"], ["node", "list"], ["node", "show"], ["node", "approve"],
-    ["node", "reject"], ["node", "revoke"],
+    ["node", "reject"], ["node", "revoke"], ["tls"], ["tls", "client-cert"],
 ]  # fmt: skip
 
 
@@ -87,6 +90,30 @@ def test_flags_name_the_ca_and_the_secret(tmp_path) -> None:
     assert "--tls_hostname=localhost:41000" in flags
     assert f"--tls_server_certs={tmp_path / 'tls' / 'ca.pem'}" in flags
     assert "--config_tls_endpoint=/api/v1/osquery/config" in flags
+
+
+def test_a_client_certificate_is_issued_by_the_local_ca(tmp_path) -> None:
+    tls_dir = tmp_path / "state" / "tls"
+    ensure_certificates(tls_dir, ["localhost"])
+    out = tmp_path / "certs"
+    result = quarry("--state-dir", str(tmp_path / "state"), "tls", "client-cert", "host-1",
+                    "-o", str(out), "--json")  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    issued = json.loads(result.stdout)
+    assert issued == {"name": "host-1", "cert": str(out / "host-1.pem"),
+                      "key": str(out / "host-1.key")}  # fmt: skip
+    certificate = x509.load_pem_x509_certificate((out / "host-1.pem").read_bytes())
+    ca = x509.load_pem_x509_certificate((tls_dir / "ca.pem").read_bytes())
+    certificate.verify_directly_issued_by(ca)
+    assert certificate.subject.rfc4514_string() == "CN=host-1"
+    assert (out / "host-1.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_client_certificate_name_cannot_be_a_path(tmp_path) -> None:
+    result = quarry("--state-dir", str(tmp_path), "tls", "client-cert", "../etc/x")
+    assert result.returncode == 1
+    assert result.stderr.startswith("quarry tls: '../etc/x': use letters")
 
 
 # --- parsing what people type ---------------------------------------------------------

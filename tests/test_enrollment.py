@@ -319,3 +319,38 @@ def test_a_revoked_node_cannot_enroll_again_unless_its_secret_allows(
         assert bool(enroll(again)) is may_return
         if not may_return:
             assert refusal(again) == "node revoked; re-enrollment not allowed"
+
+
+# --- tags reach live-query targeting -------------------------------------------------------
+
+
+def test_a_live_query_by_tag_reaches_only_the_nodes_of_that_tag(cluster: QuarryCluster) -> None:
+    secret = create_secret(cluster, "web-tier", "--tag", "web")
+    tagged = [new_node(cluster, secret) for _ in range(2)]
+    other = new_node(cluster, cluster.enroll_secret)
+
+    async def scenario() -> dict:
+        nodes = [*tagged, other]
+        stop = asyncio.Event()
+
+        async def distributed_loop(node: OsqueryNode) -> None:
+            while not stop.is_set():
+                await node.run_distributed_once()
+                await asyncio.sleep(0.1)
+
+        try:
+            for node in nodes:
+                assert await node.get_node_key()
+            loops = [asyncio.create_task(distributed_loop(node)) for node in nodes]
+            args = ("query", "run", "SELECT hostname FROM system_info", "--tag", "web")
+            result = await asyncio.to_thread(cluster.cli, *args, "--timeout", "30", "--json")
+            stop.set()
+            await asyncio.gather(*loops)
+            return json.loads(result.stdout)
+        finally:
+            for node in nodes:
+                await node.aclose()
+
+    report = run(scenario())
+    answered = {host["host_identifier"]: host["state"] for host in report["hosts"]}
+    assert answered == {node.host_identifier: "ANSWERED" for node in tagged}
