@@ -28,6 +28,7 @@ from tests.emulator import (
     OsqueryNode,
     log_records,
 )
+from tests.polling import eventually
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
 
 NOW = 1_736_072_430
@@ -58,16 +59,6 @@ def new_node(cluster: QuarryCluster, **options: object) -> OsqueryNode:
 
 def run(coroutine):
     return asyncio.run(coroutine)
-
-
-def eventually(check, timeout_s: float = 30.0):
-    """Retry `check` until it returns something truthy (propagation is asynchronous)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.2)
 
 
 def sql_literal(text: str) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.emulator import HostProfile, OsqueryNode, log_records
+from tests.polling import eventually
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
 
 _host_numbers = itertools.count(1)
@@ -83,15 +84,6 @@ def secret_named(cluster: QuarryCluster, name: str) -> dict:
 def node_of(cluster: QuarryCluster, host_identifier: str) -> dict:
     nodes = cluster.cli_json("node", "list")
     return next(n for n in nodes if n["host_identifier"] == host_identifier)
-
-
-def eventually(check, timeout_s: float = 10.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.1)
 
 
 # --- where osquery puts the secret -------------------------------------------------------
