@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/v1/config.proto\x12\tquarry.v1\"7\n\x10SetConfigRequest\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\"\x12\n\x10GetConfigRequest\"\x14\n\x12WatchConfigRequest\"j\n\x0e\x43onfigDocument\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t2\xe4\x01\n\rConfigService\x12\x43\n\tSetConfig\x12\x1b.quarry.v1.SetConfigRequest\x1a\x19.quarry.v1.ConfigDocument\x12\x43\n\tGetConfig\x12\x1b.quarry.v1.GetConfigRequest\x1a\x19.quarry.v1.ConfigDocument\x12I\n\x0bWatchConfig\x12\x1d.quarry.v1.WatchConfigRequest\x1a\x19.quarry.v1.ConfigDocument0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/v1/config.proto\x12\tquarry.v1\"7\n\x10SetConfigRequest\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\"\x12\n\x10GetConfigRequest\"\x14\n\x12WatchConfigRequest\"j\n\x0e\x43onfigDocument\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"x\n\x0cStateVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x12\n\nstate_json\x18\x02 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\"\x89\x01\n\x07Rollout\x12\x19\n\x11\x63\x61ndidate_version\x18\x01 \x01(\x03\x12\x1c\n\x14\x63\x61ndidate_state_json\x18\x02 \x01(\t\x12\x0f\n\x07percent\x18\x03 \x01(\x05\x12\x10\n\x08node_ids\x18\x04 \x03(\t\x12\x12\n\nstarted_at\x18\x05 \x01(\x03\x12\x0e\n\x06\x61uthor\x18\x06 \x01(\t\"2\n\x0fLabelMembership\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\"\x9c\x01\n\x0b\x43onfigEvent\x12%\n\x04live\x18\x01 \x01(\x0b\x32\x17.quarry.v1.StateVersion\x12#\n\x07rollout\x18\x02 \x01(\x0b\x32\x12.quarry.v1.Rollout\x12/\n\x0bmemberships\x18\x03 \x03(\x0b\x32\x1a.quarry.v1.LabelMembership\x12\x10\n\x08snapshot\x18\x04 \x01(\x08\"\x87\x01\n\x11\x41pplyStateRequest\x12\x12\n\nstate_json\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61nary_percent\x18\x05 \x01(\x05\x12\x14\n\x0c\x63\x61nary_count\x18\x06 \x01(\x05\"7\n\tGroupDiff\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05nodes\x18\x02 \x01(\x05\x12\x0c\n\x04\x64iff\x18\x03 \x01(\t\"\x99\x01\n\x12\x41pplyStateResponse\x12(\n\x07version\x18\x01 \x01(\x0b\x32\x17.quarry.v1.StateVersion\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\x12#\n\x05\x64iffs\x18\x03 \x03(\x0b\x32\x14.quarry.v1.GroupDiff\x12\x10\n\x08warnings\x18\x04 \x03(\t\x12\x11\n\tconflicts\x18\x05 \x03(\t\"%\n\x12\x45xportStateRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\x15\n\x13ListVersionsRequest\"A\n\x14ListVersionsResponse\x12)\n\x08versions\x18\x01 \x03(\x0b\x32\x17.quarry.v1.StateVersion\"2\n\x0fRollbackRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\" \n\x0eRolloutRequest\x12\x0e\n\x06\x61uthor\x18\x01 \x01(\t\"$\n\x11NodeConfigRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xde\x01\n\x12NodeConfigResponse\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\t\x12\x0c\n\x04sha1\x18\x02 \x01(\t\x12 \n\x18osquery_info_config_hash\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x11\n\tcandidate\x18\x05 \x01(\x08\x12\r\n\x05group\x18\x06 \x01(\t\x12\x0e\n\x06\x62locks\x18\x07 \x03(\t\x12\x0e\n\x06labels\x18\x08 \x03(\t\x12\x0c\n\x04tags\x18\t \x03(\t\x12\x11\n\tconflicts\x18\n \x03(\t\x12\x0f\n\x07pending\x18\x0b \x01(\x08\"Q\n\x0b\x43onfigFetch\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04sha1\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x12\n\nfetched_at\x18\x04 \x01(\x03\";\n\x10\x43onfigFetchBatch\x12\'\n\x07\x66\x65tches\x18\x01 \x03(\x0b\x32\x16.quarry.v1.ConfigFetch\"/\n\x1bRecordConfigFetchesResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\"\x16\n\x14RolloutStatusRequest\"<\n\x0cVersionCount\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04sha1\x18\x02 \x01(\t\x12\r\n\x05nodes\x18\x03 \x01(\x05\"\xad\x01\n\x15RolloutStatusResponse\x12#\n\x07rollout\x18\x01 \x01(\x0b\x32\x12.quarry.v1.Rollout\x12\x14\n\x0clive_version\x18\x02 \x01(\x03\x12(\n\x07running\x18\x03 \x03(\x0b\x32\x17.quarry.v1.VersionCount\x12/\n\x0f\x63\x61ndidate_nodes\x18\x04 \x03(\x0b\x32\x16.quarry.v1.ConfigFetch2\x8a\x07\n\rConfigService\x12\x43\n\tSetConfig\x12\x1b.quarry.v1.SetConfigRequest\x1a\x19.quarry.v1.ConfigDocument\x12\x43\n\tGetConfig\x12\x1b.quarry.v1.GetConfigRequest\x1a\x19.quarry.v1.ConfigDocument\x12\x46\n\x0bWatchConfig\x12\x1d.quarry.v1.WatchConfigRequest\x1a\x16.quarry.v1.ConfigEvent0\x01\x12I\n\nApplyState\x12\x1c.quarry.v1.ApplyStateRequest\x1a\x1d.quarry.v1.ApplyStateResponse\x12\x45\n\x0b\x45xportState\x12\x1d.quarry.v1.ExportStateRequest\x1a\x17.quarry.v1.StateVersion\x12O\n\x0cListVersions\x12\x1e.quarry.v1.ListVersionsRequest\x1a\x1f.quarry.v1.ListVersionsResponse\x12?\n\x08Rollback\x12\x1a.quarry.v1.RollbackRequest\x1a\x17.quarry.v1.StateVersion\x12\x44\n\x0ePromoteRollout\x12\x19.quarry.v1.RolloutRequest\x1a\x17.quarry.v1.StateVersion\x12\x42\n\x0c\x41\x62ortRollout\x12\x19.quarry.v1.RolloutRequest\x1a\x17.quarry.v1.StateVersion\x12I\n\nNodeConfig\x12\x1c.quarry.v1.NodeConfigRequest\x1a\x1d.quarry.v1.NodeConfigResponse\x12Z\n\x13RecordConfigFetches\x12\x1b.quarry.v1.ConfigFetchBatch\x1a&.quarry.v1.RecordConfigFetchesResponse\x12R\n\rRolloutStatus\x12\x1f.quarry.v1.RolloutStatusRequest\x1a .quarry.v1.RolloutStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHCONFIGREQUEST']._serialized_end=134
   _globals['_CONFIGDOCUMENT']._serialized_start=136
   _globals['_CONFIGDOCUMENT']._serialized_end=242
-  _globals['_CONFIGSERVICE']._serialized_start=245
-  _globals['_CONFIGSERVICE']._serialized_end=473
+  _globals['_STATEVERSION']._serialized_start=244
+  _globals['_STATEVERSION']._serialized_end=364
+  _globals['_ROLLOUT']._serialized_start=367
+  _globals['_ROLLOUT']._serialized_end=504
+  _globals['_LABELMEMBERSHIP']._serialized_start=506
+  _globals['_LABELMEMBERSHIP']._serialized_end=556
+  _globals['_CONFIGEVENT']._serialized_start=559
+  _globals['_CONFIGEVENT']._serialized_end=715
+  _globals['_APPLYSTATEREQUEST']._serialized_start=718
+  _globals['_APPLYSTATEREQUEST']._serialized_end=853
+  _globals['_GROUPDIFF']._serialized_start=855
+  _globals['_GROUPDIFF']._serialized_end=910
+  _globals['_APPLYSTATERESPONSE']._serialized_start=913
+  _globals['_APPLYSTATERESPONSE']._serialized_end=1066
+  _globals['_EXPORTSTATEREQUEST']._serialized_start=1068
+  _globals['_EXPORTSTATEREQUEST']._serialized_end=1105
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=1107
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=1128
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1130
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1195
+  _globals['_ROLLBACKREQUEST']._serialized_start=1197
+  _globals['_ROLLBACKREQUEST']._serialized_end=1247
+  _globals['_ROLLOUTREQUEST']._serialized_start=1249
+  _globals['_ROLLOUTREQUEST']._serialized_end=1281
+  _globals['_NODECONFIGREQUEST']._serialized_start=1283
+  _globals['_NODECONFIGREQUEST']._serialized_end=1319
+  _globals['_NODECONFIGRESPONSE']._serialized_start=1322
+  _globals['_NODECONFIGRESPONSE']._serialized_end=1544
+  _globals['_CONFIGFETCH']._serialized_start=1546
+  _globals['_CONFIGFETCH']._serialized_end=1627
+  _globals['_CONFIGFETCHBATCH']._serialized_start=1629
+  _globals['_CONFIGFETCHBATCH']._serialized_end=1688
+  _globals['_RECORDCONFIGFETCHESRESPONSE']._serialized_start=1690
+  _globals['_RECORDCONFIGFETCHESRESPONSE']._serialized_end=1737
+  _globals['_ROLLOUTSTATUSREQUEST']._serialized_start=1739
+  _globals['_ROLLOUTSTATUSREQUEST']._serialized_end=1761
+  _globals['_VERSIONCOUNT']._serialized_start=1763
+  _globals['_VERSIONCOUNT']._serialized_end=1823
+  _globals['_ROLLOUTSTATUSRESPONSE']._serialized_start=1826
+  _globals['_ROLLOUTSTATUSRESPONSE']._serialized_end=1999
+  _globals['_CONFIGSERVICE']._serialized_start=2002
+  _globals['_CONFIGSERVICE']._serialized_end=2908
 # @@protoc_insertion_point(module_scope)

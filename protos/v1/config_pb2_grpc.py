@@ -47,7 +47,52 @@ class ConfigServiceStub:
         self.WatchConfig = channel.unary_stream(
                 '/quarry.v1.ConfigService/WatchConfig',
                 request_serializer=protos_dot_v1_dot_config__pb2.WatchConfigRequest.SerializeToString,
-                response_deserializer=protos_dot_v1_dot_config__pb2.ConfigDocument.FromString,
+                response_deserializer=protos_dot_v1_dot_config__pb2.ConfigEvent.FromString,
+                _registered_method=True)
+        self.ApplyState = channel.unary_unary(
+                '/quarry.v1.ConfigService/ApplyState',
+                request_serializer=protos_dot_v1_dot_config__pb2.ApplyStateRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_config__pb2.ApplyStateResponse.FromString,
+                _registered_method=True)
+        self.ExportState = channel.unary_unary(
+                '/quarry.v1.ConfigService/ExportState',
+                request_serializer=protos_dot_v1_dot_config__pb2.ExportStateRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_config__pb2.StateVersion.FromString,
+                _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/quarry.v1.ConfigService/ListVersions',
+                request_serializer=protos_dot_v1_dot_config__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_config__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/quarry.v1.ConfigService/Rollback',
+                request_serializer=protos_dot_v1_dot_config__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_config__pb2.StateVersion.FromString,
+                _registered_method=True)
+        self.PromoteRollout = channel.unary_unary(
+                '/quarry.v1.ConfigService/PromoteRollout',
+                request_serializer=protos_dot_v1_dot_config__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_config__pb2.StateVersion.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/quarry.v1.ConfigService/AbortRollout',
+                request_serializer=protos_dot_v1_dot_config__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_config__pb2.StateVersion.FromString,
+                _registered_method=True)
+        self.NodeConfig = channel.unary_unary(
+                '/quarry.v1.ConfigService/NodeConfig',
+                request_serializer=protos_dot_v1_dot_config__pb2.NodeConfigRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_config__pb2.NodeConfigResponse.FromString,
+                _registered_method=True)
+        self.RecordConfigFetches = channel.unary_unary(
+                '/quarry.v1.ConfigService/RecordConfigFetches',
+                request_serializer=protos_dot_v1_dot_config__pb2.ConfigFetchBatch.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_config__pb2.RecordConfigFetchesResponse.FromString,
+                _registered_method=True)
+        self.RolloutStatus = channel.unary_unary(
+                '/quarry.v1.ConfigService/RolloutStatus',
+                request_serializer=protos_dot_v1_dot_config__pb2.RolloutStatusRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_config__pb2.RolloutStatusResponse.FromString,
                 _registered_method=True)
 
 
@@ -55,20 +100,85 @@ class ConfigServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SetConfig(self, request, context):
-        """Validates and stores a new config; it becomes the live version.
+        """Shortcut: one plain osquery config for every node (a state with one block,
+        "default", targeting all). Validated like ApplyState.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetConfig(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The live state rendered for a node that matches only global targets.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchConfig(self, request, context):
-        """The live config now, then every new version.
+        """The live state, rollout and label memberships now, then every change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyState(self, request, context):
+        """Validate a whole new state; unless dry_run, store it as the next version and
+        make it live (atomically), or start a staged rollout of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportState(self, request, context):
+        """The live state as YAML/JSON-ready JSON (what `quarry config export` writes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Apply an earlier version's state again, as a new version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteRollout(self, request, context):
+        """Finish a staged rollout: the candidate becomes live for every node (promote),
+        or is dropped (abort).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NodeConfig(self, request, context):
+        """Exactly what one node receives now, and why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordConfigFetches(self, request, context):
+        """Batched from the gateway: which config (by hash) each node fetched.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RolloutStatus(self, request, context):
+        """Which nodes run which version, by the hash they fetched.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,7 +200,52 @@ def add_ConfigServiceServicer_to_server(servicer, server):
             'WatchConfig': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchConfig,
                     request_deserializer=protos_dot_v1_dot_config__pb2.WatchConfigRequest.FromString,
-                    response_serializer=protos_dot_v1_dot_config__pb2.ConfigDocument.SerializeToString,
+                    response_serializer=protos_dot_v1_dot_config__pb2.ConfigEvent.SerializeToString,
+            ),
+            'ApplyState': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyState,
+                    request_deserializer=protos_dot_v1_dot_config__pb2.ApplyStateRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_config__pb2.ApplyStateResponse.SerializeToString,
+            ),
+            'ExportState': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportState,
+                    request_deserializer=protos_dot_v1_dot_config__pb2.ExportStateRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_config__pb2.StateVersion.SerializeToString,
+            ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=protos_dot_v1_dot_config__pb2.ListVersionsRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_config__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=protos_dot_v1_dot_config__pb2.RollbackRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_config__pb2.StateVersion.SerializeToString,
+            ),
+            'PromoteRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteRollout,
+                    request_deserializer=protos_dot_v1_dot_config__pb2.RolloutRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_config__pb2.StateVersion.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=protos_dot_v1_dot_config__pb2.RolloutRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_config__pb2.StateVersion.SerializeToString,
+            ),
+            'NodeConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.NodeConfig,
+                    request_deserializer=protos_dot_v1_dot_config__pb2.NodeConfigRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_config__pb2.NodeConfigResponse.SerializeToString,
+            ),
+            'RecordConfigFetches': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordConfigFetches,
+                    request_deserializer=protos_dot_v1_dot_config__pb2.ConfigFetchBatch.FromString,
+                    response_serializer=protos_dot_v1_dot_config__pb2.RecordConfigFetchesResponse.SerializeToString,
+            ),
+            'RolloutStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.RolloutStatus,
+                    request_deserializer=protos_dot_v1_dot_config__pb2.RolloutStatusRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_config__pb2.RolloutStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,7 +328,250 @@ class ConfigService:
             target,
             '/quarry.v1.ConfigService/WatchConfig',
             protos_dot_v1_dot_config__pb2.WatchConfigRequest.SerializeToString,
-            protos_dot_v1_dot_config__pb2.ConfigDocument.FromString,
+            protos_dot_v1_dot_config__pb2.ConfigEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.ConfigService/ApplyState',
+            protos_dot_v1_dot_config__pb2.ApplyStateRequest.SerializeToString,
+            protos_dot_v1_dot_config__pb2.ApplyStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.ConfigService/ExportState',
+            protos_dot_v1_dot_config__pb2.ExportStateRequest.SerializeToString,
+            protos_dot_v1_dot_config__pb2.StateVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.ConfigService/ListVersions',
+            protos_dot_v1_dot_config__pb2.ListVersionsRequest.SerializeToString,
+            protos_dot_v1_dot_config__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.ConfigService/Rollback',
+            protos_dot_v1_dot_config__pb2.RollbackRequest.SerializeToString,
+            protos_dot_v1_dot_config__pb2.StateVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.ConfigService/PromoteRollout',
+            protos_dot_v1_dot_config__pb2.RolloutRequest.SerializeToString,
+            protos_dot_v1_dot_config__pb2.StateVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.ConfigService/AbortRollout',
+            protos_dot_v1_dot_config__pb2.RolloutRequest.SerializeToString,
+            protos_dot_v1_dot_config__pb2.StateVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NodeConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.ConfigService/NodeConfig',
+            protos_dot_v1_dot_config__pb2.NodeConfigRequest.SerializeToString,
+            protos_dot_v1_dot_config__pb2.NodeConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordConfigFetches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.ConfigService/RecordConfigFetches',
+            protos_dot_v1_dot_config__pb2.ConfigFetchBatch.SerializeToString,
+            protos_dot_v1_dot_config__pb2.RecordConfigFetchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RolloutStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.ConfigService/RolloutStatus',
+            protos_dot_v1_dot_config__pb2.RolloutStatusRequest.SerializeToString,
+            protos_dot_v1_dot_config__pb2.RolloutStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""The osquery config model: managed state, validation, targeting, composition, diffs."""
