@@ -1,0 +1,40 @@
+"""What a state change does to each node group's config, as unified diffs for people.
+
+`quarry config apply --dry-run` shows these before anything goes live.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable
+
+from osquery_config.composition import compose
+from osquery_config.state import State
+from osquery_config.targeting import NodeGroup
+
+
+def diff_states(old: State, new: State, groups: Iterable[NodeGroup]) -> list[tuple[NodeGroup, str]]:
+    """The unified diff of each group's rendered config, old -> new, for changed groups only."""
+    changed = []
+    for group in dict.fromkeys(groups):  # once each, in the order given
+        before = pretty_config(compose(old, group).config)
+        after = pretty_config(compose(new, group).config)
+        if before != after:
+            changed.append((group, _unified(before, after, group.describe())))
+    return changed
+
+
+def pretty_config(config: dict) -> str:
+    """A rendered config laid out for reading and diffing (indented, keys sorted)."""
+    return json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _unified(before: str, after: str, group_name: str) -> str:
+    lines = difflib.unified_diff(
+        before.splitlines(keepends=True),
+        after.splitlines(keepends=True),
+        fromfile=f"live: {group_name}",
+        tofile=f"new: {group_name}",
+    )
+    return "".join(lines)

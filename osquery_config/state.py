@@ -1,0 +1,347 @@
+"""The managed config state: blocks of osquery config with targets, labels and admin tags.
+
+This is what `quarry config apply` takes and what config_service stores as a version. It
+parses from YAML or JSON files and serializes to one canonical JSON text, so equal states
+give equal bytes and `export` then `apply` changes nothing. Meaning (validation,
+composition) lives in the sibling modules; here is only shape.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import yaml
+
+SECTIONS = ("blocks", "labels", "node_tags")
+TARGET_KINDS = ("all", "tags", "platforms", "nodes", "labels")
+STATE_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class InvalidState(ValueError):
+    """The state would be refused or partly ignored by osquery; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Which nodes a block applies to: any match of any kind (OR across kinds)."""
+
+    all: bool = False
+    tags: tuple[str, ...] = ()
+    platforms: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Callers may pass lists; tuples keep equality (and hashing) independent of that.
+        for kind in TARGET_KINDS[1:]:
+            object.__setattr__(self, kind, tuple(getattr(self, kind)))
+
+    def is_empty(self) -> bool:
+        return not (self.all or self.tags or self.platforms or self.nodes or self.labels)
+
+    def to_document(self) -> dict[str, object]:
+        document: dict[str, object] = {"all": True} if self.all else {}
+        for kind in TARGET_KINDS[1:]:
+            if getattr(self, kind):
+                document[kind] = list(getattr(self, kind))
+        return document
+
+
+@dataclass(frozen=True)
+class Block:
+    """A fragment of osquery config (its own top-level keys) and the nodes it targets."""
+
+    name: str
+    targets: Targets
+    config: dict
+
+    def __post_init__(self) -> None:
+        # Canonical key order here means composition never has to sort inside a query.
+        config = _canonical(self.config, f"block {self.name!r}")
+        if not isinstance(config, dict):
+            raise InvalidState(f"block {self.name!r}: 'config' must be an object")
+        object.__setattr__(self, "config", config)
+
+
+@dataclass(frozen=True)
+class Label:
+    """A dynamic label: SQL that nodes run on an interval; answering rows means membership."""
+
+    name: str
+    query: str
+    interval: int
+    platforms: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "platforms", tuple(self.platforms))
+
+    def to_document(self) -> dict[str, object]:
+        document: dict[str, object] = {"query": self.query, "interval": self.interval}
+        if self.platforms:
+            document["platforms"] = list(self.platforms)
+        return document
+
+
+@dataclass(frozen=True)
+class State:
+    """The whole managed state; blocks and labels are kept sorted by name."""
+
+    blocks: tuple[Block, ...] = ()
+    labels: tuple[Label, ...] = ()
+    node_tags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", tuple(sorted(self.blocks, key=lambda b: b.name)))
+        object.__setattr__(self, "labels", tuple(sorted(self.labels, key=lambda lb: lb.name)))
+        node_tags = {node: tuple(tags) for node, tags in sorted(self.node_tags.items())}
+        object.__setattr__(self, "node_tags", node_tags)
+
+    @classmethod
+    def single_block(cls, config: dict) -> State:
+        """One block, "default", targeting every node: what `quarry config set` means."""
+        return cls(blocks=(Block("default", Targets(all=True), config),))
+
+    @classmethod
+    def from_json(cls, text: str) -> State:
+        return cls.from_documents([(_parse_json(text, "the state"), "the state")])
+
+    @classmethod
+    def from_files(cls, paths: Iterable[Path]) -> State:
+        """Parse YAML/JSON files (a directory means its state files, sorted by name)."""
+        documents = [(_read_file(path), path.name) for path in _expand(paths)]
+        return cls.from_documents(documents)
+
+    @classmethod
+    def from_documents(cls, documents: Iterable[tuple[object, str]]) -> State:
+        """Merge parsed documents (each named for messages); a name defined twice is an error."""
+        blocks: dict[str, Block] = {}
+        labels: dict[str, Label] = {}
+        node_tags: dict[str, tuple[str, ...]] = {}
+        origins: dict[tuple[str, str], str] = {}
+        for document, origin in documents:
+            for section, name, value in _entries(document, origin):
+                if (section, name) in origins:
+                    first = origins[(section, name)]
+                    raise InvalidState(
+                        f"{_SINGULAR[section]} {name!r} is defined twice ({first} and {origin})"
+                    )
+                origins[(section, name)] = origin
+                if section == "blocks":
+                    blocks[name] = _parse_block(name, value, origin)
+                elif section == "labels":
+                    labels[name] = _parse_label(name, value, origin)
+                else:
+                    node_tags[name] = _string_tuple(value, f"{origin}: node_tags of {name!r}")
+        return cls(tuple(blocks.values()), tuple(labels.values()), node_tags)
+
+    def to_document(self) -> dict[str, object]:
+        """The state as plain data, the shape the files and the JSON share."""
+        return {
+            "blocks": {
+                b.name: {"targets": b.targets.to_document(), "config": b.config}
+                for b in self.blocks
+            },
+            "labels": {label.name: label.to_document() for label in self.labels},
+            "node_tags": {node: list(tags) for node, tags in self.node_tags.items()},
+        }
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, compact): equal states give equal text."""
+        return json.dumps(
+            self.to_document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+
+    def export_files(self, directory: Path) -> list[Path]:
+        """Write blocks.yaml, labels.yaml, node_tags.yaml (non-empty ones) for `apply` to read."""
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for section, content in self.to_document().items():
+            if not content:
+                continue
+            path = directory / f"{section}.yaml"
+            text = yaml.safe_dump(
+                {section: content}, sort_keys=True, allow_unicode=True, default_flow_style=False
+            )
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
+        return written
+
+    @cached_property
+    def targeted_tags(self) -> frozenset[str]:
+        return frozenset(tag for block in self.blocks for tag in block.targets.tags)
+
+    @cached_property
+    def targeted_labels(self) -> frozenset[str]:
+        return frozenset(label for block in self.blocks for label in block.targets.labels)
+
+    @cached_property
+    def targeted_nodes(self) -> frozenset[str]:
+        return frozenset(node for block in self.blocks for node in block.targets.nodes)
+
+
+_SINGULAR = {"blocks": "block", "labels": "label", "node_tags": "node_tags entry"}
+
+
+def _expand(paths: Iterable[Path]) -> list[Path]:
+    files = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in STATE_FILE_SUFFIXES)
+            if not found:
+                raise InvalidState(f"{path}: no .yaml, .yml or .json files in this directory")
+            files.extend(found)
+        elif path.suffix.lower() in STATE_FILE_SUFFIXES:
+            files.append(path)
+        else:
+            raise InvalidState(f"{path}: state files must end in .yaml, .yml or .json")
+    return files
+
+
+def _read_file(path: Path) -> object:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidState(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidState(f"{path.name}: not UTF-8 text") from None
+    if path.suffix.lower() == ".json":
+        return _parse_json(text, path.name)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidState(f"{path.name}: not valid YAML: {exc}") from None
+
+
+def _parse_json(text: str, origin: str) -> object:
+    def refuse_constant(name: str) -> object:
+        raise InvalidState(f"{origin}: {name} is not valid JSON")
+
+    try:
+        return json.loads(text, parse_constant=refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidState(f"{origin}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidState(f"{origin}: nested too deeply") from None
+
+
+def _entries(document: object, origin: str) -> Iterable[tuple[str, str, object]]:
+    if document is None:  # an empty YAML file
+        return
+    if not isinstance(document, dict):
+        raise InvalidState(f"{origin}: the top level must be a mapping of {', '.join(SECTIONS)}")
+    for section, content in document.items():
+        if section not in SECTIONS:
+            raise InvalidState(
+                f"{origin}: unknown section {section!r} (expected {', '.join(SECTIONS)})"
+            )
+        if content is None:
+            continue
+        if not isinstance(content, dict):
+            raise InvalidState(f"{origin}: {section!r} must be a mapping of names")
+        for name, value in content.items():
+            yield section, str(name), value
+
+
+def _parse_block(name: str, value: object, origin: str) -> Block:
+    where = f"{origin}: block {name!r}"
+    if not isinstance(value, dict):
+        raise InvalidState(f"{where} must be a mapping with 'targets' and 'config'")
+    unknown = sorted(set(value) - {"targets", "config"})
+    if unknown:
+        raise InvalidState(f"{where}: unknown field {unknown[0]!r} (expected targets, config)")
+    config = value.get("config")
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise InvalidState(f"{where}: 'config' must be a mapping of osquery config keys")
+    targets = _parse_targets(value.get("targets"), where)
+    try:
+        return Block(name, targets, config)
+    except InvalidState as exc:
+        raise InvalidState(f"{origin}: {exc}") from None
+
+
+def _parse_targets(value: object, where: str) -> Targets:
+    if value is None:
+        return Targets()
+    if not isinstance(value, dict):
+        raise InvalidState(f"{where}: 'targets' must be a mapping of {', '.join(TARGET_KINDS)}")
+    unknown = sorted(set(value) - set(TARGET_KINDS))
+    if unknown:
+        raise InvalidState(
+            f"{where}: unknown target {unknown[0]!r} (expected {', '.join(TARGET_KINDS)})"
+        )
+    everything = value.get("all", False)
+    if not isinstance(everything, bool):
+        raise InvalidState(f"{where}: 'targets.all' must be true or false")
+    lists = {
+        kind: _string_tuple(value.get(kind), f"{where}: targets.{kind}")
+        for kind in TARGET_KINDS[1:]
+    }
+    return Targets(all=everything, **lists)
+
+
+def _parse_label(name: str, value: object, origin: str) -> Label:
+    where = f"{origin}: label {name!r}"
+    if not isinstance(value, dict):
+        raise InvalidState(f"{where} must be a mapping with query, interval and platforms")
+    unknown = sorted(set(value) - {"query", "interval", "platforms"})
+    if unknown:
+        raise InvalidState(
+            f"{where}: unknown field {unknown[0]!r} (expected query, interval, platforms)"
+        )
+    query, interval = value.get("query"), value.get("interval", 3600)
+    if not isinstance(query, str):
+        raise InvalidState(f"{where}: 'query' must be a string of SQL")
+    if isinstance(interval, bool) or not isinstance(interval, int):
+        raise InvalidState(f"{where}: 'interval' must be a whole number of seconds")
+    platforms = _string_tuple(value.get("platforms"), f"{where}: platforms")
+    return Label(name, query, interval, platforms)
+
+
+def _string_tuple(value: object, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidState(f"{where} must be a list of strings")
+    return tuple(value)
+
+
+def _canonical(value: object, where: str) -> object:
+    """JSON-ready data with keys sorted at every level; YAML's integer keys become strings."""
+    try:
+        return _canonical_value(value, where)
+    except RecursionError:
+        raise InvalidState(f"{where}: the config is nested too deeply") from None
+
+
+def _canonical_value(value: object, where: str) -> object:
+    if isinstance(value, dict):
+        items = []
+        for key, item in value.items():
+            # YAML reads `3600:` (a decorator interval) as an int; JSON only has string keys.
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                raise InvalidState(f"{where}: key {key!r} must be a string")
+            items.append((str(key), _canonical_value(item, where)))
+        return dict(sorted(items))
+    if isinstance(value, list | tuple):
+        return [_canonical_value(item, where) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidState(f"{where}: {value!r} is not a JSON number")
+    if value is None or isinstance(value, str | int | float):
+        return value
+    # e.g. a YAML date or timestamp: osquery has no such type.
+    raise InvalidState(f"{where}: {value!r} is not a JSON value (quote it to make it a string)")
+
+
+def _default_config() -> dict:
+    return {"options": {"distributed_interval": 60, "logger_tls_period": 10}, "schedule": {}}
+
+
+# What every node gets before anything was ever applied; every component agrees on it.
+DEFAULT_STATE = State.single_block(_default_config())

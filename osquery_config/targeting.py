@@ -1,0 +1,121 @@
+"""Which blocks apply to a node, and which nodes share one rendered config (a node group).
+
+A node's config depends only on its platform family and on the tags, labels and node id
+that some block actually targets. Reducing a node to those facts (its NodeGroup) lets the
+gateway render each distinct config once and serve it to every node of the group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from osquery_config.state import Block, State
+
+FAMILIES = ("linux", "darwin", "windows", "freebsd")
+POSIX_FAMILIES = frozenset({"linux", "darwin", "freebsd"})
+# os_version.platform values (osquery's own names) of Linux distributions.
+LINUX_PLATFORMS = frozenset(
+    {
+        "linux", "ubuntu", "debian", "rhel", "centos", "amzn", "fedora", "arch", "gentoo",
+        "opensuse", "opensuse-leap", "opensuse-tumbleweed", "sles", "suse", "manjaro", "nixos",
+        "rocky", "almalinux", "ol", "oracle", "alpine", "raspbian", "kali", "linuxmint", "pop",
+        "elementary", "scientific", "photon", "mariner", "azurelinux", "bottlerocket", "flatcar",
+    }
+)  # fmt: skip
+OTHER_PLATFORMS = {
+    "darwin": "darwin", "macos": "darwin", "windows": "windows", "freebsd": "freebsd",
+}  # fmt: skip
+
+
+def platform_family(platform: str) -> str:
+    """osquery's family ("linux", "darwin", "windows", "freebsd") of an os_version.platform."""
+    name = platform.strip().lower()
+    if name in LINUX_PLATFORMS:
+        return "linux"
+    return OTHER_PLATFORMS.get(name, "")
+
+
+def platform_matches(query_platform: str, family: str) -> bool:
+    """osquery's checkPlatform: would a node of this family run a query or pack with this platform?
+
+    An unknown family ("") matches everything: osquery on the node filters for itself.
+    """
+    wanted = query_platform.lower()
+    if not family or wanted in ("", "null") or "any" in wanted or "all" in wanted:
+        return True
+    if "posix" in wanted and family in POSIX_FAMILIES:
+        return True
+    if family in wanted:  # osquery matches substrings: "linux,darwin" names both
+        return True
+    return family == "linux" and ("ubuntu" in wanted or "centos" in wanted)
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What targeting needs to know about one node (tags: the secret's plus node_tags)."""
+
+    node_id: str
+    platform: str
+    tags: frozenset[str]
+    labels: frozenset[str]
+
+
+def node_tags_for(state: State, node_id: str, host_identifier: str) -> frozenset[str]:
+    """Admin-set tags of a node, listed under its node id or its host identifier."""
+    tags = set(state.node_tags.get(node_id, ()))
+    if host_identifier:
+        tags.update(state.node_tags.get(host_identifier, ()))
+    return frozenset(tags)
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """The facts that decide a node's config: nodes with equal groups get equal bytes."""
+
+    family: str
+    tags: frozenset[str] = frozenset()
+    labels: frozenset[str] = frozenset()
+    node_id: str = ""
+
+    def describe(self) -> str:
+        """A short name for people, e.g. "linux tags=prod,web labels=docker-hosts"."""
+        if self.node_id:
+            return f"node {self.node_id}"
+        words = [self.family or "unknown-platform"]
+        if self.tags:
+            words.append("tags=" + ",".join(sorted(self.tags)))
+        if self.labels:
+            words.append("labels=" + ",".join(sorted(self.labels)))
+        return " ".join(words)
+
+
+def group_of(state: State, facts: NodeFacts) -> NodeGroup:
+    """The node's group: only the tags, labels and node id that some block targets are kept."""
+    node_id = facts.node_id if facts.node_id in state.targeted_nodes else ""
+    return NodeGroup(
+        family=platform_family(facts.platform),
+        tags=facts.tags & state.targeted_tags,
+        labels=facts.labels & state.targeted_labels,
+        node_id=node_id,
+    )
+
+
+def block_applies(block: Block, group: NodeGroup) -> bool:
+    """Any target of any kind matching is enough."""
+    targets = block.targets
+    return (
+        targets.all
+        or group.family in targets.platforms
+        or (group.node_id != "" and group.node_id in targets.nodes)
+        or not group.tags.isdisjoint(targets.tags)
+        or not group.labels.isdisjoint(targets.labels)
+    )
+
+
+def specificity(block: Block) -> int:
+    """How specific a block's most specific target is: node 4, label 3, tag 2, platform 1, all 0."""
+    targets = block.targets
+    for rank, kind in ((4, targets.nodes), (3, targets.labels), (2, targets.tags)):
+        if kind:
+            return rank
+    return 1 if targets.platforms else 0
