@@ -1,1 +1,1 @@
-"""Config service: validates, versions and publishes the osquery config document."""
+"""Config service: versions the managed config state, rolls it out and evaluates labels."""

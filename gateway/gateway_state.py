@@ -47,7 +47,9 @@ class GatewayState:
             settings=settings,
             enroll_stub=enroll_stub,
             nodes=NodeCache(enroll_stub),
-            config=ConfigCache(config_pb2_grpc.ConfigServiceStub(config_ch)),
+            config=ConfigCache(
+                config_pb2_grpc.ConfigServiceStub(config_ch), settings.checkin_flush_interval_s
+            ),
             live_queries=LiveQueries(distributed_stub),
             activity=ActivityBatcher(
                 enroll_stub, distributed_stub, settings.checkin_flush_interval_s
@@ -74,6 +76,8 @@ class GatewayState:
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
             await self.activity.flush()
+        with contextlib.suppress(Exception):
+            await self.config.fetches.flush()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

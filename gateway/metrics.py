@@ -70,3 +70,22 @@ WATCH_SYNCED = Gauge(
     ["stream"],
     multiprocess_mode="min",
 )
+CONFIG_GROUPS_CACHED = Gauge(
+    "quarry_gateway_config_groups_cached",
+    "Rendered configs held in memory: one per node group of the live state and the candidate.",
+    multiprocess_mode="max",
+)
+CONFIG_COMPOSITIONS = Counter(
+    "quarry_gateway_config_compositions_total",
+    "Configs composed for a node group (once per group after each config change).",
+)
+CONFIG_SERVED_BYTES = Histogram(
+    "quarry_gateway_config_served_bytes",
+    "Size of each config served to a node.",
+    buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576),
+)
+CONFIG_FETCHES_RECORDED = Counter(
+    "quarry_gateway_config_fetches_recorded_total",
+    "Config fetches (node, hash, version) sent to the config service, by outcome (ok, error).",
+    ["outcome"],
+)

@@ -44,6 +44,8 @@ class NodeIdentity:
 
     node_id: str
     host_identifier: str
+    # os_version.platform from enrollment ("ubuntu", "darwin", ...): config targeting.
+    platform: str = ""
     # Not approved yet: served an empty config and no live queries.
     pending: bool = False
     tags: tuple[str, ...] = ()
@@ -65,6 +67,7 @@ def cached_key(node: enroll_pb2.Node, node_key: str = "") -> CachedKey:
     identity = NodeIdentity(
         node_id=node.node_id,
         host_identifier=node.host_identifier,
+        platform=node.platform,
         pending=node.pending,
         tags=tuple(node.tags),
         group=node.group,

@@ -106,12 +106,16 @@ def _client_certificate(request: Request) -> enroll_pb2.ClientCertificate | None
 
 
 async def config(request: Request, state: GatewayState, body: dict) -> Response:
+    """The node's own config: composed for its group (platform, tags, labels) from memory."""
     node = await authenticate(request, state, body)
     if node.pending:
         return json_response(PENDING_CONFIG)
-    if state.config.body is None:
+    served = state.config.config_for(node)
+    if served is None:
         raise error("the config is not available yet", 503)
-    return json_response(state.config.body)
+    state.config.fetches.fetched(node.node_id, served.sha1, served.version)
+    metrics.CONFIG_SERVED_BYTES.observe(len(served.body))
+    return json_response(served.body)
 
 
 # --- logger ---------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Admin commands: each talks to one service over gRPC and prints for people or --json."""
+"""Admin commands: each talks to one service over gRPC and prints for people or --json.
+
+The config commands are in quarry/config_commands.py, the enrollment ones in
+quarry/enrollment_commands.py.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,6 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from protos.v1 import (
-    config_pb2,
-    config_pb2_grpc,
     distributed_pb2,
     distributed_pb2_grpc,
     enroll_pb2_grpc,
@@ -63,36 +65,6 @@ def sql(settings: Settings, args: argparse.Namespace) -> int:
         emit_json([dict(zip(reply.columns, row, strict=False)) for row in rows])
     else:
         emit_table(list(reply.columns), rows)
-    return 0
-
-
-# --- config ---------------------------------------------------------------------------
-
-
-def _config_stub(settings: Settings) -> config_pb2_grpc.ConfigServiceStub:
-    return config_pb2_grpc.ConfigServiceStub(sync_channel(settings.service_addr("config")))
-
-
-def config_set(settings: Settings, args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-    doc = call_rpc(
-        _config_stub(settings).SetConfig,
-        config_pb2.SetConfigRequest(config_json=text, author=args.author),
-    )
-    if args.json:
-        emit_json(_as_dict(doc) | {"config_json": json.loads(doc.config_json)})
-    else:
-        print(f"config version {doc.version} is live ({len(doc.config_json)} bytes)")
-    return 0
-
-
-def config_show(settings: Settings, args: argparse.Namespace) -> int:
-    doc = call_rpc(_config_stub(settings).GetConfig, config_pb2.GetConfigRequest())
-    if args.json:
-        emit_json(_as_dict(doc) | {"config_json": json.loads(doc.config_json)})
-    else:
-        print(f"# version {doc.version} by {doc.author or '-'} sha256 {doc.sha256}")
-        print(json.dumps(json.loads(doc.config_json), indent=2))
     return 0
 
 

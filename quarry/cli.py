@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from quarry import admin_commands, enrollment_commands
+from quarry import admin_commands, config_commands, enrollment_commands
 from quarry.process_logging import setup_logging
 from quarry.settings import SERVICES, Settings
 
@@ -52,15 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument("sql", help='e.g. "SELECT count() FROM quarry.results"')
 
-    config = sub.add_parser("config", help="the osquery config served to nodes")
-    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    cmd = _admin(
-        config_sub, "set", "validate a config file and make it live", admin_commands.config_set
-    )
-    cmd.add_argument("-f", "--file", required=True, help="JSON config file, or - for stdin")
-    cmd.add_argument("--author", default=os.environ.get("USER", ""), help="recorded with it")
-    _admin(config_sub, "show", "print the live config", admin_commands.config_show)
-
+    config_commands.add_config_commands(sub, _admin)
     enrollment_commands.add_secret_commands(sub, _admin)
     enrollment_commands.add_node_commands(sub, _admin)
 

@@ -290,10 +290,15 @@ def test_a_valid_config_is_stored_compactly_and_watched(config) -> None:
         delivered = watch.next()
     finally:
         watch.close()
-    assert stored.version == current.version + 1
-    assert stored.config_json == json.dumps(VALID_CONFIG, separators=(",", ":"))
-    assert (delivered.version, delivered.config_json) == (stored.version, stored.config_json)
-    assert delivered.sha256 == stored.sha256 != current.sha256
+    assert current.snapshot and not delivered.snapshot
+    assert stored.version == current.live.version + 1
+    # Stored compactly, keys sorted: the exact bytes osquery gets and hashes.
+    assert json.loads(stored.config_json) == VALID_CONFIG
+    assert " " not in stored.config_json.replace("SELECT * FROM ", "")
+    # The stream carries the new state version: one block holding the config as set.
+    assert delivered.live.version == stored.version
+    assert delivered.live.sha256 != current.live.sha256
+    assert json.loads(delivered.live.state_json)["blocks"]["default"]["config"] == VALID_CONFIG
     again = config.SetConfig(config_pb2.SetConfigRequest(config_json=json.dumps(VALID_CONFIG)))
     assert again.version == stored.version  # the same config again is not a new version
 
