@@ -5,9 +5,11 @@ One run, on this machine:
 2. simulates N osquery hosts (bench/fleet.py) at Fleet's load-test intervals, launches a
    live query mid-run, and samples every server process's CPU and memory from /proc;
 3. checks that the log rows ClickHouse holds equal the rows osquery was told were stored;
-4. saturates Quarry's hot paths (distributed read, config, log POST) with a closed loop;
+4. saturates Quarry's hot paths (distributed read, config, log POST) with a closed loop,
    and times 1024-line gzip log POSTs sent at a moderate fixed rate until their rows are
-   visible in ClickHouse (bench/visibility_latency.py);
+   visible in ClickHouse (bench/visibility_latency.py); then saturates the distributed read
+   and config on the real gateway and on the same gateway with authentication skipped
+   (bench/authentication_cost.py);
 5. measures the physical ceilings in the same way: a bare Starlette HTTPS endpoint answering
    the same bytes, and raw inserts of the same rows into the same ClickHouse;
 6. writes a markdown report and JSON to --out, and prints the markdown.
@@ -33,6 +35,7 @@ import grpc
 import orjson
 
 from bench import environment, report
+from bench.authentication_cost import measure_authentication_cost
 from bench.ceilings import http_ceiling, storage_ceiling
 from bench.fleet import FleetConfig, FleetResult, run_fleet
 from bench.payloads import FIRST_RUN_WINDOW_S, config_for_packs
@@ -250,8 +253,9 @@ def log_body_factory(node_key: str, host: str):
     return body
 
 
-def saturate_quarry(cluster: QuarryCluster, args: argparse.Namespace) -> dict[str, Any]:
-    node_key = enrolled_node_key(cluster)
+def saturate_quarry(
+    cluster: QuarryCluster, node_key: str, args: argparse.Namespace
+) -> dict[str, Any]:
     host, port = cluster.gateway.split(":")
     address = ServerAddress(host, int(port))
     context = osquery_ssl_context(cluster.ca_cert)
@@ -397,7 +401,17 @@ def standard_run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         config = fleet_config(args, cluster, args.hosts)
         progress(f"simulating {config.hosts} hosts for {config.duration_s:g} s")
         measured = run_measured_fleet(cluster, config, args.clickhouse_url)
-        quarry = saturate_quarry(cluster, args)
+        node_key = enrolled_node_key(cluster)
+        quarry = saturate_quarry(cluster, node_key, args)
+        progress("saturating the real gateway and one with authentication skipped")
+        authentication = measure_authentication_cost(
+            cluster,
+            node_key,
+            workers=args.gateway_workers,
+            connections=args.connections,
+            duration_s=args.saturation_seconds,
+            scratch=scratch,
+        )
         server_version = cluster.sql("SELECT version() AS v")[0]["v"]
         tls = TlsFiles(
             cluster.ca_cert,
@@ -419,8 +433,13 @@ def standard_run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         "environment": environment.describe(server_version),
         "settings": vars(args),
         **measured,
-        "saturation": {"quarry": quarry, "bare_https": bare, "storage": storage},
-        "ratios": ratios(quarry, bare, storage),
+        "saturation": {
+            "quarry": quarry,
+            "authentication": authentication,
+            "bare_https": bare,
+            "storage": storage,
+        },
+        "ratios": ratios(quarry, authentication, bare, storage),
     }
 
 
@@ -430,7 +449,9 @@ def set_bench_config(cluster: QuarryCluster, scratch: Path) -> None:
     cluster.cli("config", "set", "-f", str(config_file))
 
 
-def ratios(quarry: dict, bare: dict, storage: dict) -> dict[str, float | None]:
+def ratios(
+    quarry: dict, authentication: dict, bare: dict, storage: dict
+) -> dict[str, float | None]:
     def share(ours: float, ceiling: float) -> float | None:
         return round(ours / ceiling, 3) if ceiling else None
 
@@ -442,6 +463,8 @@ def ratios(quarry: dict, bare: dict, storage: dict) -> dict[str, float | None]:
         "config_vs_bare_https": share(
             quarry["config"]["requests_per_s"], bare["config"]["requests_per_s"]
         ),
+        "distributed_read_authenticated_vs_skipped": authentication["distributed_read"]["ratio"],
+        "config_authenticated_vs_skipped": authentication["config"]["ratio"],
         "log_rows_vs_raw_inserts": share(quarry["log"]["rows_per_s"], storage["rows_per_s"]),
         "full_batches_visible_vs_raw_inserts": share(
             quarry["log_full_batches"]["rows_visible_per_s"], storage["rows_per_s"]

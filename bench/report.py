@@ -15,6 +15,7 @@ def render(figures: dict[str, Any]) -> str:
     else:
         lines += _fleet(figures)
         lines += _saturation(figures["saturation"], figures["ratios"])
+        lines += _authentication(figures["saturation"].get("authentication"))
         lines += _post_to_visible(figures["saturation"]["quarry"].get("log_post_to_visible"))
     return "\n".join(lines) + "\n"
 
@@ -136,6 +137,59 @@ def _saturation(saturation: dict[str, Any], ratios: dict[str, Any]) -> list[str]
         f"HTTP ceiling: bare Starlette+uvicorn over the same TLS answering the same bytes. "
         f"Storage ceiling: raw inserts of the same rows, {storage['insert_batch_rows']} rows "
         f"per insert, into {storage.get('backend', 'the same store')}.",
+        "",
+    ]
+
+
+def _authentication(authentication: dict[str, Any] | None) -> list[str]:
+    if not authentication:
+        return []
+    endpoints = [("distributed read", "distributed_read"), ("config", "config")]
+    rows = []
+    for label, name in endpoints:
+        figures = authentication[name]
+        real, skipped = figures["authenticated"], figures["skipped"]
+        rows.append(
+            (
+                label,
+                real["requests_per_s"],
+                skipped["requests_per_s"],
+                _ratio(figures["ratio"]),
+                f"{_cell(real['p50_ms'])} / {_cell(skipped['p50_ms'])}",
+                f"{_cell(real['p99_ms'])} / {_cell(skipped['p99_ms'])}",
+                f"{_cell(real['server_cpu_us_per_request'])} / "
+                f"{_cell(skipped['server_cpu_us_per_request'])}",
+            )
+        )
+    cache_lines = [
+        f"- {label}: {authentication[name]['node_cache']['requests_answered']} requests "
+        f"answered, {authentication[name]['node_cache']['hits']} node-cache hits, "
+        f"{authentication[name]['node_cache']['enroll_service_calls']} calls to the enroll "
+        "service."
+        for label, name in endpoints
+    ]
+    return [
+        f"## Authentication on the hot path (closed loop: {authentication['connections']} "
+        "connections, same run)",
+        "",
+        _table(
+            (
+                "path",
+                "authenticated /s",
+                "authentication skipped /s",
+                "ratio",
+                "p50_ms (auth / skipped)",
+                "p99_ms (auth / skipped)",
+                "server CPU µs/request (auth / skipped)",
+            ),
+            rows,
+        ),
+        "",
+        "Authentication skipped: the same gateway app, certificate, worker count and services "
+        "in a second process, whose `authenticate` returns a fixed node without reading the "
+        "key. The real gateway's node-key lookups during its runs (from its /metrics):",
+        "",
+        *cache_lines,
         "",
     ]
 

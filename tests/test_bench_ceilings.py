@@ -11,9 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import orjson
 import pytest
 from clickhouse_driver import Client
 
+from bench.__main__ import enrolled_node_key
+from bench.authentication_cost import (
+    gateway_counters,
+    gateway_metrics_url,
+    node_identity,
+    start_unauthenticated_gateway,
+    wait_until_healthy,
+)
 from bench.ceilings import (
     SCRATCH_DATABASE,
     ceiling_rows,
@@ -34,11 +43,12 @@ from bench.process_costs import (
     read_cmdline,
     rss_per_10k_hosts,
 )
-from bench.saturation import SaturationTarget, run_saturation
+from bench.saturation import SaturationResult, SaturationTarget, run_saturation
 from gateway.tls_bootstrap import TlsFiles, ensure_certificates
 from ingest_service.clickhouse_server_store import client_url
 from tests.emulator.http_client import ServerAddress, osquery_ssl_context
-from tests.quarry_cluster import quarry_cluster
+from tests.free_ports import free_port_base
+from tests.quarry_cluster import QuarryCluster, quarry_cluster
 
 # Waits for a line on stdin, burns some CPU, says so, then idles until killed.
 BURNER = """
@@ -219,3 +229,41 @@ def test_find_quarry_service_pids_finds_all_five_services(tmp_path: Path) -> Non
         with ProcessSampler(pids) as sampler:
             pass
     assert all(cost.rss_end_bytes > 0 for cost in sampler.costs.values()), sampler.costs
+
+
+def distributed_reads(cluster: QuarryCluster, port: int, node_key: str) -> SaturationResult:
+    target = SaturationTarget(
+        ServerAddress("localhost", port),
+        osquery_ssl_context(cluster.ca_cert),
+        "/api/v1/osquery/distributed/read",
+        orjson.dumps({"node_key": node_key}),
+        node_key=node_key,
+    )
+    return run_saturation(target, connections=1, duration_s=0.3)
+
+
+def test_the_unauthenticated_gateway_skips_only_the_key_check(tmp_path: Path) -> None:
+    with quarry_cluster(tmp_path) as cluster:
+        node_key = enrolled_node_key(cluster)
+        node = node_identity(cluster, node_key)
+        assert node["node_id"] and node["host_identifier"] == f"saturation-{cluster.port_base}"
+        port = free_port_base()
+        gateway = start_unauthenticated_gateway(cluster, node, port, 1, tmp_path)
+        try:
+            wait_until_healthy(port, cluster.ca_cert, gateway, tmp_path)
+            real_port = cluster.port_base
+            before = gateway_counters(gateway_metrics_url(cluster), "distributed_read")
+            refused = distributed_reads(cluster, real_port, "not-a-node-key")
+            after = gateway_counters(gateway_metrics_url(cluster), "distributed_read")
+            accepted = distributed_reads(cluster, port, "not-a-node-key")
+            valid = distributed_reads(cluster, real_port, node_key)
+        finally:
+            stop_process(gateway)
+    # The real gateway refuses a bogus key, from memory after its first lookup...
+    assert refused.requests > 0 and refused.errors == refused.requests
+    assert "HTTP 401" in refused.error_examples[0]
+    assert after["requests"] > before["requests"]
+    assert after.get("negative_hit", 0) > before.get("negative_hit", 0)
+    # ...while the gateway with authentication skipped serves it, like a valid key.
+    assert accepted.requests > 0 and accepted.errors == 0, accepted.error_examples
+    assert valid.requests > 0 and valid.errors == 0, valid.error_examples

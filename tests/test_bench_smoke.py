@@ -44,9 +44,23 @@ def test_a_tiny_standard_run_writes_a_consistent_report(tmp_path: Path) -> None:
     for phase in ("ack", "visible"):
         figure = latency[phase]
         assert 0 < figure["p50_ms"] <= figure["p99_ms"] <= figure["max_ms"]
+    authentication = figures["saturation"]["authentication"]
+    for path in ("distributed_read", "config"):
+        compared = authentication[path]
+        for gateway in ("authenticated", "skipped"):
+            assert compared[gateway]["requests"] > 0, compared
+            assert compared[gateway]["errors"] == 0, compared
+            assert compared[gateway]["server_cpu_s"] > 0
+        assert compared["ratio"] > 0
+        cache = compared["node_cache"]
+        # Every request the real gateway answered was authenticated from memory.
+        assert cache["requests_answered"] >= compared["authenticated"]["requests"]
+        assert cache["hits"] == cache["requests_answered"], cache
+        assert cache["enroll_service_calls"] == 0, cache
     assert figures["saturation"]["bare_https"]["distributed_read"]["requests"] > 0
     assert figures["saturation"]["storage"]["rows_per_s"] > 0
     assert all(value is not None for value in figures["ratios"].values())
     markdown = (out / "report.md").read_text()
     assert "hosts per core" in markdown and "| distributed read |" in markdown
     assert "| all its rows visible in ClickHouse |" in markdown
+    assert "## Authentication on the hot path" in markdown and "node-cache hits" in markdown
