@@ -29,3 +29,9 @@ FETCHES_RECORDED = Counter(
     "quarry_config_fetches_recorded_total", "Config fetches reported by the gateways."
 )
 WATCH_STREAMS = Gauge("quarry_config_watch_streams", "Open WatchConfig streams.")
+
+# Every outcome is exported from the start, at zero, so rates need no guessing.
+for _outcome in ("live", "rollout", "unchanged", "dry_run", "invalid"):
+    APPLIES.labels(_outcome)
+for _outcome in ("done", "failed"):
+    LABEL_EVALUATIONS.labels(_outcome)

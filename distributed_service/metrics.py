@@ -24,3 +24,17 @@ ANSWERS = Counter(
     ["outcome"],
 )
 WATCH_STREAMS = Gauge("quarry_distributed_watch_streams", "Open WatchCampaigns streams.")
+RESULT_ROWS = Counter(
+    "quarry_distributed_result_rows_total",
+    "Rows that answers reported (rate() gives result rows per second).",
+)
+OPEN_CAMPAIGN_HOSTS = Gauge(
+    "quarry_distributed_open_campaign_hosts",
+    "Hosts of the open campaigns by state (targeted, offline, delivered, answered, failed,"
+    " expired).",
+    ["state"],
+)
+PENDING_DELIVERIES = Gauge(
+    "quarry_distributed_pending_deliveries",
+    "Hosts of open campaigns that have not read them yet (targeted or offline).",
+)

@@ -29,14 +29,16 @@ def main(settings: Settings) -> None:
 async def serve(settings: Settings) -> None:
     start_metrics_endpoint(settings, "distributed")
     store = CampaignStore(settings.path("distributed.sqlite3"))
-    nodes = NodeDirectory(settings.service_addr("enroll"))
+    nodes = NodeDirectory(settings.service_addr("enroll"), settings.service_addr("config"))
     servicer = DistributedServicer(store, nodes, default_ttl_s=settings.live_query_ttl_s)
     server = await serve_grpc(
         f"{settings.bind_host}:{settings.distributed_port}",
         lambda s: distributed_pb2_grpc.add_DistributedServiceServicer_to_server(servicer, s),
         "distributed",
     )
-    expiry = asyncio.create_task(close_expired_forever(servicer.close_expired))
+    expiry = asyncio.create_task(
+        close_expired_forever(servicer.close_expired, servicer.show_gauges)
+    )
     await until_signalled()
     log.info("shutting down")
     servicer.close_watches()

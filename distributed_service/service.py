@@ -1,11 +1,13 @@
-"""The DistributedService gRPC servicer: campaigns in, campaign events out."""
+"""The DistributedService gRPC servicer: campaigns in, campaign events and progress out."""
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -14,13 +16,23 @@ from distributed_service.node_directory import NodeDirectory
 from distributed_service.store import (
     ANSWERED,
     DELIVERED,
+    EXPIRED,
     FAILED,
+    OFFLINE,
     TARGETED,
     AnswerRecord,
     CampaignRecord,
     CampaignStore,
     HostRecord,
 )
+from distributed_service.targeting import (
+    DEFAULT_OFFLINE_AFTER_S,
+    TargetNode,
+    Targets,
+    is_offline,
+    select,
+)
+from osquery_config.targeting import FAMILIES
 from protos.v1 import distributed_pb2, distributed_pb2_grpc
 from quarry.change_feed import ChangeFeed
 
@@ -33,7 +45,21 @@ STATE_NUMBERS = {
     DELIVERED: State.DELIVERED,
     ANSWERED: State.ANSWERED,
     FAILED: State.FAILED,
+    EXPIRED: State.EXPIRED,
+    OFFLINE: State.OFFLINE,
 }
+# A campaign's progress stream ends when no host is left in these states.
+WAITING_STATES = (TARGETED, DELIVERED)
+VERSION_PATTERN = re.compile(r"\d+(\.\d+)*")
+
+
+@dataclass(frozen=True)
+class HostChanges:
+    """Hosts of one campaign whose state changed (or closed: the campaign was)."""
+
+    campaign_id: str
+    node_ids: tuple[str, ...] = ()
+    closed: bool = False
 
 
 class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
@@ -42,61 +68,69 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
         self._nodes = nodes
         self._default_ttl_s = default_ttl_s
         self._feed: ChangeFeed[distributed_pb2.CampaignEvent] = ChangeFeed()
-        self._show_open()
+        self._host_feed: ChangeFeed[HostChanges] = ChangeFeed()
+        self.show_gauges()
 
     def close_watches(self) -> None:
         """End the watch streams cleanly; called at shutdown, before the server stops."""
         self._feed.close()
+        self._host_feed.close()
 
     async def StartQuery(
         self, request: distributed_pb2.StartQueryRequest, context: grpc.aio.ServicerContext
     ) -> distributed_pb2.Campaign:
-        if not request.sql.strip():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the query SQL is empty")
-        if request.ttl_seconds < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ttl_seconds must be >= 0")
-        node_ids = list(dict.fromkeys(n for n in request.node_ids if n))
-        tags = [tag for tag in request.tags if tag]
-        if node_ids:
-            targets = [(node_id, "") for node_id in node_ids]
-        else:
-            targets = await self._active_nodes(context, tags)
-        if tags:
-            if not targets:
-                await context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION, f"no active node has a tag of {tags}"
-                )
-            node_ids = [node_id for node_id, _ in targets]
+        problem = request_problem(request)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        targets = targets_of(request)
+        campaign_id = "q_" + uuid.uuid4().hex  # letters, digits, "_": a safe osquery query id
+        chosen = select(campaign_id, targets, *await self._directory(context, targets))
+        if not chosen and not targets.is_open:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "no active node matches the targets"
+            )
         now = int(time.time())
+        offline_after = request.offline_after_seconds or DEFAULT_OFFLINE_AFTER_S
         campaign = CampaignRecord(
-            # Letters, digits and "_" only: safe as an osquery distributed query id.
-            campaign_id="q_" + uuid.uuid4().hex,
+            campaign_id=campaign_id,
             sql=request.sql,
-            target_all=not node_ids,
-            node_ids=node_ids,
+            target_all=targets.is_open and not (targets.tags or targets.platforms),
+            node_ids=[] if targets.is_open else [n.node_id for n in chosen],
             created_at=now,
             expires_at=now + (request.ttl_seconds or self._default_ttl_s),
             cancelled=False,
             author=request.author,
+            targeting={
+                "tags": sorted(targets.tags),
+                "platforms": sorted(targets.platforms),
+                "labels": sorted(targets.labels),
+                "percent": targets.percent,
+                "min_osquery_version": targets.min_osquery_version,
+            },
+            discovery_sql=request.discovery_sql,
+            open_targeting=targets.is_open,
+            targeted=len(chosen),
         )
-        self._store.create(campaign, targets)
+        self._store.create(campaign, first_states(chosen, now, offline_after))
         message = campaign_message(campaign)
         self._feed.publish(Event(kind=Event.OPEN, campaign=message))
         metrics.CAMPAIGNS_STARTED.inc()
-        self._show_open()
+        self.show_gauges()
         log.info(
-            "campaign %s started by %r for %d hosts",
+            "campaign %s started by %r for %d hosts%s",
             campaign.campaign_id,
             campaign.author,
-            len(targets),
+            len(chosen),
+            " (and matching late joiners)" if targets.is_open else "",
         )
         return message
 
-    async def _active_nodes(
-        self, context: grpc.aio.ServicerContext, tags: list[str]
-    ) -> list[tuple[str, str]]:
+    async def _directory(
+        self, context: grpc.aio.ServicerContext, targets: Targets
+    ) -> tuple[list[TargetNode], dict[str, frozenset[str]]]:
+        """Every active node, and label memberships when the targets need them."""
         try:
-            return await self._nodes.active_nodes(tags)
+            nodes = await self._nodes.active_nodes()
         except grpc.aio.AioRpcError as exc:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
@@ -104,6 +138,17 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
                 f" {exc.code().name} {exc.details()}",
             )
             raise  # abort raises; this keeps the type checker sure we never return None
+        if not targets.labels:
+            return nodes, {}
+        try:
+            return nodes, await self._nodes.label_memberships()
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot read label memberships from the config service at"
+                f" {self._nodes.config_addr}: {exc.code().name} {exc.details()}",
+            )
+            raise
 
     async def GetCampaign(
         self, request: distributed_pb2.GetCampaignRequest, context: grpc.aio.ServicerContext
@@ -111,9 +156,12 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
         campaign = self._store.campaign(request.campaign_id)
         if campaign is None:
             return distributed_pb2.CampaignReport(found=False)
-        hosts = [host_message(h) for h in self._store.hosts(campaign.campaign_id)]
+        hosts = [] if request.counts_only else self._store.hosts(campaign.campaign_id)
         return distributed_pb2.CampaignReport(
-            campaign=campaign_message(campaign), hosts=hosts, found=True
+            campaign=campaign_message(campaign),
+            hosts=[host_message(h) for h in hosts],
+            found=True,
+            counts=self._store.counts(campaign.campaign_id),
         )
 
     async def ListCampaigns(
@@ -132,22 +180,24 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"no campaign with id {request.campaign_id!r}"
             )
-        message = campaign_message(campaign)
-        self._feed.publish(Event(kind=Event.CLOSE, campaign=message))
-        metrics.CAMPAIGNS_CLOSED.labels("cancelled").inc()
-        self._show_open()
-        log.info("campaign %s cancelled", campaign.campaign_id)
-        return message
+        self._announce_close(campaign, "cancelled")
+        return campaign_message(campaign)
 
     def close_expired(self) -> int:
         """Announce CLOSE for campaigns that expired since the last call; returns how many."""
         expired = self._store.close_expired(now=int(time.time()))
         for campaign in expired:
-            self._feed.publish(Event(kind=Event.CLOSE, campaign=campaign_message(campaign)))
-            metrics.CAMPAIGNS_CLOSED.labels("expired").inc()
-            log.info("campaign %s expired", campaign.campaign_id)
-        self._show_open()
+            self._announce_close(campaign, "expired")
+        if expired:
+            self.show_gauges()
         return len(expired)
+
+    def _announce_close(self, campaign: CampaignRecord, reason: str) -> None:
+        self._feed.publish(Event(kind=Event.CLOSE, campaign=campaign_message(campaign)))
+        self._host_feed.publish(HostChanges(campaign.campaign_id, closed=True))
+        metrics.CAMPAIGNS_CLOSED.labels(reason).inc()
+        self.show_gauges()
+        log.info("campaign %s %s", campaign.campaign_id, reason)
 
     async def WatchCampaigns(
         self, request: distributed_pb2.WatchCampaignsRequest, context: grpc.aio.ServicerContext
@@ -167,26 +217,126 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
         finally:
             metrics.WATCH_STREAMS.dec()
 
+    async def WatchCampaign(
+        self, request: distributed_pb2.GetCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[distributed_pb2.CampaignProgress]:
+        campaign_id = request.campaign_id
+        with self._host_feed.subscribe() as live:
+            campaign = self._store.campaign(campaign_id)
+            if campaign is None:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND, f"no campaign with id {campaign_id!r}"
+                )
+            hosts = [] if request.counts_only else self._store.hosts(campaign_id)
+            first = self._progress(campaign, hosts)
+            yield first
+            if first.done:
+                return
+            async for change in live:
+                if change.campaign_id != campaign_id:
+                    continue
+                campaign = self._store.campaign(campaign_id) or campaign
+                wanted = change.node_ids and not request.counts_only
+                changed = self._store.hosts(campaign_id, change.node_ids) if wanted else []
+                progress = self._progress(campaign, changed)
+                yield progress
+                if progress.done:
+                    return
+
+    def _progress(
+        self, campaign: CampaignRecord, hosts: list[HostRecord]
+    ) -> distributed_pb2.CampaignProgress:
+        counts = self._store.counts(campaign.campaign_id)
+        closed = campaign.cancelled or campaign.expires_at <= time.time()
+        return distributed_pb2.CampaignProgress(
+            campaign=campaign_message(campaign),
+            counts=counts,
+            hosts=[host_message(h) for h in hosts],
+            closed=closed,
+            done=closed or not any(counts[state] for state in WAITING_STATES),
+        )
+
     async def RecordActivity(
         self, request: distributed_pb2.ActivityBatch, context: grpc.aio.ServicerContext
     ) -> distributed_pb2.RecordActivityResponse:
-        deliveries = [(d.campaign_id, d.node_id, d.delivered_at) for d in request.deliveries]
+        deliveries = [
+            (
+                d.campaign_id,
+                HostRecord(d.node_id, d.host_identifier, DELIVERED, delivered_at=d.delivered_at),
+            )
+            for d in request.deliveries
+        ]
         answers = [answer_record(a) for a in request.answers]
         outcome = self._store.record_activity(deliveries, answers)
-        for campaign_id, node_id, state in outcome.answers or []:
-            self._feed.publish(answered_event(campaign_id, node_id))
-            metrics.ANSWERS.labels(state).inc()
+        changed: dict[str, list[str]] = {}
+        for campaign_id, host in outcome.delivered:
+            changed.setdefault(campaign_id, []).append(host.node_id)
+        for answer in outcome.answers:
+            self._feed.publish(answered_event(answer.campaign_id, answer.host.node_id))
+            changed.setdefault(answer.campaign_id, []).append(answer.host.node_id)
+            metrics.ANSWERS.labels(answer.host.state).inc()
+            metrics.RESULT_ROWS.inc(answer.host.row_count)
+        for campaign_id, node_ids in changed.items():
+            self._host_feed.publish(HostChanges(campaign_id, tuple(dict.fromkeys(node_ids))))
         metrics.ANSWERS.labels("duplicate").inc(outcome.duplicate_answers)
         metrics.ANSWERS.labels("unknown_campaign").inc(outcome.unknown_campaign_answers)
-        metrics.DELIVERIES.labels("new").inc(outcome.deliveries)
+        metrics.DELIVERIES.labels("new").inc(len(outcome.delivered))
         metrics.DELIVERIES.labels("repeat").inc(outcome.repeated_deliveries)
         metrics.DELIVERIES.labels("unknown_campaign").inc(outcome.unknown_campaign_deliveries)
         return distributed_pb2.RecordActivityResponse(
-            deliveries=outcome.deliveries, answers=len(outcome.answers or [])
+            deliveries=len(outcome.delivered), answers=len(outcome.answers)
         )
 
-    def _show_open(self) -> None:
-        metrics.OPEN_CAMPAIGNS.set(self._store.count_open(now=int(time.time())))
+    def show_gauges(self) -> None:
+        """Open campaigns and their hosts per state (bounded: one series per state)."""
+        now = int(time.time())
+        metrics.OPEN_CAMPAIGNS.set(self._store.count_open(now=now))
+        counts = self._store.counts_in_open(now=now)
+        for state, count in counts.items():
+            metrics.OPEN_CAMPAIGN_HOSTS.labels(state).set(count)
+        metrics.PENDING_DELIVERIES.set(counts[TARGETED] + counts[OFFLINE])
+
+
+def request_problem(request: distributed_pb2.StartQueryRequest) -> str:
+    """What is wrong with a StartQuery request, or "" when nothing is."""
+    if not request.sql.strip():
+        return "the query SQL is empty"
+    if request.ttl_seconds < 0 or request.offline_after_seconds < 0:
+        return "ttl_seconds and offline_after_seconds must be >= 0"
+    if not 0 <= request.percent <= 100:
+        return f"percent must be between 0 and 100, not {request.percent}"
+    unknown = sorted(set(request.platforms) - set(FAMILIES))
+    if unknown:
+        return f"unknown platform {', '.join(unknown)}: use {', '.join(FAMILIES)}"
+    version = request.min_osquery_version
+    if version and not VERSION_PATTERN.fullmatch(version):
+        return f"min_osquery_version must look like 5.12.0, not {version!r}"
+    return ""
+
+
+def targets_of(request: distributed_pb2.StartQueryRequest) -> Targets:
+    return Targets(
+        node_ids=tuple(dict.fromkeys(n for n in request.node_ids if n)),
+        tags=frozenset(t for t in request.tags if t),
+        platforms=frozenset(request.platforms),
+        labels=frozenset(label for label in request.labels if label),
+        percent=request.percent,
+        min_osquery_version=request.min_osquery_version,
+    )
+
+
+def first_states(
+    chosen: list[TargetNode], launched_at: int, offline_after_s: int
+) -> list[tuple[str, str, str]]:
+    """(node id, host identifier, targeted or offline) for each host at launch."""
+    return [
+        (
+            node.node_id,
+            node.host_identifier,
+            OFFLINE if is_offline(node, launched_at, offline_after_s) else TARGETED,
+        )
+        for node in chosen
+    ]
 
 
 def answered_event(campaign_id: str, node_id: str) -> distributed_pb2.CampaignEvent:
@@ -227,6 +377,14 @@ def campaign_message(campaign: CampaignRecord) -> distributed_pb2.Campaign:
         expires_at=campaign.expires_at,
         cancelled=campaign.cancelled,
         author=campaign.author,
+        tags=campaign.targeting.get("tags", []),
+        platforms=campaign.targeting.get("platforms", []),
+        labels=campaign.targeting.get("labels", []),
+        percent=campaign.targeting.get("percent", 0.0),
+        min_osquery_version=campaign.targeting.get("min_osquery_version", ""),
+        discovery_sql=campaign.discovery_sql,
+        open_targeting=campaign.open_targeting,
+        targeted=campaign.targeted,
     )
 
 

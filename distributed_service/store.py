@@ -1,16 +1,25 @@
 """Campaigns and per-host states in SQLite.
 
 A campaign is open while it is neither cancelled nor expired. Each targeted host has
-one row per campaign that only moves forward: targeted, delivered, then answered or
-failed; the first answer wins, so a re-sent distributed write changes nothing. All
-SQL of the service lives here, behind CampaignStore, so PostgreSQL can replace it.
+one row per campaign that only moves forward:
+
+    targeted | offline  --read-->  delivered  --write-->  answered | failed
+    targeted            --campaign closes unread-->  expired
+
+`offline` is set at launch for hosts not seen for a while; like `expired`, it still
+moves on if the host reads the campaign while it is open, or answers late. The first
+answer wins, so a re-sent distributed write changes nothing. A host that read the
+campaign and never answered (its discovery query found nothing, or it died) stays
+`delivered`. All SQL of the service lives here, behind CampaignStore, so PostgreSQL
+can replace it.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from quarry.sqlite_store import SqliteStore
@@ -45,17 +54,32 @@ CREATE TABLE IF NOT EXISTS host_states (
     answered_at INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (campaign_id, node_id)
 );
+CREATE INDEX IF NOT EXISTS host_states_by_state ON host_states (campaign_id, state);
 """
+# Columns added after the first release: (name, definition), added to older files.
+ADDED_CAMPAIGN_COLUMNS = (
+    ("targeting_json", "TEXT NOT NULL DEFAULT '{}'"),
+    ("discovery_sql", "TEXT NOT NULL DEFAULT ''"),
+    ("open_targeting", "INTEGER NOT NULL DEFAULT 0"),
+    ("targeted", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 TARGETED, DELIVERED, ANSWERED, FAILED = "targeted", "delivered", "answered", "failed"
+EXPIRED, OFFLINE = "expired", "offline"
+STATES = (TARGETED, OFFLINE, DELIVERED, ANSWERED, FAILED, EXPIRED)
+# States a read moves to delivered, and an answer to answered or failed.
+UNREAD = (TARGETED, OFFLINE, EXPIRED)
+UNANSWERED = (*UNREAD, DELIVERED)
 CAMPAIGN_COLUMNS = (
-    "campaign_id, sql, target_all, node_ids_json, created_at, expires_at, cancelled, author"
+    "campaign_id, sql, target_all, node_ids_json, created_at, expires_at, cancelled, author,"
+    " targeting_json, discovery_sql, open_targeting, targeted"
 )
 HOST_COLUMNS = (
     "node_id, host_identifier, state, status, message, row_count, wall_time_ms, user_time,"
     " system_time, memory, delivered_at, answered_at"
 )
 OPEN = "cancelled = 0 AND expires_at > ?"
+OPEN_C = "cancelled = 0 AND c.expires_at > ?"
 
 
 @dataclass(frozen=True)
@@ -68,6 +92,11 @@ class CampaignRecord:
     expires_at: int
     cancelled: bool
     author: str
+    # tags, platforms, labels, percent, min_osquery_version (see targeting.Targets).
+    targeting: dict = field(default_factory=dict)
+    discovery_sql: str = ""
+    open_targeting: bool = False
+    targeted: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,9 +127,9 @@ class AnswerRecord:
 class ActivityOutcome:
     """What a batch changed: new deliveries and answers, and what it ignored."""
 
-    deliveries: int = 0
+    delivered: list[tuple[str, HostRecord]] = field(default_factory=list)  # newly delivered
     repeated_deliveries: int = 0
-    answers: list[tuple[str, str, str]] | None = None  # (campaign, node, state) newly stored
+    answers: list[AnswerRecord] = field(default_factory=list)  # newly stored
     duplicate_answers: int = 0
     unknown_campaign_deliveries: int = 0
     unknown_campaign_answers: int = 0
@@ -109,12 +138,17 @@ class ActivityOutcome:
 class CampaignStore(SqliteStore):
     def __init__(self, path: Path) -> None:
         super().__init__(path, SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(campaigns)")}
+        for name, definition in ADDED_CAMPAIGN_COLUMNS:
+            if name not in present:
+                self._db.execute(f"ALTER TABLE campaigns ADD COLUMN {name} {definition}")
 
-    def create(self, campaign: CampaignRecord, targets: list[tuple[str, str]]) -> None:
-        """Store a campaign and one TARGETED row per (node_id, host_identifier)."""
+    def create(self, campaign: CampaignRecord, targets: list[tuple[str, str, str]]) -> None:
+        """Store a campaign and one row per (node_id, host_identifier, first state)."""
         with self._transaction() as db:
             db.execute(
-                f"INSERT INTO campaigns ({CAMPAIGN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO campaigns ({CAMPAIGN_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     campaign.campaign_id,
                     campaign.sql,
@@ -124,12 +158,16 @@ class CampaignStore(SqliteStore):
                     campaign.expires_at,
                     int(campaign.cancelled),
                     campaign.author,
+                    json.dumps(campaign.targeting),
+                    campaign.discovery_sql,
+                    int(campaign.open_targeting),
+                    campaign.targeted,
                 ),
             )
             db.executemany(
                 "INSERT OR IGNORE INTO host_states (campaign_id, node_id, host_identifier, state)"
                 " VALUES (?, ?, ?, ?)",
-                [(campaign.campaign_id, node, host, TARGETED) for node, host in targets],
+                ((campaign.campaign_id, node, host, state) for node, host, state in targets),
             )
 
     def campaign(self, campaign_id: str) -> CampaignRecord | None:
@@ -138,12 +176,33 @@ class CampaignStore(SqliteStore):
         ).fetchone()
         return _campaign(row) if row else None
 
-    def hosts(self, campaign_id: str) -> list[HostRecord]:
+    def hosts(self, campaign_id: str, node_ids: Sequence[str] = ()) -> list[HostRecord]:
+        """Every host of a campaign, or only those of `node_ids`."""
+        where, args = "campaign_id = ?", [campaign_id]
+        if node_ids:
+            where += f" AND node_id IN ({','.join('?' * len(node_ids))})"
+            args.extend(node_ids)
         rows = self._db.execute(
-            f"SELECT {HOST_COLUMNS} FROM host_states WHERE campaign_id = ? ORDER BY node_id",
-            (campaign_id,),
+            f"SELECT {HOST_COLUMNS} FROM host_states WHERE {where} ORDER BY node_id", args
         )
         return [HostRecord(*row) for row in rows]
+
+    def counts(self, campaign_id: str) -> dict[str, int]:
+        """Hosts per state (every state present, zeros included)."""
+        rows = self._db.execute(
+            "SELECT state, COUNT(*) FROM host_states WHERE campaign_id = ? GROUP BY state",
+            (campaign_id,),
+        )
+        return {state: 0 for state in STATES} | dict(rows.fetchall())
+
+    def counts_in_open(self, now: int) -> dict[str, int]:
+        """Hosts per state across every open campaign (the metrics' gauge)."""
+        rows = self._db.execute(
+            "SELECT h.state, COUNT(*) FROM host_states h"
+            f" JOIN campaigns c ON c.campaign_id = h.campaign_id WHERE c.{OPEN_C} GROUP BY h.state",
+            (now,),
+        )
+        return {state: 0 for state in STATES} | dict(rows.fetchall())
 
     def campaigns(self, include_closed: bool, now: int) -> list[CampaignRecord]:
         where, args = ("1", ()) if include_closed else (OPEN, (now,))
@@ -168,6 +227,7 @@ class CampaignStore(SqliteStore):
         return list(rows)
 
     def cancel(self, campaign_id: str, now: int) -> CampaignRecord | None:
+        """Cancel: no host reads it any more, so the hosts that have not are expired."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE campaigns SET cancelled = 1,"
@@ -175,10 +235,12 @@ class CampaignStore(SqliteStore):
                 " WHERE campaign_id = ?",
                 (now, campaign_id),
             )
+            _expire_unread(db, campaign_id)
         return self.campaign(campaign_id)
 
     def close_expired(self, now: int) -> list[CampaignRecord]:
-        """Expired campaigns whose CLOSE has not been announced yet, now marked announced."""
+        """Expired campaigns whose CLOSE has not been announced yet, now marked announced;
+        their hosts still targeted become expired."""
         with self._transaction() as db:
             rows = db.execute(
                 f"SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE closed_at = 0 AND expires_at <= ?",
@@ -188,29 +250,29 @@ class CampaignStore(SqliteStore):
                 "UPDATE campaigns SET closed_at = ? WHERE closed_at = 0 AND expires_at <= ?",
                 (now, now),
             )
+            for row in rows:
+                _expire_unread(db, row[0])
         return [_campaign(row) for row in rows]
 
     def record_activity(
-        self, deliveries: list[tuple[str, str, int]], answers: list[AnswerRecord]
+        self, deliveries: list[tuple[str, HostRecord]], answers: list[AnswerRecord]
     ) -> ActivityOutcome:
-        """Apply deliveries (campaign, node, at) and answers in one transaction."""
-        outcome = ActivityOutcome(answers=[])
+        """Apply deliveries (campaign, host with delivered_at) and answers in one transaction."""
+        outcome = ActivityOutcome()
         with self._transaction() as db:
             known: dict[str, bool] = {}
-            for campaign_id, node_id, delivered_at in deliveries:
+            for campaign_id, delivery in deliveries:
                 if not _known(db, known, campaign_id):
                     outcome.unknown_campaign_deliveries += 1
-                elif _deliver(db, campaign_id, node_id, delivered_at):
-                    outcome.deliveries += 1
+                elif _deliver(db, campaign_id, delivery):
+                    outcome.delivered.append((campaign_id, delivery))
                 else:
                     outcome.repeated_deliveries += 1
             for answer in answers:
                 if not _known(db, known, answer.campaign_id):
                     outcome.unknown_campaign_answers += 1
                 elif _answer(db, answer):
-                    outcome.answers.append(
-                        (answer.campaign_id, answer.host.node_id, answer.host.state)
-                    )
+                    outcome.answers.append(answer)
                 else:
                     outcome.duplicate_answers += 1
         return outcome
@@ -223,15 +285,26 @@ def _known(db: sqlite3.Connection, known: dict[str, bool], campaign_id: str) -> 
     return known[campaign_id]
 
 
-def _deliver(db: sqlite3.Connection, campaign_id: str, node_id: str, delivered_at: int) -> bool:
-    """Mark delivered (adding the host if it was not targeted at launch); True if new."""
+def _expire_unread(db: sqlite3.Connection, campaign_id: str) -> None:
+    db.execute(
+        "UPDATE host_states SET state = ? WHERE campaign_id = ? AND state = ?",
+        (EXPIRED, campaign_id, TARGETED),
+    )
+
+
+def _deliver(db: sqlite3.Connection, campaign_id: str, host: HostRecord) -> bool:
+    """Mark delivered (adding the host if an open campaign reached a node that was not
+    targeted at launch); True if new."""
     # The first delivery time stands; an answer that arrived first keeps its state.
     cursor = db.execute(
-        "INSERT INTO host_states (campaign_id, node_id, state, delivered_at) VALUES (?, ?, ?, ?)"
+        "INSERT INTO host_states (campaign_id, node_id, host_identifier, state, delivered_at)"
+        " VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT (campaign_id, node_id) DO UPDATE SET delivered_at = excluded.delivered_at,"
-        f" state = CASE WHEN state = '{TARGETED}' THEN '{DELIVERED}' ELSE state END"
+        " host_identifier = CASE WHEN host_identifier = '' THEN excluded.host_identifier"
+        " ELSE host_identifier END,"
+        f" state = CASE WHEN state IN {UNREAD!r} THEN '{DELIVERED}' ELSE state END"
         " WHERE delivered_at = 0",
-        (campaign_id, node_id, DELIVERED, delivered_at),
+        (campaign_id, host.node_id, host.host_identifier, DELIVERED, host.delivered_at),
     )
     return cursor.rowcount > 0
 
@@ -250,7 +323,7 @@ def _answer(db: sqlite3.Connection, answer: AnswerRecord) -> bool:
         " row_count = excluded.row_count, wall_time_ms = excluded.wall_time_ms,"
         " user_time = excluded.user_time, system_time = excluded.system_time,"
         " memory = excluded.memory, answered_at = excluded.answered_at"
-        f" WHERE state IN ('{TARGETED}', '{DELIVERED}')",
+        f" WHERE state IN {UNANSWERED!r}",
         (
             answer.campaign_id,
             h.node_id,
@@ -279,4 +352,8 @@ def _campaign(row: tuple) -> CampaignRecord:
         expires_at=row[5],
         cancelled=bool(row[6]),
         author=row[7],
+        targeting=json.loads(row[8]),
+        discovery_sql=row[9],
+        open_targeting=bool(row[10]),
+        targeted=row[11],
     )

@@ -42,3 +42,5 @@ for _outcome in ENROLLMENT_OUTCOMES:
     ENROLLMENTS.labels(_outcome)
 for _state in STATES:
     SECRETS.labels(_state)
+for _result in ("found", "not_found"):
+    NODE_LOOKUPS.labels(_result)

@@ -33,7 +33,8 @@ class ActivityBatcher:
         self._distributed = distributed
         self._interval = interval
         self._seen: dict[str, int] = {}
-        self._deliveries: dict[tuple[str, str], int] = {}
+        # (campaign, node) -> (delivered at, host identifier)
+        self._deliveries: dict[tuple[str, str], tuple[int, str]] = {}
         self._answers: list[distributed_pb2.Answer] = []
         self._answer_waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
@@ -41,8 +42,8 @@ class ActivityBatcher:
     def seen(self, node_id: str) -> None:
         self._seen[node_id] = int(time.time())
 
-    def delivered(self, campaign_id: str, node_id: str) -> None:
-        self._deliveries.setdefault((campaign_id, node_id), int(time.time()))
+    def delivered(self, campaign_id: str, node_id: str, host_identifier: str = "") -> None:
+        self._deliveries.setdefault((campaign_id, node_id), (int(time.time()), host_identifier))
 
     async def answer(self, answers: list[distributed_pb2.Answer]) -> None:
         """Queue answers and return once they are stored (raises if they could not be)."""
@@ -88,8 +89,10 @@ class ActivityBatcher:
         waiters, self._answer_waiters = self._answer_waiters, []
         batch = distributed_pb2.ActivityBatch(
             deliveries=[
-                distributed_pb2.Delivery(campaign_id=c, node_id=n, delivered_at=t)
-                for (c, n), t in deliveries.items()
+                distributed_pb2.Delivery(
+                    campaign_id=c, node_id=n, delivered_at=t, host_identifier=h
+                )
+                for (c, n), (t, h) in deliveries.items()
             ],
             answers=answers,
         )
@@ -97,8 +100,8 @@ class ActivityBatcher:
             await self._distributed.RecordActivity(batch, timeout=RPC_TIMEOUT_S)
         except Exception as exc:
             log.warning("recording live query activity failed: %s", exc)
-            for key, t in deliveries.items():
-                self._deliveries.setdefault(key, t)
+            for key, delivery in deliveries.items():
+                self._deliveries.setdefault(key, delivery)
             for waiter in waiters:  # osquery keeps its results and writes again
                 if not waiter.done():
                     waiter.set_exception(exc)

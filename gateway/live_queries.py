@@ -5,56 +5,130 @@ already answered it. A node gets every open campaign that targets it and that it
 not answered; it keeps getting it on each read until its answer arrives (a read whose
 response was lost is then harmless, and osquery overwrites a pending id it is sent
 again). With no open campaign the answer is an empty dict, without any work.
+
+Campaigns are indexed by what selects them, so a read looks only at the campaigns that
+can concern its node, never at every campaign: campaigns for explicit nodes (node ids,
+labels and minimum versions were resolved into node ids at launch) by node id; open
+campaigns (all, tags, platforms; decided here, so nodes that enroll or come back later
+still get them) by their first tag, else platform family, else "everyone".
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
 
 from gateway import metrics
+from gateway.node_cache import NodeIdentity
+from osquery_config.targeting import platform_family
 from protos.v1 import distributed_pb2, distributed_pb2_grpc
 from quarry.grpc_runtime import run_forever_with_reconnect
 
 log = logging.getLogger(__name__)
 
 Event = distributed_pb2.CampaignEvent
+SHARD_BUCKETS = 10_000
+
+
+def in_shard(campaign_id: str, node_id: str, percent: float) -> bool:
+    """The distributed service's percentage shard (distributed_service/targeting.py), copied:
+    the gateway must decide late joiners exactly as the launch did."""
+    if percent <= 0 or percent >= 100:
+        return True
+    digest = hashlib.sha256(f"{campaign_id}\0{node_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % SHARD_BUCKETS < percent * SHARD_BUCKETS / 100
 
 
 @dataclass(slots=True)
 class OpenCampaign:
     campaign_id: str
     sql: str
-    target_all: bool
-    node_ids: frozenset[str]
+    discovery_sql: str
     expires_at: int
+    # Open targeting: every node matching tags (any), platforms (any) and the shard.
+    is_open: bool
+    tags: frozenset[str]
+    platforms: frozenset[str]
+    percent: float
+    # Closed targeting: exactly these nodes.
+    node_ids: frozenset[str]
     answered: set[str] = field(default_factory=set)
 
-    def wanted_by(self, node_id: str, now: float) -> bool:
+    def index_keys(self) -> list[str]:
+        if not self.is_open:
+            return [f"node:{n}" for n in self.node_ids]
+        if self.tags:
+            return [f"tag:{t}" for t in self.tags]
+        if self.platforms:
+            return [f"family:{p}" for p in self.platforms]
+        return ["everyone"]
+
+    def wanted_by(self, node: NodeIdentity, family: str, now: float) -> bool:
+        if now >= self.expires_at or node.node_id in self.answered:
+            return False
+        if not self.is_open:
+            return node.node_id in self.node_ids
         return (
-            now < self.expires_at
-            and (self.target_all or node_id in self.node_ids)
-            and node_id not in self.answered
+            (not self.tags or not self.tags.isdisjoint(node.tags))
+            and (not self.platforms or family in self.platforms)
+            and in_shard(self.campaign_id, node.node_id, self.percent)
         )
+
+
+class CampaignIndex:
+    """Open campaigns by id, and their ids by what selects them."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, OpenCampaign] = {}
+        self._by_key: dict[str, set[str]] = {}
+
+    def add(self, campaign: OpenCampaign) -> None:
+        self.remove(campaign.campaign_id)
+        self.by_id[campaign.campaign_id] = campaign
+        for key in campaign.index_keys():
+            self._by_key.setdefault(key, set()).add(campaign.campaign_id)
+
+    def remove(self, campaign_id: str) -> None:
+        campaign = self.by_id.pop(campaign_id, None)
+        if campaign is None:
+            return
+        for key in campaign.index_keys():
+            ids = self._by_key.get(key)
+            if ids is not None:
+                ids.discard(campaign_id)
+                if not ids:
+                    del self._by_key[key]
+
+    def candidates(self, node: NodeIdentity, family: str) -> set[str]:
+        """Ids of the campaigns that can concern this node (a superset of its pending ones)."""
+        keys = ["everyone", f"node:{node.node_id}", f"family:{family}"]
+        keys.extend(f"tag:{tag}" for tag in node.tags)
+        found: set[str] = set()
+        for key in keys:
+            found.update(self._by_key.get(key, ()))
+        return found
 
 
 class LiveQueries:
     def __init__(self, stub: distributed_pb2_grpc.DistributedServiceStub) -> None:
         self._stub = stub
-        self._open: dict[str, OpenCampaign] = {}
+        self._index = CampaignIndex()
         self.synced = asyncio.Event()
 
-    def pending_for(self, node_id: str) -> dict[str, str]:
-        """Campaign id -> SQL for every open campaign this node still has to answer."""
-        if not self._open:
-            return {}
+    def pending_for(self, node: NodeIdentity) -> list[OpenCampaign]:
+        """Every open campaign this node still has to answer."""
+        if not self._index.by_id:
+            return []
         now = time.time()
-        return {c.campaign_id: c.sql for c in self._open.values() if c.wanted_by(node_id, now)}
+        family = platform_family(node.platform)
+        found = (self._index.by_id[i] for i in self._index.candidates(node, family))
+        return [c for c in found if c.wanted_by(node, family, now)]
 
     def mark_answered(self, campaign_id: str, node_id: str) -> None:
-        campaign = self._open.get(campaign_id)
+        campaign = self._index.by_id.get(campaign_id)
         if campaign is not None:
             campaign.answered.add(node_id)
 
@@ -62,29 +136,40 @@ class LiveQueries:
         await run_forever_with_reconnect("campaigns", self._watch_once)
 
     async def _watch_once(self) -> None:
-        fresh: dict[str, OpenCampaign] | None = {}
+        fresh: CampaignIndex | None = CampaignIndex()
         async for event in self._stub.WatchCampaigns(distributed_pb2.WatchCampaignsRequest()):
-            target = self._open if fresh is None else fresh
+            target = self._index if fresh is None else fresh
             if event.kind == Event.SNAPSHOT_DONE and fresh is not None:
-                self._open, fresh = fresh, None
+                self._index, fresh = fresh, None
                 metrics.WATCH_SYNCED.labels("campaigns").set(1)
                 self.synced.set()
-                log.info("live queries synced: %d open", len(self._open))
+                log.info("live queries synced: %d open", len(self._index.by_id))
             else:
                 _apply(target, event)
-            metrics.LIVE_QUERIES_OPEN.set(len(self._open))
+            metrics.LIVE_QUERIES_OPEN.set(len(self._index.by_id))
         metrics.WATCH_SYNCED.labels("campaigns").set(0)
 
 
-def _apply(campaigns: dict[str, OpenCampaign], event: distributed_pb2.CampaignEvent) -> None:
+def _apply(index: CampaignIndex, event: distributed_pb2.CampaignEvent) -> None:
     c = event.campaign
     if event.kind == Event.OPEN:
-        campaigns[c.campaign_id] = OpenCampaign(
-            c.campaign_id, c.sql, c.target_all, frozenset(c.node_ids), c.expires_at
+        index.add(
+            OpenCampaign(
+                campaign_id=c.campaign_id,
+                sql=c.sql,
+                discovery_sql=c.discovery_sql,
+                expires_at=c.expires_at,
+                # Campaigns stored before open_targeting existed: target_all was the open kind.
+                is_open=c.open_targeting or c.target_all,
+                tags=frozenset(c.tags),
+                platforms=frozenset(c.platforms),
+                percent=c.percent,
+                node_ids=frozenset(c.node_ids),
+            )
         )
     elif event.kind == Event.CLOSE:
-        campaigns.pop(c.campaign_id, None)
+        index.remove(c.campaign_id)
     elif event.kind == Event.ANSWERED:
-        campaign = campaigns.get(c.campaign_id)
+        campaign = index.by_id.get(c.campaign_id)
         if campaign is not None:
             campaign.answered.add(event.node_id)

@@ -63,14 +63,18 @@ class LogForwarder:
         started = time.perf_counter()
         try:
             if not await self._send_to_first_reachable(corr, batch):
-                ack = _failed(batch, "no ingest service is reachable")
+                result, ack = "unreachable", _failed(batch, "no ingest service is reachable")
             else:
+                metrics.LOG_BATCHES_SENT.inc()
                 ack = await asyncio.wait_for(future, self._ack_timeout_s)
+                result = "ok" if ack.ok else "error"
         except TimeoutError:
+            result = "timeout"
             ack = _failed(batch, f"ingest did not confirm within {self._ack_timeout_s:g} s")
         finally:
             self._pending.pop(corr, None)
             metrics.LOG_BATCHES_IN_FLIGHT.set(len(self._pending))
+        metrics.LOG_ACKS.labels(result).inc()
         metrics.LOG_ACK_SECONDS.observe(time.perf_counter() - started)
         return ack
 

@@ -15,6 +15,19 @@ REQUEST_SECONDS = Histogram(
     ["endpoint"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
+REQUEST_BYTES = Histogram(
+    "quarry_gateway_request_size_bytes",
+    "Size of each osquery request body as received (gzip-compressed when sent so), by endpoint.",
+    ["endpoint"],
+    buckets=SIZE_BUCKETS,
+)
+RESPONSE_BYTES = Histogram(
+    "quarry_gateway_response_size_bytes",
+    "Size of each answer body sent to osquery, by endpoint.",
+    ["endpoint"],
+    buckets=SIZE_BUCKETS,
+)
 NODE_CACHE = Counter(
     "quarry_gateway_node_cache_lookups_total",
     "Node key authentications by result: hit (in memory), miss_found and miss_unknown "
@@ -25,6 +38,12 @@ NODE_CACHE = Counter(
 # caches (max), while in-flight work adds up (livesum).
 NODES_CACHED = Gauge(
     "quarry_gateway_nodes_cached", "Valid node keys held in memory.", multiprocess_mode="max"
+)
+ACTIVE_NODES = Gauge(
+    "quarry_gateway_active_nodes",
+    "Nodes that authenticated at this gateway in the last 5 minutes (the largest count of "
+    "any worker: a node's connections may reach several workers).",
+    multiprocess_mode="max",
 )
 ENROLLMENTS = Counter(
     "quarry_gateway_enrollments_total",
@@ -39,13 +58,24 @@ TLS_CONNECTIONS = Counter(
 )
 LOG_BATCHES = Counter(
     "quarry_gateway_log_batches_total",
-    "Log batches sent to ingest, by kind and outcome (ok, duplicate, error, timeout).",
+    "Log batches sent to ingest, by kind and outcome (ok, duplicate, error: not stored, "
+    "whether ingest refused it, timed out or was unreachable).",
     ["kind", "outcome"],
 )
 LOG_ACK_SECONDS = Histogram(
     "quarry_gateway_log_ack_duration_seconds",
     "From sending a log batch over ZeroMQ to its acknowledgement.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+LOG_BATCHES_SENT = Counter(
+    "quarry_gateway_log_batches_sent_total",
+    "Log batches handed to a ZeroMQ socket for an ingest replica.",
+)
+LOG_ACKS = Counter(
+    "quarry_gateway_log_acks_total",
+    "What became of each log batch sent: ok (acked, stored), error (acked with an error), "
+    "timeout (no ack within log_ack_timeout_s), unreachable (no replica connected).",
+    ["result"],
 )
 LOG_BATCHES_IN_FLIGHT = Gauge(
     "quarry_gateway_log_batches_in_flight",
@@ -89,3 +119,26 @@ CONFIG_FETCHES_RECORDED = Counter(
     "Config fetches (node, hash, version) sent to the config service, by outcome (ok, error).",
     ["outcome"],
 )
+
+# Every bounded label value is exported from the start, at zero, so rates and alerts
+# see a series before the first event (an absent series is not a zero).
+ENDPOINT_NAMES = (
+    "enroll",
+    "config",
+    "log",
+    "distributed_read",
+    "distributed_write",
+    "carve_begin",
+    "carve_block",
+)
+for _endpoint in ENDPOINT_NAMES:
+    for _outcome in ("ok", "node_invalid", "bad_request", "error"):
+        REQUESTS.labels(_endpoint, _outcome)
+for _outcome in ("ok", "pending", "refused", "unavailable"):
+    ENROLLMENTS.labels(_outcome)
+for _stage in ("accepted", "established"):
+    TLS_CONNECTIONS.labels(_stage)
+for _result in ("ok", "error", "timeout", "unreachable"):
+    LOG_ACKS.labels(_result)
+for _result in ("hit", "miss_found", "miss_unknown", "negative_hit", "empty"):
+    NODE_CACHE.labels(_result)

@@ -14,6 +14,10 @@ A key the dict does not know (enrolled through another gateway a moment ago, or
 bogus) costs one GetNode call; a "no such key" answer is remembered briefly so a flood
 of bad keys stays cheap. An UPSERT for that key clears the memory at once, so a
 fresh key is never refused because of it.
+
+Each successful authentication also marks the node as seen (one dict write); a sweep
+every few seconds forgets marks older than ACTIVE_WINDOW_S and publishes the count as
+quarry_gateway_active_nodes, so the gauge costs nothing per request beyond the mark.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 NEGATIVE_TTL_S = 5.0
 MAX_NEGATIVE_ENTRIES = 100_000
 LOOKUP_TIMEOUT_S = 5.0
+ACTIVE_WINDOW_S = 300.0
+ACTIVE_SWEEP_INTERVAL_S = 5.0
 
 Event = enroll_pb2.NodeEvent
 
@@ -81,6 +87,8 @@ class NodeCache:
         self._by_digest: dict[bytes, CachedKey] = {}
         # digest -> when it was found unknown or removed (time.monotonic()).
         self._unknown_since: dict[bytes, float] = {}
+        # node id -> when it last authenticated here (time.monotonic()).
+        self._last_seen: dict[str, float] = {}
         self.synced = asyncio.Event()
 
     def __len__(self) -> int:
@@ -119,12 +127,28 @@ class NodeCache:
         node = self.lookup(node_key)
         if node is not None:
             metrics.NODE_CACHE.labels("hit").inc()
-            return node
-        digest = key_digest(node_key)
-        if self._is_known_unknown(digest):
-            metrics.NODE_CACHE.labels("negative_hit").inc()
-            return None
-        return await self._ask_service(node_key, digest)
+        else:
+            digest = key_digest(node_key)
+            if self._is_known_unknown(digest):
+                metrics.NODE_CACHE.labels("negative_hit").inc()
+                return None
+            node = await self._ask_service(node_key, digest)
+        if node is not None:
+            self._last_seen[node.node_id] = time.monotonic()
+        return node
+
+    def active_nodes(self) -> int:
+        """Nodes that authenticated here within ACTIVE_WINDOW_S; forgets older marks."""
+        horizon = time.monotonic() - ACTIVE_WINDOW_S
+        stale = [node_id for node_id, seen in self._last_seen.items() if seen < horizon]
+        for node_id in stale:
+            del self._last_seen[node_id]
+        return len(self._last_seen)
+
+    async def _publish_active_nodes(self) -> None:
+        while True:
+            metrics.ACTIVE_NODES.set(self.active_nodes())
+            await asyncio.sleep(ACTIVE_SWEEP_INTERVAL_S)
 
     async def _ask_service(self, node_key: str, digest: bytes) -> NodeIdentity | None:
         asked_at = time.monotonic()
@@ -155,7 +179,9 @@ class NodeCache:
     # --- the watch stream -------------------------------------------------------------
 
     async def run(self) -> None:
-        await run_forever_with_reconnect("nodes", self._watch_once)
+        await asyncio.gather(
+            run_forever_with_reconnect("nodes", self._watch_once), self._publish_active_nodes()
+        )
 
     async def _watch_once(self) -> None:
         fresh: dict[bytes, CachedKey] | None = {}

@@ -173,15 +173,25 @@ def _batch_id(node_id: str, kind: int, campaign_id: str, data_json: bytes) -> st
 
 
 async def distributed_read(request: Request, state: GatewayState, body: dict) -> Response:
+    """The node's pending live queries (and their discovery gates), from memory.
+
+    `accelerate` makes osquery read again within seconds while it has work, so answers
+    come back fast instead of one distributed_interval later.
+    """
     node = await authenticate(request, state, body)
-    queries = {} if node.pending else state.live_queries.pending_for(node.node_id)
-    if not queries:
+    campaigns = [] if node.pending else state.live_queries.pending_for(node)
+    if not campaigns:
         return json_response(NO_LIVE_QUERIES)
-    for campaign_id in queries:
-        state.activity.delivered(campaign_id, node.node_id)
-    return json_response(
-        {"queries": queries, "accelerate": state.settings.distributed_accelerate_s}
-    )
+    for campaign in campaigns:
+        state.activity.delivered(campaign.campaign_id, node.node_id, node.host_identifier)
+    answer: dict = {
+        "queries": {c.campaign_id: c.sql for c in campaigns},
+        "accelerate": state.settings.distributed_accelerate_s,
+    }
+    discovery = {c.campaign_id: c.discovery_sql for c in campaigns if c.discovery_sql}
+    if discovery:
+        answer["discovery"] = discovery
+    return json_response(answer)
 
 
 async def distributed_write(request: Request, state: GatewayState, body: dict) -> Response:
@@ -297,9 +307,19 @@ def endpoint(name: str, handler: Handler) -> Callable[[Request], Awaitable[Respo
             response = json_response({"error": "internal server error"}, 500)
         metrics.REQUESTS.labels(name, outcome).inc()
         metrics.REQUEST_SECONDS.labels(name).observe(time.perf_counter() - started)
+        metrics.REQUEST_BYTES.labels(name).observe(_declared_size(request))
+        metrics.RESPONSE_BYTES.labels(name).observe(len(response.body))
         return response
 
     return serve
+
+
+def _declared_size(request: Request) -> int:
+    """The body size from Content-Length (osquery always sends it); 0 when absent or bogus."""
+    try:
+        return max(0, int(request.headers.get("content-length", "0")))
+    except ValueError:
+        return 0
 
 
 ENDPOINTS: dict[str, tuple[Handler, tuple[str, ...]]] = {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from ingest_service.schema import TABLE_NAMES
+
 BATCHES = Counter(
     "quarry_ingest_batches_total",
     "Log batches received from gateways, by outcome: stored (fsynced to the spool, acked ok), "
@@ -68,3 +70,12 @@ SPOOL_FULL_REFUSALS = Counter(
     "quarry_ingest_spool_full_refusals_total",
     "Batches acked with an error because the spool held more than ingest_spool_max_bytes.",
 )
+
+# Every outcome and table is exported from the start, at zero: "no insert has failed" is a
+# 0, not a missing series, for rates, alerts and dashboards alike.
+for _outcome in ("stored", "duplicate", "rejected", "failed"):
+    BATCHES.labels(_outcome)
+for _table in TABLE_NAMES:
+    ROWS_INSERTED.labels(_table)
+    INSERT_ERRORS.labels(_table)
+    INSERT_SECONDS.labels(_table)

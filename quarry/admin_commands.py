@@ -1,7 +1,7 @@
 """Admin commands: each talks to one service over gRPC and prints for people or --json.
 
 The config commands are in quarry/config_commands.py, the enrollment ones in
-quarry/enrollment_commands.py.
+quarry/enrollment_commands.py, the live query ones in quarry/query_commands.py.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import argparse
 import json
 import re
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,19 +19,16 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from protos.v1 import (
-    distributed_pb2,
-    distributed_pb2_grpc,
     enroll_pb2_grpc,
     logs_pb2,
     logs_pb2_grpc,
 )
-from quarry.cli_output import emit_json, emit_table, progress
+from quarry.cli_output import emit_json, emit_table
 from quarry.grpc_runtime import sync_channel
 from quarry.osquery_flags import osquery_flags
 from quarry.settings import Settings
 
 RPC_TIMEOUT_S = 30.0
-HostState = distributed_pb2.HostState
 
 
 class CommandError(Exception):
@@ -75,104 +71,6 @@ def enroll_stub(settings: Settings) -> enroll_pb2_grpc.EnrollServiceStub:
     return enroll_pb2_grpc.EnrollServiceStub(sync_channel(settings.service_addr("enroll")))
 
 
-# --- live queries ---------------------------------------------------------------------
-
-
-def _distributed_stub(settings: Settings) -> distributed_pb2_grpc.DistributedServiceStub:
-    channel = sync_channel(settings.service_addr("distributed"))
-    return distributed_pb2_grpc.DistributedServiceStub(channel)
-
-
-def query_run(settings: Settings, args: argparse.Namespace) -> int:
-    stub = _distributed_stub(settings)
-    campaign = call_rpc(
-        stub.StartQuery,
-        distributed_pb2.StartQueryRequest(
-            sql=args.sql,
-            node_ids=args.node or [],
-            tags=args.tag or [],
-            ttl_seconds=args.ttl,
-            author=args.author,
-        ),
-    )
-    progress(f"live query {campaign.campaign_id} started")
-    report = _wait_for_answers(stub, campaign.campaign_id, args.timeout)
-    _print_report(report, args.json)
-    return 0
-
-
-def _wait_for_answers(stub, campaign_id: str, timeout: float) -> distributed_pb2.CampaignReport:
-    """Poll the campaign's account until every targeted host answered or time is up."""
-    deadline = time.monotonic() + timeout
-    request = distributed_pb2.GetCampaignRequest(campaign_id=campaign_id)
-    while True:
-        report = call_rpc(stub.GetCampaign, request)
-        done = sum(h.state in (HostState.ANSWERED, HostState.FAILED) for h in report.hosts)
-        progress(f"{campaign_id}: {done}/{len(report.hosts)} hosts answered")
-        if (report.hosts and done == len(report.hosts)) or time.monotonic() >= deadline:
-            return report
-        time.sleep(0.5)
-
-
-def query_show(settings: Settings, args: argparse.Namespace) -> int:
-    stub = _distributed_stub(settings)
-    report = call_rpc(stub.GetCampaign, distributed_pb2.GetCampaignRequest(campaign_id=args.id))
-    if not report.found:
-        raise CommandError(f"no live query {args.id}")
-    _print_report(report, args.json)
-    return 0
-
-
-def query_list(settings: Settings, args: argparse.Namespace) -> int:
-    stub = _distributed_stub(settings)
-    reply = call_rpc(stub.ListCampaigns, distributed_pb2.ListCampaignsRequest(include_closed=True))
-    if args.json:
-        emit_json([_as_dict(c) for c in reply.campaigns])
-        return 0
-    rows = [
-        (c.campaign_id, _ago(c.created_at), "cancelled" if c.cancelled else "", c.sql)
-        for c in reply.campaigns
-    ]
-    emit_table(["campaign", "started", "", "sql"], rows)
-    return 0
-
-
-def query_cancel(settings: Settings, args: argparse.Namespace) -> int:
-    stub = _distributed_stub(settings)
-    campaign = call_rpc(
-        stub.CancelCampaign, distributed_pb2.GetCampaignRequest(campaign_id=args.id)
-    )
-    if args.json:
-        emit_json(_as_dict(campaign))
-    else:
-        print(f"cancelled {campaign.campaign_id}")
-    return 0
-
-
-def _print_report(report: distributed_pb2.CampaignReport, as_json: bool) -> None:
-    if as_json:
-        emit_json(_as_dict(report))
-        return
-    c = report.campaign
-    print(f"\nlive query {c.campaign_id}: {c.sql}")
-    rows = [
-        (
-            h.host_identifier or h.node_id,
-            HostState.State.Name(h.state).lower(),
-            h.status,
-            h.row_count,
-            h.stats.wall_time_ms,
-            h.message,
-        )
-        for h in report.hosts
-    ]
-    emit_table(["host", "state", "status", "rows", "wall_ms", "message"], rows)
-    print(
-        'rows are in ClickHouse: quarry sql "SELECT * FROM quarry.distributed_results '
-        f"WHERE campaign_id = '{c.campaign_id}'\""
-    )
-
-
 # --- flags ----------------------------------------------------------------------------
 
 
@@ -186,16 +84,6 @@ def flags(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print("\n".join(lines))
     return 0
-
-
-def _ago(unix_time: int) -> str:
-    if not unix_time:
-        return "never"
-    seconds = int(time.time()) - unix_time
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{max(seconds, 0)}s ago"
 
 
 # --- tls ------------------------------------------------------------------------------

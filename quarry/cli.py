@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from quarry import admin_commands, config_commands, enrollment_commands
+from quarry import admin_commands, config_commands, enrollment_commands, query_commands
 from quarry.process_logging import setup_logging
 from quarry.settings import SERVICES, Settings
 
@@ -43,7 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("up", help="run the whole cluster on this machine (what `make run` does)")
+    up = sub.add_parser("up", help="run the whole cluster on this machine (what `make run` does)")
+    up.add_argument(
+        "--with-prometheus",
+        action="store_true",
+        help="also run a local Prometheus scraping every process (needs the prometheus binary)",
+    )
+    up.add_argument(
+        "--prometheus-port",
+        type=int,
+        help="where that Prometheus listens (default: metrics port base + 5, i.e. 9405)",
+    )
+    up.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=15.0,
+        help="seconds between that Prometheus's scrapes (default 15)",
+    )
     serve = sub.add_parser("serve", help="run one service (what a Kubernetes pod runs)")
     serve.add_argument("service", choices=SERVICES)
 
@@ -56,43 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     enrollment_commands.add_secret_commands(sub, _admin)
     enrollment_commands.add_node_commands(sub, _admin)
 
-    query = sub.add_parser("query", help="live queries")
-    query_sub = query.add_subparsers(dest="query_command", required=True, metavar="ACTION")
-    cmd = _admin(
-        query_sub,
-        "run",
-        "run SQL on nodes now; wait for and print their answers",
-        admin_commands.query_run,
-    )
-    cmd.add_argument("sql")
-    cmd.add_argument(
-        "--node", action="append", help="target this node id (repeatable); default: every node"
-    )
-    cmd.add_argument(
-        "--tag",
-        action="append",
-        help="target the active nodes with this tag from their enroll secret (repeatable: any)",
-    )
-    cmd.add_argument(
-        "--ttl",
-        type=int,
-        default=0,
-        help="seconds during which nodes checking in still get it (default 1 h)",
-    )
-    cmd.add_argument(
-        "--timeout",
-        type=float,
-        default=60.0,
-        help="seconds to wait for answers before printing the account",
-    )
-    cmd.add_argument("--author", default=os.environ.get("USER", ""))
-    cmd = _admin(
-        query_sub, "show", "the per-host account of a live query", admin_commands.query_show
-    )
-    cmd.add_argument("id")
-    _admin(query_sub, "list", "live queries, newest first", admin_commands.query_list)
-    cmd = _admin(query_sub, "cancel", "stop handing a live query out", admin_commands.query_cancel)
-    cmd.add_argument("id")
+    query_commands.add_query_commands(sub, _admin)
 
     _admin(sub, "flags", "print the osquery flags that connect a node", admin_commands.flags)
     tls = sub.add_parser("tls", help="certificates of the local CA")
@@ -135,9 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     _apply_global_options(args)
     settings = Settings.from_env()
     if args.command == "up":
-        from quarry.supervisor import run_cluster
+        from quarry.local_prometheus import default_port
+        from quarry.supervisor import PrometheusOptions, run_cluster
 
-        return run_cluster(settings)
+        prometheus = None
+        if args.with_prometheus:
+            port = args.prometheus_port or default_port(settings)
+            prometheus = PrometheusOptions(port, args.scrape_interval)
+        return run_cluster(settings, prometheus=prometheus)
     if args.command == "serve":
         return serve(args.service, settings)
     try:

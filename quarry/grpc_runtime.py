@@ -1,14 +1,79 @@
-"""gRPC plumbing shared by the services and their clients: servers, channels, retries."""
+"""gRPC plumbing shared by the services and their clients: servers, channels, retries.
+
+Every server and every async channel made here is measured by an interceptor: calls by
+method and status code, latency per method, and calls in flight (open watch streams
+included), as quarry_grpc_server_* and quarry_grpc_client_* metrics. The method is the
+only label beside the code, so cardinality stays bounded by the protos. Streaming calls
+are counted and shown in flight but not timed: a watch stream lasts for hours and would
+drown the latency of the unary calls.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
+from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger(__name__)
+
+GRPC_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
+
+SERVER_CALLS = Counter(
+    "quarry_grpc_server_calls_total",
+    "gRPC calls this process served, by full method name and status code (OK, NOT_FOUND, ...).",
+    ["method", "code"],
+)
+SERVER_CALL_SECONDS = Histogram(
+    "quarry_grpc_server_call_duration_seconds",
+    "Time this process took to answer a unary gRPC call, by method.",
+    ["method"],
+    buckets=GRPC_LATENCY_BUCKETS,
+)
+SERVER_CALLS_IN_FLIGHT = Gauge(
+    "quarry_grpc_server_calls_in_flight",
+    "gRPC calls being served now, by method (open watch streams included).",
+    ["method"],
+    multiprocess_mode="livesum",
+)
+CLIENT_CALLS = Counter(
+    "quarry_grpc_client_calls_total",
+    "gRPC calls this process made, by full method name and status code.",
+    ["method", "code"],
+)
+CLIENT_CALL_SECONDS = Histogram(
+    "quarry_grpc_client_call_duration_seconds",
+    "Time a unary gRPC call this process made took, answer included, by method.",
+    ["method"],
+    buckets=GRPC_LATENCY_BUCKETS,
+)
+CLIENT_CALLS_IN_FLIGHT = Gauge(
+    "quarry_grpc_client_calls_in_flight",
+    "gRPC calls this process is waiting on now, by method (open watch streams included).",
+    ["method"],
+    multiprocess_mode="livesum",
+)
 
 # Generous limits: a config or a campaign report can be several MB.
 CHANNEL_OPTIONS = [
@@ -28,7 +93,7 @@ async def serve_grpc(
     bind: str, register: Callable[[grpc.aio.Server], None], name: str
 ) -> grpc.aio.Server:
     """Start an aio gRPC server on bind (host:port) with the servicers `register` adds."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ServerMetricsInterceptor()])
     register(server)
     if server.add_insecure_port(bind) == 0:
         raise RuntimeError(f"{name}: cannot listen on {bind}")
@@ -38,10 +103,16 @@ async def serve_grpc(
 
 
 def aio_channel(addr: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+    """A channel for long-running processes; its calls are measured."""
+    return grpc.aio.insecure_channel(
+        addr,
+        options=CHANNEL_OPTIONS,
+        interceptors=[UnaryUnaryMetricsInterceptor(), UnaryStreamMetricsInterceptor()],
+    )
 
 
 def sync_channel(addr: str) -> grpc.Channel:
+    """A channel for the admin commands: short-lived, nothing scrapes them, so unmeasured."""
     return grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
 
 
@@ -62,3 +133,148 @@ async def run_forever_with_reconnect(
             log.exception("%s watch failed; reconnecting", name)
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, max_backoff_s)
+
+
+# --- server side ----------------------------------------------------------------------
+
+
+class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each unary-unary and unary-stream handler to count, time and track its calls."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler  # an unknown method: gRPC answers UNIMPLEMENTED itself
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=_measured_unary(handler.unary_unary, method))
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=_measured_stream(handler.unary_stream, method))
+        return handler
+
+
+def _measured_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def measured(request: object, context: grpc.aio.ServicerContext) -> object:
+        SERVER_CALLS_IN_FLIGHT.labels(method).inc()
+        started = time.perf_counter()
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            response = behavior(request, context)
+            if inspect.isawaitable(response):
+                response = await response
+            code = _servicer_code(context, grpc.StatusCode.OK)
+            return response
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            code = _servicer_code(context, grpc.StatusCode.UNKNOWN)
+            raise
+        finally:
+            SERVER_CALLS_IN_FLIGHT.labels(method).dec()
+            SERVER_CALLS.labels(method, code.name).inc()
+            SERVER_CALL_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+    return measured
+
+
+def _measured_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def measured(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+        SERVER_CALLS_IN_FLIGHT.labels(method).inc()
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            async for message in behavior(request, context):
+                yield message
+            code = _servicer_code(context, grpc.StatusCode.OK)
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED  # the client went away: how watches end
+            raise
+        except BaseException:
+            code = _servicer_code(context, grpc.StatusCode.UNKNOWN)
+            raise
+        finally:
+            SERVER_CALLS_IN_FLIGHT.labels(method).dec()
+            SERVER_CALLS.labels(method, code.name).inc()
+
+    return measured
+
+
+def _servicer_code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
+    """The code the servicer set (set_code, abort), else the default."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int):  # some grpcio versions hand back the number
+        return next((c for c in grpc.StatusCode if c.value[0] == code), default)
+    return default
+
+
+# --- client side ----------------------------------------------------------------------
+
+
+def _method_name(details: grpc.aio.ClientCallDetails) -> str:
+    method = details.method
+    return method.decode() if isinstance(method, bytes) else method
+
+
+class UnaryUnaryMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Counts and times each unary call; waits for its answer, then hands the call back."""
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[..., Awaitable[grpc.aio.UnaryUnaryCall]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: object,
+    ) -> grpc.aio.UnaryUnaryCall:
+        method = _method_name(client_call_details)
+        CLIENT_CALLS_IN_FLIGHT.labels(method).inc()
+        started = time.perf_counter()
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            call = await continuation(client_call_details, request)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await call  # the caller sees any error when it awaits the call in turn
+            code = await call.code()
+            return call
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            CLIENT_CALLS_IN_FLIGHT.labels(method).dec()
+            CLIENT_CALLS.labels(method, code.name).inc()
+            CLIENT_CALL_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+
+class UnaryStreamMetricsInterceptor(grpc.aio.UnaryStreamClientInterceptor):
+    """Counts each streaming call and keeps it in flight until it ends."""
+
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[..., Awaitable[grpc.aio.UnaryStreamCall]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: object,
+    ) -> grpc.aio.UnaryStreamCall:
+        method = _method_name(client_call_details)
+        CLIENT_CALLS_IN_FLIGHT.labels(method).inc()
+        call = await continuation(client_call_details, request)
+        call.add_done_callback(lambda done: _count_finished_stream(done, method))
+        return call
+
+
+def _count_finished_stream(call: grpc.aio.Call, method: str) -> None:
+    CLIENT_CALLS_IN_FLIGHT.labels(method).dec()
+    # The call is done, so its code is ready; Call.code() is a coroutine nonetheless.
+    code_ready = asyncio.ensure_future(call.code())
+    code_ready.add_done_callback(
+        lambda ready: CLIENT_CALLS.labels(method, _finished_code(ready).name).inc()
+    )
+
+
+def _finished_code(ready: asyncio.Future[grpc.StatusCode]) -> grpc.StatusCode:
+    if ready.cancelled() or ready.exception() is not None:
+        return grpc.StatusCode.UNKNOWN
+    return ready.result()

@@ -3,7 +3,8 @@
 Each service runs as `python -m quarry serve NAME` with the same QUARRY_* settings.
 The supervisor waits until each listens before starting the next (the gateway
 last), prints where everything is and how to connect osquery, restarts a process
-that dies, and stops them all on Ctrl-C or SIGTERM.
+that dies, and stops them all on Ctrl-C or SIGTERM. With `--with-prometheus` a local
+Prometheus scraping every process is one more supervised child (quarry/local_prometheus.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from enroll_service.shared_secret import ensure_secret_file
 from gateway.server import tls_files
+from quarry import local_prometheus
 from quarry.osquery_flags import osquery_flags, write_flagfile
 from quarry.settings import SERVICES, Settings
 
@@ -26,10 +28,19 @@ READY_TIMEOUT_S = 60.0
 RESTART_BACKOFF_MAX_S = 30.0
 
 
+@dataclass(frozen=True)
+class PrometheusOptions:
+    """`quarry up --with-prometheus`: where it listens and how often it scrapes."""
+
+    port: int
+    scrape_interval_s: float = 15.0
+
+
 @dataclass
 class Child:
     name: str
     ports: list[int]
+    command: list[str]
     process: subprocess.Popen | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -43,11 +54,41 @@ def service_ports(settings: Settings, name: str) -> list[int]:
     return [getattr(settings, f"{name}_port")]
 
 
-def run_cluster(settings: Settings, out=sys.stdout) -> int:
+def service_child(settings: Settings, name: str) -> Child:
+    return Child(
+        name, service_ports(settings, name), [sys.executable, "-m", "quarry", "serve", name]
+    )
+
+
+def prometheus_child(settings: Settings, options: PrometheusOptions, out) -> Child | None:
+    """The local Prometheus, or None (saying why) when its binary is not installed."""
+    binary = local_prometheus.find_binary()
+    if binary is None:
+        print(
+            "quarry up: --with-prometheus: no prometheus binary on PATH or at "
+            "/usr/bin/prometheus (Debian: apt-get install prometheus); running without it",
+            file=out,
+            flush=True,
+        )
+        return None
+    folder = settings.path("prometheus")
+    config = local_prometheus.write_config(settings, folder, options.scrape_interval_s)
+    command = local_prometheus.command(
+        binary, config, folder / "data", settings.bind_host, options.port
+    )
+    return Child("prometheus", [options.port], command)
+
+
+def run_cluster(
+    settings: Settings, out=sys.stdout, prometheus: PrometheusOptions | None = None
+) -> int:
     secret_path = ensure_secret_file(settings)
     ca_path = tls_files(settings).ca_cert
     env = {**os.environ, **settings.to_env()}
-    children = [Child(name, service_ports(settings, name)) for name in SERVICES]
+    children = [service_child(settings, name) for name in SERVICES]
+    if prometheus is not None:
+        extra = prometheus_child(settings, prometheus, out)
+        children.extend([extra] if extra else [])
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -62,7 +103,7 @@ def run_cluster(settings: Settings, out=sys.stdout) -> int:
             if not _wait_listening(child, settings.bind_host, lambda: stopping):
                 print(f"quarry up: {child.name} did not start; see its log above", file=out)
                 return 1
-        _print_banner(settings, ca_path, secret_path, out)
+        _print_banner(settings, ca_path, secret_path, out, children)
         while not stopping:
             _supervise(children, env, out)
             time.sleep(0.2)
@@ -72,9 +113,8 @@ def run_cluster(settings: Settings, out=sys.stdout) -> int:
 
 
 def _start(child: Child, env: dict[str, str]) -> None:
-    cmd = [sys.executable, "-m", "quarry", "serve", child.name]
     # Each child gets its own process group so Ctrl-C reaches the supervisor only.
-    child.process = subprocess.Popen(cmd, env=env, start_new_session=True)
+    child.process = subprocess.Popen(child.command, env=env, start_new_session=True)
     child.started_at = time.monotonic()
 
 
@@ -132,7 +172,9 @@ def _stop_all(children: list[Child]) -> None:
             process.wait()
 
 
-def _print_banner(settings: Settings, ca_path: Path, secret_path: Path, out) -> None:
+def _print_banner(
+    settings: Settings, ca_path: Path, secret_path: Path, out, children: list[Child]
+) -> None:
     flags = osquery_flags(settings, ca_path, secret_path)
     flagfile = write_flagfile(settings.path("osquery.flags"), flags)
     store = settings.clickhouse_url or f"embedded ClickHouse (chdb) in {settings.path('chdb')}"
@@ -148,6 +190,11 @@ def _print_banner(settings: Settings, ca_path: Path, secret_path: Path, out) -> 
         f"grpc {host}:{settings.ingest_port}",
         f"  log store         {store}",
         "  metrics           " + ", ".join(f"{s} :{settings.metrics_port(s)}" for s in SERVICES),
+        *(
+            f"  prometheus        http://{host}:{child.ports[0]}   (scrapes every process)"
+            for child in children
+            if child.name == "prometheus"
+        ),
         f"  CA certificate    {ca_path.resolve()}   (osquery --tls_server_certs)",
         f"  enroll secret     {secret_path.resolve()}",
         "",

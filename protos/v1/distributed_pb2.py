@@ -24,45 +24,55 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/v1/distributed.proto\x12\tquarry.v1\"e\n\x11StartQueryRequest\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x10\n\x08node_ids\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\x12\x0e\n\x06\x61uthor\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\"\x9d\x01\n\x08\x43\x61mpaign\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x12\n\ntarget_all\x18\x03 \x01(\x08\x12\x10\n\x08node_ids\x18\x04 \x03(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\x12\x12\n\nexpires_at\x18\x06 \x01(\x03\x12\x11\n\tcancelled\x18\x07 \x01(\x08\x12\x0e\n\x06\x61uthor\x18\x08 \x01(\t\"\xbc\x02\n\tHostState\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0fhost_identifier\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.quarry.v1.HostState.State\x12\x0e\n\x06status\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\trow_count\x18\x06 \x01(\x03\x12$\n\x05stats\x18\x07 \x01(\x0b\x32\x15.quarry.v1.QueryStats\x12\x14\n\x0c\x64\x65livered_at\x18\x08 \x01(\x03\x12\x13\n\x0b\x61nswered_at\x18\t \x01(\x03\"U\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08TARGETED\x10\x01\x12\r\n\tDELIVERED\x10\x02\x12\x0c\n\x08\x41NSWERED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\"Z\n\nQueryStats\x12\x14\n\x0cwall_time_ms\x18\x01 \x01(\x04\x12\x11\n\tuser_time\x18\x02 \x01(\x04\x12\x13\n\x0bsystem_time\x18\x03 \x01(\x04\x12\x0e\n\x06memory\x18\x04 \x01(\x04\"k\n\x0e\x43\x61mpaignReport\x12%\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x13.quarry.v1.Campaign\x12#\n\x05hosts\x18\x02 \x03(\x0b\x32\x14.quarry.v1.HostState\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\")\n\x12GetCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\".\n\x14ListCampaignsRequest\x12\x16\n\x0einclude_closed\x18\x01 \x01(\x08\"?\n\x15ListCampaignsResponse\x12&\n\tcampaigns\x18\x01 \x03(\x0b\x32\x13.quarry.v1.Campaign\"\x17\n\x15WatchCampaignsRequest\"\xc8\x01\n\rCampaignEvent\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.quarry.v1.CampaignEvent.Kind\x12%\n\x08\x63\x61mpaign\x18\x02 \x01(\x0b\x32\x13.quarry.v1.Campaign\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"R\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04OPEN\x10\x01\x12\t\n\x05\x43LOSE\x10\x02\x12\x0c\n\x08\x41NSWERED\x10\x03\x12\x11\n\rSNAPSHOT_DONE\x10\x04\"F\n\x08\x44\x65livery\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65livered_at\x18\x03 \x01(\x03\"\xb6\x01\n\x06\x41nswer\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x17\n\x0fhost_identifier\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\trow_count\x18\x06 \x01(\x03\x12$\n\x05stats\x18\x07 \x01(\x0b\x32\x15.quarry.v1.QueryStats\x12\x13\n\x0b\x61nswered_at\x18\x08 \x01(\x03\"\\\n\rActivityBatch\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.quarry.v1.Delivery\x12\"\n\x07\x61nswers\x18\x02 \x03(\x0b\x32\x11.quarry.v1.Answer\"=\n\x16RecordActivityResponse\x12\x12\n\ndeliveries\x18\x01 \x01(\x05\x12\x0f\n\x07\x61nswers\x18\x02 \x01(\x05\x32\xd7\x03\n\x12\x44istributedService\x12?\n\nStartQuery\x12\x1c.quarry.v1.StartQueryRequest\x1a\x13.quarry.v1.Campaign\x12G\n\x0bGetCampaign\x12\x1d.quarry.v1.GetCampaignRequest\x1a\x19.quarry.v1.CampaignReport\x12R\n\rListCampaigns\x12\x1f.quarry.v1.ListCampaignsRequest\x1a .quarry.v1.ListCampaignsResponse\x12\x44\n\x0e\x43\x61ncelCampaign\x12\x1d.quarry.v1.GetCampaignRequest\x1a\x13.quarry.v1.Campaign\x12N\n\x0eWatchCampaigns\x12 .quarry.v1.WatchCampaignsRequest\x1a\x18.quarry.v1.CampaignEvent0\x01\x12M\n\x0eRecordActivity\x12\x18.quarry.v1.ActivityBatch\x1a!.quarry.v1.RecordActivityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/v1/distributed.proto\x12\tquarry.v1\"\xec\x01\n\x11StartQueryRequest\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x10\n\x08node_ids\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\x12\x0e\n\x06\x61uthor\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x11\n\tplatforms\x18\x06 \x03(\t\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12\x0f\n\x07percent\x18\x08 \x01(\x01\x12\x1b\n\x13min_osquery_version\x18\t \x01(\t\x12\x15\n\rdiscovery_sql\x18\n \x01(\t\x12\x1d\n\x15offline_after_seconds\x18\x0b \x01(\x03\"\xbd\x02\n\x08\x43\x61mpaign\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x12\n\ntarget_all\x18\x03 \x01(\x08\x12\x10\n\x08node_ids\x18\x04 \x03(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\x12\x12\n\nexpires_at\x18\x06 \x01(\x03\x12\x11\n\tcancelled\x18\x07 \x01(\x08\x12\x0e\n\x06\x61uthor\x18\x08 \x01(\t\x12\x0c\n\x04tags\x18\t \x03(\t\x12\x11\n\tplatforms\x18\n \x03(\t\x12\x0f\n\x07percent\x18\x0b \x01(\x01\x12\x15\n\rdiscovery_sql\x18\x0c \x01(\t\x12\x16\n\x0eopen_targeting\x18\r \x01(\x08\x12\x0e\n\x06labels\x18\x0e \x03(\t\x12\x1b\n\x13min_osquery_version\x18\x0f \x01(\t\x12\x10\n\x08targeted\x18\x10 \x01(\x03\"\xd6\x02\n\tHostState\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0fhost_identifier\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.quarry.v1.HostState.State\x12\x0e\n\x06status\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\trow_count\x18\x06 \x01(\x03\x12$\n\x05stats\x18\x07 \x01(\x0b\x32\x15.quarry.v1.QueryStats\x12\x14\n\x0c\x64\x65livered_at\x18\x08 \x01(\x03\x12\x13\n\x0b\x61nswered_at\x18\t \x01(\x03\"o\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08TARGETED\x10\x01\x12\r\n\tDELIVERED\x10\x02\x12\x0c\n\x08\x41NSWERED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\x0b\n\x07\x45XPIRED\x10\x05\x12\x0b\n\x07OFFLINE\x10\x06\"Z\n\nQueryStats\x12\x14\n\x0cwall_time_ms\x18\x01 \x01(\x04\x12\x11\n\tuser_time\x18\x02 \x01(\x04\x12\x13\n\x0bsystem_time\x18\x03 \x01(\x04\x12\x0e\n\x06memory\x18\x04 \x01(\x04\"\xd1\x01\n\x0e\x43\x61mpaignReport\x12%\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x13.quarry.v1.Campaign\x12#\n\x05hosts\x18\x02 \x03(\x0b\x32\x14.quarry.v1.HostState\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x12\x35\n\x06\x63ounts\x18\x04 \x03(\x0b\x32%.quarry.v1.CampaignReport.CountsEntry\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\">\n\x12GetCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ounts_only\x18\x02 \x01(\x08\"\xe4\x01\n\x10\x43\x61mpaignProgress\x12%\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x13.quarry.v1.Campaign\x12\x37\n\x06\x63ounts\x18\x02 \x03(\x0b\x32\'.quarry.v1.CampaignProgress.CountsEntry\x12#\n\x05hosts\x18\x03 \x03(\x0b\x32\x14.quarry.v1.HostState\x12\x0e\n\x06\x63losed\x18\x04 \x01(\x08\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\".\n\x14ListCampaignsRequest\x12\x16\n\x0einclude_closed\x18\x01 \x01(\x08\"?\n\x15ListCampaignsResponse\x12&\n\tcampaigns\x18\x01 \x03(\x0b\x32\x13.quarry.v1.Campaign\"\x17\n\x15WatchCampaignsRequest\"\xc8\x01\n\rCampaignEvent\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.quarry.v1.CampaignEvent.Kind\x12%\n\x08\x63\x61mpaign\x18\x02 \x01(\x0b\x32\x13.quarry.v1.Campaign\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"R\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04OPEN\x10\x01\x12\t\n\x05\x43LOSE\x10\x02\x12\x0c\n\x08\x41NSWERED\x10\x03\x12\x11\n\rSNAPSHOT_DONE\x10\x04\"_\n\x08\x44\x65livery\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65livered_at\x18\x03 \x01(\x03\x12\x17\n\x0fhost_identifier\x18\x04 \x01(\t\"\xb6\x01\n\x06\x41nswer\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x17\n\x0fhost_identifier\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\trow_count\x18\x06 \x01(\x03\x12$\n\x05stats\x18\x07 \x01(\x0b\x32\x15.quarry.v1.QueryStats\x12\x13\n\x0b\x61nswered_at\x18\x08 \x01(\x03\"\\\n\rActivityBatch\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.quarry.v1.Delivery\x12\"\n\x07\x61nswers\x18\x02 \x03(\x0b\x32\x11.quarry.v1.Answer\"=\n\x16RecordActivityResponse\x12\x12\n\ndeliveries\x18\x01 \x01(\x05\x12\x0f\n\x07\x61nswers\x18\x02 \x01(\x05\x32\xa6\x04\n\x12\x44istributedService\x12?\n\nStartQuery\x12\x1c.quarry.v1.StartQueryRequest\x1a\x13.quarry.v1.Campaign\x12G\n\x0bGetCampaign\x12\x1d.quarry.v1.GetCampaignRequest\x1a\x19.quarry.v1.CampaignReport\x12R\n\rListCampaigns\x12\x1f.quarry.v1.ListCampaignsRequest\x1a .quarry.v1.ListCampaignsResponse\x12\x44\n\x0e\x43\x61ncelCampaign\x12\x1d.quarry.v1.GetCampaignRequest\x1a\x13.quarry.v1.Campaign\x12N\n\x0eWatchCampaigns\x12 .quarry.v1.WatchCampaignsRequest\x1a\x18.quarry.v1.CampaignEvent0\x01\x12M\n\rWatchCampaign\x12\x1d.quarry.v1.GetCampaignRequest\x1a\x1b.quarry.v1.CampaignProgress0\x01\x12M\n\x0eRecordActivity\x12\x18.quarry.v1.ActivityBatch\x1a!.quarry.v1.RecordActivityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.v1.distributed_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STARTQUERYREQUEST']._serialized_start=42
-  _globals['_STARTQUERYREQUEST']._serialized_end=143
-  _globals['_CAMPAIGN']._serialized_start=146
-  _globals['_CAMPAIGN']._serialized_end=303
-  _globals['_HOSTSTATE']._serialized_start=306
-  _globals['_HOSTSTATE']._serialized_end=622
-  _globals['_HOSTSTATE_STATE']._serialized_start=537
-  _globals['_HOSTSTATE_STATE']._serialized_end=622
-  _globals['_QUERYSTATS']._serialized_start=624
-  _globals['_QUERYSTATS']._serialized_end=714
-  _globals['_CAMPAIGNREPORT']._serialized_start=716
-  _globals['_CAMPAIGNREPORT']._serialized_end=823
-  _globals['_GETCAMPAIGNREQUEST']._serialized_start=825
-  _globals['_GETCAMPAIGNREQUEST']._serialized_end=866
-  _globals['_LISTCAMPAIGNSREQUEST']._serialized_start=868
-  _globals['_LISTCAMPAIGNSREQUEST']._serialized_end=914
-  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_start=916
-  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_end=979
-  _globals['_WATCHCAMPAIGNSREQUEST']._serialized_start=981
-  _globals['_WATCHCAMPAIGNSREQUEST']._serialized_end=1004
-  _globals['_CAMPAIGNEVENT']._serialized_start=1007
-  _globals['_CAMPAIGNEVENT']._serialized_end=1207
-  _globals['_CAMPAIGNEVENT_KIND']._serialized_start=1125
-  _globals['_CAMPAIGNEVENT_KIND']._serialized_end=1207
-  _globals['_DELIVERY']._serialized_start=1209
-  _globals['_DELIVERY']._serialized_end=1279
-  _globals['_ANSWER']._serialized_start=1282
-  _globals['_ANSWER']._serialized_end=1464
-  _globals['_ACTIVITYBATCH']._serialized_start=1466
-  _globals['_ACTIVITYBATCH']._serialized_end=1558
-  _globals['_RECORDACTIVITYRESPONSE']._serialized_start=1560
-  _globals['_RECORDACTIVITYRESPONSE']._serialized_end=1621
-  _globals['_DISTRIBUTEDSERVICE']._serialized_start=1624
-  _globals['_DISTRIBUTEDSERVICE']._serialized_end=2095
+  _globals['_CAMPAIGNREPORT_COUNTSENTRY']._loaded_options = None
+  _globals['_CAMPAIGNREPORT_COUNTSENTRY']._serialized_options = b'8\001'
+  _globals['_CAMPAIGNPROGRESS_COUNTSENTRY']._loaded_options = None
+  _globals['_CAMPAIGNPROGRESS_COUNTSENTRY']._serialized_options = b'8\001'
+  _globals['_STARTQUERYREQUEST']._serialized_start=43
+  _globals['_STARTQUERYREQUEST']._serialized_end=279
+  _globals['_CAMPAIGN']._serialized_start=282
+  _globals['_CAMPAIGN']._serialized_end=599
+  _globals['_HOSTSTATE']._serialized_start=602
+  _globals['_HOSTSTATE']._serialized_end=944
+  _globals['_HOSTSTATE_STATE']._serialized_start=833
+  _globals['_HOSTSTATE_STATE']._serialized_end=944
+  _globals['_QUERYSTATS']._serialized_start=946
+  _globals['_QUERYSTATS']._serialized_end=1036
+  _globals['_CAMPAIGNREPORT']._serialized_start=1039
+  _globals['_CAMPAIGNREPORT']._serialized_end=1248
+  _globals['_CAMPAIGNREPORT_COUNTSENTRY']._serialized_start=1203
+  _globals['_CAMPAIGNREPORT_COUNTSENTRY']._serialized_end=1248
+  _globals['_GETCAMPAIGNREQUEST']._serialized_start=1250
+  _globals['_GETCAMPAIGNREQUEST']._serialized_end=1312
+  _globals['_CAMPAIGNPROGRESS']._serialized_start=1315
+  _globals['_CAMPAIGNPROGRESS']._serialized_end=1543
+  _globals['_CAMPAIGNPROGRESS_COUNTSENTRY']._serialized_start=1203
+  _globals['_CAMPAIGNPROGRESS_COUNTSENTRY']._serialized_end=1248
+  _globals['_LISTCAMPAIGNSREQUEST']._serialized_start=1545
+  _globals['_LISTCAMPAIGNSREQUEST']._serialized_end=1591
+  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_start=1593
+  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_end=1656
+  _globals['_WATCHCAMPAIGNSREQUEST']._serialized_start=1658
+  _globals['_WATCHCAMPAIGNSREQUEST']._serialized_end=1681
+  _globals['_CAMPAIGNEVENT']._serialized_start=1684
+  _globals['_CAMPAIGNEVENT']._serialized_end=1884
+  _globals['_CAMPAIGNEVENT_KIND']._serialized_start=1802
+  _globals['_CAMPAIGNEVENT_KIND']._serialized_end=1884
+  _globals['_DELIVERY']._serialized_start=1886
+  _globals['_DELIVERY']._serialized_end=1981
+  _globals['_ANSWER']._serialized_start=1984
+  _globals['_ANSWER']._serialized_end=2166
+  _globals['_ACTIVITYBATCH']._serialized_start=2168
+  _globals['_ACTIVITYBATCH']._serialized_end=2260
+  _globals['_RECORDACTIVITYRESPONSE']._serialized_start=2262
+  _globals['_RECORDACTIVITYRESPONSE']._serialized_end=2323
+  _globals['_DISTRIBUTEDSERVICE']._serialized_start=2326
+  _globals['_DISTRIBUTEDSERVICE']._serialized_end=2876
 # @@protoc_insertion_point(module_scope)

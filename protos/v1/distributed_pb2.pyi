@@ -8,21 +8,33 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StartQueryRequest(_message.Message):
-    __slots__ = ("sql", "node_ids", "ttl_seconds", "author", "tags")
+    __slots__ = ("sql", "node_ids", "ttl_seconds", "author", "tags", "platforms", "labels", "percent", "min_osquery_version", "discovery_sql", "offline_after_seconds")
     SQL_FIELD_NUMBER: _ClassVar[int]
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     AUTHOR_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
+    PLATFORMS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_OSQUERY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERY_SQL_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     sql: str
     node_ids: _containers.RepeatedScalarFieldContainer[str]
     ttl_seconds: int
     author: str
     tags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, sql: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., author: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+    platforms: _containers.RepeatedScalarFieldContainer[str]
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    percent: float
+    min_osquery_version: str
+    discovery_sql: str
+    offline_after_seconds: int
+    def __init__(self, sql: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., author: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., platforms: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[str]] = ..., percent: _Optional[float] = ..., min_osquery_version: _Optional[str] = ..., discovery_sql: _Optional[str] = ..., offline_after_seconds: _Optional[int] = ...) -> None: ...
 
 class Campaign(_message.Message):
-    __slots__ = ("campaign_id", "sql", "target_all", "node_ids", "created_at", "expires_at", "cancelled", "author")
+    __slots__ = ("campaign_id", "sql", "target_all", "node_ids", "created_at", "expires_at", "cancelled", "author", "tags", "platforms", "percent", "discovery_sql", "open_targeting", "labels", "min_osquery_version", "targeted")
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     SQL_FIELD_NUMBER: _ClassVar[int]
     TARGET_ALL_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +43,14 @@ class Campaign(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
     AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    PLATFORMS_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERY_SQL_FIELD_NUMBER: _ClassVar[int]
+    OPEN_TARGETING_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    MIN_OSQUERY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TARGETED_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
     sql: str
     target_all: bool
@@ -39,7 +59,15 @@ class Campaign(_message.Message):
     expires_at: int
     cancelled: bool
     author: str
-    def __init__(self, campaign_id: _Optional[str] = ..., sql: _Optional[str] = ..., target_all: _Optional[bool] = ..., node_ids: _Optional[_Iterable[str]] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., cancelled: _Optional[bool] = ..., author: _Optional[str] = ...) -> None: ...
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    platforms: _containers.RepeatedScalarFieldContainer[str]
+    percent: float
+    discovery_sql: str
+    open_targeting: bool
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    min_osquery_version: str
+    targeted: int
+    def __init__(self, campaign_id: _Optional[str] = ..., sql: _Optional[str] = ..., target_all: _Optional[bool] = ..., node_ids: _Optional[_Iterable[str]] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., cancelled: _Optional[bool] = ..., author: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., platforms: _Optional[_Iterable[str]] = ..., percent: _Optional[float] = ..., discovery_sql: _Optional[str] = ..., open_targeting: _Optional[bool] = ..., labels: _Optional[_Iterable[str]] = ..., min_osquery_version: _Optional[str] = ..., targeted: _Optional[int] = ...) -> None: ...
 
 class HostState(_message.Message):
     __slots__ = ("node_id", "host_identifier", "state", "status", "message", "row_count", "stats", "delivered_at", "answered_at")
@@ -50,11 +78,15 @@ class HostState(_message.Message):
         DELIVERED: _ClassVar[HostState.State]
         ANSWERED: _ClassVar[HostState.State]
         FAILED: _ClassVar[HostState.State]
+        EXPIRED: _ClassVar[HostState.State]
+        OFFLINE: _ClassVar[HostState.State]
     STATE_UNSPECIFIED: HostState.State
     TARGETED: HostState.State
     DELIVERED: HostState.State
     ANSWERED: HostState.State
     FAILED: HostState.State
+    EXPIRED: HostState.State
+    OFFLINE: HostState.State
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -88,20 +120,52 @@ class QueryStats(_message.Message):
     def __init__(self, wall_time_ms: _Optional[int] = ..., user_time: _Optional[int] = ..., system_time: _Optional[int] = ..., memory: _Optional[int] = ...) -> None: ...
 
 class CampaignReport(_message.Message):
-    __slots__ = ("campaign", "hosts", "found")
+    __slots__ = ("campaign", "hosts", "found", "counts")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
     HOSTS_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
     campaign: Campaign
     hosts: _containers.RepeatedCompositeFieldContainer[HostState]
     found: bool
-    def __init__(self, campaign: _Optional[_Union[Campaign, _Mapping]] = ..., hosts: _Optional[_Iterable[_Union[HostState, _Mapping]]] = ..., found: _Optional[bool] = ...) -> None: ...
+    counts: _containers.ScalarMap[str, int]
+    def __init__(self, campaign: _Optional[_Union[Campaign, _Mapping]] = ..., hosts: _Optional[_Iterable[_Union[HostState, _Mapping]]] = ..., found: _Optional[bool] = ..., counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class GetCampaignRequest(_message.Message):
-    __slots__ = ("campaign_id",)
+    __slots__ = ("campaign_id", "counts_only")
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_ONLY_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
-    def __init__(self, campaign_id: _Optional[str] = ...) -> None: ...
+    counts_only: bool
+    def __init__(self, campaign_id: _Optional[str] = ..., counts_only: _Optional[bool] = ...) -> None: ...
+
+class CampaignProgress(_message.Message):
+    __slots__ = ("campaign", "counts", "hosts", "closed", "done")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    campaign: Campaign
+    counts: _containers.ScalarMap[str, int]
+    hosts: _containers.RepeatedCompositeFieldContainer[HostState]
+    closed: bool
+    done: bool
+    def __init__(self, campaign: _Optional[_Union[Campaign, _Mapping]] = ..., counts: _Optional[_Mapping[str, int]] = ..., hosts: _Optional[_Iterable[_Union[HostState, _Mapping]]] = ..., closed: _Optional[bool] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class ListCampaignsRequest(_message.Message):
     __slots__ = ("include_closed",)
@@ -142,14 +206,16 @@ class CampaignEvent(_message.Message):
     def __init__(self, kind: _Optional[_Union[CampaignEvent.Kind, str]] = ..., campaign: _Optional[_Union[Campaign, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class Delivery(_message.Message):
-    __slots__ = ("campaign_id", "node_id", "delivered_at")
+    __slots__ = ("campaign_id", "node_id", "delivered_at", "host_identifier")
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_AT_FIELD_NUMBER: _ClassVar[int]
+    HOST_IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
     node_id: str
     delivered_at: int
-    def __init__(self, campaign_id: _Optional[str] = ..., node_id: _Optional[str] = ..., delivered_at: _Optional[int] = ...) -> None: ...
+    host_identifier: str
+    def __init__(self, campaign_id: _Optional[str] = ..., node_id: _Optional[str] = ..., delivered_at: _Optional[int] = ..., host_identifier: _Optional[str] = ...) -> None: ...
 
 class Answer(_message.Message):
     __slots__ = ("campaign_id", "node_id", "host_identifier", "status", "message", "row_count", "stats", "answered_at")

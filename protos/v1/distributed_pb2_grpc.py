@@ -59,6 +59,11 @@ class DistributedServiceStub:
                 request_serializer=protos_dot_v1_dot_distributed__pb2.WatchCampaignsRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_distributed__pb2.CampaignEvent.FromString,
                 _registered_method=True)
+        self.WatchCampaign = channel.unary_stream(
+                '/quarry.v1.DistributedService/WatchCampaign',
+                request_serializer=protos_dot_v1_dot_distributed__pb2.GetCampaignRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_distributed__pb2.CampaignProgress.FromString,
+                _registered_method=True)
         self.RecordActivity = channel.unary_unary(
                 '/quarry.v1.DistributedService/RecordActivity',
                 request_serializer=protos_dot_v1_dot_distributed__pb2.ActivityBatch.SerializeToString,
@@ -100,6 +105,14 @@ class DistributedServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchCampaign(self, request, context):
+        """One campaign's account now (counts and every host), then the hosts whose state
+        changed, until the campaign is closed or every targeted host is accounted for.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RecordActivity(self, request, context):
         """Batched from the gateway: which nodes read which campaigns, and their answers.
         """
@@ -134,6 +147,11 @@ def add_DistributedServiceServicer_to_server(servicer, server):
                     servicer.WatchCampaigns,
                     request_deserializer=protos_dot_v1_dot_distributed__pb2.WatchCampaignsRequest.FromString,
                     response_serializer=protos_dot_v1_dot_distributed__pb2.CampaignEvent.SerializeToString,
+            ),
+            'WatchCampaign': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCampaign,
+                    request_deserializer=protos_dot_v1_dot_distributed__pb2.GetCampaignRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_distributed__pb2.CampaignProgress.SerializeToString,
             ),
             'RecordActivity': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordActivity,
@@ -276,6 +294,33 @@ class DistributedService:
             '/quarry.v1.DistributedService/WatchCampaigns',
             protos_dot_v1_dot_distributed__pb2.WatchCampaignsRequest.SerializeToString,
             protos_dot_v1_dot_distributed__pb2.CampaignEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/quarry.v1.DistributedService/WatchCampaign',
+            protos_dot_v1_dot_distributed__pb2.GetCampaignRequest.SerializeToString,
+            protos_dot_v1_dot_distributed__pb2.CampaignProgress.FromString,
             options,
             channel_credentials,
             insecure,
