@@ -32,7 +32,14 @@ TICK_S = 1.0
 # How often a running campaign's account is read while waiting for answers.
 ACCOUNT_POLL_S = 2.0
 RPC_TIMEOUT_S = 30.0
-SETTLED = (distributed_pb2.HostState.ANSWERED, distributed_pb2.HostState.FAILED)
+# States after which a host will not answer this run: waiting longer for them only delays
+# every other host's new membership (an offline host keeps its previous one).
+SETTLED = (
+    distributed_pb2.HostState.ANSWERED,
+    distributed_pb2.HostState.FAILED,
+    distributed_pb2.HostState.OFFLINE,
+    distributed_pb2.HostState.EXPIRED,
+)
 
 
 def next_members(

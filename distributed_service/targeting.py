@@ -5,22 +5,21 @@ Targets combine as AND across kinds and OR within one kind: `--tag web --tag db
 given. The percentage shard is stable: a node is in it when the hash of campaign id and
 node id falls below the share, so re-running the same campaign id selects the same
 nodes, and the gateway decides late joiners of open campaigns with the same function
-(gateway/live_queries.py keeps a copy; tests/test_campaigns.py checks they agree).
+(quarry/percentage_shard.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from osquery_config.targeting import platform_family
+from quarry.percentage_shard import in_shard
 
 # osquery's default distributed_interval is 60 s: a node unseen for two of them before
 # launch has missed at least one read it would have made, so it is reported offline.
 DEFAULT_OFFLINE_AFTER_S = 120
-SHARD_BUCKETS = 10_000
 
 
 @dataclass(frozen=True)
@@ -51,14 +50,6 @@ class Targets:
         """Decided per read in the gateway (it knows tags and platform, not labels or
         versions): matching nodes that show up after launch still get the campaign."""
         return not (self.node_ids or self.labels or self.min_osquery_version)
-
-
-def in_shard(campaign_id: str, node_id: str, percent: float) -> bool:
-    """Stable percentage shard: the same campaign and node always give the same answer."""
-    if percent <= 0 or percent >= 100:
-        return True
-    digest = hashlib.sha256(f"{campaign_id}\0{node_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % SHARD_BUCKETS < percent * SHARD_BUCKETS / 100
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

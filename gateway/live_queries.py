@@ -16,7 +16,6 @@ still get them) by their first tag, else platform family, else "everyone".
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,20 +25,11 @@ from gateway.node_cache import NodeIdentity
 from osquery_config.targeting import platform_family
 from protos.v1 import distributed_pb2, distributed_pb2_grpc
 from quarry.grpc_runtime import run_forever_with_reconnect
+from quarry.percentage_shard import in_shard
 
 log = logging.getLogger(__name__)
 
 Event = distributed_pb2.CampaignEvent
-SHARD_BUCKETS = 10_000
-
-
-def in_shard(campaign_id: str, node_id: str, percent: float) -> bool:
-    """The distributed service's percentage shard (distributed_service/targeting.py), copied:
-    the gateway must decide late joiners exactly as the launch did."""
-    if percent <= 0 or percent >= 100:
-        return True
-    digest = hashlib.sha256(f"{campaign_id}\0{node_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % SHARD_BUCKETS < percent * SHARD_BUCKETS / 100
 
 
 @dataclass(slots=True)
