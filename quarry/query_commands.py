@@ -3,9 +3,10 @@
 `run` starts a campaign and follows it over DistributedService.WatchCampaign (a
 server stream) until every targeted host is accounted for, the campaign closes, or
 --timeout passes; then it prints the account. With --watch it also prints each host's
-state change as it arrives and the progress (answered/targeted). Rows are not streamed:
-they are in ClickHouse (quarry.distributed_results), and --rows prints them at the end
-through the log store.
+state change and progress (answered/targeted) as they arrive, and each answering host's
+rows, read from ClickHouse (quarry.distributed_results, through the log store) as soon as
+the host is reported answered: rows are stored before the answer is recorded. --rows
+adds every row to the final account instead.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def query_run(settings: Settings, args: argparse.Namespace) -> int:
     for update in follow(stub, campaign.campaign_id, args.timeout, hosts=args.watch):
         if args.watch:
             show_progress(update)
+            if not args.json:
+                print_new_rows(settings, campaign.campaign_id, update)
     report = call_rpc(
         stub.GetCampaign, distributed_pb2.GetCampaignRequest(campaign_id=campaign.campaign_id)
     )
@@ -151,14 +154,28 @@ def show_progress(update: distributed_pb2.CampaignProgress) -> None:
     )
 
 
-def result_rows(settings: Settings, campaign_id: str) -> list[dict]:
+def print_new_rows(
+    settings: Settings, campaign_id: str, update: distributed_pb2.CampaignProgress
+) -> None:
+    """The rows of the hosts this update reports answered, one line per row."""
+    for host in update.hosts:
+        if host.state == HostState.ANSWERED and host.row_count:
+            for row in result_rows(settings, campaign_id, host.host_identifier):
+                name = row.pop("host_identifier")
+                values = "  ".join(f"{key}={value}" for key, value in row.items())
+                print(f"{name}  {values}", flush=True)
+
+
+def result_rows(settings: Settings, campaign_id: str, host_identifier: str = "") -> list[dict]:
+    """The campaign's rows (of one host, when given), from quarry.distributed_results."""
     stub = logs_pb2_grpc.LogStoreStub(sync_channel(settings.service_addr("ingest")))
+    one_host = f" AND host_identifier = {sql_text(host_identifier)}" if host_identifier else ""
     reply = call_rpc(
         stub.Query,
         logs_pb2.SqlRequest(
             sql="SELECT host_identifier, column_names, column_values"
-            f" FROM quarry.distributed_results WHERE campaign_id = '{campaign_id}'"
-            " ORDER BY host_identifier"
+            f" FROM quarry.distributed_results WHERE campaign_id = {sql_text(campaign_id)}"
+            f"{one_host} ORDER BY host_identifier, row_index"
         ),
     )
     if reply.error:
@@ -167,6 +184,10 @@ def result_rows(settings: Settings, campaign_id: str) -> list[dict]:
         {"host_identifier": host, **dict(zip(names, values, strict=False))}
         for host, names, values in (json.loads(r) for r in reply.rows_json)
     ]
+
+
+def sql_text(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def query_show(settings: Settings, args: argparse.Namespace) -> int:

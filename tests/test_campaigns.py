@@ -197,13 +197,20 @@ def test_watch_streams_progress_and_the_node_is_accelerated(fleet: Fleet) -> Non
         with_loops(
             [node],
             lambda: fleet.cluster.cli(
-                "query", "run", "SELECT 1", "--node", fleet.node_ids["mac-web"], "--watch"
+                "query",
+                "run",
+                "SELECT hostname FROM system_info",
+                "--node",
+                fleet.node_ids["mac-web"],
+                "--watch",
             ),
             rounds,
         )
     )
     assert "1 answered, 0 failed, 1/1 accounted for" in result.stderr
     assert ": answered 1 rows" in result.stderr
+    # The host's row, streamed as it answered (before the account).
+    assert f"{node.host_identifier}  hostname={node.profile.hostname}" in result.stdout
     assert "answered 1" in result.stdout  # the account's counts line
     assert node.distributed_pause_s() == ACCELERATED_INTERVAL_S  # accelerate was obeyed
 
