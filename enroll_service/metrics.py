@@ -14,6 +14,7 @@ ENROLLMENT_OUTCOMES = (
     "secret_exhausted",
     "node_revoked",
     "cooldown",
+    "rate_limited",
 )
 ENROLLMENTS = Counter(
     "quarry_enroll_enrollments_total",

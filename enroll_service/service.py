@@ -35,6 +35,7 @@ from enroll_service.enroll_secrets import (
 )
 from enroll_service.host_details import HostFacts, parse_host_details
 from enroll_service.node_identity import ClonePolicy, has_certificate, node_identity
+from enroll_service.rate_limits import RATE_LIMITED, RATE_LIMITED_REASON, EnrollRateLimits
 from enroll_service.shared_secret import current_secret, secret_matches
 from enroll_service.store import STATUS_CONDITIONS, NewNode, NodeFilter, NodeRecord, NodeStore
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
@@ -70,6 +71,7 @@ class EnrollServicer(enroll_pb2_grpc.EnrollServiceServicer):
         self._settings = settings
         self._store = store
         self._clones = ClonePolicy.from_settings(settings)
+        self._rate_limits = EnrollRateLimits(settings)
         self._feed: ChangeFeed[enroll_pb2.NodeEvent] = ChangeFeed()
         # Identities suspected of being clones: rebuilt by refresh_gauges, kept current
         # per enrollment so the gauge needs no scan of the history each time.
@@ -107,12 +109,17 @@ class EnrollServicer(enroll_pb2_grpc.EnrollServiceServicer):
         self, request: enroll_pb2.EnrollRequest, context: grpc.aio.ServicerContext
     ) -> enroll_pb2.EnrollResponse:
         now = int(time.time())
+        # Before anything else, so refused attempts cost no secret lookup or state.
+        if not self._rate_limits.address_allows(request.remote_addr):
+            return self._refuse(request, Refusal(RATE_LIMITED_REASON, RATE_LIMITED))
         secret = self._presented_secret(request, now)
         if secret is None:
             return self._refuse(request, Refusal(INVALID_SECRET, "invalid_secret"))
         state = secret.state(now)
         if state != ACTIVE:
             return self._refuse(request, Refusal(*SECRET_REFUSALS[state]))
+        if not self._rate_limits.secret_allows(secret.secret_id, request.remote_addr):
+            return self._refuse(request, Refusal(RATE_LIMITED_REASON, RATE_LIMITED))
 
         details_json, facts = parse_host_details(request.host_details_json)
         host_identifier = request.host_identifier or facts.hostname or facts.hardware_uuid

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from gateway.request_body import REFUSAL_REASONS
+
 REQUESTS = Counter(
     "quarry_gateway_requests_total",
     "osquery requests by endpoint and outcome (ok, node_invalid, bad_request, error).",
@@ -119,6 +121,19 @@ CONFIG_FETCHES_RECORDED = Counter(
     "Config fetches (node, hash, version) sent to the config service, by outcome (ok, error).",
     ["outcome"],
 )
+REFUSED_REQUESTS = Counter(
+    "quarry_gateway_refused_requests_total",
+    "Requests refused for their input, by endpoint and reason: "
+    + ", ".join(REFUSAL_REASONS)
+    + " (gateway/request_body.py).",
+    ["endpoint", "reason"],
+)
+TLS_RELOADS = Counter(
+    "quarry_gateway_tls_reloads_total",
+    "Certificate reloads after the files changed on disk, by result (ok; error: the old "
+    "certificate stays in use).",
+    ["result"],
+)
 
 # Every bounded label value is exported from the start, at zero, so rates and alerts
 # see a series before the first event (an absent series is not a zero).
@@ -134,10 +149,14 @@ ENDPOINT_NAMES = (
 for _endpoint in ENDPOINT_NAMES:
     for _outcome in ("ok", "node_invalid", "bad_request", "error"):
         REQUESTS.labels(_endpoint, _outcome)
+    for _reason in REFUSAL_REASONS:
+        REFUSED_REQUESTS.labels(_endpoint, _reason)
 for _outcome in ("ok", "pending", "refused", "unavailable"):
     ENROLLMENTS.labels(_outcome)
 for _stage in ("accepted", "established"):
     TLS_CONNECTIONS.labels(_stage)
+for _result in ("ok", "error"):
+    TLS_RELOADS.labels(_result)
 for _result in ("ok", "error", "timeout", "unreachable"):
     LOG_ACKS.labels(_result)
 for _result in ("hit", "miss_found", "miss_unknown", "negative_hit", "empty"):

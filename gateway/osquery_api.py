@@ -25,10 +25,21 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import client_certificates, metrics
+from gateway.carving.limits import carve_limits
+from gateway.carving.sessions import carving_for
+from gateway.carving.store import CarveRejected
 from gateway.gateway_state import GatewayState
 from gateway.node_cache import NodeIdentity
-from gateway.request_body import BadRequest, node_key_of, read_json_object
+from gateway.request_body import (
+    BAD_FIELD,
+    BadRequest,
+    BodyLimits,
+    node_key_of,
+    read_json_object,
+    too_deep_to_forward,
+)
 from protos.v1 import distributed_pb2, enroll_pb2, logs_pb2
+from quarry.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +59,11 @@ class Refusal(Exception):
         self.outcome, self.body, self.status = outcome, body, status
 
 
-def json_response(body: dict | bytes, status: int = 200) -> Response:
+def json_response(body: dict | bytes, status: int = 200, close: bool = False) -> Response:
+    """A JSON answer; `close` ends the connection after it (the rest of the body is unread)."""
     content = body if isinstance(body, bytes) else orjson.dumps(body)
-    return Response(content, status_code=status, media_type="application/json")
+    headers = {"connection": "close"} if close else None
+    return Response(content, status_code=status, headers=headers, media_type="application/json")
 
 
 def error(message: str, status: int = 500) -> Refusal:
@@ -65,6 +78,7 @@ async def enroll(request: Request, state: GatewayState, body: dict) -> Response:
     secret = body.get(key_name)
     if not isinstance(secret, str) or not secret:
         secret = request.query_params.get(key_name, "")  # --tls_secret_always
+    _check_enroll_fields(body)
     details = body.get("host_details")
     try:
         reply = await state.enroll_stub.Enroll(
@@ -88,6 +102,16 @@ async def enroll(request: Request, state: GatewayState, body: dict) -> Response:
     state.nodes.add(reply.node, reply.node_key)
     metrics.ENROLLMENTS.labels("pending" if reply.node.pending else "ok").inc()
     return json_response({"node_key": reply.node_key})
+
+
+def _check_enroll_fields(body: dict) -> None:
+    """osquery sends strings and an object of tables; anything else is not osquery."""
+    for name in ("host_identifier", "platform_type"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, str | int) or isinstance(value, bool)):
+            raise error(f"{name} must be a string", 400)
+    if not isinstance(body.get("host_details") or {}, dict):
+        raise error("host_details must be an object of table name -> first row", 400)
 
 
 def _client_certificate(request: Request) -> enroll_pb2.ClientCertificate | None:
@@ -196,12 +220,7 @@ async def distributed_read(request: Request, state: GatewayState, body: dict) ->
 
 async def distributed_write(request: Request, state: GatewayState, body: dict) -> Response:
     node = await authenticate(request, state, body)
-    results = body.get("queries")
-    if not isinstance(results, dict):
-        raise error("queries must be an object of query id -> rows", 400)
-    rows_by_campaign = {
-        campaign_id: rows if isinstance(rows, list) else [] for campaign_id, rows in results.items()
-    }
+    rows_by_campaign = _rows_by_campaign(body)
     answers = [
         _answer(body, node, campaign_id, len(rows))
         for campaign_id, rows in rows_by_campaign.items()
@@ -222,6 +241,39 @@ async def distributed_write(request: Request, state: GatewayState, body: dict) -
     for answer in answers:
         state.live_queries.mark_answered(answer.campaign_id, node.node_id)
     return json_response({})
+
+
+def _rows_by_campaign(body: dict) -> dict[str, list]:
+    """Each query id's rows, after checking the write's fields have osquery's types.
+
+    A query id may carry "" or null instead of rows (older osquery, failed queries).
+    """
+    results = body.get("queries")
+    if not isinstance(results, dict):
+        raise error("queries must be an object of query id -> rows", 400)
+    for campaign_id, rows in results.items():
+        if rows in ("", None):
+            continue
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise error(f"queries[{campaign_id[:100]!r}] must be an array of row objects", 400)
+    for name, kinds in WRITE_MAPS.items():
+        values = body.get(name, {})
+        if not isinstance(values, dict) or not all(
+            isinstance(value, kinds) for value in values.values()
+        ):
+            raise error(f"{name} must be an object of query id -> {WRITE_MAP_TYPES[name]}", 400)
+    return {
+        campaign_id: rows if isinstance(rows, list) else [] for campaign_id, rows in results.items()
+    }
+
+
+# The per-query maps of a distributed write, and what their values may be.
+WRITE_MAPS: dict[str, tuple[type, ...]] = {
+    "statuses": (int, str),
+    "messages": (str,),
+    "stats": (dict,),
+}
+WRITE_MAP_TYPES = {"statuses": "status code", "messages": "message", "stats": "stats object"}
 
 
 def _statuses(answers: list[distributed_pb2.Answer]) -> bytes:
@@ -249,7 +301,7 @@ def _answer(body: dict, node: NodeIdentity, campaign_id: str, rows: int) -> dist
         campaign_id=campaign_id,
         node_id=node.node_id,
         host_identifier=node.host_identifier,
-        status=_int(_dict(body.get("statuses")).get(campaign_id)),
+        status=_int(_dict(body.get("statuses")).get(campaign_id), INT32_MAX),
         message=_text(_dict(body.get("messages")).get(campaign_id)),
         row_count=rows,
         stats=distributed_pb2.QueryStats(
@@ -265,9 +317,42 @@ def _answer(body: dict, node: NodeIdentity, campaign_id: str, rows: int) -> dist
 # --- carving (issue 11) ----------------------------------------------------------------
 
 
-async def carve(request: Request, state: GatewayState, body: dict) -> Response:
-    # osquery's carver reads only session_id, so without one the carve fails cleanly.
-    raise error("file carving is not enabled on this Quarry server", 501)
+async def carve_begin(request: Request, state: GatewayState, body: dict) -> Response:
+    """Open a carve session; osquery reads only `session_id` (no session: the carve fails)."""
+    node = await authenticate(request, state, body)
+    if node.pending:
+        raise error("this node awaits approval and cannot carve yet", 403)
+    try:
+        carve = await carving_for(state.settings).begin(node, body)
+    except CarveRejected as exc:
+        raise error(str(exc), exc.status) from exc
+    return json_response({"session_id": carve.session_id})
+
+
+async def carve_block(request: Request, state: GatewayState, body: dict) -> Response:
+    """Store one block; the session id is its credential (the body has no node key).
+
+    osquery ignores this answer's content, so an error here is for people reading logs
+    and for the missing block to show in the carve's progress.
+    """
+    sender = await _carve_sender(state, node_key_of(request, body))
+    try:
+        carve = await carving_for(state.settings).receive_block(body, sender)
+    except CarveRejected as exc:
+        raise error(str(exc), exc.status) from exc
+    return json_response(
+        {"blocks_received": carve.blocks_received, "block_count": carve.block_count}
+    )
+
+
+async def _carve_sender(state: GatewayState, key: str) -> NodeIdentity | None:
+    """The node a continue request's header names, if known: another node's block is refused."""
+    if not key:
+        return None
+    try:
+        return await state.nodes.authenticate(key)
+    except grpc.aio.AioRpcError:
+        return None  # the session id alone still identifies the carve
 
 
 # --- shared ---------------------------------------------------------------------------
@@ -286,20 +371,48 @@ async def authenticate(request: Request, state: GatewayState, body: dict) -> Nod
 
 
 Handler = Callable[[Request, GatewayState, dict], Awaitable[Response]]
+# The most bytes an endpoint's body may have on the wire, from the settings.
+BodyLimit = Callable[[Settings], int]
+
+BODY_LIMITS: dict[str, BodyLimit] = {
+    "enroll": lambda settings: settings.request_max_bytes_other,
+    "config": lambda settings: settings.request_max_bytes_other,
+    "log": lambda settings: settings.request_max_bytes_log,
+    "distributed_read": lambda settings: settings.request_max_bytes_other,
+    "distributed_write": lambda settings: settings.request_max_bytes_distributed_write,
+    "carve_begin": lambda settings: settings.request_max_bytes_other,
+    "carve_block": lambda settings: carve_limits(settings).max_block_request_bytes,
+}
 
 
-def endpoint(name: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a handler: parse the body, turn refusals into JSON, count and time it."""
+def default_body_limit(settings: Settings) -> int:
+    """For an endpoint without its own entry in BODY_LIMITS."""
+    return settings.request_max_bytes_log
+
+
+def endpoint(
+    name: str, handler: Handler, body_limit: BodyLimit | None = None
+) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a handler: read the body within limits, turn refusals into JSON, count and time it.
+
+    `body_limit` defaults to BODY_LIMITS[name], else default_body_limit.
+    """
+    limit_of = body_limit or BODY_LIMITS.get(name, default_body_limit)
 
     async def serve(request: Request) -> Response:
         started = time.perf_counter()
         state: GatewayState = request.app.state.gateway
         outcome = "ok"
         try:
-            response = await handler(request, state, await read_json_object(request))
+            limits = BodyLimits.from_settings(state.settings, limit_of(state.settings))
+            response = await _handle(request, state, handler, limits)
         except BadRequest as exc:
-            outcome, response = "bad_request", json_response({"error": str(exc)}, 400)
+            metrics.REFUSED_REQUESTS.labels(name, exc.reason).inc()
+            outcome = "bad_request"
+            response = json_response({"error": str(exc)}, exc.status, close=exc.close)
         except Refusal as refusal:
+            if refusal.outcome == "bad_request":
+                metrics.REFUSED_REQUESTS.labels(name, BAD_FIELD).inc()
             outcome, response = refusal.outcome, json_response(refusal.body, refusal.status)
         except Exception:
             log.exception("%s failed", name)
@@ -312,6 +425,17 @@ def endpoint(name: str, handler: Handler) -> Callable[[Request], Awaitable[Respo
         return response
 
     return serve
+
+
+async def _handle(
+    request: Request, state: GatewayState, handler: Handler, limits: BodyLimits
+) -> Response:
+    body = await read_json_object(request, limits)
+    try:
+        return await handler(request, state, body)
+    except orjson.JSONEncodeError as exc:
+        # The handler re-serialized part of the body (data, rows, host details).
+        raise too_deep_to_forward() from exc
 
 
 def _declared_size(request: Request) -> int:
@@ -334,8 +458,8 @@ ENDPOINTS: dict[str, tuple[Handler, tuple[str, ...]]] = {
         distributed_write,
         ("/api/v1/osquery/distributed/write", "/distributed/write"),
     ),
-    "carve_begin": (carve, ("/api/v1/osquery/carve/begin", "/carve/start")),
-    "carve_block": (carve, ("/api/v1/osquery/carve/block", "/carve/continue")),
+    "carve_begin": (carve_begin, ("/api/v1/osquery/carve/begin", "/carve/start")),
+    "carve_block": (carve_block, ("/api/v1/osquery/carve/block", "/carve/continue")),
 }
 
 
@@ -355,8 +479,13 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ("" if value is None else str(value))
 
 
-def _int(value: object) -> int:
+INT32_MAX = (1 << 31) - 1
+UINT64_MAX = (1 << 64) - 1
+
+
+def _int(value: object, maximum: int = UINT64_MAX) -> int:
+    """A non-negative integer within the protobuf field's range; 0 when it is not a number."""
     try:
-        return max(0, int(value))  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+        return min(maximum, max(0, int(value)))  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
         return 0

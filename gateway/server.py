@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import ssl
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 
-from gateway.client_certificates import PROTOCOL_IMPORT_STRING
+from gateway.connection_deadlines import PROTOCOL_IMPORT_STRING
 from gateway.tls_bootstrap import TlsFiles, ensure_certificates
+from gateway.tls_policy import TlsPolicy, context_factory_for
 from quarry.metrics_endpoint import prepare_multiprocess_metrics, start_metrics_endpoint
 from quarry.settings import Settings
 
@@ -24,22 +23,17 @@ def tls_files(settings: Settings) -> TlsFiles:
     return ensure_certificates(settings.path("tls"), [settings.public_host])
 
 
-def client_certificate_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's TLS options that ask clients for a certificate signed by tls_client_ca."""
-    if not settings.tls_client_ca:
-        return {}
-    if not Path(settings.tls_client_ca).is_file():
-        raise SystemExit(f"QUARRY_TLS_CLIENT_CA: no such file {settings.tls_client_ca}")
-    required = settings.tls_client_cert_required
-    log.info(
-        "TLS client certificates %s, verified against %s",
-        "required" if required else "accepted",
-        settings.tls_client_ca,
-    )
-    return {
-        "ssl_cert_reqs": ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL,
-        "ssl_ca_certs": settings.tls_client_ca,
-    }
+def tls_policy(settings: Settings, files: TlsFiles) -> TlsPolicy:
+    """Versions, ciphers and client certificates for the gateway's certificate files."""
+    if settings.tls_client_ca:
+        if not Path(settings.tls_client_ca).is_file():
+            raise SystemExit(f"QUARRY_TLS_CLIENT_CA: no such file {settings.tls_client_ca}")
+        log.info(
+            "TLS client certificates %s, verified against %s",
+            "required" if settings.tls_client_cert_required else "accepted",
+            settings.tls_client_ca,
+        )
+    return TlsPolicy.from_settings(settings, str(files.cert), str(files.key))
 
 
 def main(settings: Settings) -> None:
@@ -61,10 +55,10 @@ def main(settings: Settings) -> None:
         host=settings.bind_host,
         port=settings.gateway_port,
         workers=settings.gateway_workers,
-        ssl_certfile=str(files.cert),
-        ssl_keyfile=str(files.key),
-        **client_certificate_options(settings),
-        # Registers each connection's client certificate for the enroll handler.
+        # TLS 1.2+, osquery's ciphers, client certificates, reload on change (tls_policy.py).
+        ssl_context_factory=context_factory_for(tls_policy(settings, files)),
+        # Registers each connection's client certificate for the enroll handler, and
+        # closes connections whose request head is too slow (connection_deadlines.py).
         http=PROTOCOL_IMPORT_STRING,
         # The gateway terminates TLS itself: a forwarded-for header is never the peer,
         # and the certificate lookup needs scope["client"] to be the real connection.

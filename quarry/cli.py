@@ -12,7 +12,13 @@ import os
 import sys
 from collections.abc import Callable
 
-from quarry import admin_commands, config_commands, enrollment_commands, query_commands
+from quarry import (
+    admin_commands,
+    carve_commands,
+    config_commands,
+    enrollment_commands,
+    query_commands,
+)
 from quarry.process_logging import setup_logging
 from quarry.settings import SERVICES, Settings
 
@@ -73,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     enrollment_commands.add_node_commands(sub, _admin)
 
     query_commands.add_query_commands(sub, _admin)
+    carve_commands.add_carve_commands(sub, _admin)
 
     _admin(sub, "flags", "print the osquery flags that connect a node", admin_commands.flags)
     tls = sub.add_parser("tls", help="certificates of the local CA")

@@ -6,6 +6,11 @@ included), as quarry_grpc_server_* and quarry_grpc_client_* metrics. The method 
 only label beside the code, so cardinality stays bounded by the protos. Streaming calls
 are counted and shown in flight but not timed: a watch stream lasts for hours and would
 drown the latency of the unary calls.
+
+Every server also answers the standard gRPC health check (grpc.health.v1.Health), which
+Kubernetes' grpc probes and grpc_health_probe call. It answers SERVING for the server as a
+whole (service ""): a process starts its gRPC server only once its store is open, so an
+answer at all means it is ready.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger(__name__)
@@ -95,11 +101,19 @@ async def serve_grpc(
     """Start an aio gRPC server on bind (host:port) with the servicers `register` adds."""
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ServerMetricsInterceptor()])
     register(server)
+    add_health_service(server)
     if server.add_insecure_port(bind) == 0:
         raise RuntimeError(f"{name}: cannot listen on {bind}")
     await server.start()
     log.info("%s gRPC listening on %s", name, bind)
     return server
+
+
+def add_health_service(server: grpc.aio.Server) -> health.aio.HealthServicer:
+    """Register grpc.health.v1.Health on server; it answers SERVING for service ""."""
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
 
 
 def aio_channel(addr: str) -> grpc.aio.Channel:

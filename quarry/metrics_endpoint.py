@@ -4,6 +4,10 @@ A process that forks workers (the gateway with QUARRY_GATEWAY_WORKERS > 1) uses
 prometheus-client's multiprocess mode: each worker writes its samples to files in a
 shared folder and the parent's endpoint sums them, so Prometheus sees one coherent
 set rather than one worker's fragment per scrape.
+
+The same port answers GET /healthz with 200 "ok": a liveness target that needs no gRPC
+client (Kubernetes httpGet probes, docker compose healthchecks). It says the process is
+up, nothing more; readiness is the gRPC health check, or the gateway's HTTPS /healthz.
 """
 
 from __future__ import annotations
@@ -11,15 +15,23 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app, multiprocess
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from quarry.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+HEALTH_PATH = "/healthz"
+
+WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
 
 def prepare_multiprocess_metrics(folder: Path) -> None:
@@ -36,6 +48,33 @@ def start_metrics_endpoint(settings: Settings, service: str) -> int:
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    start_http_server(port, addr=settings.bind_host, registry=registry)
+    serve_in_background(settings.bind_host, port, with_health(make_wsgi_app(registry)))
     log.info("metrics on http://%s:%d/metrics", settings.bind_host, port)
     return port
+
+
+def with_health(metrics_app: WsgiApp) -> WsgiApp:
+    """The metrics app, with GET /healthz answered "ok" before it."""
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == HEALTH_PATH:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+class _QuietRequestHandler(WSGIRequestHandler):
+    """Scrapes and probes every few seconds would flood the log otherwise."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def serve_in_background(host: str, port: int, app: WsgiApp) -> None:
+    """What prometheus_client.start_http_server does, with our app (IPv4 or IPv6 host)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+    httpd = make_server(host, port, app, server_class, handler_class=_QuietRequestHandler)
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()

@@ -118,6 +118,33 @@ class Settings:
     log_level: str = "INFO"
     extra: dict[str, str] = field(default_factory=dict)
 
+    # Hardening (issue 10); docs/security.md explains each limit.
+    # Request bodies as received (compressed when gzip), per endpoint: Fleet's defaults.
+    request_max_bytes_log: int = 10 << 20
+    request_max_bytes_distributed_write: int = 5 << 20
+    request_max_bytes_other: int = 1 << 20  # enroll, config, distributed read
+    # A gzip body is refused once it inflates past this, while it is still arriving.
+    request_max_decompressed_bytes: int = 64 << 20
+    # JSON shape: values in one body (checked before parsing), characters in one string.
+    request_max_json_values: int = 2_000_000
+    request_max_string_chars: int = 4 << 20
+    # A client must deliver its whole request head, and then its body, within these.
+    request_head_timeout_s: float = 30.0
+    request_body_timeout_s: float = 30.0
+    # TLS: lowest version (1.2 or 1.3) and the TLS 1.2 cipher list; osquery's by default.
+    tls_min_version: str = "1.2"
+    tls_ciphers: str = (
+        "ECDH+AESGCM:DH+AESGCM:ECDH+AES256:DH+AES256:ECDH+AES128:DH+AES:ECDH+3DES:DH+3DES:"
+        "RSA+AESGCM:RSA+AES:RSA+3DES:!aNULL:!MD5:!CBC:!SHA:!DSS:!kDHE:!kRSA"
+    )
+    # Enrollment token buckets: sustained attempts per second and burst, per source
+    # address (every attempt) and per valid secret; a rate of 0 turns a limit off.
+    # Loopback sources are exempt (the machine itself: tests, benchmarks).
+    enroll_rate_per_address_s: float = 5.0
+    enroll_burst_per_address: int = 300
+    enroll_rate_per_secret_s: float = 100.0
+    enroll_burst_per_secret: int = 5000
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Defaults, overridden by QUARRY_<FIELD> variables (QUARRY_PORT_BASE shifts all ports)."""

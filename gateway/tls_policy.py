@@ -1,0 +1,144 @@
+"""The gateway's TLS server context: versions, ciphers, client certificates, and reload.
+
+TLS 1.2 and 1.3 only (1.3 only if asked), with osquery's own TLS 1.2 cipher list by
+default (shared/osquery-protocol.md §2.2): ECDHE key exchange and AEAD ciphers. TLS
+1.3 suites are OpenSSL's defaults, all AEAD; Python cannot narrow them.
+
+Certificates are reloaded without a restart. uvicorn builds one SSLContext per worker
+through `uvicorn_context_factory`; that context's SNI callback runs on every client
+hello (with or without a server name), checks whether the certificate or key file
+changed on disk (a stat of each), and if so builds a fresh context from them. The
+handshake under way and every later one then switch to the newest context, so a
+renewed certificate is served from the next connection on; open connections keep
+theirs. A reload that fails (a half-written file, a key that does not match) keeps
+the previous certificate and is logged once per change of the files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from gateway import metrics
+from quarry.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+FileStamp = tuple[int, int, int]  # inode, size, modification time (ns)
+
+
+@dataclass(frozen=True)
+class TlsPolicy:
+    cert: str
+    key: str
+    client_ca: str = ""  # ask clients for a certificate signed by this CA
+    client_cert_required: bool = False
+    min_version: str = "1.2"
+    ciphers: str = Settings.tls_ciphers
+
+    @classmethod
+    def from_settings(cls, settings: Settings, cert: str, key: str) -> TlsPolicy:
+        if settings.tls_min_version not in TLS_VERSIONS:
+            raise SystemExit(
+                f"QUARRY_TLS_MIN_VERSION must be one of {', '.join(TLS_VERSIONS)}; "
+                f"got {settings.tls_min_version!r}"
+            )
+        return cls(
+            cert=cert,
+            key=key,
+            client_ca=settings.tls_client_ca,
+            client_cert_required=settings.tls_client_cert_required,
+            min_version=settings.tls_min_version,
+            ciphers=settings.tls_ciphers,
+        )
+
+
+def server_context(policy: TlsPolicy) -> ssl.SSLContext:
+    """A server context following the policy, with the certificate as it is on disk now."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = TLS_VERSIONS[policy.min_version]
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    context.set_ciphers(policy.ciphers)
+    # No renegotiation, no compression (OpenSSL 3 defaults, stated for the reader).
+    context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
+    context.load_cert_chain(policy.cert, policy.key)
+    if policy.client_ca:
+        context.load_verify_locations(cafile=policy.client_ca)
+        context.verify_mode = (
+            ssl.CERT_REQUIRED if policy.client_cert_required else ssl.CERT_OPTIONAL
+        )
+    return context
+
+
+class ReloadingContext:
+    """The context uvicorn serves with, switching handshakes to a reloaded one on change."""
+
+    def __init__(self, policy: TlsPolicy) -> None:
+        self._policy = policy
+        self._lock = threading.Lock()  # handshakes may run in more than one thread
+        self._stamp = self._files_stamp()
+        self.front = server_context(policy)
+        self.front.sni_callback = self._on_client_hello
+        self._current = self.front
+
+    def _files_stamp(self) -> tuple[FileStamp, ...]:
+        stamps = []
+        for path in (self._policy.cert, self._policy.key):
+            try:
+                status = os.stat(path)
+            except OSError:
+                stamps.append((0, 0, 0))  # a file being replaced: try again next time
+            else:
+                stamps.append((status.st_ino, status.st_size, status.st_mtime_ns))
+        return tuple(stamps)
+
+    def _on_client_hello(
+        self, ssl_object: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext
+    ) -> None:
+        current = self.reload_if_changed()
+        if current is not context:
+            ssl_object.context = current
+
+    def reload_if_changed(self) -> ssl.SSLContext:
+        """The newest context, rebuilt first when the certificate or key file changed."""
+        stamp = self._files_stamp()
+        if stamp == self._stamp:
+            return self._current
+        with self._lock:
+            if stamp != self._stamp:
+                self._stamp = stamp  # tried once per change, however the attempt ends
+                self._current = self._reloaded()
+        return self._current
+
+    def _reloaded(self) -> ssl.SSLContext:
+        try:
+            context = server_context(self._policy)
+        except (OSError, ssl.SSLError) as exc:
+            metrics.TLS_RELOADS.labels("error").inc()
+            log.warning(
+                "TLS certificate %s changed but cannot be loaded (%s); still serving the "
+                "previous one",
+                self._policy.cert,
+                exc,
+            )
+            return self._current
+        metrics.TLS_RELOADS.labels("ok").inc()
+        log.info("TLS certificate %s reloaded", self._policy.cert)
+        return context
+
+
+def uvicorn_context_factory(policy: TlsPolicy, config: Any, default_factory: Any) -> ssl.SSLContext:
+    """uvicorn's ssl_context_factory: each worker process builds its own reloading context."""
+    return ReloadingContext(policy).front
+
+
+def context_factory_for(policy: TlsPolicy) -> partial[ssl.SSLContext]:
+    """What to pass as uvicorn's ssl_context_factory (picklable, for worker processes)."""
+    return partial(uvicorn_context_factory, policy)
