@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench protos lint clean install
+.PHONY: run test bench soak protos lint clean install
 
 install: $(STAMP)
 
@@ -39,3 +39,8 @@ clean:
 ## BENCH_ARGS="--hosts 5000 --sweep" and friends: see `python -m bench --help`.
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
+
+## make soak: 10 minutes of a simulated fleet with random process kills (not part of make test).
+## SOAK_ARGS="--minutes 2 --hosts 30" and friends: see `python -m bench.soak --help`.
+soak: $(STAMP)
+	$(PY) -m bench.soak $(SOAK_ARGS)
