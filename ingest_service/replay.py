@@ -32,6 +32,7 @@ from ingest_service.log_rows import (
 from ingest_service.log_store import LogStore, QueryResult
 from ingest_service.spool import Position, Spool, SpoolRecord
 from protos.v1 import logs_pb2
+from quarry.clickhouse_sql import sql_string
 
 log = logging.getLogger(__name__)
 
@@ -295,8 +296,3 @@ class ReplayedReads:
     def query(self, sql: str) -> QueryResult:
         self.replayer.wait_until_replayed(self.spool.appended_records, READ_YOUR_WRITES_WAIT_S)
         return self.store.query(sql)
-
-
-def sql_string(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{escaped}'"

@@ -23,6 +23,7 @@ from google.protobuf.json_format import MessageToDict
 from protos.v1 import distributed_pb2, distributed_pb2_grpc, logs_pb2, logs_pb2_grpc
 from quarry.admin_commands import CommandError, call_rpc
 from quarry.cli_output import emit_json, emit_table, progress
+from quarry.clickhouse_sql import sql_string
 from quarry.grpc_runtime import sync_channel
 from quarry.settings import Settings
 
@@ -169,12 +170,12 @@ def print_new_rows(
 def result_rows(settings: Settings, campaign_id: str, host_identifier: str = "") -> list[dict]:
     """The campaign's rows (of one host, when given), from quarry.distributed_results."""
     stub = logs_pb2_grpc.LogStoreStub(sync_channel(settings.service_addr("ingest")))
-    one_host = f" AND host_identifier = {sql_text(host_identifier)}" if host_identifier else ""
+    one_host = f" AND host_identifier = {sql_string(host_identifier)}" if host_identifier else ""
     reply = call_rpc(
         stub.Query,
         logs_pb2.SqlRequest(
             sql="SELECT host_identifier, column_names, column_values"
-            f" FROM quarry.distributed_results WHERE campaign_id = {sql_text(campaign_id)}"
+            f" FROM quarry.distributed_results WHERE campaign_id = {sql_string(campaign_id)}"
             f"{one_host} ORDER BY host_identifier, row_index"
         ),
     )
@@ -184,10 +185,6 @@ def result_rows(settings: Settings, campaign_id: str, host_identifier: str = "")
         {"host_identifier": host, **dict(zip(names, values, strict=False))}
         for host, names, values in (json.loads(r) for r in reply.rows_json)
     ]
-
-
-def sql_text(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def query_show(settings: Settings, args: argparse.Namespace) -> int:

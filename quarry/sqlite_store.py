@@ -8,6 +8,7 @@ another. PostgreSQL, for replicas sharing state, plugs in here later.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +18,10 @@ class SqliteStore:
     """Base of the services' stores: an open connection, its schema, transactions."""
 
     def __init__(self, path: Path, schema: str) -> None:
-        # Autocommit mode: transactions are ours, opened by _transaction().
-        self._db = sqlite3.connect(path, isolation_level=None)
+        # Autocommit mode: transactions are ours, opened by _transaction(). The connection
+        # may be used from worker threads too, one at a time under _lock.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(schema)
@@ -28,10 +31,11 @@ class SqliteStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")

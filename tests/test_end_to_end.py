@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from clickhouse_driver import Client
 
+from quarry.clickhouse_sql import sql_string
 from tests.emulator import (
     FLEET_ENDPOINTS,
     OSQUERY_DOC_ENDPOINTS,
@@ -59,10 +60,6 @@ def new_node(cluster: QuarryCluster, **options: object) -> OsqueryNode:
 
 def run(coroutine):
     return asyncio.run(coroutine)
-
-
-def sql_literal(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def node_id_of(cluster: QuarryCluster, host_identifier: str) -> str:
@@ -224,7 +221,7 @@ def test_result_and_status_logs_land_in_clickhouse(
     rows = cluster.sql(
         "SELECT name, action, column_names, column_values, decoration_names, counter, "
         f"toUnixTimestamp(unix_time) AS t FROM quarry.results WHERE host_identifier = "
-        f"{sql_literal(host)} ORDER BY name, action, column_values"
+        f"{sql_string(host)} ORDER BY name, action, column_values"
     )
     seen = [
         (r["name"], r["action"], dict(zip(r["column_names"], r["column_values"], strict=True)))
@@ -245,7 +242,7 @@ def test_result_and_status_logs_land_in_clickhouse(
 
     status = cluster.sql(
         "SELECT message, severity, filename FROM quarry.status_logs "
-        f"WHERE host_identifier = {sql_literal(host)}"
+        f"WHERE host_identifier = {sql_string(host)}"
     )
     assert status == [
         {"message": f"status for {query}", "severity": 1, "filename": "scheduler.cpp"}
@@ -269,7 +266,7 @@ def test_a_log_batch_sent_twice_is_stored_once(cluster: QuarryCluster) -> None:
 
     host = run(scenario())
     rows = cluster.sql(
-        f"SELECT count() AS n FROM quarry.results WHERE host_identifier = {sql_literal(host)}"
+        f"SELECT count() AS n FROM quarry.results WHERE host_identifier = {sql_string(host)}"
     )
     assert rows == [{"n": 1}]
 
@@ -300,7 +297,7 @@ def test_logs_are_refused_while_ingest_is_down_and_kept_until_it_is_back(
     assert outcomes[-1] == {"result": True}
     rows = cluster.sql(
         "SELECT column_values FROM quarry.results "
-        f"WHERE host_identifier = {sql_literal(host)} ORDER BY column_values"
+        f"WHERE host_identifier = {sql_string(host)} ORDER BY column_values"
     )
     assert [r["column_values"] for r in rows] == [["0"], ["1"], ["2"]]
 
@@ -413,7 +410,7 @@ def copies_per_line(cluster: QuarryCluster, host: str) -> list[dict]:
     try:
         return cluster.sql(
             "SELECT column_values[1] AS i, count() AS n FROM quarry.results "
-            f"WHERE host_identifier = {sql_literal(host)} GROUP BY i ORDER BY toUInt32(i)"
+            f"WHERE host_identifier = {sql_string(host)} GROUP BY i ORDER BY toUInt32(i)"
         )
     except AssertionError:
         return []  # ingest still restarting: `quarry sql` failed

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from quarry.clickhouse_sql import sql_string
 from tests.emulator import HostProfile, LogBuffer, OsqueryNode, QueryResult, log_records
 from tests.polling import eventually
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
@@ -93,15 +94,11 @@ async def until(attempt, timeout_s: float = RECOVERY_TIMEOUT_S):
         await asyncio.sleep(0.3)
 
 
-def sql_literal(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def copies_per_line(cluster: QuarryCluster, host: str) -> dict[int, int]:
     """How many times each line ("i" column) of this host is stored."""
     rows = cluster.sql(
         "SELECT column_values[1] AS i, count() AS n FROM quarry.results "
-        f"WHERE host_identifier = {sql_literal(host)} GROUP BY i"
+        f"WHERE host_identifier = {sql_string(host)} GROUP BY i"
     )
     return {int(row["i"]): int(row["n"]) for row in rows}
 
@@ -280,7 +277,7 @@ def test_a_live_query_answer_sent_while_distributed_is_down_is_retried_and_count
     [host_state] = [h for h in account["hosts"] if h["host_identifier"] == host]  # type: ignore[index]
     assert host_state["state"] == "ANSWERED"
     assert host_state["row_count"] == "1"
-    literal = sql_literal(campaign_id)
+    literal = sql_string(campaign_id)
     rows = cluster.sql(
         f"SELECT column_values FROM quarry.distributed_results WHERE campaign_id = {literal}"
     )

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
+from quarry.clickhouse_sql import sql_string
 from quarry.settings import Settings
 from tests.emulator import HostProfile, OsqueryNode, log_records
 from tests.emulator.node import MAX_LOG_LINE_BYTES, LogRecord
@@ -83,10 +84,6 @@ def post_from_new_host(
 # --- reading back ---------------------------------------------------------------------
 
 
-def sql_literal(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def wait_for_rows(read: Callable[[], list[T]], count: int, timeout_s: float = 30.0) -> list[T]:
     """Rows once `count` are there: the ack means spooled, the insert follows shortly."""
     deadline = time.monotonic() + timeout_s
@@ -107,7 +104,7 @@ def stored_results(cluster: QuarryCluster, host: str, count: int) -> list[dict[s
         return cluster.sql(
             "SELECT name, action, column_names, column_values, decoration_names, "
             "decoration_values, numerics, counter, toUnixTimestamp(unix_time) AS unix_time "
-            f"FROM quarry.results WHERE host_identifier = {sql_literal(host)}"
+            f"FROM quarry.results WHERE host_identifier = {sql_string(host)}"
         )
 
     rows = [
@@ -134,7 +131,7 @@ def stored_status_logs(cluster: QuarryCluster, host: str, count: int) -> list[di
         return cluster.sql(
             "SELECT toUnixTimestamp(unix_time) AS unix_time, calendar_time, severity, "
             "filename, line, message, version, decoration_names, decoration_values "
-            f"FROM quarry.status_logs WHERE host_identifier = {sql_literal(host)} "
+            f"FROM quarry.status_logs WHERE host_identifier = {sql_string(host)} "
             "ORDER BY message"
         )
 

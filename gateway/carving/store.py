@@ -21,11 +21,11 @@ import contextlib
 import hashlib
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from quarry.sqlite_store import SqliteStore
 
 RECEIVING, COMPLETE, EXPIRED = "receiving", "complete", "expired"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -109,26 +109,16 @@ class BlockOutcome:
     duplicate: bool  # the block was already stored
 
 
-class CarveStore:
-    """The index and data files of one carve directory; safe across threads and processes."""
+class CarveStore(SqliteStore):
+    """The index and data files of one carve directory; safe across threads and processes
+    (BEGIN IMMEDIATE transactions, so a read-modify-write never interleaves with another
+    gateway worker's)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        # Autocommit: transactions are explicit (BEGIN IMMEDIATE), so a read-modify-write
-        # never interleaves with another worker's.
-        self._db = sqlite3.connect(
-            directory / "index.sqlite3", isolation_level=None, check_same_thread=False
-        )
+        super().__init__(directory / "index.sqlite3", SCHEMA)
         self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(SCHEMA)
-
-    def close(self) -> None:
-        self._db.close()
 
     def data_path(self, session_id: str) -> Path:
         return self.directory / f"{session_id}.carve"
@@ -337,17 +327,6 @@ class CarveStore:
         with self._lock:
             row = self._db.execute(sql, params).fetchone()
         return Carve(**dict(row)) if row else None
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
 
 def _check_block(carve: Carve, block_id: int, data: bytes) -> None:
