@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 import orjson
 
 from bench import environment, report
@@ -138,7 +137,7 @@ def progress(message: str) -> None:
 
 def live_query_launcher(cluster: QuarryCluster):
     async def launch() -> str:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{cluster.port_base + 3}") as channel:
+        async with cluster.aio_channel("distributed") as channel:
             stub = distributed_pb2_grpc.DistributedServiceStub(channel)
             campaign = await stub.StartQuery(
                 distributed_pb2.StartQueryRequest(sql=LIVE_QUERY_SQL, author="bench"), timeout=60
@@ -362,7 +361,7 @@ def post_to_visible_latency(
     )  # fmt: skip
 
     async def measure() -> dict[str, Any]:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{cluster.port_base + 4}") as channel:
+        async with cluster.aio_channel("ingest") as channel:
             result = await measure_visibility(
                 target,
                 rows_per_counter(logs_pb2_grpc.LogStoreStub(channel), LATENCY_QUERY),

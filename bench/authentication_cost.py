@@ -26,7 +26,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import grpc
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -40,7 +39,6 @@ from bench.ceilings import (
 from bench.saturation import SaturationTarget
 from bench.unauthenticated_gateway import FIXED_NODE_ENV
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
-from quarry.settings import Settings
 from tests.emulator.http_client import ServerAddress, osquery_ssl_context
 from tests.free_ports import free_port_base
 from tests.quarry_cluster import QuarryCluster
@@ -118,8 +116,7 @@ def share(ours: float, reference: float) -> float | None:
 
 def node_identity(cluster: QuarryCluster, node_key: str) -> dict[str, Any]:
     """The enrolled node's identity, asked once: the unauthenticated gateway serves it."""
-    settings = cluster_settings(cluster)
-    with grpc.insecure_channel(settings.service_addr("enroll")) as channel:
+    with cluster.channel("enroll") as channel:
         node = enroll_pb2_grpc.EnrollServiceStub(channel).GetNode(
             enroll_pb2.GetNodeRequest(node_key=node_key), timeout=30
         )
@@ -140,7 +137,7 @@ def start_unauthenticated_gateway(
     """The cluster's gateway settings, on other ports, pointed at the cluster's services."""
     state_dir = scratch / "unauthenticated-gateway"
     state_dir.mkdir(parents=True, exist_ok=True)
-    settings = cluster_settings(cluster)
+    settings = cluster.settings
     tls = cluster.state_dir / "tls"
     env = {
         **cluster.env(),
@@ -165,10 +162,6 @@ def start_unauthenticated_gateway(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-
-
-def cluster_settings(cluster: QuarryCluster) -> Settings:
-    return Settings.from_env(cluster.env())
 
 
 def wait_until_healthy(
@@ -197,7 +190,7 @@ def wait_until_healthy(
 
 
 def gateway_metrics_url(cluster: QuarryCluster) -> str:
-    settings = cluster_settings(cluster)
+    settings = cluster.settings
     return f"http://127.0.0.1:{settings.metrics_port('gateway')}/metrics"
 
 

@@ -6,6 +6,11 @@ import asyncio
 import contextlib
 import logging
 
+from enroll_service.admin_tokens import (
+    AdminTokenStore,
+    LocalTokenAuthority,
+    bootstrap_root_token,
+)
 from enroll_service.node_identity import check_identity_settings
 from enroll_service.service import EnrollServicer
 from enroll_service.shared_secret import ensure_secret_file
@@ -36,11 +41,14 @@ async def serve(settings: Settings) -> None:
     if not settings.enroll_secret:
         log.info("enroll secret read from %s", secret_path)
     store = NodeStore(settings.path("enroll.sqlite3"))
-    servicer = EnrollServicer(settings, store)
+    tokens = AdminTokenStore(settings.path("enroll.sqlite3"))
+    bootstrap_root_token(settings, tokens)
+    servicer = EnrollServicer(settings, store, tokens)
     server = await serve_grpc(
         f"{settings.bind_host}:{settings.enroll_port}",
         lambda s: enroll_pb2_grpc.add_EnrollServiceServicer_to_server(servicer, s),
         "enroll",
+        token_authority=LocalTokenAuthority(tokens),
     )
     refresher = asyncio.create_task(_refresh_gauges(servicer))
     await until_signalled()
@@ -51,6 +59,7 @@ async def serve(settings: Settings) -> None:
     servicer.close_watches()
     await server.stop(SHUTDOWN_GRACE_S)
     store.close()
+    tokens.close()
 
 
 async def _refresh_gauges(servicer: EnrollServicer) -> None:

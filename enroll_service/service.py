@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import grpc
 
 from enroll_service import metrics
+from enroll_service.admin_token_service import AdminTokenRpcs
+from enroll_service.admin_tokens import AdminTokenStore
 from enroll_service.enroll_secrets import (
     ACTIVE,
     CLIENT_CERTIFICATE_SECRET_NAME,
@@ -66,10 +68,11 @@ class Refusal:
     outcome: str
 
 
-class EnrollServicer(enroll_pb2_grpc.EnrollServiceServicer):
-    def __init__(self, settings: Settings, store: NodeStore) -> None:
+class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
+    def __init__(self, settings: Settings, store: NodeStore, tokens: AdminTokenStore) -> None:
         self._settings = settings
         self._store = store
+        self._tokens = tokens
         self._clones = ClonePolicy.from_settings(settings)
         self._rate_limits = EnrollRateLimits(settings)
         self._feed: ChangeFeed[enroll_pb2.NodeEvent] = ChangeFeed()

@@ -18,6 +18,7 @@ from quarry import (
     config_commands,
     enrollment_commands,
     query_commands,
+    token_commands,
 )
 from quarry.process_logging import setup_logging
 from quarry.settings import SERVICES, Settings
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     query_commands.add_query_commands(sub, _admin)
     carve_commands.add_carve_commands(sub, _admin)
+    token_commands.add_access_commands(sub, _admin)
 
     _admin(sub, "flags", "print the osquery flags that connect a node", admin_commands.flags)
     tls = sub.add_parser("tls", help="certificates of the local CA")

@@ -11,11 +11,17 @@ Every server also answers the standard gRPC health check (grpc.health.v1.Health)
 Kubernetes' grpc probes and grpc_health_probe call. It answers SERVING for the server as a
 whole (service ""): a process starts its gRPC server only once its store is open, so an
 answer at all means it is ready.
+
+Every server also checks admin calls (quarry/admin_auth.py): an interceptor, in its own
+section below, refuses an RPC of the admin method table without a token of a high enough
+role and records each admin call in the audit log. Channels send a token: the admin
+channels (sync_channel) the CLI's, the long-running ones (aio_channel) the service token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
@@ -26,6 +32,19 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from prometheus_client import Counter, Gauge, Histogram
+
+from quarry.admin_auth import (
+    ADMIN_METHODS,
+    AdminGate,
+    Principal,
+    Refused,
+    RemoteTokenAuthority,
+    TokenAuthority,
+    bearer_token,
+    cli_admin_token,
+    service_token,
+)
+from quarry.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +115,24 @@ SERVER_OPTIONS = [
 
 
 async def serve_grpc(
-    bind: str, register: Callable[[grpc.aio.Server], None], name: str
+    bind: str,
+    register: Callable[[grpc.aio.Server], None],
+    name: str,
+    token_authority: TokenAuthority | None = None,
 ) -> grpc.aio.Server:
-    """Start an aio gRPC server on bind (host:port) with the servicers `register` adds."""
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ServerMetricsInterceptor()])
+    """Start an aio gRPC server on bind (host:port) with the servicers `register` adds.
+
+    Admin calls are checked against token_authority; by default the enroll service's,
+    asked over gRPC (the enroll service passes its own store).
+    """
+    settings = Settings.from_env()
+    if token_authority is None:
+        token_authority = RemoteTokenAuthority(aio_channel(settings.service_addr("enroll")))
+    gate = AdminGate(token_authority, name, service_token(settings))
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS,
+        interceptors=[ServerMetricsInterceptor(), AdminAuthInterceptor(gate)],
+    )
     register(server)
     add_health_service(server)
     if server.add_insecure_port(bind) == 0:
@@ -116,18 +149,34 @@ def add_health_service(server: grpc.aio.Server) -> health.aio.HealthServicer:
     return servicer
 
 
-def aio_channel(addr: str) -> grpc.aio.Channel:
-    """A channel for long-running processes; its calls are measured."""
+def aio_channel(addr: str, token: str | None = None) -> grpc.aio.Channel:
+    """A channel for long-running processes; its calls are measured and carry token.
+
+    By default the service token of this process's settings.
+    """
+    if token is None:
+        token = service_token(Settings.from_env())
     return grpc.aio.insecure_channel(
         addr,
         options=CHANNEL_OPTIONS,
-        interceptors=[UnaryUnaryMetricsInterceptor(), UnaryStreamMetricsInterceptor()],
+        interceptors=[
+            UnaryUnaryMetricsInterceptor(token),
+            UnaryStreamMetricsInterceptor(token),
+        ],
     )
 
 
-def sync_channel(addr: str) -> grpc.Channel:
-    """A channel for the admin commands: short-lived, nothing scrapes them, so unmeasured."""
-    return grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+def sync_channel(addr: str, token: str | None = None) -> grpc.Channel:
+    """A channel for the admin commands: short-lived, nothing scrapes them, so unmeasured.
+
+    Its calls carry token, by default the CLI's (QUARRY_ADMIN_TOKEN or state_dir/admin_token).
+    """
+    channel = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+    if token is None:
+        token = cli_admin_token(Settings.from_env())
+    if not token:
+        return channel
+    return grpc.intercept_channel(channel, SyncBearerTokenInterceptor(token))
 
 
 async def run_forever_with_reconnect(
@@ -235,8 +284,22 @@ def _method_name(details: grpc.aio.ClientCallDetails) -> str:
     return method.decode() if isinstance(method, bytes) else method
 
 
+def _with_token(details: grpc.aio.ClientCallDetails, token: str) -> grpc.aio.ClientCallDetails:
+    """details with `authorization: Bearer token` added, unless the caller set one."""
+    if not token:
+        return details
+    metadata = list(details.metadata or ())
+    if any(key.lower() == "authorization" for key, _ in metadata):
+        return details
+    metadata.append(("authorization", f"Bearer {token}"))
+    return details._replace(metadata=grpc.aio.Metadata(*metadata))
+
+
 class UnaryUnaryMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """Counts and times each unary call; waits for its answer, then hands the call back."""
+
+    def __init__(self, token: str = "") -> None:
+        self._token = token
 
     async def intercept_unary_unary(
         self,
@@ -244,6 +307,7 @@ class UnaryUnaryMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: object,
     ) -> grpc.aio.UnaryUnaryCall:
+        client_call_details = _with_token(client_call_details, self._token)
         method = _method_name(client_call_details)
         CLIENT_CALLS_IN_FLIGHT.labels(method).inc()
         started = time.perf_counter()
@@ -266,12 +330,16 @@ class UnaryUnaryMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 class UnaryStreamMetricsInterceptor(grpc.aio.UnaryStreamClientInterceptor):
     """Counts each streaming call and keeps it in flight until it ends."""
 
+    def __init__(self, token: str = "") -> None:
+        self._token = token
+
     async def intercept_unary_stream(
         self,
         continuation: Callable[..., Awaitable[grpc.aio.UnaryStreamCall]],
         client_call_details: grpc.aio.ClientCallDetails,
         request: object,
     ) -> grpc.aio.UnaryStreamCall:
+        client_call_details = _with_token(client_call_details, self._token)
         method = _method_name(client_call_details)
         CLIENT_CALLS_IN_FLIGHT.labels(method).inc()
         call = await continuation(client_call_details, request)
@@ -292,3 +360,120 @@ def _finished_code(ready: asyncio.Future[grpc.StatusCode]) -> grpc.StatusCode:
     if ready.cancelled() or ready.exception() is not None:
         return grpc.StatusCode.UNKNOWN
     return ready.result()
+
+
+class _SyncCallDetails(
+    collections.namedtuple(
+        "_SyncCallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class SyncBearerTokenInterceptor(
+    grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor
+):
+    """Adds `authorization: Bearer <token>` to each call of a sync (admin) channel."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _SyncCallDetails(
+            details.method,
+            details.timeout,
+            [*(details.metadata or ()), self._header],
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: object
+    ) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: object
+    ) -> Any:
+        return continuation(self._details(details), request)
+
+
+# --- admin calls: authentication and the audit log ------------------------------------
+
+
+class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Guards the methods of the admin table: token, role, then an audit entry per call."""
+
+    def __init__(self, gate: AdminGate) -> None:
+        self._gate = gate
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method not in ADMIN_METHODS:
+            return handler
+        if handler.unary_unary is not None:
+            return handler._replace(
+                unary_unary=_guarded_unary(handler.unary_unary, method, self._gate)
+            )
+        if handler.unary_stream is not None:
+            return handler._replace(
+                unary_stream=_guarded_stream(handler.unary_stream, method, self._gate)
+            )
+        return handler
+
+
+async def _admit_or_abort(
+    gate: AdminGate, method: str, request: object, context: grpc.aio.ServicerContext
+) -> Principal:
+    try:
+        return await gate.admit(method, bearer_token(_metadata_pairs(context)))
+    except Refused as refused:
+        await gate.record(method, refused.principal, refused.code.name, request)
+        await context.abort(refused.code, refused.message)
+        raise  # abort raises; this line only tells readers and type checkers so
+
+
+def _metadata_pairs(context: grpc.aio.ServicerContext) -> list[tuple[str, str | bytes]]:
+    return [(item[0], item[1]) for item in context.invocation_metadata() or ()]
+
+
+def _guarded_unary(
+    behavior: Callable[..., Any], method: str, gate: AdminGate
+) -> Callable[..., Any]:
+    async def guarded(request: object, context: grpc.aio.ServicerContext) -> object:
+        principal = await _admit_or_abort(gate, method, request, context)
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            response = behavior(request, context)
+            if inspect.isawaitable(response):
+                response = await response
+            code = _servicer_code(context, grpc.StatusCode.OK)
+            return response
+        except BaseException:
+            code = _servicer_code(context, grpc.StatusCode.UNKNOWN)
+            raise
+        finally:
+            await gate.record(method, principal, code.name, request)
+
+    return guarded
+
+
+def _guarded_stream(
+    behavior: Callable[..., Any], method: str, gate: AdminGate
+) -> Callable[..., Any]:
+    async def guarded(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+        principal = await _admit_or_abort(gate, method, request, context)
+        # A stream is recorded when it opens: it may stay open for a long time.
+        await gate.record(method, principal, "OPENED", request)
+        async for message in behavior(request, context):
+            yield message
+
+    return guarded

@@ -118,6 +118,12 @@ class Settings:
     log_level: str = "INFO"
     extra: dict[str, str] = field(default_factory=dict)
 
+    # Admin API tokens (docs/security.md), read by quarry/admin_auth.py: the root admin token
+    # every process accepts (empty: state_dir/admin_token, created by the enroll service) and
+    # the token Quarry's processes present to each other (empty: state_dir/service_token).
+    admin_token: str = ""
+    service_token: str = ""
+
     # Hardening (issue 10); docs/security.md explains each limit.
     # Request bodies as received (compressed when gzip), per endpoint: Fleet's defaults.
     request_max_bytes_log: int = 10 << 20

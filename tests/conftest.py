@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from tests.clickhouse_server import clickhouse_server
+
+# Services started by tests (ServiceProcess) make this their root admin token, and the
+# test process's own admin channels (sync_channel) present it (docs/security.md).
+os.environ.setdefault("QUARRY_ADMIN_TOKEN", "quarry-tests-root-admin-token")
 
 # The two log stores every log-pipeline test runs against.
 BACKENDS = ("chdb", "clickhouse-server")

@@ -19,6 +19,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
+from quarry.admin_auth import service_token
+from quarry.grpc_runtime import aio_channel, sync_channel
+from quarry.settings import Settings
 from tests.free_ports import free_port_base
 
 READY_LINE = "Quarry is running."
@@ -45,6 +50,17 @@ class QuarryCluster:
     @property
     def enroll_secret(self) -> str:
         return (self.state_dir / "enroll_secret").read_text().strip()
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env())
+
+    def channel(self, service: str) -> grpc.Channel:
+        """A channel to one of the cluster's services, carrying the cluster's service token."""
+        return sync_channel(self.settings.service_addr(service), service_token(self.settings))
+
+    def aio_channel(self, service: str) -> grpc.aio.Channel:
+        return aio_channel(self.settings.service_addr(service), service_token(self.settings))
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("QUARRY_")}

@@ -15,6 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
+
+from quarry.admin_auth import service_token
+from quarry.grpc_runtime import sync_channel
 from quarry.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +46,10 @@ class ServiceProcess:
         self.log_path = state_dir / f"{name}.log"
         self._extra_env = extra_env or {}
         self._process: subprocess.Popen[bytes] | None = None
+
+    def channel(self) -> grpc.Channel:
+        """A channel to this service that carries the service token, as Quarry's processes do."""
+        return sync_channel(self.addr, service_token(self.settings))
 
     def start(self) -> ServiceProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)

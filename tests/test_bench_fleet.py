@@ -11,7 +11,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from bench.fleet import ENDPOINTS, FleetConfig, FleetResult, run_fleet
@@ -60,7 +59,7 @@ def set_pack_config(cluster: QuarryCluster, config: FleetConfig, tmp_path: Path)
 
 
 async def run_with_one_live_query(cluster: QuarryCluster, config: FleetConfig) -> FleetResult:
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{cluster.port_base + 3}")
+    channel = cluster.aio_channel("distributed")
     distributed = distributed_pb2_grpc.DistributedServiceStub(channel)
 
     async def start_campaign() -> str:

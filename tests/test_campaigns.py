@@ -90,7 +90,10 @@ def fleet(cluster: QuarryCluster) -> Fleet:
 
 
 def stub(cluster: QuarryCluster) -> distributed_pb2_grpc.DistributedServiceStub:
-    channel = sync_channel(f"127.0.0.1:{cluster.port_base + 3}")
+    channel = sync_channel(
+        f"127.0.0.1:{cluster.port_base + 3}",
+        (cluster.state_dir / "admin_token").read_text().strip(),
+    )
     return distributed_pb2_grpc.DistributedServiceStub(channel)
 
 

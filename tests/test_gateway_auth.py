@@ -26,6 +26,7 @@ from gateway.client_certificates import parse_certificate
 from gateway.node_cache import NodeCache
 from gateway.tls_bootstrap import ensure_certificates, issue_client_certificate
 from protos.v1 import distributed_pb2, distributed_pb2_grpc, enroll_pb2, enroll_pb2_grpc
+from quarry.grpc_runtime import sync_channel
 from tests.emulator import HostProfile, OsqueryNode
 from tests.emulator.response import INVALID_NODE_KEY
 from tests.free_ports import free_port_base
@@ -151,10 +152,10 @@ class Gateways:
         return OsqueryNode(**{**defaults, **options})  # type: ignore[arg-type]
 
     def enroll_stub(self) -> enroll_pb2_grpc.EnrollServiceStub:
-        return enroll_pb2_grpc.EnrollServiceStub(grpc.insecure_channel(self.enroll_addr))
+        return enroll_pb2_grpc.EnrollServiceStub(sync_channel(self.enroll_addr))
 
     def distributed_stub(self) -> distributed_pb2_grpc.DistributedServiceStub:
-        channel = grpc.insecure_channel(self.distributed_addr)
+        channel = sync_channel(self.distributed_addr)
         return distributed_pb2_grpc.DistributedServiceStub(channel)
 
 

@@ -25,7 +25,6 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import grpc
 import httpx
 import orjson
 import pytest
@@ -494,7 +493,7 @@ def enroll_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service
 def enroll_from(
     service: ServiceProcess, address: str, secret: str, name: str
 ) -> enroll_pb2.EnrollResponse:
-    with grpc.insecure_channel(service.addr) as channel:
+    with service.channel() as channel:
         return enroll_pb2_grpc.EnrollServiceStub(channel).Enroll(
             enroll_pb2.EnrollRequest(
                 enroll_secret=secret,
@@ -516,7 +515,7 @@ def enroll_metric(service: ServiceProcess, outcome: str) -> float:
 
 
 def stored_state(service: ServiceProcess) -> tuple[int, int]:
-    with grpc.insecure_channel(service.addr) as channel:
+    with service.channel() as channel:
         stub = enroll_pb2_grpc.EnrollServiceStub(channel)
         nodes = stub.ListNodes(enroll_pb2.ListNodesRequest(), timeout=10).nodes
         secrets = stub.ListSecrets(

@@ -183,7 +183,7 @@ def wait_until_serving(ingest: IngestProcess) -> None:
 
 
 def query(ingest: IngestProcess, sql: str) -> logs_pb2.SqlResponse:
-    with grpc.insecure_channel(ingest.grpc_addr) as channel:
+    with ingest.service.channel() as channel:
         stub = logs_pb2_grpc.LogStoreStub(channel)
         return stub.Query(logs_pb2.SqlRequest(sql=sql), timeout=10)
 

@@ -99,6 +99,36 @@ class EnrollServiceStub:
                 request_serializer=protos_dot_v1_dot_enroll__pb2.RotateSecretRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_enroll__pb2.CreatedSecret.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/quarry.v1.EnrollService/CreateToken',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.CreatedToken.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/quarry.v1.EnrollService/ListTokens',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/quarry.v1.EnrollService/RevokeToken',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.TokenRef.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.AdminToken.FromString,
+                _registered_method=True)
+        self.ResolveToken = channel.unary_unary(
+                '/quarry.v1.EnrollService/ResolveToken',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.ResolveTokenRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.AdminToken.FromString,
+                _registered_method=True)
+        self.RecordAudit = channel.unary_unary(
+                '/quarry.v1.EnrollService/RecordAudit',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.AuditEntry.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.RecordAuditResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/quarry.v1.EnrollService/ListAudit',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class EnrollServiceServicer:
@@ -193,6 +223,46 @@ class EnrollServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Admin API tokens (docs/security.md): the value is returned once, by Create;
+        only its SHA-256 is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveToken(self, request, context):
+        """For the other services: who holds this token (found false when no active one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordAudit(self, request, context):
+        """The audit log of admin calls: every service records its calls here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnrollServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -260,6 +330,36 @@ def add_EnrollServiceServicer_to_server(servicer, server):
                     servicer.RotateSecret,
                     request_deserializer=protos_dot_v1_dot_enroll__pb2.RotateSecretRequest.FromString,
                     response_serializer=protos_dot_v1_dot_enroll__pb2.CreatedSecret.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.CreateTokenRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.CreatedToken.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.ListTokensRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.TokenRef.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.AdminToken.SerializeToString,
+            ),
+            'ResolveToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveToken,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.ResolveTokenRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.AdminToken.SerializeToString,
+            ),
+            'RecordAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordAudit,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.AuditEntry.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.RecordAuditResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.ListAuditRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -613,6 +713,168 @@ class EnrollService:
             '/quarry.v1.EnrollService/RotateSecret',
             protos_dot_v1_dot_enroll__pb2.RotateSecretRequest.SerializeToString,
             protos_dot_v1_dot_enroll__pb2.CreatedSecret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/CreateToken',
+            protos_dot_v1_dot_enroll__pb2.CreateTokenRequest.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.CreatedToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/ListTokens',
+            protos_dot_v1_dot_enroll__pb2.ListTokensRequest.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/RevokeToken',
+            protos_dot_v1_dot_enroll__pb2.TokenRef.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.AdminToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/ResolveToken',
+            protos_dot_v1_dot_enroll__pb2.ResolveTokenRequest.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.AdminToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/RecordAudit',
+            protos_dot_v1_dot_enroll__pb2.AuditEntry.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.RecordAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/ListAudit',
+            protos_dot_v1_dot_enroll__pb2.ListAuditRequest.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,196 @@
+"""Admin API tokens and the audit log of admin calls, kept in the enroll service's SQLite.
+
+The enroll service is the token authority of the cluster (quarry/admin_auth.py): a
+token's SHA-256 is stored with its name and role, never the token itself. The audit log
+holds one row per admin call on any service: who, what, when, and the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from protos.v1 import enroll_pb2
+from quarry.admin_auth import (
+    ADMIN,
+    ROOT_TOKEN_NAME,
+    Principal,
+    admin_token_file,
+    hash_token,
+    new_token_value,
+    root_token_from_env,
+    write_private_file,
+)
+from quarry.settings import Settings
+from quarry.sqlite_store import SqliteStore
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS admin_tokens (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS admin_audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    token_name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    method TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    service TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS admin_audit_at ON admin_audit (at_ms);
+"""
+
+DEFAULT_AUDIT_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    name: str
+    role: str
+    created_at: int
+    revoked_at: int
+
+    def message(self) -> enroll_pb2.AdminToken:
+        return enroll_pb2.AdminToken(
+            name=self.name,
+            role=self.role,
+            created_at=self.created_at,
+            revoked_at=self.revoked_at,
+            found=True,
+        )
+
+
+class AdminTokenStore(SqliteStore):
+    """The admin_tokens and admin_audit tables (in enroll.sqlite3, beside the nodes)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, SCHEMA)
+
+    def create(self, name: str, role: str, value: str, now: int) -> TokenRecord | None:
+        """A new token; None when an active or revoked one already has that name."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM admin_tokens WHERE name = ?", (name,)).fetchone():
+                return None
+            db.execute(
+                "INSERT INTO admin_tokens (name, role, token_sha256, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (name, role, hash_token(value), now),
+            )
+        return TokenRecord(name, role, now, 0)
+
+    def replace_value(self, name: str, role: str, value: str, now: int) -> None:
+        """Set name's token to value (active again), creating it if needed: the root token."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM admin_tokens WHERE name = ?", (name,))
+            db.execute(
+                "INSERT INTO admin_tokens (name, role, token_sha256, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (name, role, hash_token(value), now),
+            )
+
+    def tokens(self, include_revoked: bool) -> list[TokenRecord]:
+        where = "" if include_revoked else " WHERE revoked_at = 0"
+        rows = self._db.execute(
+            "SELECT name, role, created_at, revoked_at FROM admin_tokens" + where + " ORDER BY name"
+        ).fetchall()
+        return [TokenRecord(*row) for row in rows]
+
+    def revoke(self, name: str, now: int) -> TokenRecord | None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE admin_tokens SET revoked_at = ? WHERE name = ? AND revoked_at = 0",
+                (now, name),
+            )
+            row = db.execute(
+                "SELECT name, role, created_at, revoked_at FROM admin_tokens WHERE name = ?",
+                (name,),
+            ).fetchone()
+        return TokenRecord(*row) if row else None
+
+    def resolve(self, token_sha256: str) -> Principal | None:
+        row = self._db.execute(
+            "SELECT name, role FROM admin_tokens WHERE token_sha256 = ? AND revoked_at = 0",
+            (token_sha256,),
+        ).fetchone()
+        return Principal(*row) if row else None
+
+    def has(self, name: str) -> bool:
+        found = self._db.execute("SELECT 1 FROM admin_tokens WHERE name = ?", (name,)).fetchone()
+        return found is not None
+
+    def record(self, entry: enroll_pb2.AuditEntry) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO admin_audit"
+                " (at_ms, token_name, role, method, outcome, summary, service)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    entry.at_ms,
+                    entry.token_name,
+                    entry.role,
+                    entry.method,
+                    entry.outcome,
+                    entry.summary,
+                    entry.service,
+                ),
+            )
+
+    def audit(self, since_ms: int, token_name: str, limit: int) -> list[enroll_pb2.AuditEntry]:
+        """The newest `limit` entries at or after since_ms, oldest first."""
+        query = (
+            "SELECT at_ms, token_name, role, method, outcome, summary, service FROM admin_audit"
+            " WHERE at_ms >= ?"
+        )
+        params: list[object] = [since_ms]
+        if token_name:
+            query += " AND token_name = ?"
+            params.append(token_name)
+        query += " ORDER BY id DESC LIMIT ?"
+        params.append(limit or DEFAULT_AUDIT_LIMIT)
+        rows = self._db.execute(query, params).fetchall()
+        fields = ("at_ms", "token_name", "role", "method", "outcome", "summary", "service")
+        return [enroll_pb2.AuditEntry(**dict(zip(fields, row, strict=True))) for row in rows[::-1]]
+
+
+class LocalTokenAuthority:
+    """The token authority inside the enroll service itself: the store, no round trip."""
+
+    def __init__(self, store: AdminTokenStore) -> None:
+        self._store = store
+
+    async def resolve(self, token_sha256: str) -> Principal | None:
+        return self._store.resolve(token_sha256)
+
+    async def record(self, entry: enroll_pb2.AuditEntry) -> None:
+        self._store.record(entry)
+
+
+def bootstrap_root_token(settings: Settings, store: AdminTokenStore) -> None:
+    """Make sure an admin can get in: the root token, from QUARRY_ADMIN_TOKEN or a new file.
+
+    QUARRY_ADMIN_TOKEN, when set, is (re)installed as root at each start, so changing
+    that secret rotates root. Otherwise root is made once, on first start, and its value
+    written to state_dir/admin_token (0600), where the CLI on this machine finds it.
+    """
+    now = int(time.time())
+    from_env = root_token_from_env()
+    if from_env:
+        store.replace_value(ROOT_TOKEN_NAME, ADMIN, from_env, now)
+        return
+    path = admin_token_file(settings)
+    if store.has(ROOT_TOKEN_NAME) and path.exists():
+        return
+    value = new_token_value()
+    store.replace_value(ROOT_TOKEN_NAME, ADMIN, value, now)
+    settings.path()  # the state directory, created on first use
+    write_private_file(path, value)
+    log.info("root admin token written to %s", path)

@@ -1,0 +1,190 @@
+"""Admin tokens, roles and the audit log, against a cluster started by `quarry up`.
+
+The CLI runs as a real process with QUARRY_STATE_DIR of the cluster, so it finds the
+bootstrap root token in state_dir/admin_token; other tokens are passed as
+QUARRY_ADMIN_TOKEN, the way a person or a CI job would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from protos.v1 import enroll_pb2
+from quarry.admin_auth import ADMIN_METHODS, request_summary
+from tests.emulator import HostProfile, OsqueryNode
+from tests.quarry_cluster import QuarryCluster, quarry_cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuarryCluster]:
+    with quarry_cluster(tmp_path_factory.mktemp("admin-auth")) as running:
+        yield running
+
+
+def cli_as(
+    cluster: QuarryCluster, token: str | None, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`quarry ARGS` with token as QUARRY_ADMIN_TOKEN; None: the default (the root file)."""
+    env = cluster.env()
+    if token is not None:
+        env["QUARRY_ADMIN_TOKEN"] = token
+    command = [sys.executable, "-m", "quarry", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def create_token(cluster: QuarryCluster, name: str, role: str) -> str:
+    created = cluster.cli_json("token", "create", name, "--role", role)
+    assert created["name"] == name and created["role"] == role
+    return created["value"]
+
+
+def audit(cluster: QuarryCluster, *options: str) -> list[dict]:
+    return cluster.cli_json("audit", "list", *options)  # type: ignore[return-value]
+
+
+def test_the_bootstrap_token_is_a_private_file_the_cli_uses(cluster: QuarryCluster) -> None:
+    token_file = cluster.state_dir / "admin_token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert cluster.cli_json("secret", "list") is not None
+    tokens = {t["name"]: t for t in cluster.cli_json("token", "list")}
+    assert tokens["root"]["role"] == "admin"
+    assert "value" not in tokens["root"]
+
+
+def test_a_token_value_is_never_stored(cluster: QuarryCluster) -> None:
+    value = create_token(cluster, "never-stored", "read-only")
+    assert value.encode() not in (cluster.state_dir / "enroll.sqlite3").read_bytes()
+
+
+def test_no_token_is_a_clear_one_line_unauthenticated_error(
+    cluster: QuarryCluster, tmp_path: Path
+) -> None:
+    env = cluster.env()
+    env["QUARRY_STATE_DIR"] = str(tmp_path)  # no admin_token file here
+    result = subprocess.run(
+        [sys.executable, "-m", "quarry", "--port-base", str(cluster.port_base), "node", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("quarry node: UNAUTHENTICATED: no valid admin token")
+
+
+def test_an_unknown_token_is_unauthenticated(cluster: QuarryCluster) -> None:
+    result = cli_as(cluster, "qt_made-up", "secret", "list")
+    assert result.returncode == 1
+    assert "UNAUTHENTICATED: unknown or revoked admin token" in result.stderr
+
+
+def test_a_read_only_token_lists_but_may_not_revoke_or_run_live_queries(
+    cluster: QuarryCluster,
+) -> None:
+    reader = create_token(cluster, "reader", "read-only")
+    assert cli_as(cluster, reader, "node", "list").returncode == 0
+    assert cli_as(cluster, reader, "query", "list").returncode == 0
+    assert cli_as(cluster, reader, "sql", "SELECT 1").returncode == 0
+
+    refused = cli_as(cluster, reader, "node", "revoke", "some-node")
+    assert refused.returncode == 1
+    assert "PERMISSION_DENIED: token 'reader' (read-only) may not call RevokeNode" in (
+        refused.stderr
+    )
+    refused = cli_as(cluster, reader, "query", "run", "SELECT 1", "--timeout", "1")
+    assert refused.returncode == 1
+    assert "PERMISSION_DENIED" in refused.stderr and "StartQuery" in refused.stderr
+    refused = cli_as(cluster, reader, "token", "create", "sneaky", "--role", "admin")
+    assert "PERMISSION_DENIED" in refused.stderr
+
+
+def test_an_operator_runs_live_queries_but_may_not_create_secrets(
+    cluster: QuarryCluster,
+) -> None:
+    operator = create_token(cluster, "oncall", "operator")
+    ran = cli_as(cluster, operator, "query", "run", "SELECT 1", "--timeout", "1", "--json")
+    assert ran.returncode == 0, ran.stderr
+    refused = cli_as(cluster, operator, "secret", "create", "ops-secret")
+    assert refused.returncode == 1
+    assert "PERMISSION_DENIED: token 'oncall' (operator) may not call CreateSecret" in (
+        refused.stderr
+    )
+
+
+def test_a_revoked_token_is_refused_everywhere(cluster: QuarryCluster) -> None:
+    leaving = create_token(cluster, "leaving", "admin")
+    assert cli_as(cluster, leaving, "query", "list").returncode == 0  # cached as valid by now
+    cluster.cli("token", "revoke", "leaving")
+    # The enroll service itself refuses at once; other services within their cache time.
+    refused = cli_as(cluster, leaving, "secret", "list")
+    assert "UNAUTHENTICATED: unknown or revoked admin token" in refused.stderr
+    listed = {t["name"]: t for t in cluster.cli_json("token", "list", "--all")}
+    assert listed["leaving"]["revoked_at"] > 0
+    assert "leaving" not in {t["name"] for t in cluster.cli_json("token", "list")}
+
+
+def test_every_admin_call_is_in_the_audit_log_with_its_outcome(cluster: QuarryCluster) -> None:
+    auditor = create_token(cluster, "auditor", "read-only")
+    cli_as(cluster, auditor, "secret", "list")
+    cli_as(cluster, auditor, "secret", "create", "audited-secret")
+    cli_as(cluster, auditor, "config", "show")
+    cli_as(cluster, "qt_made-up", "node", "list")
+
+    mine = audit(cluster, "--token", "auditor")
+    calls = [(e["method"].rsplit("/", 1)[-1], e["outcome"], e["service"]) for e in mine]
+    assert ("ListSecrets", "OK", "enroll") in calls
+    assert ("CreateSecret", "PERMISSION_DENIED", "enroll") in calls
+    assert any(service == "config" for _, _, service in calls), calls
+    assert all(e["role"] == "read-only" and e["at_ms"] > 0 for e in mine)
+    create = next(e for e in mine if e["method"].endswith("/CreateSecret"))
+    assert "name=audited-secret" in create["summary"]
+
+    anonymous = [e for e in audit(cluster) if e["token_name"] == ""]
+    assert any(e["outcome"] == "UNAUTHENTICATED" for e in anonymous)
+    root_calls = audit(cluster, "--token", "root")
+    assert any(e["method"].endswith("/CreateToken") for e in root_calls)
+    assert all(e["at_ms"] >= audit(cluster)[0]["at_ms"] for e in root_calls)
+    assert audit(cluster, "--since", "2999-01-01T00:00Z") == []
+
+
+def test_a_created_token_value_never_reaches_the_audit_log(cluster: QuarryCluster) -> None:
+    value = create_token(cluster, "quiet", "operator")
+    assert value not in str(audit(cluster))
+
+
+def test_secret_fields_are_left_out_of_the_summary() -> None:
+    request = enroll_pb2.EnrollRequest(enroll_secret="hunter2", host_identifier="host-1")
+    assert request_summary(request) == "host_identifier=host-1"
+    node_key = "k" * 40
+    assert node_key not in request_summary(enroll_pb2.NodeRef(node=node_key))
+
+
+def test_the_hot_path_needs_no_token(cluster: QuarryCluster) -> None:
+    assert "/quarry.v1.EnrollService/Enroll" not in ADMIN_METHODS
+    node = OsqueryNode(
+        server=cluster.gateway,
+        ca_file=cluster.ca_cert,
+        enroll_secret=cluster.enroll_secret,
+        profile=(profile := HostProfile.make(7, seed=cluster.port_base)),
+        host_identifier=profile.hardware_uuid.lower(),
+        retry_time_scale=0,
+    )
+
+    async def enroll_and_check_in() -> tuple[str, object]:
+        async with node:
+            key = await node.enroll()
+            return key, await node.fetch_config()
+
+    key, config = asyncio.run(enroll_and_check_in())
+    assert key and config is not None
+    hosts = [n["host_identifier"] for n in cluster.cli_json("node", "list")]
+    assert profile.hardware_uuid.lower() in hosts
