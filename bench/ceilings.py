@@ -5,7 +5,7 @@
   as the gateway (a distributed read and a config fetch). Quarry cannot answer faster.
 - `storage_ceiling`: raw inserts of result rows, flattened exactly as ingest flattens them,
   into the same ClickHouse in batches the size of ingest's group commit: clickhouse-driver
-  into a scratch database on a server, or chdb's JSONEachRow insert (ingest's own) in a
+  into a scratch database on a server, or chdb's JSONCompactColumns insert (ingest's own) in a
   separate process with its own directory, since only one process may open a chdb
   directory. Quarry cannot store rows faster.
 """
@@ -28,9 +28,9 @@ from clickhouse_driver import Client
 from bench.process_costs import ProcessSampler
 from bench.saturation import SaturationTarget, run_saturation
 from gateway.tls_bootstrap import TlsFiles
-from ingest_service.clickhouse_server_store import as_columns, client_url
+from ingest_service.clickhouse_server_store import client_url
 from ingest_service.embedded_clickhouse_store import EmbeddedClickHouseStore
-from ingest_service.log_rows import RESULTS_TABLE, Row, flatten_batch
+from ingest_service.log_rows import RESULT_COLUMNS, RESULTS_TABLE, Row, flatten_batch
 from ingest_service.log_store import DATABASE
 from ingest_service.schema import RESULTS, create_table, is_modern
 from protos.v1 import logs_pb2
@@ -277,8 +277,11 @@ def insert_into_server(url: str, batches: list[list[Row]], max_seconds: float) -
             table = f"{SCRATCH_DATABASE}.{RESULTS_TABLE}"
 
             def insert(batch: list[Row]) -> None:
-                names, columns = as_columns(batch)
-                client.execute(f"INSERT INTO {table} ({names}) VALUES", columns, columnar=True)
+                client.execute(
+                    f"INSERT INTO {table} ({', '.join(RESULT_COLUMNS)}) VALUES",
+                    list(zip(*batch, strict=True)),
+                    columnar=True,
+                )
 
             figures = timed_inserts(insert, batches, max_seconds)
             stored = client.execute(f"SELECT count() FROM {table}")[0][0]
@@ -318,7 +321,7 @@ def insert_into_chdb_child(
 
 
 def insert_into_chdb(directory: Path, batches: list[list[Row]], max_seconds: float) -> dict:
-    """Ingest's own chdb insert (FORMAT JSONEachRow) into the results table in `directory`."""
+    """Ingest's own chdb insert (JSONCompactColumns) into the results table in `directory`."""
     store = EmbeddedClickHouseStore(directory)
     try:
         store.ensure_schema()
@@ -326,7 +329,9 @@ def insert_into_chdb(directory: Path, batches: list[list[Row]], max_seconds: flo
         table = f"{DATABASE}.{RESULTS_TABLE}"
         store.query(f"TRUNCATE TABLE {table}")  # a reused directory starts empty
         figures = timed_inserts(
-            lambda batch: store.insert_rows(RESULTS_TABLE, batch), batches, max_seconds
+            lambda batch: store.insert_rows(RESULTS_TABLE, RESULT_COLUMNS, batch),
+            batches,
+            max_seconds,
         )
         stored = store.query(f"SELECT count() FROM {table}").rows[0][0]
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -32,13 +33,6 @@ def client_url(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}", query=urlencode(options)))
 
 
-def as_columns(rows: list[dict[str, Any]]) -> tuple[str, list[list[Any]]]:
-    """The column list and one list per column: the driver's columnar insert is ~1.5x faster
-    than handing it a dict per row."""
-    names = list(rows[0])
-    return ", ".join(names), [[row[name] for row in rows] for name in names]
-
-
 class ClickHouseServerStore:
     """A LogStore on a ClickHouse server; one connection for inserts, one for queries."""
 
@@ -59,13 +53,15 @@ class ClickHouseServerStore:
         finally:
             bootstrap.disconnect()
 
-    def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+    def insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
-        names, columns = as_columns(rows)
+        # Column by column: the driver's columnar insert is ~1.5x faster than row by row.
         with self.insert_lock:
             self.insert_client.execute(
-                f"INSERT INTO {DATABASE}.{table} ({names}) VALUES", columns, columnar=True
+                f"INSERT INTO {DATABASE}.{table} ({', '.join(columns)}) VALUES",
+                list(zip(*rows, strict=True)),
+                columnar=True,
             )
 
     def query(self, sql: str) -> QueryResult:

@@ -7,6 +7,7 @@ everyone else's SQL through the LogStore gRPC service.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +39,16 @@ class EmbeddedClickHouseStore:
         output = self.session.query(sql, "JSONCompact").bytes()
         return orjson.loads(output)["data"] if output.strip() else []
 
-    def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+    def insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
-        # One JSON array for the whole insert: JSONEachRow reads arrays of objects too, and one
-        # dumps call is ~20x cheaper than one per row.
-        body = orjson.dumps(rows).decode()
-        names = ", ".join(rows[0])
+        # One JSON document for the whole insert, column by column: one dumps call is ~20x
+        # cheaper than one per row, and orjson writes the tuples of zip() as arrays.
+        body = orjson.dumps(list(zip(*rows, strict=True))).decode()
         with self.lock:
             self.session.query(
-                f"INSERT INTO {DATABASE}.{table} ({names}) FORMAT JSONEachRow\n{body}"
+                f"INSERT INTO {DATABASE}.{table} ({', '.join(columns)}) "
+                f"FORMAT JSONCompactColumns\n{body}"
             )
 
     def query(self, sql: str) -> QueryResult:

@@ -7,6 +7,7 @@ Two stores implement it: a ClickHouse server through clickhouse-driver
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,8 +29,8 @@ class LogStore(Protocol):
     def ensure_schema(self) -> None:
         """Create the database and tables if they are missing."""
 
-    def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
-        """Insert rows (all with the same keys) into a table of the quarry database."""
+    def insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        """Insert rows (tuples of values in the order of `columns`) into a quarry table."""
 
     def query(self, sql: str) -> QueryResult:
         """Run one SQL statement in the quarry database; raises with the server's message."""

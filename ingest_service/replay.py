@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 
 from ingest_service import metrics
 from ingest_service.log_rows import (
+    BATCH_ID_INDEX,
     RAW_TABLE,
+    TABLE_COLUMNS,
     FlatBatch,
     MalformedBatch,
     Row,
@@ -70,7 +72,7 @@ class ReplayGroup:
     def rows_of(self, table: str, present: set[str]) -> list[Row]:
         if not present:
             return self.rows[table]
-        return [row for row in self.rows[table] if row["batch_id"] not in present]
+        return [row for row in self.rows[table] if row[BATCH_ID_INDEX] not in present]
 
 
 class Replayer:
@@ -270,7 +272,7 @@ class Replayer:
             return
         started = time.monotonic()
         try:
-            self.store.insert_rows(table, rows)
+            self.store.insert_rows(table, TABLE_COLUMNS[table], rows)
         except Exception:
             metrics.INSERT_ERRORS.labels(table).inc()
             raise

@@ -46,6 +46,7 @@ from bench.process_costs import (
 from bench.saturation import SaturationResult, SaturationTarget, run_saturation
 from gateway.tls_bootstrap import TlsFiles, ensure_certificates
 from ingest_service.clickhouse_server_store import client_url
+from ingest_service.log_rows import RESULT_COLUMNS
 from tests.emulator.http_client import ServerAddress, osquery_ssl_context
 from tests.free_ports import free_port_base
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
@@ -180,7 +181,7 @@ def test_saturation_counts_answers_osquery_would_reject(
 
 
 def test_ceiling_rows_are_results_rows_from_several_hosts() -> None:
-    rows = ceiling_rows(45, rows_per_batch=20)
+    rows = [dict(zip(RESULT_COLUMNS, row, strict=True)) for row in ceiling_rows(45, 20)]
     assert len(rows) == 45
     assert {row["host_identifier"] for row in rows} == {"web-00000", "web-00001", "web-00002"}
     assert all(row["action"] == "added" and "pid" in row["column_names"] for row in rows)

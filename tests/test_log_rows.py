@@ -8,6 +8,7 @@ import pytest
 from ingest_service.log_rows import (
     DISTRIBUTED_STATUS_TABLE,
     DISTRIBUTED_TABLE,
+    RAW_COLUMNS,
     RESULTS_TABLE,
     STATUS_TABLE,
     MalformedBatch,
@@ -90,7 +91,7 @@ def test_event_format_is_one_row_per_record() -> None:
 
     assert flat.table == RESULTS_TABLE
     assert flat.skipped_records == 0
-    added, removed = flat.rows
+    added, removed = flat.dicts()
     assert added == {
         "node_id": "node-1",
         "received_at": 1736072440,
@@ -132,12 +133,12 @@ def test_event_format_is_one_row_per_record() -> None:
 def test_batch_format_is_one_row_per_removed_and_added_element() -> None:
     flat = flatten_batch(batch_of(logs_pb2.RESULT, BATCH_FORMAT))
 
-    assert [(row["action"], columns_of(row)["pid"]) for row in flat.rows] == [
+    assert [(row["action"], columns_of(row)["pid"]) for row in flat.dicts()] == [
         ("removed", "97650"),
         ("added", "97830"),
     ]
-    assert {row["name"] for row in flat.rows} == {"processes"}
-    assert {row["counter"] for row in flat.rows} == {3}
+    assert {row["name"] for row in flat.dicts()} == {"processes"}
+    assert {row["counter"] for row in flat.dicts()} == {3}
 
 
 def test_batch_format_first_run_with_empty_arrays_has_no_rows() -> None:
@@ -145,17 +146,17 @@ def test_batch_format_first_run_with_empty_arrays_has_no_rows() -> None:
     empty["diffResults"] = {"removed": [], "added": []}
     flat = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(empty).decode()))
 
-    assert (flat.rows, flat.skipped_records) == ([], 0)
+    assert (flat.dicts(), flat.skipped_records) == ([], 0)
 
 
 def test_snapshot_format_is_one_row_per_snapshot_element() -> None:
     flat = flatten_batch(batch_of(logs_pb2.RESULT, SNAPSHOT))
 
-    assert [(row["action"], columns_of(row)) for row in flat.rows] == [
+    assert [(row["action"], columns_of(row)) for row in flat.dicts()] == [
         ("snapshot", {"parent": "0", "path": "/sbin/launchd", "pid": "1"}),
         ("snapshot", {"parent": "1", "path": "/usr/sbin/syslogd", "pid": "51"}),
     ]
-    assert {row["name"] for row in flat.rows} == {"process_snapshot"}
+    assert {row["name"] for row in flat.dicts()} == {"process_snapshot"}
 
 
 def test_empty_snapshot_yields_no_rows() -> None:
@@ -163,7 +164,7 @@ def test_empty_snapshot_yields_no_rows() -> None:
     empty["snapshot"] = []
     flat = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(empty).decode()))
 
-    assert (flat.rows, flat.skipped_records) == ([], 0)
+    assert (flat.dicts(), flat.skipped_records) == ([], 0)
 
 
 def test_snapshot_event_type_is_an_event_with_action_snapshot() -> None:
@@ -171,7 +172,7 @@ def test_snapshot_event_type_is_an_event_with_action_snapshot() -> None:
     record["action"] = "snapshot"
     flat = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(record).decode()))
 
-    [row] = flat.rows
+    [row] = flat.dicts()
     assert row["action"] == "snapshot"
     assert columns_of(row)["pid"] == "97650"
 
@@ -182,7 +183,7 @@ def test_numerics_become_the_strings_osquery_logs_without_them() -> None:
     record["columns"] = {"pid": 97650, "load": 1.5, "zero": 0.0, "ratio": 0.1, "gone": None}
     flat = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(record).decode()))
 
-    [row] = flat.rows
+    [row] = flat.dicts()
     assert row["numerics"] == 1
     assert columns_of(row) == {
         "pid": "97650",
@@ -200,7 +201,7 @@ def test_top_level_decorations_are_decorations() -> None:
     record["decorations"] = {"region": "eu"}
     flat = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(record).decode()))
 
-    [row] = flat.rows
+    [row] = flat.dicts()
     assert decorations_of(row) == {"region": "eu", "host_uuid": "4c4c", "username": "alice"}
     assert "host_uuid" not in columns_of(row)
 
@@ -209,7 +210,7 @@ def test_status_lines_with_numbers() -> None:
     flat = flatten_batch(batch_of(logs_pb2.STATUS, *STATUS_LINES))
 
     assert flat.table == STATUS_TABLE
-    first, second = flat.rows
+    first, second = flat.dicts()
     assert first == {
         "node_id": "node-1",
         "received_at": 1736072440,
@@ -233,7 +234,7 @@ def test_status_lines_with_numbers() -> None:
 
 
 def test_status_lines_before_510_have_string_numbers() -> None:
-    [row] = flatten_batch(batch_of(logs_pb2.STATUS, STATUS_PRE_510)).rows
+    [row] = flatten_batch(batch_of(logs_pb2.STATUS, STATUS_PRE_510)).dicts()
 
     assert (row["unix_time"], row["severity"], row["line"]) == (1736072430, 2, 119)
     assert row["message"] == "path /etc/hosts"
@@ -243,7 +244,7 @@ def test_status_lines_before_510_have_string_numbers() -> None:
 def test_status_top_level_decorations() -> None:
     record = orjson.loads(STATUS_LINES[1])
     record["username"] = "bob"
-    [row] = flatten_batch(batch_of(logs_pb2.STATUS, orjson.dumps(record).decode())).rows
+    [row] = flatten_batch(batch_of(logs_pb2.STATUS, orjson.dumps(record).decode())).dicts()
 
     assert decorations_of(row) == {"username": "bob"}
 
@@ -255,7 +256,7 @@ def test_distributed_rows_are_indexed_and_carry_the_campaign() -> None:
     assert flat.table == DISTRIBUTED_TABLE
     assert [
         (row["campaign_id"], row["row_index"], columns_of(row), row["host_identifier"])
-        for row in flat.rows
+        for row in flat.dicts()
     ] == [
         ("c-7", 0, {"version": "5.23.1", "build_platform": "linux"}, "web-01"),
         ("c-7", 1, {"version": "5.9.1", "build_platform": ""}, "web-01"),
@@ -273,7 +274,7 @@ def test_distributed_statuses_are_one_row_per_query_with_osquery_s_stats() -> No
 
     assert flat.table == DISTRIBUTED_STATUS_TABLE
     assert flat.skipped_records == 1
-    assert flat.rows == [
+    assert flat.dicts() == [
         {
             "node_id": "node-1",
             "received_at": 1736072440,
@@ -308,7 +309,7 @@ def test_distributed_statuses_are_one_row_per_query_with_osquery_s_stats() -> No
 def test_a_raw_batch_row_keeps_the_batch_as_received() -> None:
     batch = batch_of(logs_pb2.DISTRIBUTED, '{"pid":"1"}', campaign_id="c-7")
 
-    assert raw_batch_row(batch) == {
+    assert dict(zip(RAW_COLUMNS, raw_batch_row(batch), strict=True)) == {
         "node_id": "node-1",
         "received_at": 1736072440,
         "batch_id": "b-1",
@@ -320,7 +321,7 @@ def test_a_raw_batch_row_keeps_the_batch_as_received() -> None:
 
 
 def test_an_empty_distributed_answer_has_no_rows() -> None:
-    assert flatten_batch(batch_of(logs_pb2.DISTRIBUTED, campaign_id="c-7")).rows == []
+    assert flatten_batch(batch_of(logs_pb2.DISTRIBUTED, campaign_id="c-7")).dicts() == []
 
 
 @pytest.mark.parametrize(
@@ -349,14 +350,14 @@ def test_malformed_records_are_skipped_and_counted() -> None:
     )
 
     assert flat.skipped_records == 3
-    assert [row["name"] for row in flat.rows] == ["processes"]
+    assert [row["name"] for row in flat.dicts()] == ["processes"]
 
 
 def test_wrongly_typed_fields_are_stored_as_best_possible() -> None:
     record = orjson.loads(EVENT_REMOVED)
     record.update(unixTime="yesterday", counter=-4, epoch=None, name=7)
     record["columns"] = {"nested": {"a": [1, 2]}, "flag": True}
-    [row] = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(record).decode())).rows
+    [row] = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(record).decode())).dicts()
 
     assert (row["unix_time"], row["counter"], row["epoch"], row["name"]) == (0, 0, 0, "7")
     assert columns_of(row) == {"nested": '{"a":[1,2]}', "flag": "1"}
@@ -366,7 +367,7 @@ def test_distributed_non_object_rows_are_skipped() -> None:
     flat = flatten_batch(batch_of(logs_pb2.DISTRIBUTED, "[1]", '{"a":"1"}', campaign_id="c"))
 
     assert flat.skipped_records == 1
-    assert [(row["row_index"], columns_of(row)) for row in flat.rows] == [(1, {"a": "1"})]
+    assert [(row["row_index"], columns_of(row)) for row in flat.dicts()] == [(1, {"a": "1"})]
 
 
 @pytest.mark.parametrize(
@@ -398,7 +399,7 @@ def test_pack_and_query_are_split_from_the_name(name: str, pack: str, query: str
 def test_rows_carry_pack_and_query() -> None:
     flat = flatten_batch(batch_of(logs_pb2.RESULT, EVENT_ADDED, EVENT_REMOVED, SNAPSHOT))
 
-    assert [(row["pack"], row["query"]) for row in flat.rows] == [
+    assert [(row["pack"], row["query"]) for row in flat.dicts()] == [
         ("osquery-monitoring", "osquery_info"),
         ("", "processes"),
         ("", "process_snapshot"),
@@ -417,14 +418,14 @@ def test_bytes_that_are_not_utf8_are_kept_as_replacement_characters() -> None:
     flat = flatten_batch(batch)
 
     assert flat.skipped_records == 0
-    assert [columns_of(row)["name"] for row in flat.rows] == ["osq\ufffdd\ufffd", "osqueryd"]
-    assert columns_of(flat.rows[0])["path"] == "/opt/osquery/bin/osqueryd"
+    assert [columns_of(row)["name"] for row in flat.dicts()] == ["osq\ufffdd\ufffd", "osqueryd"]
+    assert columns_of(flat.dicts()[0])["path"] == "/opt/osquery/bin/osqueryd"
 
 
 def test_a_line_of_one_mebibyte_is_stored_whole() -> None:
     record = orjson.loads(EVENT_REMOVED)
     record["columns"]["cmdline"] = "A" * (1024 * 1024)
-    [row] = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(record).decode())).rows
+    [row] = flatten_batch(batch_of(logs_pb2.RESULT, orjson.dumps(record).decode())).dicts()
 
     assert len(columns_of(row)["cmdline"]) == 1024 * 1024
 
@@ -434,8 +435,8 @@ def test_numerics_off_and_on_give_the_same_values() -> None:
     on = {**off, "numerics": True, "columns": {**off["columns"], "pid": 97650}}
     rows = flatten_batch(batch_of(logs_pb2.RESULT, *(orjson.dumps(r).decode() for r in (off, on))))
 
-    assert [row["numerics"] for row in rows.rows] == [0, 1]
-    assert columns_of(rows.rows[0]) == columns_of(rows.rows[1])
+    assert [row["numerics"] for row in rows.dicts()] == [0, 1]
+    assert columns_of(rows.dicts()[0]) == columns_of(rows.dicts()[1])
 
 
 def test_nested_and_top_level_decorations_are_stored_alike() -> None:
@@ -445,7 +446,7 @@ def test_nested_and_top_level_decorations_are_stored_alike() -> None:
         batch_of(logs_pb2.RESULT, *(orjson.dumps(r).decode() for r in (nested, top_level)))
     )
 
-    assert [(row["decoration_names"], row["decoration_values"]) for row in flat.rows] == [
+    assert [(row["decoration_names"], row["decoration_values"]) for row in flat.dicts()] == [
         (["hostname"], ["web-01"]),
         (["hostname"], ["web-01"]),
     ]
@@ -456,4 +457,24 @@ def test_a_non_object_item_in_data_is_skipped_and_counted_for_every_kind() -> No
         good = EVENT_REMOVED if kind == logs_pb2.RESULT else STATUS_PRE_510
         flat = flatten_batch(batch_of(kind, "null", "[]", good, '"x"'))
 
-        assert (flat.skipped_records, len(flat.rows)) == (3, 1)
+        assert (flat.skipped_records, len(flat.dicts())) == (3, 1)
+
+
+def test_records_of_one_run_share_their_fields_only_when_they_are_truly_equal() -> None:
+    """Consecutive records with equal headers reuse the first one's fields (a fast path);
+    values Python calls equal but that are stored differently must not be reused."""
+    first = orjson.loads(EVENT_ADDED)
+    numerics_one = {**first, "numerics": 1}  # 1 == True in Python, but only true is the flag
+    flagged = {**first, "numerics": True}
+    decorated = {**first, "decorations": {"host_uuid": 1.0}}  # 1.0 == 1, "1.0" != "1"
+    integer_decoration = {**first, "decorations": {"host_uuid": 1}}
+    top_level = {**first, "owner": "alice"}
+    records = [first, first, flagged, numerics_one, decorated, integer_decoration, top_level]
+
+    flat = flatten_batch(batch_of(logs_pb2.RESULT, *(orjson.dumps(r).decode() for r in records)))
+
+    rows = flat.dicts()
+    assert [row["numerics"] for row in rows] == [0, 0, 1, 0, 0, 0, 0]
+    assert [decorations_of(row) for row in rows[4:6]] == [{"host_uuid": "1.0"}, {"host_uuid": "1"}]
+    assert decorations_of(rows[6])["owner"] == "alice"
+    assert rows[0] == rows[1]
