@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from gateway import osquery_api
 from gateway.gateway_state import GatewayState
+from quarry.garbage_collection import tune_for_throughput
 from quarry.process_logging import setup_logging
 from quarry.settings import Settings
 
@@ -21,6 +22,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     if not logging.getLogger().handlers:  # a worker process uvicorn spawned
         setup_logging("gateway", settings.log_level)
+        tune_for_throughput()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

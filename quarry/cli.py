@@ -20,6 +20,7 @@ from quarry import (
     query_commands,
     token_commands,
 )
+from quarry.garbage_collection import tune_for_throughput
 from quarry.process_logging import setup_logging
 from quarry.settings import SERVICES, Settings
 
@@ -115,6 +116,7 @@ def _apply_global_options(args: argparse.Namespace) -> None:
 
 def serve(service: str, settings: Settings) -> int:
     setup_logging(service, settings.log_level)
+    tune_for_throughput()
     importlib.import_module(SERVICE_MODULES[service]).main(settings)
     return 0
 
