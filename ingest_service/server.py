@@ -32,6 +32,13 @@ from quarry.grpc_runtime import serve_grpc
 from quarry.metrics_endpoint import start_metrics_endpoint
 from quarry.settings import Settings
 from quarry.shutdown import until_signalled
+from quarry.zmq_curve import (
+    CurveKeys,
+    reload_authorized_clients,
+    secure_router,
+    server_keys,
+    start_authenticator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +73,14 @@ async def serve(settings: Settings) -> None:
 
     context = zmq.asyncio.Context()
     endpoint = f"tcp://{settings.bind_host}:{settings.ingest_zmq_port}"
-    router = bind_router(context, endpoint)
+    background: list[asyncio.Task] = []
+    curve = None
+    if settings.zmq_curve:
+        curve = server_keys(settings)
+        # The ZAP handler must be up before the ROUTER binds, or early peers go unchecked.
+        authenticator = start_authenticator(context, settings)
+        background.append(asyncio.create_task(reload_authorized_clients(authenticator, settings)))
+    router = bind_router(context, endpoint, curve)
     reads = ReplayedReads(store, spool, replayer)
     grpc_server = await serve_grpc(
         f"{settings.bind_host}:{settings.ingest_port}",
@@ -79,8 +93,9 @@ async def serve(settings: Settings) -> None:
     receiver = asyncio.create_task(receive_batches(router, committer))
     retention = asyncio.create_task(enforce_retention(store, retention_days()))
     log.info(
-        "ingest ready: ZeroMQ %s, store version %s, %d spooled batches to replay",
+        "ingest ready: ZeroMQ %s (%s), store version %s, %d spooled batches to replay",
         endpoint,
+        "CURVE" if curve else "plaintext",
         await store_version(store),
         spool.unreplayed_records(),
     )
@@ -89,6 +104,8 @@ async def serve(settings: Settings) -> None:
     log.info("stopping: spooling what was received, replaying for up to %ss", REPLAY_GRACE_S)
     receiver.cancel()
     retention.cancel()
+    for task in background:
+        task.cancel()
     committer.stop()
     await appending
     replayer.stop(REPLAY_GRACE_S)
@@ -149,8 +166,13 @@ async def store_version(store: LogStore) -> str:
         return f"unknown ({exc})"
 
 
-def bind_router(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
+def bind_router(
+    context: zmq.asyncio.Context, endpoint: str, curve: CurveKeys | None = None
+) -> zmq.asyncio.Socket:
+    """The ROUTER gateways send batches to; a CURVE server when curve keys are given."""
     router = context.socket(zmq.ROUTER)
+    if curve is not None:
+        secure_router(router, curve)
     router.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
     router.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
     router.setsockopt(zmq.LINGER, LINGER_MS)
