@@ -34,7 +34,7 @@ from tests.service_processes import REPO_ROOT, ServiceProcess
 
 KUBERNETES_DIR = REPO_ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("small", "large")
-EXAMPLES = ("clickhouse", "postgresql")
+EXAMPLES = ("clickhouse", "postgresql", "admin")
 COMPOSE_FILE = REPO_ROOT / "deploy" / "compose" / "docker-compose.yaml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 # Oldest Kubernetes we support: gRPC probes are GA from 1.27.
@@ -261,6 +261,15 @@ def test_internal_traffic_is_encrypted_with_files_from_secrets(
             assert mounted.get(path) == ("quarry-internal-tls", key), (service_of(workload), path)
         for path, key in curve_files.get(service_of(workload), {}).items():
             assert mounted.get(path) == ("quarry-zmq-curve", key), (service_of(workload), path)
+
+
+def test_the_admin_pod_presents_the_internal_certificate(overlay: list[dict[str, Any]]) -> None:
+    settings = Settings.from_env(only(overlay, "ConfigMap", "quarry-settings")["data"])
+    admin = only(render(KUBERNETES_DIR / "examples" / "admin"), "Deployment", "quarry-admin")
+    assert admin["spec"]["template"]["metadata"]["labels"]["quarry-admin"] == "true"
+    mounted = secret_files(admin)
+    for path in (settings.internal_tls_ca, settings.internal_tls_cert, settings.internal_tls_key):
+        assert mounted[path][0] == "quarry-internal-tls", path
 
 
 # --- network policies -----------------------------------------------------------------
