@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,8 +188,11 @@ def _load_ca(folder: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate
 
 
 def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Quarry internal CA")])
     now = datetime.datetime.now(datetime.UTC)
+    # A name of its own: during a CA rotation both CAs are trusted at once, and verifiers
+    # find a certificate's issuer by name, so two CAs named alike would shadow each other.
+    common_name = f"Quarry internal CA {now:%Y-%m-%d} {secrets.token_hex(4)}"
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     return (
         x509.CertificateBuilder()
         .subject_name(name)
