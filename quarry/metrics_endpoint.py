@@ -10,7 +10,8 @@ client (Kubernetes httpGet probes, docker compose healthchecks). It says the pro
 up, nothing more. GET /readyz answers 200 "ready" once the process's gRPC server has
 started (it starts only after the store is open), 503 before: the readiness probe of the
 gRPC services, since the kubelet's own gRPC probe cannot speak TLS and the services' ports
-may require mutual TLS (QUARRY_INTERNAL_TLS). The gateway's readiness is its HTTPS /healthz.
+may require mutual TLS (QUARRY_INTERNAL_TLS). The gateway has no gRPC server, so its /readyz
+stays 503; its readiness is its HTTPS /healthz.
 """
 
 from __future__ import annotations

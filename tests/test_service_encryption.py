@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import orjson
 import pytest
 import zmq
@@ -263,6 +265,13 @@ def test_a_dealer_with_an_unknown_key_delivers_nothing_and_the_right_key_does(
         {"name": "curve", "column_values": [accepted_host]}
     ]
     assert stored_results(cluster, refused_host) == []
+    assert eventually(lambda: ingest_metric(cluster, "quarry_ingest_curve_refusals_total") >= 1)
+
+
+def ingest_metric(cluster: QuarryCluster, name: str) -> float:
+    port = cluster.settings.metrics_port("ingest")
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
 def test_a_gateway_with_an_unknown_key_gets_errors_until_its_key_is_authorized(
@@ -298,7 +307,10 @@ def test_a_gateway_with_an_unknown_key_gets_errors_until_its_key_is_authorized(
 
         node, refused, error, delivered_later = asyncio.run(scenario())
     finally:
-        gateway.stop()
+        stopped = gateway.stop()
+    # Ended by SIGTERM (uvicorn re-raises it), not killed after a hang: its monitor
+    # sockets were closed with the rest, so its ZeroMQ context could end.
+    assert stopped in (0, -signal.SIGTERM), gateway.log_text()
     assert refused is False
     assert "ingest" in error
     assert delivered_later, gateway.log_text()
@@ -329,6 +341,16 @@ def second_gateway_env(cluster: QuarryCluster, curve: Path) -> dict[str, str]:
         "QUARRY_TLS_KEY": str(tls / "server.key"),
         "QUARRY_TLS_CA": str(tls / "ca.pem"),
     }
+
+
+def test_ingest_with_curve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """Its ZAP handler and monitor sockets are closed, or the ZeroMQ context never ends."""
+    quarry_json(tmp_path, "curve", "init")
+    ingest = ServiceProcess("ingest", tmp_path, free_port_base(), {"QUARRY_ZMQ_CURVE": "on"})
+    ingest.start()
+    port = ingest.settings.metrics_port("ingest")
+    assert eventually(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200)
+    assert ingest.stop() == 0, ingest.log_text()
 
 
 # --- the key-making commands ----------------------------------------------------------
