@@ -30,6 +30,7 @@ import zmq
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.v1 import logs_pb2
+from quarry.grpc_runtime import sync_channel
 from quarry.internal_tls import ensure_shared_certificate
 from quarry.zmq_curve import CurveKeys, create_key_pair, secure_dealer
 from tests.emulator import HostProfile, OsqueryNode, log_records
@@ -191,6 +192,25 @@ def test_each_grpc_service_accepts_only_certificates_of_the_internal_ca(
             "another CA's certificate": grpc.StatusCode.UNAVAILABLE,
             "the internal certificate": "SERVING",
         }, service
+
+
+def test_channels_check_the_server_name_the_settings_give(cluster: QuarryCluster) -> None:
+    """QUARRY_INTERNAL_TLS_SERVER_NAME replaces the address's host in the certificate check."""
+
+    def check_with(server_name: str) -> object:
+        settings = cluster.settings.replace(internal_tls_server_name=server_name)
+        with sync_channel(settings.service_addr("enroll"), "", settings) as channel:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=REFUSED_WITHIN_S
+                )
+            except grpc.RpcError as exc:
+                return exc.code()
+            return "SERVING"
+
+    assert check_with("") == "SERVING"  # 127.0.0.1 is among the certificate's SANs
+    assert check_with("quarry-internal") == "SERVING"
+    assert check_with("not-in-the-certificate.example") == grpc.StatusCode.UNAVAILABLE
 
 
 def test_the_cli_without_internal_tls_is_refused_with_a_clear_error(
