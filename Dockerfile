@@ -23,8 +23,8 @@ FROM python:3.11-slim
 # A fixed numeric user, so Kubernetes' runAsNonRoot can verify it and fsGroup matches.
 RUN groupadd --system --gid 10001 quarry \
     && useradd --system --uid 10001 --gid quarry --home-dir /var/lib/quarry --no-create-home quarry \
-    && mkdir -p /var/lib/quarry \
-    && chown quarry:quarry /var/lib/quarry
+    && mkdir -p /var/lib/quarry /etc/quarry/keys \
+    && chown quarry:quarry /var/lib/quarry /etc/quarry/keys
 COPY --from=build /opt/quarry /opt/quarry
 ENV PATH=/opt/quarry/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -17,6 +17,7 @@ from gateway.node_cache import NodeCache
 from protos.v1 import config_pb2_grpc, distributed_pb2_grpc, enroll_pb2_grpc
 from quarry.grpc_runtime import aio_channel
 from quarry.settings import Settings
+from quarry.zmq_curve import client_keys
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,11 @@ class GatewayState:
             activity=ActivityBatcher(
                 enroll_stub, distributed_stub, settings.checkin_flush_interval_s
             ),
-            logs=LogForwarder(settings.zmq_endpoints(), settings.log_ack_timeout_s),
+            logs=LogForwarder(
+                settings.zmq_endpoints(),
+                settings.log_ack_timeout_s,
+                client_keys(settings) if settings.zmq_curve else None,
+            ),
             channels=[enroll_ch, config_ch, distributed_ch],
         )
 

@@ -10,6 +10,13 @@ a replica moves only that replica's share. When the first choice is unreachable
 the next replica in that batch's order, marked `failover` so that replica checks
 ClickHouse before inserting it (docs/adr/0005-ingest-replicas.md).
 
+With QUARRY_ZMQ_CURVE on each DEALER is a CURVE client (quarry/zmq_curve.py): a batch is
+encrypted, and a gateway whose key ingest does not accept never completes the handshake,
+so IMMEDIATE refuses the batch and osquery gets an error answer, as for a replica that is
+down. ZeroMQ never retries a handshake that ingest refused, so a monitor on each DEALER
+logs the refusal and reconnects after HANDSHAKE_RETRY_S: a key authorized later (rotation)
+starts working without a gateway restart.
+
 A batch travels as [correlation id, LogBatch] and comes back as [correlation id, LogAck];
 many are in flight at once on each socket and one receive loop per socket resolves the
 waiting requests (docs/adr/0002-log-acknowledgement.md).
@@ -25,24 +32,45 @@ import time
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
 
 from gateway import metrics
 from protos.v1 import logs_pb2
+from quarry.zmq_curve import CurveKeys, secure_dealer
 
 log = logging.getLogger(__name__)
 
+HANDSHAKE_RETRY_S = 5.0
+MONITORED_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
 
 class LogForwarder:
-    def __init__(self, endpoints: list[str], ack_timeout_s: float) -> None:
+    def __init__(
+        self, endpoints: list[str], ack_timeout_s: float, curve: CurveKeys | None = None
+    ) -> None:
         self._endpoints = endpoints
         self._ack_timeout_s = ack_timeout_s
+        self._curve = curve
         self._ctx = zmq.asyncio.Context()
         self._sockets = {endpoint: self._dealer() for endpoint in endpoints}
+        # Watched from before connect(): a refusal can come within the first milliseconds.
+        self._monitors = {
+            endpoint: socket.get_monitor_socket(MONITORED_EVENTS)
+            for endpoint, socket in self._sockets.items()
+            if curve is not None
+        }
         self._ids = itertools.count(1)
         self._pending: dict[bytes, asyncio.Future[logs_pb2.LogAck]] = {}
 
     def _dealer(self) -> zmq.asyncio.Socket:
         socket = self._ctx.socket(zmq.DEALER)
+        if self._curve is not None:
+            secure_dealer(socket, self._curve)
         socket.setsockopt(zmq.IMMEDIATE, 1)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.SNDHWM, 100_000)
@@ -95,7 +123,33 @@ class LogForwarder:
 
     async def run(self) -> None:
         """Receive acks from every replica for ever, waking the requests that wait for them."""
-        await asyncio.gather(*(self._receive(socket) for socket in self._sockets.values()))
+        receivers = [self._receive(socket) for socket in self._sockets.values()]
+        retries = [self._retry_refused(e, monitor) for e, monitor in self._monitors.items()]
+        await asyncio.gather(*receivers, *retries)
+
+    async def _retry_refused(self, endpoint: str, monitor: zmq.asyncio.Socket) -> None:
+        """Reconnect HANDSHAKE_RETRY_S after ingest refuses the handshake (ZeroMQ would not)."""
+        socket = self._sockets[endpoint]
+        refused = False
+        while True:
+            event = (await recv_monitor_message(monitor))["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if refused:
+                    log.info("ingest %s accepted this gateway's CURVE key", endpoint)
+                refused = False
+                continue
+            if not refused:
+                log.error(
+                    "ingest %s refused the CURVE handshake (%s): is this gateway's key in its "
+                    "authorized_clients, and server.key its key? Retrying every %g s",
+                    endpoint,
+                    zmq.Event(event).name,
+                    HANDSHAKE_RETRY_S,
+                )
+            refused = True
+            await asyncio.sleep(HANDSHAKE_RETRY_S)
+            socket.disconnect(endpoint)
+            socket.connect(endpoint)
 
     async def _receive(self, socket: zmq.asyncio.Socket) -> None:
         while True:
@@ -110,6 +164,8 @@ class LogForwarder:
                 future.set_result(ack)
 
     def close(self) -> None:
+        for monitor in self._monitors.values():
+            monitor.close(linger=0)
         for socket in self._sockets.values():
             socket.close(linger=0)
         self._ctx.term()

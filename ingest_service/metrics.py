@@ -79,3 +79,8 @@ for _table in TABLE_NAMES:
     ROWS_INSERTED.labels(_table)
     INSERT_ERRORS.labels(_table)
     INSERT_SECONDS.labels(_table)
+CURVE_REFUSALS = Counter(
+    "quarry_ingest_curve_refusals_total",
+    "ZeroMQ CURVE handshakes this ingest refused (QUARRY_ZMQ_CURVE): a gateway with a key not "
+    "in authorized_clients, or a peer without CURVE. Their batches are never received.",
+)

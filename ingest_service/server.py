@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
 
 from ingest_service import metrics
 from ingest_service.group_commit import GroupCommitter, Reply, recent_ids_from_spool
@@ -32,6 +36,13 @@ from quarry.grpc_runtime import serve_grpc
 from quarry.metrics_endpoint import start_metrics_endpoint
 from quarry.settings import Settings
 from quarry.shutdown import until_signalled
+from quarry.zmq_curve import (
+    CurveKeys,
+    reload_authorized_clients,
+    secure_router,
+    server_keys,
+    start_authenticator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,13 @@ GRPC_STOP_GRACE_S = 2.0
 # On shutdown, replay for at most this long; what is left is replayed at the next start.
 REPLAY_GRACE_S = 5.0
 RETENTION_INTERVAL_S = 3600.0
+# A refused gateway retries every few seconds: say so in the log at most this often.
+REFUSAL_LOG_INTERVAL_S = 60.0
+REFUSED_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 def main(settings: Settings) -> None:
@@ -64,9 +82,7 @@ async def serve(settings: Settings) -> None:
     committer = GroupCommitter(spool, replayer, settings.ingest_spool_max_bytes, recent)
     replayer.schema_ready = await create_schema(store)
 
-    context = zmq.asyncio.Context()
-    endpoint = f"tcp://{settings.bind_host}:{settings.ingest_zmq_port}"
-    router = bind_router(context, endpoint)
+    log_socket = open_log_socket(settings)
     reads = ReplayedReads(store, spool, replayer)
     grpc_server = await serve_grpc(
         f"{settings.bind_host}:{settings.ingest_port}",
@@ -76,11 +92,12 @@ async def serve(settings: Settings) -> None:
 
     replaying = asyncio.create_task(replayer.run())
     appending = asyncio.create_task(committer.run())
-    receiver = asyncio.create_task(receive_batches(router, committer))
+    receiver = asyncio.create_task(receive_batches(log_socket.router, committer))
     retention = asyncio.create_task(enforce_retention(store, retention_days()))
     log.info(
-        "ingest ready: ZeroMQ %s, store version %s, %d spooled batches to replay",
-        endpoint,
+        "ingest ready: ZeroMQ %s (%s), store version %s, %d spooled batches to replay",
+        log_socket.endpoint,
+        "CURVE" if settings.zmq_curve else "plaintext",
         await store_version(store),
         spool.unreplayed_records(),
     )
@@ -95,10 +112,52 @@ async def serve(settings: Settings) -> None:
     await replaying
     log.info("stopped with %d batches left to replay", spool.unreplayed_records())
     await grpc_server.stop(GRPC_STOP_GRACE_S)
-    router.close(linger=LINGER_MS)
-    context.term()
+    log_socket.close()
     spool.close()
     store.close()
+
+
+@dataclass
+class LogSocket:
+    """The ROUTER gateways send batches to, and with CURVE its ZAP handler and refusal counter."""
+
+    endpoint: str
+    context: zmq.asyncio.Context
+    router: zmq.asyncio.Socket
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    # Every socket of the context must be closed before context.term() can return.
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for close in self.closers:
+            close()
+        self.router.close(linger=LINGER_MS)
+        self.context.term()
+
+
+def open_log_socket(settings: Settings) -> LogSocket:
+    """Bind the ROUTER; with QUARRY_ZMQ_CURVE a CURVE server accepting allow-listed keys."""
+    context = zmq.asyncio.Context()
+    endpoint = f"tcp://{settings.bind_host}:{settings.ingest_zmq_port}"
+    if not settings.zmq_curve:
+        return LogSocket(endpoint, context, bind_router(context, endpoint))
+    keys = server_keys(settings)
+    # The ZAP handler must be up before the ROUTER binds, or early peers go unchecked.
+    authenticator = start_authenticator(context, settings)
+    router = bind_router(context, endpoint, keys)
+    refusals = router.get_monitor_socket(REFUSED_HANDSHAKE_EVENTS)
+    return LogSocket(
+        endpoint,
+        context,
+        router,
+        tasks=[
+            asyncio.create_task(reload_authorized_clients(authenticator, settings)),
+            asyncio.create_task(count_refused_handshakes(refusals)),
+        ],
+        closers=[lambda: refusals.close(linger=0), authenticator.stop],
+    )
 
 
 def open_spool(settings: Settings) -> Spool:
@@ -149,8 +208,29 @@ async def store_version(store: LogStore) -> str:
         return f"unknown ({exc})"
 
 
-def bind_router(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
+async def count_refused_handshakes(monitor: zmq.asyncio.Socket) -> None:
+    """Count (and log, now and then) the CURVE handshakes the ROUTER refused."""
+    last_logged = -REFUSAL_LOG_INTERVAL_S
+    while True:
+        event = await recv_monitor_message(monitor)
+        metrics.CURVE_REFUSALS.inc()
+        if time.monotonic() - last_logged >= REFUSAL_LOG_INTERVAL_S:
+            last_logged = time.monotonic()
+            log.warning(
+                "refused a ZeroMQ CURVE handshake (%s): a gateway key not in "
+                "authorized_clients, or a peer without CURVE; see "
+                "quarry_ingest_curve_refusals_total",
+                zmq.Event(event["event"]).name,
+            )
+
+
+def bind_router(
+    context: zmq.asyncio.Context, endpoint: str, curve: CurveKeys | None = None
+) -> zmq.asyncio.Socket:
+    """The ROUTER gateways send batches to; a CURVE server when curve keys are given."""
     router = context.socket(zmq.ROUTER)
+    if curve is not None:
+        secure_router(router, curve)
     router.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
     router.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
     router.setsockopt(zmq.LINGER, LINGER_MS)

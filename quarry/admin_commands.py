@@ -44,8 +44,19 @@ def call_rpc(method: Callable[..., Any], request: Message) -> Any:
     try:
         return method(request, timeout=RPC_TIMEOUT_S)
     except grpc.RpcError as exc:
-        details = " ".join((exc.details() or "").split())
-        raise CommandError(f"{exc.code().name}: {details}") from exc
+        raise CommandError(rpc_error_line(exc)) from exc
+
+
+def rpc_error_line(exc: grpc.RpcError) -> str:
+    """One line for a failed call; an unreachable service gets the likely reasons."""
+    details = " ".join((exc.details() or "").split())
+    line = f"{exc.code().name}: {details}"
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        line += (
+            " (is the service running? If it requires mutual TLS, the CLI needs "
+            "QUARRY_INTERNAL_TLS=on and the internal certificate; docs/security.md)"
+        )
+    return line
 
 
 # --- sql ------------------------------------------------------------------------------

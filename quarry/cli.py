@@ -16,6 +16,7 @@ from quarry import (
     admin_commands,
     carve_commands,
     config_commands,
+    encryption_commands,
     enrollment_commands,
     query_commands,
     token_commands,
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_commands.add_access_commands(sub, _admin)
 
     _admin(sub, "flags", "print the osquery flags that connect a node", admin_commands.flags)
-    tls = sub.add_parser("tls", help="certificates of the local CA")
+    tls = sub.add_parser("tls", help="certificates: the gateway's local CA, the internal CA")
     tls_sub = tls.add_subparsers(dest="tls_command", required=True, metavar="ACTION")
     cmd = _admin(
         tls_sub,
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument("name", help="the certificate's common name (and DNS SAN), e.g. the host")
     cmd.add_argument("-o", "--out-dir", default=".", help="where to write NAME.pem and NAME.key")
+    encryption_commands.add_internal_tls_commands(tls_sub, _admin)
+    encryption_commands.add_curve_commands(sub, _admin)
     return parser
 
 

@@ -16,6 +16,12 @@ Every server also checks admin calls (quarry/admin_auth.py): an interceptor, in 
 section below, refuses an RPC of the admin method table without a token of a high enough
 role and records each admin call in the audit log. Channels send a token: the admin
 channels (sync_channel) the CLI's, the long-running ones (aio_channel) the service token.
+
+Every server and channel of Quarry is made here, so QUARRY_INTERNAL_TLS switches them all
+to mutual TLS at once (quarry/internal_tls.py): servers require a client certificate from
+the internal CA, channels present this process's certificate and check the server's.
+The health service is on the same TLS port; Kubernetes probes the metrics port's /readyz
+instead, since the kubelet's gRPC probe cannot do TLS (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from quarry.admin_auth import (
     cli_admin_token,
     service_token,
 )
+from quarry.internal_tls import internal_tls_files
+from quarry.metrics_endpoint import mark_ready
 from quarry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -135,11 +143,47 @@ async def serve_grpc(
     )
     register(server)
     add_health_service(server)
-    if server.add_insecure_port(bind) == 0:
+    if _add_port(server, bind, settings) == 0:
         raise RuntimeError(f"{name}: cannot listen on {bind}")
     await server.start()
-    log.info("%s gRPC listening on %s", name, bind)
+    mark_ready()
+    log.info(
+        "%s gRPC listening on %s (%s)",
+        name,
+        bind,
+        "mutual TLS" if settings.internal_tls else "plaintext",
+    )
     return server
+
+
+def _add_port(server: grpc.aio.Server, bind: str, settings: Settings) -> int:
+    if not settings.internal_tls:
+        return server.add_insecure_port(bind)
+    return server.add_secure_port(bind, server_credentials(settings))
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials:
+    """This process's certificate; clients must present one signed by the internal CA."""
+    ca, cert, key = internal_tls_files(settings).read()
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
+
+
+def channel_credentials(settings: Settings) -> grpc.ChannelCredentials:
+    """Trust only the internal CA, and present this process's certificate."""
+    ca, cert, key = internal_tls_files(settings).read()
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+
+
+def channel_options(settings: Settings) -> list[tuple[str, object]]:
+    if settings.internal_tls and settings.internal_tls_server_name:
+        # Check the server's certificate against this name, whatever the address says.
+        name = settings.internal_tls_server_name
+        return [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", name)]
+    return list(CHANNEL_OPTIONS)
 
 
 def add_health_service(server: grpc.aio.Server) -> health.aio.HealthServicer:
@@ -149,31 +193,43 @@ def add_health_service(server: grpc.aio.Server) -> health.aio.HealthServicer:
     return servicer
 
 
-def aio_channel(addr: str, token: str | None = None) -> grpc.aio.Channel:
+def aio_channel(
+    addr: str, token: str | None = None, settings: Settings | None = None
+) -> grpc.aio.Channel:
     """A channel for long-running processes; its calls are measured and carry token.
 
-    By default the service token of this process's settings.
+    By default the service token of this process's settings; settings (by default this
+    process's environment) also say whether the channel uses internal TLS.
     """
+    settings = settings or Settings.from_env()
     if token is None:
-        token = service_token(Settings.from_env())
-    return grpc.aio.insecure_channel(
-        addr,
-        options=CHANNEL_OPTIONS,
-        interceptors=[
-            UnaryUnaryMetricsInterceptor(token),
-            UnaryStreamMetricsInterceptor(token),
-        ],
-    )
+        token = service_token(settings)
+    interceptors = [UnaryUnaryMetricsInterceptor(token), UnaryStreamMetricsInterceptor(token)]
+    options = channel_options(settings)
+    if settings.internal_tls:
+        return grpc.aio.secure_channel(
+            addr, channel_credentials(settings), options=options, interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(addr, options=options, interceptors=interceptors)
 
 
-def sync_channel(addr: str, token: str | None = None) -> grpc.Channel:
+def sync_channel(
+    addr: str, token: str | None = None, settings: Settings | None = None
+) -> grpc.Channel:
     """A channel for the admin commands: short-lived, nothing scrapes them, so unmeasured.
 
     Its calls carry token, by default the CLI's (QUARRY_ADMIN_TOKEN or state_dir/admin_token).
+    With internal TLS on, the CLI presents the internal certificate like any process.
     """
-    channel = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+    settings = settings or Settings.from_env()
+    if settings.internal_tls:
+        channel = grpc.secure_channel(
+            addr, channel_credentials(settings), options=channel_options(settings)
+        )
+    else:
+        channel = grpc.insecure_channel(addr, options=channel_options(settings))
     if token is None:
-        token = cli_admin_token(Settings.from_env())
+        token = cli_admin_token(settings)
     if not token:
         return channel
     return grpc.intercept_channel(channel, SyncBearerTokenInterceptor(token))

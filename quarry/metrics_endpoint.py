@@ -7,7 +7,11 @@ set rather than one worker's fragment per scrape.
 
 The same port answers GET /healthz with 200 "ok": a liveness target that needs no gRPC
 client (Kubernetes httpGet probes, docker compose healthchecks). It says the process is
-up, nothing more; readiness is the gRPC health check, or the gateway's HTTPS /healthz.
+up, nothing more. GET /readyz answers 200 "ready" once the process's gRPC server has
+started (it starts only after the store is open), 503 before: the readiness probe of the
+gRPC services, since the kubelet's own gRPC probe cannot speak TLS and the services' ports
+may require mutual TLS (QUARRY_INTERNAL_TLS). The gateway has no gRPC server, so its /readyz
+stays 503; its readiness is its HTTPS /healthz.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
+_ready = threading.Event()
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
@@ -53,13 +59,25 @@ def start_metrics_endpoint(settings: Settings, service: str) -> int:
     return port
 
 
+def mark_ready() -> None:
+    """From now on /readyz answers 200: the gRPC server serves (grpc_runtime.serve_grpc)."""
+    _ready.set()
+
+
 def with_health(metrics_app: WsgiApp) -> WsgiApp:
-    """The metrics app, with GET /healthz answered "ok" before it."""
+    """The metrics app, with GET /healthz and /readyz answered before it."""
 
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == HEALTH_PATH:
+        path = environ.get("PATH_INFO")
+        if path == HEALTH_PATH:
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]
+        if path == READY_PATH:
+            ready = _ready.is_set()
+            start_response(
+                "200 OK" if ready else "503 Service Unavailable", [("Content-Type", "text/plain")]
+            )
+            return [b"ready\n" if ready else b"starting\n"]
         return metrics_app(environ, start_response)
 
     return app

@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from protos.v1 import distributed_pb2, distributed_pb2_grpc, logs_pb2, logs_pb2_grpc
-from quarry.admin_commands import CommandError, call_rpc
+from quarry.admin_commands import CommandError, call_rpc, rpc_error_line
 from quarry.cli_output import emit_json, emit_table, progress
 from quarry.clickhouse_sql import sql_string
 from quarry.grpc_runtime import sync_channel
@@ -135,7 +135,7 @@ def follow(
                 return
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-            raise CommandError(f"{exc.code().name}: {exc.details()}") from exc
+            raise CommandError(rpc_error_line(exc)) from exc
     finally:
         stream.cancel()
 

@@ -151,6 +151,25 @@ class Settings:
     enroll_rate_per_secret_s: float = 100.0
     enroll_burst_per_secret: int = 5000
 
+    # Service-to-service encryption (docs/security.md, "Service-to-service encryption").
+    # Off by default (`quarry up` talks over loopback); the Kubernetes manifests turn both on.
+    # gRPC over mutual TLS: every server asks each client for a certificate signed by
+    # internal_tls_ca, every channel (the CLI's too) presents internal_tls_cert. Empty paths
+    # mean state_dir/internal-tls/{ca.pem,quarry-internal.pem,quarry-internal.key}, made by
+    # `quarry tls internal init` (and by `quarry up` when missing).
+    internal_tls: bool = False
+    internal_tls_cert: str = ""
+    internal_tls_key: str = ""
+    internal_tls_ca: str = ""
+    # The name channels check a server's certificate against; empty: the host of each
+    # address (which the certificate's SANs must then list).
+    internal_tls_server_name: str = ""
+    # ZeroMQ CURVE on the log path: the ingest ROUTER is the CURVE server and accepts only
+    # the gateway keys in zmq_curve_dir/authorized_clients/. Empty dir: state_dir/zmq-curve,
+    # made by `quarry curve init` (and by `quarry up` when missing).
+    zmq_curve: bool = False
+    zmq_curve_dir: str = ""
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Defaults, overridden by QUARRY_<FIELD> variables (QUARRY_PORT_BASE shifts all ports)."""

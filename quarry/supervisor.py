@@ -21,8 +21,10 @@ from pathlib import Path
 from enroll_service.shared_secret import ensure_secret_file
 from gateway.server import tls_files
 from quarry import local_prometheus
+from quarry.internal_tls import ensure_shared_certificate, internal_tls_dir
 from quarry.osquery_flags import osquery_flags, write_flagfile
 from quarry.settings import SERVICES, Settings
+from quarry.zmq_curve import curve_dir, ensure_curve_keys
 
 READY_TIMEOUT_S = 60.0
 RESTART_BACKOFF_MAX_S = 30.0
@@ -84,6 +86,7 @@ def run_cluster(
 ) -> int:
     secret_path = ensure_secret_file(settings)
     ca_path = tls_files(settings).ca_cert
+    ensure_encryption_keys(settings)
     env = {**os.environ, **settings.to_env()}
     children = [service_child(settings, name) for name in SERVICES]
     if prometheus is not None:
@@ -110,6 +113,24 @@ def run_cluster(
         return 0
     finally:
         _stop_all(children)
+
+
+def ensure_encryption_keys(settings: Settings) -> None:
+    """With internal TLS or CURVE on, make their default files before any child starts.
+
+    Made here, once, because every child reads them at start and none may race to write.
+    Files the settings name explicitly are the operator's, and never made.
+    """
+    if settings.internal_tls and not settings.internal_tls_cert:
+        ensure_shared_certificate(internal_tls_dir(settings), [settings.bind_host])
+    if settings.zmq_curve:
+        ensure_curve_keys(curve_dir(settings))
+
+
+def encryption_line(settings: Settings) -> str:
+    grpc = "mutual TLS" if settings.internal_tls else "plaintext (loopback)"
+    zmq = "CURVE" if settings.zmq_curve else "plaintext (loopback)"
+    return f"  internal traffic  gRPC {grpc}, ZeroMQ {zmq}"
 
 
 def _start(child: Child, env: dict[str, str]) -> None:
@@ -189,6 +210,7 @@ def _print_banner(
         f"  ingest            zmq tcp://{host}:{settings.ingest_zmq_port}, "
         f"grpc {host}:{settings.ingest_port}",
         f"  log store         {store}",
+        encryption_line(settings),
         "  metrics           " + ", ".join(f"{s} :{settings.metrics_port(s)}" for s in SERVICES),
         *(
             f"  prometheus        http://{host}:{child.ports[0]}   (scrapes every process)"

@@ -57,10 +57,12 @@ class QuarryCluster:
 
     def channel(self, service: str) -> grpc.Channel:
         """A channel to one of the cluster's services, carrying the cluster's service token."""
-        return sync_channel(self.settings.service_addr(service), service_token(self.settings))
+        settings = self.settings
+        return sync_channel(settings.service_addr(service), service_token(settings), settings)
 
     def aio_channel(self, service: str) -> grpc.aio.Channel:
-        return aio_channel(self.settings.service_addr(service), service_token(self.settings))
+        settings = self.settings
+        return aio_channel(settings.service_addr(service), service_token(settings), settings)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("QUARRY_")}

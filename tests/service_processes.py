@@ -36,20 +36,21 @@ class ServiceProcess:
         self.state_dir = state_dir
         self.port_base = port_base
         self.settings = Settings.from_env(
-            {"QUARRY_STATE_DIR": str(state_dir), "QUARRY_PORT_BASE": str(port_base)}
+            {
+                "QUARRY_STATE_DIR": str(state_dir),
+                "QUARRY_PORT_BASE": str(port_base),
+                **(extra_env or {}),
+            }
         )
-        self.addr = (
-            f"{self.settings.bind_host}:{self.settings.gateway_port}"
-            if name == "gateway"
-            else self.settings.service_addr(name)
-        )
+        # Where this process listens (not QUARRY_<NAME>_ADDR: that is where its clients go).
+        self.addr = f"{self.settings.bind_host}:{getattr(self.settings, f'{name}_port')}"
         self.log_path = state_dir / f"{name}.log"
         self._extra_env = extra_env or {}
         self._process: subprocess.Popen[bytes] | None = None
 
     def channel(self) -> grpc.Channel:
         """A channel to this service that carries the service token, as Quarry's processes do."""
-        return sync_channel(self.addr, service_token(self.settings))
+        return sync_channel(self.addr, service_token(self.settings), self.settings)
 
     def start(self) -> ServiceProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)

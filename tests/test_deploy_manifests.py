@@ -3,8 +3,9 @@
 Each overlay is rendered with kustomize (`kubectl kustomize`, or a `kustomize` binary) and
 every object is validated offline against the Kubernetes schemas (kubernetes-validate).
 Every container runs a real `quarry serve` target, every QUARRY_* variable is a real
-setting, and every probe is hit on real processes started with the same settings: the
-gRPC health check, the metrics port's /healthz and the gateway's HTTPS /healthz.
+setting, and every probe is hit on real processes started with the same settings (internal
+TLS and CURVE on): the metrics port's /healthz and /readyz and the gateway's HTTPS /healthz.
+Every file the encryption settings name is mounted from a Secret.
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import kubernetes_validate
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quarry.cli import build_parser
 from quarry.settings import ENV_PREFIX, PORT_OFFSETS, SERVICES, Settings
@@ -35,7 +34,7 @@ from tests.service_processes import REPO_ROOT, ServiceProcess
 
 KUBERNETES_DIR = REPO_ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("small", "large")
-EXAMPLES = ("clickhouse", "postgresql")
+EXAMPLES = ("clickhouse", "postgresql", "admin")
 COMPOSE_FILE = REPO_ROOT / "deploy" / "compose" / "docker-compose.yaml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 # Oldest Kubernetes we support: gRPC probes are GA from 1.27.
@@ -48,6 +47,8 @@ GRPC_CALLERS = {
     "config": {"gateway", "distributed"},
     "distributed": {"gateway", "config"},
 }
+# The manifests' encryption settings; the probe test runs the services with them.
+ENCRYPTED = {"QUARRY_INTERNAL_TLS": "on", "QUARRY_ZMQ_CURVE": "on"}
 SETTING_NAMES = {ENV_PREFIX + name.upper() for name in Settings.__dataclass_fields__} | {
     ENV_PREFIX + "PORT_BASE"
 }
@@ -217,6 +218,60 @@ def test_each_process_has_a_metrics_service_named_for_its_job(
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
 
 
+# --- service-to-service encryption -----------------------------------------------------
+
+
+def secret_files(workload: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Path in the container -> (Secret, key), for every Secret volume mounted with items."""
+    pod = workload["spec"]["template"]["spec"]
+    volumes = {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
+    files = {}
+    for mount in quarry_container(workload).get("volumeMounts", []):
+        secret = volumes.get(mount["name"])
+        for item in (secret or {}).get("items", []):
+            path = f"{mount['mountPath']}/{item['path']}"
+            files[path] = (secret["secretName"], item["key"])
+    return files
+
+
+def test_internal_traffic_is_encrypted_with_files_from_secrets(
+    overlay: list[dict[str, Any]],
+) -> None:
+    settings = Settings.from_env(only(overlay, "ConfigMap", "quarry-settings")["data"])
+    assert settings.internal_tls and settings.zmq_curve
+    tls_files = {
+        settings.internal_tls_ca: "ca.crt",
+        settings.internal_tls_cert: "tls.crt",
+        settings.internal_tls_key: "tls.key",
+    }
+    curve = settings.zmq_curve_dir
+    curve_files = {
+        "gateway": {
+            f"{curve}/server.key": "server.key",
+            f"{curve}/client.key_secret": "client.key_secret",
+        },
+        "ingest": {
+            f"{curve}/server.key_secret": "server.key_secret",
+            f"{curve}/authorized_clients/gateway.key": "client.key",
+        },
+    }
+    for workload in workloads(overlay):
+        mounted = secret_files(workload)
+        for path, key in tls_files.items():
+            assert mounted.get(path) == ("quarry-internal-tls", key), (service_of(workload), path)
+        for path, key in curve_files.get(service_of(workload), {}).items():
+            assert mounted.get(path) == ("quarry-zmq-curve", key), (service_of(workload), path)
+
+
+def test_the_admin_pod_presents_the_internal_certificate(overlay: list[dict[str, Any]]) -> None:
+    settings = Settings.from_env(only(overlay, "ConfigMap", "quarry-settings")["data"])
+    admin = only(render(KUBERNETES_DIR / "examples" / "admin"), "Deployment", "quarry-admin")
+    assert admin["spec"]["template"]["metadata"]["labels"]["quarry-admin"] == "true"
+    mounted = secret_files(admin)
+    for path in (settings.internal_tls_ca, settings.internal_tls_cert, settings.internal_tls_key):
+        assert mounted[path][0] == "quarry-internal-tls", path
+
+
 # --- network policies -----------------------------------------------------------------
 
 
@@ -298,14 +353,22 @@ def same_port_under(port: int, service: str, deployed: Settings, tested: Setting
     raise AssertionError(f"{service}: port {port} is no port Quarry listens on")
 
 
+def make_encryption_keys(state_dir: Path) -> None:
+    """The internal certificate and CURVE keys, made as docs/deploy.md makes them."""
+    env = {**os.environ, "QUARRY_STATE_DIR": str(state_dir)}
+    for command in (["tls", "internal", "init"], ["curve", "init"]):
+        subprocess.run([sys.executable, "-m", "quarry", *command], env=env, check=True)
+
+
 @pytest.fixture(scope="module")
 def running_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     state_dir = tmp_path_factory.mktemp("deploy-probes")
     port_base = free_port_base()
+    make_encryption_keys(state_dir)
     processes = []
     try:
         for name in SERVICES:  # the gateway last, once what it watches is up
-            processes.append(ServiceProcess(name, state_dir, port_base).start())
+            processes.append(ServiceProcess(name, state_dir, port_base, ENCRYPTED).start())
         yield processes[0].settings
     finally:
         for process in reversed(processes):
@@ -313,12 +376,6 @@ def running_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settin
 
 
 def probe_answers(probe: dict[str, Any], host: str, port: int) -> bool:
-    if "grpc" in probe:
-        with grpc.insecure_channel(f"{host}:{port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            request = health_pb2.HealthCheckRequest(service=probe["grpc"].get("service", ""))
-            answer = stub.Check(request, timeout=5)
-            return answer.status == health_pb2.HealthCheckResponse.SERVING
     http = probe["httpGet"]
     scheme = http.get("scheme", "HTTP").lower()
     # The kubelet does not verify the certificate of an HTTPS probe; neither do we.
@@ -333,6 +390,8 @@ def test_every_probe_is_answered_by_the_running_service(
     checked = set()
     for service, kind, probe, port in probes(overlay):
         assert "tcpSocket" not in probe, f"{service} {kind}: probe a health endpoint"
+        # The gRPC ports require mutual TLS, which the kubelet's gRPC probe cannot do.
+        assert "grpc" not in probe, f"{service} {kind}: probe the metrics port's /readyz"
         tested_port = same_port_under(port, service, deployed, running_cluster)
         host = running_cluster.bind_host
         # The gateway is ready once its caches hold their first snapshots.
@@ -359,7 +418,11 @@ def compose_services() -> dict[str, dict[str, Any]]:
 
 def test_compose_runs_every_service_and_publishes_only_the_gateway() -> None:
     services = compose_services()
-    quarry_services = {n: s for n, s in services.items() if s.get("image") == "quarry:local"}
+    quarry_services = {
+        n: s
+        for n, s in services.items()
+        if s.get("image") == "quarry:local" and "entrypoint" not in s  # not the keys maker
+    }
     assert {n: serve_target(s["command"]) for n, s in quarry_services.items()} == {
         s: s for s in SERVICES
     }
@@ -369,3 +432,20 @@ def test_compose_runs_every_service_and_publishes_only_the_gateway() -> None:
         assert set(service["environment"]) <= SETTING_NAMES
         healthcheck_url = service["healthcheck"]["test"][-1]
         assert f":{Settings().metrics_port(name)}/healthz" in healthcheck_url, name
+
+
+def test_compose_encrypts_internal_traffic_with_keys_made_once() -> None:
+    services = compose_services()
+    keys = services["keys"]
+    assert keys["command"] == ["quarry tls internal init && quarry curve init"]
+    volume = "keys:" + keys["environment"]["QUARRY_STATE_DIR"]
+    for name in SERVICES:
+        service = services[name]
+        environment = service["environment"]
+        encryption = {k: v for k, v in environment.items() if "_TLS" in k or "CURVE" in k}
+        settings = Settings.from_env(encryption)
+        assert settings.internal_tls and settings.zmq_curve, name
+        assert f"{volume}:ro" in service["volumes"], name
+        assert service["depends_on"]["keys"] == {"condition": "service_completed_successfully"}
+        assert settings.internal_tls_cert.startswith(keys["environment"]["QUARRY_STATE_DIR"])
+        assert settings.zmq_curve_dir.startswith(keys["environment"]["QUARRY_STATE_DIR"])

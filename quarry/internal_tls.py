@@ -1,0 +1,238 @@
+"""The internal CA and certificates for gRPC between Quarry's own processes (mutual TLS).
+
+With QUARRY_INTERNAL_TLS on, every gRPC server asks each client for a certificate signed
+by the internal CA and every channel presents one, so a service talks only to Quarry's
+own processes (and admins given a certificate). One certificate, `quarry-internal`, is
+both server and client certificate for every process by default: mTLS here says "one of
+ours", and the admin token still says which admin. Its SANs list the names the services
+are reached by (Kubernetes service names, compose names, loopback), so ordinary hostname
+checking works; QUARRY_INTERNAL_TLS_SERVER_NAME covers addresses outside that list.
+
+This CA is not the gateway's (gateway/tls_bootstrap.py): osquery pins the gateway's CA,
+and a node certificate from it must never open the internal ports.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from quarry.settings import Settings
+
+CA_NAME = "ca"
+SHARED_CERT_NAME = "quarry-internal"
+CA_VALIDITY = datetime.timedelta(days=3650)
+CERT_VALIDITY = datetime.timedelta(days=825)
+# Names the gRPC services are reached by in deploy/ (Kubernetes Services, compose
+# services) and on one machine.
+DEFAULT_SANS = (
+    SHARED_CERT_NAME,
+    "localhost",
+    "127.0.0.1",
+    "::1",
+    "quarry-enroll",
+    "quarry-config",
+    "quarry-distributed",
+    "quarry-ingest",
+    "enroll",
+    "config",
+    "distributed",
+    "ingest",
+)
+
+
+@dataclass(frozen=True)
+class InternalTlsFiles:
+    """The CA every process trusts, and this process's certificate and key."""
+
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """(CA, certificate, key) as PEM bytes; a clear error naming a missing file."""
+        missing = [str(p) for p in (self.ca_cert, self.cert, self.key) if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                "QUARRY_INTERNAL_TLS is on but these files are missing: "
+                + ", ".join(missing)
+                + " (make them with `quarry tls internal init`; docs/security.md)"
+            )
+        return self.ca_cert.read_bytes(), self.cert.read_bytes(), self.key.read_bytes()
+
+
+def internal_tls_dir(settings: Settings) -> Path:
+    return settings.state_dir / "internal-tls"
+
+
+def internal_tls_files(settings: Settings) -> InternalTlsFiles:
+    """The files named by the settings, each defaulting to state_dir/internal-tls/."""
+    folder = internal_tls_dir(settings)
+    return InternalTlsFiles(
+        Path(settings.internal_tls_ca or folder / f"{CA_NAME}.pem"),
+        Path(settings.internal_tls_cert or folder / f"{SHARED_CERT_NAME}.pem"),
+        Path(settings.internal_tls_key or folder / f"{SHARED_CERT_NAME}.key"),
+    )
+
+
+def ensure_internal_ca(folder: Path) -> tuple[Path, bool]:
+    """folder/ca.pem (and its key, owner-only), created when missing; (path, created)."""
+    cert_path, key_path = folder / f"{CA_NAME}.pem", folder / f"{CA_NAME}.key"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, False
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    _write(key_path, _key_pem(key), 0o600)
+    _write(cert_path, _ca_certificate(key).public_bytes(serialization.Encoding.PEM), 0o644)
+    return cert_path, True
+
+
+def issue_certificate(
+    ca_folder: Path, name: str, sans: list[str], out_dir: Path
+) -> tuple[Path, Path]:
+    """A certificate for server and client use, signed by the CA in ca_folder.
+
+    Written as out_dir/NAME.pem and NAME.key (owner-only); its SANs are `sans` (DNS names,
+    wildcards or IP addresses). Returns (certificate path, key path).
+    """
+    ca_key, ca_cert = _load_ca(ca_folder)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + CERT_VALIDITY)
+        .add_extension(x509.SubjectAlternativeName(san_entries(sans)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = out_dir / f"{name}.pem", out_dir / f"{name}.key"
+    _write(key_path, _key_pem(key), 0o600)
+    _write(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    return cert_path, key_path
+
+
+def ensure_shared_certificate(
+    folder: Path, extra_sans: list[str], renew: bool = False
+) -> tuple[Path, Path, bool]:
+    """The CA and the shared `quarry-internal` certificate in folder; (cert, key, issued).
+
+    An existing certificate is kept unless renew (same CA, so nothing else changes).
+    """
+    ensure_internal_ca(folder)
+    cert_path, key_path = folder / f"{SHARED_CERT_NAME}.pem", folder / f"{SHARED_CERT_NAME}.key"
+    if cert_path.exists() and key_path.exists() and not renew:
+        return cert_path, key_path, False
+    sans = list(dict.fromkeys([*DEFAULT_SANS, *extra_sans]))
+    cert_path, key_path = issue_certificate(folder, SHARED_CERT_NAME, sans, folder)
+    return cert_path, key_path, True
+
+
+def certificate_summary(path: Path) -> dict[str, object]:
+    """Subject, SANs and expiry of a PEM certificate, for the CLI to show."""
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    try:
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(getattr(entry, "value", entry)) for entry in sans]
+    except x509.ExtensionNotFound:
+        names = []
+    return {
+        "path": str(path),
+        "subject": certificate.subject.rfc4514_string(),
+        "sans": names,
+        "not_after": certificate.not_valid_after_utc.isoformat(),
+    }
+
+
+def san_entries(names: list[str]) -> list[x509.GeneralName]:
+    entries: list[x509.GeneralName] = []
+    for name in dict.fromkeys(names):
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            entries.append(x509.DNSName(name))
+    return entries
+
+
+def _load_ca(folder: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key_path, cert_path = folder / f"{CA_NAME}.key", folder / f"{CA_NAME}.pem"
+    if not key_path.exists() or not cert_path.exists():
+        raise FileNotFoundError(
+            f"no internal CA in {folder} ({CA_NAME}.pem and {CA_NAME}.key); "
+            "make it with `quarry tls internal init`"
+        )
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key_path} is not an EC private key")
+    return key, x509.load_pem_x509_certificate(cert_path.read_bytes())
+
+
+def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    # A name of its own: during a CA rotation both CAs are trusted at once, and verifiers
+    # find a certificate's issuer by name, so two CAs named alike would shadow each other.
+    common_name = f"Quarry internal CA {now:%Y-%m-%d} {secrets.token_hex(4)}"
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Write aside and rename, so a reader never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)  # O_CREAT's mode is masked by the umask
+    os.replace(tmp, path)
