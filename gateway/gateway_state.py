@@ -14,6 +14,7 @@ from gateway.config_cache import ConfigCache
 from gateway.live_queries import LiveQueries
 from gateway.log_forwarder import LogForwarder
 from gateway.node_cache import NodeCache
+from gateway.request_body import BodyLimits
 from protos.v1 import config_pb2_grpc, distributed_pb2_grpc, enroll_pb2_grpc
 from quarry.grpc_runtime import aio_channel
 from quarry.settings import Settings
@@ -36,6 +37,8 @@ class GatewayState:
     logs: LogForwarder
     channels: list[grpc.aio.Channel]
     tasks: list[asyncio.Task] = field(default_factory=list)
+    # Each endpoint's request limits, made from settings on its first request.
+    body_limits: dict[str, BodyLimits] = field(default_factory=dict)
 
     @classmethod
     def connect(cls, settings: Settings) -> GatewayState:
