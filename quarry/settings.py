@@ -151,6 +151,11 @@ class Settings:
     enroll_rate_per_secret_s: float = 100.0
     enroll_burst_per_secret: int = 5000
 
+    # Shared state (issue 9, docs/deploy.md): a postgresql:// URL makes the enroll, config
+    # and distributed services keep their state there, so any number of replicas of each
+    # share it; empty: one SQLite file per service in state_dir.
+    database_url: str = ""
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Defaults, overridden by QUARRY_<FIELD> variables (QUARRY_PORT_BASE shifts all ports)."""

@@ -1,0 +1,287 @@
+"""The database a stateful service keeps its state in: SQLite (embedded) or PostgreSQL (shared).
+
+Stores write portable SQL with `?` placeholders and see one small API on both:
+`execute()` for reads, and `transaction()` for writes, yielding a Transaction with
+`execute()`, `executemany()` and `after_commit()`.
+
+Writers are serialized on both backends, so a store's read-modify-write needs no further
+care: SQLite takes its write lock at BEGIN IMMEDIATE; PostgreSQL, where several
+replicas write the same tables, takes one transaction-scoped advisory lock per service
+(`pg_advisory_xact_lock`) first thing in every write transaction (ADR 0009). A
+transaction opened inside another one on the same thread becomes a savepoint of it, so a
+service can wrap a store's write and the change events it announces in one transaction.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from quarry.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SQLITE, POSTGRESQL = "sqlite", "postgresql"
+
+# One advisory lock per service: its writers queue on it (any 64-bit numbers would do;
+# these spell "quarry" and the service's index so they are recognisable in pg_locks).
+SERVICE_LOCK_KEYS = {
+    "enroll": 0x717561727279_01,
+    "config": 0x717561727279_02,
+    "distributed": 0x717561727279_03,
+}
+# Schema migrations of every service queue on this one: services may share a database.
+MIGRATION_LOCK_KEY = 0x717561727279_00
+
+# How long a request waits for a PostgreSQL connection before it fails (PostgreSQL down).
+CONNECT_TIMEOUT_S = 5
+POOL_MAX_SIZE = 4
+
+
+class Rows(Protocol):
+    """What execute() returns: a cursor, or rows already fetched."""
+
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Transaction(Protocol):
+    def execute(self, sql: str, params: Sequence[object] = ()) -> Rows: ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None: ...
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run action once the outermost transaction has committed (never on rollback)."""
+
+
+class StateDatabase(Protocol):
+    dialect: str
+    # True when other processes (replicas) write the same database.
+    shared: bool
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> Rows: ...
+
+    def transaction(self, lock_key: int | None = None) -> Any:
+        """Context manager yielding a Transaction; writers are serialized."""
+
+    def describe(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def open_state_database(settings: Settings, service: str) -> StateDatabase:
+    """PostgreSQL when QUARRY_DATABASE_URL is set, else SQLite state_dir/<service>.sqlite3."""
+    if settings.database_url:
+        return PostgresDatabase(settings.database_url, SERVICE_LOCK_KEYS[service])
+    return SqliteDatabase(settings.path(f"{service}.sqlite3"))
+
+
+class _TransactionState:
+    """The open transaction of one thread: its depth (savepoints) and what runs after it."""
+
+    def __init__(self, execute: Callable[..., Rows], executemany: Callable[..., None]) -> None:
+        self.execute = execute
+        self.executemany = executemany
+        self.depth = 0
+        self.after: list[Callable[[], None]] = []
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        self.after.append(action)
+
+
+@contextmanager
+def _savepoint(state: _TransactionState) -> Iterator[_TransactionState]:
+    """A nested transaction: rolled back alone when it fails, kept when it succeeds."""
+    name = f"nested_{state.depth}"
+    state.depth += 1
+    state.execute(f"SAVEPOINT {name}")
+    try:
+        yield state
+    except BaseException:
+        state.execute(f"ROLLBACK TO SAVEPOINT {name}")
+        state.execute(f"RELEASE SAVEPOINT {name}")
+        raise
+    finally:
+        state.depth -= 1
+    state.execute(f"RELEASE SAVEPOINT {name}")
+
+
+def _run_after_commit(actions: list[Callable[[], None]]) -> None:
+    for action in actions:
+        action()
+
+
+class SqliteDatabase:
+    """One SQLite file, WAL journaling so readers never wait for the writer."""
+
+    dialect = SQLITE
+    shared = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # Autocommit mode: transactions are ours. The connection may be used from worker
+        # threads too, one transaction at a time under _lock.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._lock = threading.RLock()
+        self._open: _TransactionState | None = None
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> Rows:
+        return self._db.execute(sql, params)
+
+    @contextmanager
+    def transaction(self, lock_key: int | None = None) -> Iterator[Transaction]:
+        with self._lock:
+            if self._open is not None:
+                with _savepoint(self._open) as nested:
+                    yield nested
+                return
+            state = _TransactionState(self._db.execute, self._db.executemany)
+            self._open = state
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield state
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                self._open = None
+        _run_after_commit(state.after)
+
+    def describe(self) -> str:
+        return f"SQLite {self.path}"
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class FetchedRows:
+    """Rows of a read already fetched, so its connection went straight back to the pool."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+
+@functools.lru_cache(maxsize=1024)
+def postgres_sql(sql: str) -> str:
+    """The stores' `?` placeholders as psycopg's `%s` (a literal % doubled first)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def postgres_params(params: Sequence[object]) -> tuple[object, ...]:
+    # The schema keeps flags in integer columns, as SQLite does; PostgreSQL will not
+    # store a boolean there.
+    return tuple(int(p) if isinstance(p, bool) else p for p in params)
+
+
+class PostgresDatabase:
+    """A PostgreSQL database shared by every replica of a service, through a small pool."""
+
+    dialect = POSTGRESQL
+    shared = True
+
+    def __init__(self, url: str, lock_key: int) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.url = url
+        self._lock_key = lock_key
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=POOL_MAX_SIZE,
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+            # A connection broken while PostgreSQL restarted is replaced, not handed out.
+            check=ConnectionPool.check_connection,
+            timeout=CONNECT_TIMEOUT_S,
+            open=False,
+        )
+        self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
+        self._local = threading.local()
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> Rows:
+        state: _TransactionState | None = getattr(self._local, "open", None)
+        if state is not None:
+            return state.execute(sql, params)
+        with self._pool.connection() as conn:
+            cursor = conn.execute(postgres_sql(sql), postgres_params(params))
+            rows = cursor.fetchall() if cursor.description else []
+            return FetchedRows(rows, cursor.rowcount)
+
+    @contextmanager
+    def transaction(self, lock_key: int | None = None) -> Iterator[Transaction]:
+        open_state: _TransactionState | None = getattr(self._local, "open", None)
+        if open_state is not None:
+            with _savepoint(open_state) as nested:
+                yield nested
+            return
+        with self._pool.connection() as conn:
+
+            def execute(sql: str, params: Sequence[object] = ()) -> Rows:
+                return conn.execute(postgres_sql(sql), postgres_params(params))
+
+            def executemany(sql: str, rows: Iterable[Sequence[object]]) -> None:
+                with conn.cursor() as cursor:
+                    cursor.executemany(postgres_sql(sql), [postgres_params(r) for r in rows])
+
+            state = _TransactionState(execute, executemany)
+            self._local.open = state
+            try:
+                with conn.transaction():
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s)",
+                        (self._lock_key if lock_key is None else lock_key,),
+                    )
+                    yield state
+            finally:
+                self._local.open = None
+        _run_after_commit(state.after)
+
+    def describe(self) -> str:
+        parts = urlsplit(self.url)
+        # Never the password: this goes to logs.
+        return f"PostgreSQL {parts.hostname or 'local socket'}:{parts.port or 5432}{parts.path}"
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class Queryable(Protocol):
+    """A database or an open transaction: both run a read."""
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> Rows: ...
+
+
+class StateStore:
+    """Base of the services' stores: reads through self._db, writes in self._transaction()."""
+
+    def __init__(self, database: StateDatabase) -> None:
+        self.database = database
+        self._db: Queryable = database
+
+    def _transaction(self) -> Any:
+        return self.database.transaction()
