@@ -92,9 +92,7 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(
-    tmp_path_factory: pytest.TempPathFactory, state_env: dict[str, str]
-) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, state_env: dict[str, str]) -> Iterator[Fleet]:
     """The services on each state backend: SQLite files, then one PostgreSQL database."""
     state_dir = tmp_path_factory.mktemp("config-service")
     secret_file = state_dir / "enroll_secret"
