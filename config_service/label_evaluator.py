@@ -76,6 +76,7 @@ class LabelEvaluator:
         defined_labels: Callable[[], Iterable[Label]],
         write_members: Callable[[str, set[str]], set[str]],
         forget_labels_except: Callable[[Iterable[str]], set[str]],
+        leads: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._directory = directory
@@ -85,6 +86,8 @@ class LabelEvaluator:
         # Each stores and announces in one transaction, returning the nodes that moved.
         self._write_members = write_members
         self._forget_labels_except = forget_labels_except
+        # With replicas sharing PostgreSQL only one evaluates labels: one campaign per label.
+        self._leads = leads
         self._running: dict[str, asyncio.Task[None]] = {}
         self._due_at: dict[str, float] = {}
 
@@ -105,6 +108,8 @@ class LabelEvaluator:
         await self._channel.close()
 
     def _start_due_evaluations(self) -> None:
+        if not self._leads():
+            return
         labels = {label.name: label for label in self._defined_labels()}
         self._forget_labels_except(labels)
         for name in set(self._due_at) - set(labels):

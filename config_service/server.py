@@ -19,6 +19,8 @@ from quarry.shutdown import until_signalled
 
 log = logging.getLogger(__name__)
 
+# Replicas on PostgreSQL: the one holding this lock evaluates the labels.
+LABEL_EVALUATION_LOCK_KEY = 0x717561727279_12
 # In-flight calls get this long to finish on shutdown.
 SHUTDOWN_GRACE_S = 1.0
 
@@ -42,6 +44,7 @@ async def serve(settings: Settings) -> None:
         defined_labels=servicer.defined_labels,
         write_members=servicer.set_label_members,
         forget_labels_except=servicer.forget_labels_except,
+        leads=lambda: database.holds_lead(LABEL_EVALUATION_LOCK_KEY),
     )
     server = await serve_grpc(
         f"{settings.bind_host}:{settings.config_port}",

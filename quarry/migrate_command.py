@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from quarry.admin_commands import CommandError
 from quarry.cli_output import emit_json, emit_table, progress
 from quarry.schema_migrations import MigrationStep
 from quarry.service_database import STATEFUL_SERVICES, migrate_service
 from quarry.settings import Settings
-from quarry.state_database import open_state_database
+from quarry.state_database import DatabaseUnavailable, open_state_database
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 
@@ -44,7 +45,10 @@ def add_migrate_command(sub: argparse._SubParsersAction, add: AddCommand) -> Non
 def migrate(settings: Settings, args: argparse.Namespace) -> int:
     steps: list[MigrationStep] = []
     for service in args.service or STATEFUL_SERVICES:
-        database = open_state_database(settings, service)
+        try:
+            database = open_state_database(settings, service)
+        except DatabaseUnavailable as exc:
+            raise CommandError(str(exc)) from None
         try:
             if not args.json:
                 progress(f"{service}: {database.describe()}")

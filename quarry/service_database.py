@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from quarry import change_log
 from quarry.schema_migrations import Migration, MigrationStep, migrate
 from quarry.settings import Settings
-from quarry.state_database import StateDatabase, open_state_database
+from quarry.state_database import DatabaseUnavailable, StateDatabase, open_state_database
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,12 @@ def migrate_service(
 
 def open_service_database(settings: Settings, service: str) -> StateDatabase:
     """The service's database with every migration applied (each at most once)."""
-    database = open_state_database(settings, service)
+    try:
+        database = open_state_database(settings, service)
+    except DatabaseUnavailable as exc:
+        # Exit: `quarry up` or Kubernetes starts the service again, with backoff.
+        log.error("%s; the %s service cannot start without its state", exc, service)
+        raise SystemExit(1) from None
     for step in migrate_service(database, service):
         if step.applied:
             log.info("%s: applied migration %d (%s)", step.component, step.version, step.name)

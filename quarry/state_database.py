@@ -78,12 +78,23 @@ class StateDatabase(Protocol):
 
     def describe(self) -> str: ...
 
+    def holds_lead(self, lock_key: int) -> bool:
+        """Whether this process is the one replica that does a periodic job (its leader)."""
+
     def close(self) -> None: ...
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL could not be reached (at start, or by `quarry migrate`)."""
 
 
 def open_state_database(settings: Settings, service: str) -> StateDatabase:
     """PostgreSQL when QUARRY_DATABASE_URL is set, else SQLite state_dir/<service>.sqlite3."""
     if settings.database_url:
+        if not settings.database_url.startswith(("postgresql://", "postgres://")):
+            raise DatabaseUnavailable(
+                "QUARRY_DATABASE_URL must be a postgresql://user:password@host:port/database URL"
+            )
         return PostgresDatabase(settings.database_url, SERVICE_LOCK_KEYS[service])
     return SqliteDatabase(settings.path(f"{service}.sqlite3"))
 
@@ -166,6 +177,9 @@ class SqliteDatabase:
     def describe(self) -> str:
         return f"SQLite {self.path}"
 
+    def holds_lead(self, lock_key: int) -> bool:
+        return True  # one process owns the file
+
     def close(self) -> None:
         self._db.close()
 
@@ -206,10 +220,19 @@ class PostgresDatabase:
     shared = True
 
     def __init__(self, url: str, lock_key: int) -> None:
-        from psycopg_pool import ConnectionPool
+        import psycopg
+        from psycopg_pool import ConnectionPool, PoolTimeout
 
         self.url = url
+        try:
+            # One plain attempt first: fails fast, and says why (the pool only retries).
+            psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S).close()
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise DatabaseUnavailable(f"cannot connect to {self.describe()}: {reason}") from None
         self._lock_key = lock_key
+        self._leader_conn: Any = None
+        self._leading = False
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -220,7 +243,11 @@ class PostgresDatabase:
             timeout=CONNECT_TIMEOUT_S,
             open=False,
         )
-        self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
+        try:
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
+        except PoolTimeout:
+            self._pool.close()
+            raise DatabaseUnavailable(f"cannot connect to {self.describe()}") from None
         self._local = threading.local()
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> Rows:
@@ -261,12 +288,35 @@ class PostgresDatabase:
                 self._local.open = None
         _run_after_commit(state.after)
 
+    def holds_lead(self, lock_key: int) -> bool:
+        """A session advisory lock on a connection of its own: held until this process (or
+        its connection) goes, when another replica takes it over on its next try."""
+        import psycopg
+
+        try:
+            if self._leader_conn is None or self._leader_conn.broken:
+                self._leader_conn = psycopg.connect(
+                    self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+                )
+                row = self._leader_conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key,))
+                self._leading = row.fetchone()[0]
+            elif not self._leading:
+                row = self._leader_conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key,))
+                self._leading = row.fetchone()[0]
+            else:
+                self._leader_conn.execute("SELECT 1")  # still connected, so still holding it
+        except psycopg.Error:
+            self._leading = False
+        return self._leading
+
     def describe(self) -> str:
         parts = urlsplit(self.url)
         # Never the password: this goes to logs.
         return f"PostgreSQL {parts.hostname or 'local socket'}:{parts.port or 5432}{parts.path}"
 
     def close(self) -> None:
+        if self._leader_conn is not None:
+            self._leader_conn.close()
         self._pool.close()
 
 

@@ -18,6 +18,7 @@ import secrets
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,6 +316,31 @@ def test_a_quota_shared_by_replicas_is_never_exceeded(replicas: Replicas) -> Non
     )
     [secret] = [s for s in listed.secrets if s.secret_id == created.secret.secret_id]
     assert secret.enrollments == quota
+
+
+def test_one_config_replica_evaluates_the_labels(replicas: Replicas) -> None:
+    state = {
+        "blocks": {"base": {"targets": {"all": True}, "config": {"options": {}}}},
+        "labels": {"docker": {"query": "SELECT 1 FROM processes", "interval": 1}},
+    }
+    replicas.one.config().ApplyState(
+        config_pb2.ApplyStateRequest(state_json=json.dumps(state), author="t"),
+        timeout=RPC_TIMEOUT_S,
+    )
+    configs = [replicas.one.services["config"], replicas.two.services["config"]]
+
+    def evaluations() -> list[float]:
+        return [metric(p, "quarry_config_label_evaluations_total") for p in configs]
+
+    # Each replica sees the label (the state is shared); only the leader runs it.
+    assert eventually(lambda: max(evaluations()) >= 2)
+    assert sorted(evaluations())[0] == 0
+
+
+def metric(process: ServiceProcess, name: str) -> float:
+    port = process.settings.metrics_port(process.name)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 def list_nodes(replicas: Replicas) -> list[enroll_pb2.Node]:
