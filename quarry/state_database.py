@@ -18,6 +18,7 @@ import functools
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,9 +41,13 @@ SERVICE_LOCK_KEYS = {
 # Schema migrations of every service queue on this one: services may share a database.
 MIGRATION_LOCK_KEY = 0x717561727279_00
 
-# How long a request waits for a PostgreSQL connection before it fails (PostgreSQL down).
+# How long a new connection may take, and a request may wait for one from the pool.
 CONNECT_TIMEOUT_S = 5
+POOL_WAIT_S = 2.0
 POOL_MAX_SIZE = 4
+# Once PostgreSQL is found unreachable, calls fail at once for this long instead of each
+# waiting POOL_WAIT_S: the services' event loops stay free to answer what needs no state.
+UNREACHABLE_BACKOFF_S = 1.0
 
 
 class Rows(Protocol):
@@ -240,9 +245,10 @@ class PostgresDatabase:
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
             # A connection broken while PostgreSQL restarted is replaced, not handed out.
             check=ConnectionPool.check_connection,
-            timeout=CONNECT_TIMEOUT_S,
+            timeout=POOL_WAIT_S,
             open=False,
         )
+        self._unreachable_until = 0.0
         try:
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
         except PoolTimeout:
@@ -254,7 +260,7 @@ class PostgresDatabase:
         state: _TransactionState | None = getattr(self._local, "open", None)
         if state is not None:
             return state.execute(sql, params)
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             cursor = conn.execute(postgres_sql(sql), postgres_params(params))
             rows = cursor.fetchall() if cursor.description else []
             return FetchedRows(rows, cursor.rowcount)
@@ -266,7 +272,7 @@ class PostgresDatabase:
             with _savepoint(open_state) as nested:
                 yield nested
             return
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
 
             def execute(sql: str, params: Sequence[object] = ()) -> Rows:
                 return conn.execute(postgres_sql(sql), postgres_params(params))
@@ -287,6 +293,28 @@ class PostgresDatabase:
             finally:
                 self._local.open = None
         _run_after_commit(state.after)
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A pooled connection; DatabaseUnavailable (at once, while backing off) when
+        PostgreSQL cannot be reached."""
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        if time.monotonic() < self._unreachable_until:
+            raise DatabaseUnavailable(f"{self.describe()} unreachable; retrying shortly")
+        try:
+            with self._pool.connection() as conn:
+                try:
+                    yield conn
+                except psycopg.OperationalError as exc:
+                    if not conn.broken:
+                        raise  # e.g. a statement error: PostgreSQL itself is there
+                    self._unreachable_until = time.monotonic() + UNREACHABLE_BACKOFF_S
+                    raise DatabaseUnavailable(f"{self.describe()}: {exc}") from exc
+        except PoolTimeout as exc:
+            self._unreachable_until = time.monotonic() + UNREACHABLE_BACKOFF_S
+            raise DatabaseUnavailable(f"{self.describe()} unreachable") from exc
 
     def holds_lead(self, lock_key: int) -> bool:
         """A session advisory lock on a connection of its own: held until this process (or

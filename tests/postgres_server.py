@@ -44,10 +44,18 @@ def postgres_server() -> Iterator[str]:
         if os.environ.get("CI") == "true":
             raise RuntimeError(reason)
         pytest.skip(reason)
+    with throwaway_cluster() as (_, port):
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+
+@contextmanager
+def throwaway_cluster() -> Iterator[tuple[Path, int]]:
+    """A private cluster in a new directory (outside pytest's, which the server user cannot
+    enter); yields (its directory, its port); stops and removes it after."""
     root = Path(tempfile.mkdtemp(prefix="quarry-postgres-"))
     try:
         with private_cluster(root) as port:
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            yield root, port
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -57,21 +65,31 @@ def private_cluster(root: Path) -> Iterator[int]:
     """initdb and pg_ctl start a cluster under root; yield its port; stop it after."""
     if os.geteuid() == 0:
         shutil.chown(root, SERVER_USER)
-    data = root / "data"
     port = free_port()
     _as_server_user(
-        "initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"
-    )
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    options += " -c max_connections=200 -c synchronous_commit=off -c full_page_writes=off"
-    _as_server_user(
-        "pg_ctl", "-D", str(data), "-l", str(root / "server.log"), "-w",
-        "-t", str(START_TIMEOUT_S), "-o", options, "start",
+        "initdb", "-D", str(root / "data"), "-U", "postgres", "--auth=trust", "--no-sync",
+        "-E", "UTF8",
     )  # fmt: skip
+    start_cluster(root, port)
     try:
         yield port
     finally:
-        _as_server_user("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
+        stop_cluster(root)
+
+
+def start_cluster(root: Path, port: int) -> None:
+    """Start (or start again) the cluster under root on port."""
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    options += " -c max_connections=200 -c synchronous_commit=off -c full_page_writes=off"
+    _as_server_user(
+        "pg_ctl", "-D", str(root / "data"), "-l", str(root / "server.log"), "-w",
+        "-t", str(START_TIMEOUT_S), "-o", options, "start",
+    )  # fmt: skip
+
+
+def stop_cluster(root: Path) -> None:
+    """Stop the cluster under root (fast: open connections are cut, as in an outage)."""
+    _as_server_user("pg_ctl", "-D", str(root / "data"), "-m", "fast", "-w", "stop")
 
 
 def _as_server_user(program: str, *args: str) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
 from enroll_service.enroll_secrets import KIND_CREATED, SecretPolicy, SecretRecord
@@ -43,7 +44,13 @@ from tests.emulator import HostProfile, OsqueryNode
 from tests.emulator.response import INVALID_NODE_KEY
 from tests.free_ports import free_port_base
 from tests.polling import eventually
-from tests.postgres_server import fresh_database
+from tests.postgres_server import (
+    PG_BIN,
+    fresh_database,
+    start_cluster,
+    stop_cluster,
+    throwaway_cluster,
+)
 from tests.service_processes import REPO_ROOT, ServiceProcess
 from tests.test_services_grpc import StreamReader, is_snapshot_done
 
@@ -476,3 +483,90 @@ def test_replicas_starting_together_migrate_once(postgres_url: str, tmp_path: Pa
     for step in reports[0]:
         # Exactly one of the three applied each migration; the others found it done.
         assert [r[step] for r in reports].count("applied") == 1, step
+
+
+# --- PostgreSQL down ------------------------------------------------------------------
+
+
+def test_while_postgresql_is_down_gateways_serve_and_services_answer_errors(
+    tmp_path: Path,
+) -> None:
+    """A private cluster stopped under running services: the gateway keeps answering known
+    nodes from memory, the services answer errors at once, and once PostgreSQL is back
+    they serve again and their change relays resume."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"needs PostgreSQL in {PG_BIN}")
+    with throwaway_cluster() as (cluster_root, port):
+        server = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        replicas_env = {
+            "QUARRY_DATABASE_URL": fresh_database(server),
+            "QUARRY_ENROLL_SECRET": ENROLL_SECRET,
+        }
+        scratch = tmp_path / "quarry"
+        ensure_certificates(scratch / "tls", ["localhost"])
+        base = free_port_base()
+        tls = {
+            "QUARRY_TLS_CERT": str(scratch / "tls" / "server.pem"),
+            "QUARRY_TLS_KEY": str(scratch / "tls" / "server.key"),
+            "QUARRY_TLS_CA": str(scratch / "tls" / "ca.pem"),
+        }
+        processes = [
+            ServiceProcess(name, scratch, base, {**replicas_env, **tls})
+            for name in (*STATEFUL, "gateway")
+        ]
+        try:
+            for process in processes:
+                process.start()
+            side = Side(processes[-1], {p.name: p for p in processes[:-1]})
+            outage_scenario(Replicas(scratch / "tls" / "ca.pem", side, side), cluster_root, port)
+        finally:
+            for process in reversed(processes):
+                process.stop()
+
+
+def outage_scenario(replicas: Replicas, cluster_root: Path, port: int) -> None:
+    side = replicas.one
+
+    def list_nodes_error() -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as refused:
+            side.enroll().ListNodes(enroll_pb2.ListNodesRequest(), timeout=RPC_TIMEOUT_S)
+        return refused.value
+
+    def listed() -> int:
+        try:
+            return len(list_nodes(replicas)) or -1
+        except grpc.RpcError:
+            return 0
+
+    async def scenario() -> tuple[grpc.RpcError, str, str, dict | None]:
+        async with (
+            replicas.node(side, disable_reenrollment=True) as node,
+            replicas.node(side) as stranger,
+        ):
+            assert await node.get_node_key(), node.last_error
+            assert await node.fetch_config() is not None
+            await asyncio.to_thread(stop_cluster, cluster_root)
+            try:
+                # Known nodes are answered from the gateway's memory.
+                served = await node.fetch_config()
+                # The services answer an error, not silence.
+                refused = await asyncio.to_thread(list_nodes_error)
+                # A new machine cannot enroll now (osquery retries later).
+                stranger_key = await stranger.get_node_key()
+            finally:
+                await asyncio.to_thread(start_cluster, cluster_root, port)
+            assert await asyncio.to_thread(eventually, listed) == 1
+            # The change relay is back too: a revocation reaches the gateway's cache.
+            side.enroll().RevokeNode(enroll_pb2.NodeRef(node=node.node_key), timeout=RPC_TIMEOUT_S)
+            for _ in range(300):
+                if await node.fetch_config() is None:
+                    break
+                await asyncio.sleep(0.1)
+            return refused, stranger_key, node.last_error, served
+
+    refused, stranger_key, error_after_revocation, served = asyncio.run(scenario())
+    assert served is not None
+    assert refused.code() != grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "PostgreSQL" in (refused.details() or ""), refused.details()
+    assert stranger_key == ""
+    assert error_after_revocation.startswith(INVALID_NODE_KEY)
