@@ -86,7 +86,10 @@ class ChangeLog:
 
     @contextmanager
     def recording(self) -> Iterator[Record]:
-        """A write transaction, and a function announcing the changes it makes."""
+        """A write transaction, and a function announcing the changes it makes.
+
+        Never await inside it: the transaction (and SQLite's lock) belongs to the thread,
+        and another coroutine on the loop would join it."""
         with self._database.transaction() as tx:
             notified = False
 
