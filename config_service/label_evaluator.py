@@ -74,14 +74,20 @@ class LabelEvaluator:
         directory: FleetDirectory,
         distributed_addr: str,
         defined_labels: Callable[[], Iterable[Label]],
-        memberships_changed: Callable[[set[str]], None],
+        write_members: Callable[[str, set[str]], set[str]],
+        forget_labels_except: Callable[[Iterable[str]], set[str]],
+        leads: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._directory = directory
         self._channel = aio_channel(distributed_addr)
         self._distributed = distributed_pb2_grpc.DistributedServiceStub(self._channel)
         self._defined_labels = defined_labels
-        self._memberships_changed = memberships_changed
+        # Each stores and announces in one transaction, returning the nodes that moved.
+        self._write_members = write_members
+        self._forget_labels_except = forget_labels_except
+        # With replicas sharing PostgreSQL only one evaluates labels: one campaign per label.
+        self._leads = leads
         self._running: dict[str, asyncio.Task[None]] = {}
         self._due_at: dict[str, float] = {}
 
@@ -102,10 +108,10 @@ class LabelEvaluator:
         await self._channel.close()
 
     def _start_due_evaluations(self) -> None:
+        if not self._leads():
+            return
         labels = {label.name: label for label in self._defined_labels()}
-        left = self._store.forget_labels_except(labels)
-        if left:
-            self._memberships_changed(left)
+        self._forget_labels_except(labels)
         for name in set(self._due_at) - set(labels):
             del self._due_at[name]
         now = time.monotonic()
@@ -132,12 +138,11 @@ class LabelEvaluator:
         # The label may have been removed (or redefined) while its campaign ran.
         if label not in self._defined_labels():
             return
-        changed = self._store.set_label_members(label.name, members)
+        changed = self._write_members(label.name, members)
         metrics.LABEL_EVALUATIONS.labels("done").inc()
         metrics.LABEL_MEMBERS.labels(label.name).set(len(members))
         if changed:
             log.info("label %r: %d members, %d changed", label.name, len(members), len(changed))
-            self._memberships_changed(changed)
 
     async def _members_after_query(self, label: Label) -> set[str]:
         nodes = await self._directory.active_nodes()

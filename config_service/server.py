@@ -13,11 +13,14 @@ from config_service.store import ConfigStore
 from protos.v1 import config_pb2_grpc
 from quarry.grpc_runtime import serve_grpc
 from quarry.metrics_endpoint import start_metrics_endpoint
+from quarry.service_database import open_service_database
 from quarry.settings import Settings
 from quarry.shutdown import until_signalled
 
 log = logging.getLogger(__name__)
 
+# Replicas on PostgreSQL: the one holding this lock evaluates the labels.
+LABEL_EVALUATION_LOCK_KEY = 0x717561727279_12
 # In-flight calls get this long to finish on shutdown.
 SHUTDOWN_GRACE_S = 1.0
 
@@ -28,15 +31,20 @@ def main(settings: Settings) -> None:
 
 async def serve(settings: Settings) -> None:
     start_metrics_endpoint(settings, "config")
-    store = ConfigStore(settings.path("config.sqlite3"))
+    database = open_service_database(settings, "config")
+    store = ConfigStore(database)
     directory = FleetDirectory(settings.service_addr("enroll"))
     servicer = ConfigServicer(store, directory)
+    servicer.changes.start_position()
+    relay = asyncio.create_task(servicer.changes.relay_forever())
     labels = LabelEvaluator(
         store,
         directory,
         settings.service_addr("distributed"),
         defined_labels=servicer.defined_labels,
-        memberships_changed=servicer.publish_memberships,
+        write_members=servicer.set_label_members,
+        forget_labels_except=servicer.forget_labels_except,
+        leads=lambda: database.holds_lead(LABEL_EVALUATION_LOCK_KEY),
     )
     server = await serve_grpc(
         f"{settings.bind_host}:{settings.config_port}",
@@ -46,11 +54,12 @@ async def serve(settings: Settings) -> None:
     label_loop = asyncio.create_task(labels.run())
     await until_signalled()
     log.info("shutting down")
-    label_loop.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await label_loop
+    for task in (label_loop, relay):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     servicer.close_watches()
     await server.stop(SHUTDOWN_GRACE_S)
     await labels.close()
     await directory.close()
-    store.close()
+    database.close()

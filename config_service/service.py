@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 
 import grpc
 
@@ -24,7 +25,13 @@ from config_service.node_groups import (
     node_facts,
 )
 from config_service.rollout import InvalidCanary, check_canary, rollout_message
-from config_service.store import ConfigFetch, ConfigStore, StateVersion, sha256_hex
+from config_service.store import (
+    ConfigFetch,
+    ConfigStore,
+    RolloutInProgress,
+    StateVersion,
+    sha256_hex,
+)
 from osquery_config.composition import Composed, compose, config_hash, osquery_info_hash
 from osquery_config.rollout import gets_candidate, nodes_for_count
 from osquery_config.state import InvalidState, Label, State
@@ -32,6 +39,7 @@ from osquery_config.targeting import group_of
 from osquery_config.validation import parse_config_json, validate_state
 from protos.v1 import config_pb2, config_pb2_grpc
 from quarry.change_feed import ChangeFeed
+from quarry.change_log import ChangeLog, protobuf_feed
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +47,27 @@ log = logging.getLogger(__name__)
 PENDING_CONFIG_JSON = "{}"
 
 
+@dataclass(frozen=True)
+class NewVersion:
+    """A state about to be stored, and its global rendering (kept beside it)."""
+
+    state_json: str
+    author: str
+    comment: str
+    rendered_json: str
+
+
 class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
     def __init__(self, store: ConfigStore, directory: FleetDirectory) -> None:
         self._store = store
         self._directory = directory
         self._feed: ChangeFeed[config_pb2.ConfigEvent] = ChangeFeed()
+        # Changes reach the watch streams of every replica through this (ADR 0009).
+        self.changes = ChangeLog(
+            store.database,
+            "config",
+            {"config": protobuf_feed(self._relay, config_pb2.ConfigEvent)},
+        )
         # Applies, rollbacks and rollout changes one at a time: each checks against the
         # live state it read, and must not interleave with another across an await.
         self._changes = asyncio.Lock()
@@ -63,11 +87,31 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         rollout = self._store.rollout()
         return rollout.candidate.state.labels if rollout else ()
 
-    def publish_memberships(self, node_ids: Iterable[str]) -> None:
+    def _relay(self, event: config_pb2.ConfigEvent) -> None:
+        """Every change, from this replica or another, once committed."""
+        self._feed.publish(event)
+        if event.HasField("live") or event.HasField("rollout"):
+            self._show_state()
+
+    def set_label_members(self, label: str, members: set[str]) -> set[str]:
+        """Store the label's members and announce the nodes that joined or left."""
+        with self.changes.recording() as record:
+            changed = self._store.set_label_members(label, members)
+            if changed:
+                record("config", self._memberships_event(changed))
+        return changed
+
+    def forget_labels_except(self, labels: Iterable[str]) -> set[str]:
+        """Drop memberships of labels no longer defined and announce the nodes affected."""
+        with self.changes.recording() as record:
+            left = self._store.forget_labels_except(labels)
+            if left:
+                record("config", self._memberships_event(left))
+        return left
+
+    def _memberships_event(self, node_ids: Iterable[str]) -> config_pb2.ConfigEvent:
         memberships = self._store.memberships()
-        self._feed.publish(
-            config_pb2.ConfigEvent(memberships=membership_messages(memberships, node_ids))
-        )
+        return config_pb2.ConfigEvent(memberships=membership_messages(memberships, node_ids))
 
     # Plain configs (one block for every node)
 
@@ -164,32 +208,54 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
                 else version_message(live)
             )
             return response
-        now = int(time.time())
-        rendered = global_config(state).config_json
-        if canary_percent or canary_count:
+        new = NewVersion(state_json, author, comment, global_config(state).config_json)
+        try:
+            if canary_percent or canary_count:
+                stored = self._start_rollout(new, nodes, canary_percent, canary_count)
+            else:
+                stored = self._make_live(new)
+        except RolloutInProgress as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        await self.changes.settled()
+        response.version.CopyFrom(version_message(stored))
+        return response
+
+    def _start_rollout(
+        self, new: NewVersion, nodes: list[FleetNode], canary_percent: int, canary_count: int
+    ) -> StateVersion:
+        with self.changes.recording() as record:
+            # Inside the transaction: the version number is final here, even with replicas.
             version = self._store.next_version()
             chosen = nodes_for_count((n.node_id for n in nodes), version, canary_count)
             started = self._store.start_rollout(
-                state_json, author, comment, rendered, now, canary_percent, chosen
-            )
-            response.version.CopyFrom(version_message(started.candidate))
-            self._feed.publish(config_pb2.ConfigEvent(rollout=rollout_message(started)))
-            metrics.APPLIES.labels("rollout").inc()
-            log.info(
-                "rollout of version %d started by %r (%d%%, %d nodes listed)",
-                started.candidate_version,
-                author,
+                new.state_json,
+                new.author,
+                new.comment,
+                new.rendered_json,
+                int(time.time()),
                 canary_percent,
-                len(chosen),
+                chosen,
             )
-        else:
-            stored = self._store.make_live(state_json, author, comment, rendered, now)
-            response.version.CopyFrom(version_message(stored))
-            self._feed.publish(config_pb2.ConfigEvent(live=version_message(stored)))
-            metrics.APPLIES.labels("live").inc()
-            log.info("state version %d made live by %r", stored.version, author)
-        self._show_state()
-        return response
+            record("config", config_pb2.ConfigEvent(rollout=rollout_message(started)))
+        metrics.APPLIES.labels("rollout").inc()
+        log.info(
+            "rollout of version %d started by %r (%d%%, %d nodes listed)",
+            started.candidate_version,
+            new.author,
+            canary_percent,
+            len(chosen),
+        )
+        return started.candidate
+
+    def _make_live(self, new: NewVersion) -> StateVersion:
+        with self.changes.recording() as record:
+            stored = self._store.make_live(
+                new.state_json, new.author, new.comment, new.rendered_json, int(time.time())
+            )
+            record("config", config_pb2.ConfigEvent(live=version_message(stored)))
+        metrics.APPLIES.labels("live").inc()
+        log.info("state version %d made live by %r", stored.version, new.author)
+        return stored
 
     async def _nodes_for_checks(self, need_nodes: bool) -> tuple[list[FleetNode] | None, list[str]]:
         """The active nodes; without the enroll service only the global group is checked
@@ -258,14 +324,19 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         self, request: config_pb2.RolloutRequest, context: grpc.aio.ServicerContext
     ) -> config_pb2.StateVersion:
         async with self._changes:
-            live = self._store.promote_rollout()
+            with self.changes.recording() as record:
+                live = self._store.promote_rollout()
+                if live is not None:
+                    record(
+                        "config",
+                        config_pb2.ConfigEvent(
+                            live=version_message(live), rollout=config_pb2.Rollout()
+                        ),
+                    )
             if live is None:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no rollout in progress")
-            self._feed.publish(
-                config_pb2.ConfigEvent(live=version_message(live), rollout=config_pb2.Rollout())
-            )
+            await self.changes.settled()
         log.info("rollout of version %d promoted by %r", live.version, request.author)
-        self._show_state()
         return version_message(live)
 
     async def AbortRollout(
@@ -273,11 +344,14 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
     ) -> config_pb2.StateVersion:
         async with self._changes:
             rollout = self._store.rollout()
-            if rollout is None or not self._store.abort_rollout():
+            with self.changes.recording() as record:
+                aborted = rollout is not None and self._store.abort_rollout()
+                if aborted:
+                    record("config", config_pb2.ConfigEvent(rollout=config_pb2.Rollout()))
+            if not aborted:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no rollout in progress")
-            self._feed.publish(config_pb2.ConfigEvent(rollout=config_pb2.Rollout()))
+            await self.changes.settled()
         log.info("rollout of version %d aborted by %r", rollout.candidate_version, request.author)
-        self._show_state()
         return version_message(self._store.live())
 
     async def RolloutStatus(

@@ -1,22 +1,21 @@
-"""Versions of the managed state, the rollout, label memberships and config fetches, in SQLite.
+"""Versions of the managed state, the rollout, label memberships and config fetches.
 
 The live version is a pointer, not simply the newest row: a staged rollout stores its
 candidate as a version that is not live yet, and an aborted candidate stays in the
-history. All SQL of the service lives here, behind ConfigStore, so PostgreSQL can
-replace it.
+history. All SQL of the service lives here, behind ConfigStore, in SQL that SQLite and
+PostgreSQL both run (quarry/state_database.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from osquery_config.state import DEFAULT_STATE, State
-from quarry.sqlite_store import SqliteStore
+from quarry.schema_migrations import Migration
+from quarry.state_database import SQLITE, Queryable, StateDatabase, StateStore, Transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS config_versions (
@@ -56,7 +55,82 @@ ADDED_VERSION_COLUMNS = {
     "state_json": "TEXT NOT NULL DEFAULT ''",
     "comment": "TEXT NOT NULL DEFAULT ''",
 }
+# The same tables on PostgreSQL, every column from the start; BIGINT, as its INTEGER
+# is 32 bits.
+POSTGRES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS config_versions (
+    version BIGINT PRIMARY KEY,
+    config_json TEXT NOT NULL,
+    author TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    sha256 TEXT NOT NULL,
+    state_json TEXT NOT NULL DEFAULT '',
+    comment TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS live_version (
+    id BIGINT PRIMARY KEY CHECK (id = 1),
+    version BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rollout (
+    id BIGINT PRIMARY KEY CHECK (id = 1),
+    candidate_version BIGINT NOT NULL,
+    percent BIGINT NOT NULL,
+    node_ids_json TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    author TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS label_members (
+    label TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    PRIMARY KEY (label, node_id)
+);
+CREATE TABLE IF NOT EXISTS config_fetches (
+    node_id TEXT PRIMARY KEY,
+    sha1 TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    fetched_at BIGINT NOT NULL
+)
+"""
 VERSION_COLUMNS = "version, state_json, author, created_at, sha256, comment"
+
+
+def _upgrade_plain_configs(tx: Transaction, dialect: str) -> None:
+    """Versions stored as one plain osquery config become single-block states, so
+    history, rollback and the live config keep working after an upgrade."""
+    if dialect != SQLITE:
+        return  # PostgreSQL support came after states: nothing older to upgrade
+    columns = {row[1] for row in tx.execute("PRAGMA table_info(config_versions)")}
+    for name, definition in ADDED_VERSION_COLUMNS.items():
+        if name not in columns:
+            tx.execute(f"ALTER TABLE config_versions ADD COLUMN {name} {definition}")
+    old_rows = tx.execute(
+        "SELECT version, config_json FROM config_versions WHERE state_json = ''"
+    ).fetchall()
+    for version, config_json in old_rows:
+        state_json = State.single_block(json.loads(config_json)).to_json()
+        tx.execute(
+            "UPDATE config_versions SET state_json = ?, sha256 = ? WHERE version = ?",
+            (state_json, sha256_hex(state_json), version),
+        )
+    has_pointer = tx.execute("SELECT 1 FROM live_version").fetchone()
+    newest = tx.execute("SELECT MAX(version) FROM config_versions").fetchone()[0]
+    if not has_pointer and newest is not None:
+        tx.execute("INSERT INTO live_version (id, version) VALUES (1, ?)", (newest,))
+
+
+MIGRATIONS = (
+    Migration(
+        1,
+        "state versions, live pointer, rollout, labels, fetches",
+        sql=SCHEMA,
+        postgresql=POSTGRES_SCHEMA,
+        python=_upgrade_plain_configs,
+    ),
+)
+
+
+class RolloutInProgress(Exception):
+    """A state cannot go live or start a rollout while another rollout is in progress."""
 
 
 @dataclass(frozen=True)
@@ -109,38 +183,19 @@ DEFAULT_VERSION = StateVersion(
 )
 
 
-class ConfigStore(SqliteStore):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA)
-        self._migrate_plain_configs()
-
-    def _migrate_plain_configs(self) -> None:
-        """Versions stored as one plain osquery config become single-block states, so
-        history, rollback and the live config keep working after an upgrade."""
-        with self._transaction() as db:
-            columns = {row[1] for row in db.execute("PRAGMA table_info(config_versions)")}
-            for name, definition in ADDED_VERSION_COLUMNS.items():
-                if name not in columns:
-                    db.execute(f"ALTER TABLE config_versions ADD COLUMN {name} {definition}")
-            old_rows = db.execute(
-                "SELECT version, config_json FROM config_versions WHERE state_json = ''"
-            ).fetchall()
-            for version, config_json in old_rows:
-                state_json = State.single_block(json.loads(config_json)).to_json()
-                db.execute(
-                    "UPDATE config_versions SET state_json = ?, sha256 = ? WHERE version = ?",
-                    (state_json, sha256_hex(state_json), version),
-                )
-            has_pointer = db.execute("SELECT 1 FROM live_version").fetchone()
-            newest = db.execute("SELECT MAX(version) FROM config_versions").fetchone()[0]
-            if not has_pointer and newest is not None:
-                db.execute("INSERT INTO live_version (id, version) VALUES (1, ?)", (newest,))
+class ConfigStore(StateStore):
+    def __init__(self, database: StateDatabase) -> None:
+        super().__init__(database)
 
     # Versions
 
     def live(self) -> StateVersion:
         """The live version, or the built-in default when nothing was ever applied."""
-        row = self._db.execute(
+        return self._live(self._db)
+
+    @staticmethod
+    def _live(db: Queryable) -> StateVersion:
+        row = db.execute(
             f"SELECT {VERSION_COLUMNS} FROM config_versions"
             " WHERE version = (SELECT version FROM live_version WHERE id = 1)"
         ).fetchone()
@@ -173,6 +228,7 @@ class ConfigStore(SqliteStore):
     ) -> StateVersion:
         """Store state_json as the next version and make it live."""
         with self._transaction() as db:
+            _refuse_during_rollout(db)
             stored = self._insert_version(db, state_json, author, comment, rendered_json, now)
             self._point_live(db, stored.version)
         return stored
@@ -189,6 +245,7 @@ class ConfigStore(SqliteStore):
     ) -> Rollout:
         """Store state_json as the next version, as the candidate of a staged rollout."""
         with self._transaction() as db:
+            _refuse_during_rollout(db)
             stored = self._insert_version(db, state_json, author, comment, rendered_json, now)
             node_list = tuple(node_ids)
             db.execute(
@@ -216,7 +273,8 @@ class ConfigStore(SqliteStore):
                 return None
             self._point_live(db, row[0])
             db.execute("DELETE FROM rollout")
-        return self.live()
+            promoted = self._live(db)
+        return promoted
 
     def abort_rollout(self) -> bool:
         with self._transaction() as db:
@@ -224,7 +282,7 @@ class ConfigStore(SqliteStore):
 
     def _insert_version(
         self,
-        db: sqlite3.Connection,
+        db: Transaction,
         state_json: str,
         author: str,
         comment: str,
@@ -253,7 +311,7 @@ class ConfigStore(SqliteStore):
         return stored
 
     @staticmethod
-    def _point_live(db: sqlite3.Connection, version: int) -> None:
+    def _point_live(db: Transaction, version: int) -> None:
         db.execute(
             "INSERT INTO live_version (id, version) VALUES (1, ?)"
             " ON CONFLICT (id) DO UPDATE SET version = excluded.version",
@@ -344,3 +402,13 @@ class ConfigStore(SqliteStore):
             )
             found.update({row[0]: ConfigFetch(*row) for row in rows})
         return found
+
+
+def _refuse_during_rollout(db: Transaction) -> None:
+    # Checked again inside the write transaction: another replica may have started a
+    # rollout since the service looked.
+    row = db.execute("SELECT candidate_version FROM rollout").fetchone()
+    if row is not None:
+        raise RolloutInProgress(
+            f"a rollout of version {row[0]} is in progress; promote or abort it first"
+        )

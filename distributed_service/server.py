@@ -13,6 +13,7 @@ from distributed_service.store import CampaignStore
 from protos.v1 import distributed_pb2_grpc
 from quarry.grpc_runtime import serve_grpc
 from quarry.metrics_endpoint import start_metrics_endpoint
+from quarry.service_database import open_service_database
 from quarry.settings import Settings
 from quarry.shutdown import until_signalled
 
@@ -28,9 +29,12 @@ def main(settings: Settings) -> None:
 
 async def serve(settings: Settings) -> None:
     start_metrics_endpoint(settings, "distributed")
-    store = CampaignStore(settings.path("distributed.sqlite3"))
+    database = open_service_database(settings, "distributed")
+    store = CampaignStore(database)
     nodes = NodeDirectory(settings.service_addr("enroll"), settings.service_addr("config"))
     servicer = DistributedServicer(store, nodes, default_ttl_s=settings.live_query_ttl_s)
+    servicer.changes.start_position()
+    relay = asyncio.create_task(servicer.changes.relay_forever())
     server = await serve_grpc(
         f"{settings.bind_host}:{settings.distributed_port}",
         lambda s: distributed_pb2_grpc.add_DistributedServiceServicer_to_server(servicer, s),
@@ -42,9 +46,10 @@ async def serve(settings: Settings) -> None:
     await until_signalled()
     log.info("shutting down")
     servicer.close_watches()
-    expiry.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await expiry
+    for task in (expiry, relay):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await server.stop(SHUTDOWN_GRACE_S)
     await nodes.close()
-    store.close()
+    database.close()

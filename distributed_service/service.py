@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -20,6 +21,7 @@ from distributed_service.store import (
     FAILED,
     OFFLINE,
     TARGETED,
+    ActivityOutcome,
     AnswerRecord,
     CampaignRecord,
     CampaignStore,
@@ -35,6 +37,7 @@ from distributed_service.targeting import (
 from osquery_config.targeting import FAMILIES
 from protos.v1 import distributed_pb2, distributed_pb2_grpc
 from quarry.change_feed import ChangeFeed
+from quarry.change_log import ChangeLog, Feed, Record, protobuf_feed
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,14 @@ class HostChanges:
     node_ids: tuple[str, ...] = ()
     closed: bool = False
 
+    def encode(self) -> bytes:
+        return json.dumps([self.campaign_id, list(self.node_ids), self.closed]).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> HostChanges:
+        campaign_id, node_ids, closed = json.loads(payload)
+        return cls(campaign_id, tuple(node_ids), closed)
+
 
 class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
     def __init__(self, store: CampaignStore, nodes: NodeDirectory, default_ttl_s: int) -> None:
@@ -69,6 +80,15 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
         self._default_ttl_s = default_ttl_s
         self._feed: ChangeFeed[distributed_pb2.CampaignEvent] = ChangeFeed()
         self._host_feed: ChangeFeed[HostChanges] = ChangeFeed()
+        # Both reach the watch streams of every replica through this (ADR 0009).
+        self.changes = ChangeLog(
+            store.database,
+            "distributed",
+            {
+                "campaigns": protobuf_feed(self._feed.publish, Event),
+                "hosts": Feed(self._host_feed.publish, HostChanges.encode, HostChanges.decode),
+            },
+        )
         self.show_gauges()
 
     def close_watches(self) -> None:
@@ -111,9 +131,11 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
             open_targeting=targets.is_open,
             targeted=len(chosen),
         )
-        self._store.create(campaign, first_states(chosen, now, offline_after))
         message = campaign_message(campaign)
-        self._feed.publish(Event(kind=Event.OPEN, campaign=message))
+        with self.changes.recording() as record:
+            self._store.create(campaign, first_states(chosen, now, offline_after))
+            record("campaigns", Event(kind=Event.OPEN, campaign=message))
+        await self.changes.settled()
         metrics.CAMPAIGNS_STARTED.inc()
         self.show_gauges()
         log.info(
@@ -175,29 +197,34 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
     async def CancelCampaign(
         self, request: distributed_pb2.GetCampaignRequest, context: grpc.aio.ServicerContext
     ) -> distributed_pb2.Campaign:
-        campaign = self._store.cancel(request.campaign_id, now=int(time.time()))
+        with self.changes.recording() as record:
+            campaign = self._store.cancel(request.campaign_id, now=int(time.time()))
+            if campaign is not None:
+                _announce_close(record, campaign)
+        await self.changes.settled()
         if campaign is None:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"no campaign with id {request.campaign_id!r}"
             )
-        self._announce_close(campaign, "cancelled")
+        self._count_closed([campaign], "cancelled")
         return campaign_message(campaign)
 
     def close_expired(self) -> int:
-        """Announce CLOSE for campaigns that expired since the last call; returns how many."""
-        expired = self._store.close_expired(now=int(time.time()))
-        for campaign in expired:
-            self._announce_close(campaign, "expired")
-        if expired:
-            self.show_gauges()
+        """Announce CLOSE for campaigns that expired since the last call; returns how many.
+        With replicas, each expired campaign is closed (and announced) by one of them."""
+        with self.changes.recording() as record:
+            expired = self._store.close_expired(now=int(time.time()))
+            for campaign in expired:
+                _announce_close(record, campaign)
+        self._count_closed(expired, "expired")
         return len(expired)
 
-    def _announce_close(self, campaign: CampaignRecord, reason: str) -> None:
-        self._feed.publish(Event(kind=Event.CLOSE, campaign=campaign_message(campaign)))
-        self._host_feed.publish(HostChanges(campaign.campaign_id, closed=True))
-        metrics.CAMPAIGNS_CLOSED.labels(reason).inc()
-        self.show_gauges()
-        log.info("campaign %s %s", campaign.campaign_id, reason)
+    def _count_closed(self, campaigns: list[CampaignRecord], reason: str) -> None:
+        for campaign in campaigns:
+            metrics.CAMPAIGNS_CLOSED.labels(reason).inc()
+            log.info("campaign %s %s", campaign.campaign_id, reason)
+        if campaigns:
+            self.show_gauges()
 
     async def WatchCampaigns(
         self, request: distributed_pb2.WatchCampaignsRequest, context: grpc.aio.ServicerContext
@@ -267,17 +294,13 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
             for d in request.deliveries
         ]
         answers = [answer_record(a) for a in request.answers]
-        outcome = self._store.record_activity(deliveries, answers)
-        changed: dict[str, list[str]] = {}
-        for campaign_id, host in outcome.delivered:
-            changed.setdefault(campaign_id, []).append(host.node_id)
+        with self.changes.recording() as record:
+            outcome = self._store.record_activity(deliveries, answers)
+            _announce_activity(record, outcome)
+        await self.changes.settled()
         for answer in outcome.answers:
-            self._feed.publish(answered_event(answer.campaign_id, answer.host.node_id))
-            changed.setdefault(answer.campaign_id, []).append(answer.host.node_id)
             metrics.ANSWERS.labels(answer.host.state).inc()
             metrics.RESULT_ROWS.inc(answer.host.row_count)
-        for campaign_id, node_ids in changed.items():
-            self._host_feed.publish(HostChanges(campaign_id, tuple(dict.fromkeys(node_ids))))
         metrics.ANSWERS.labels("duplicate").inc(outcome.duplicate_answers)
         metrics.ANSWERS.labels("unknown_campaign").inc(outcome.unknown_campaign_answers)
         metrics.DELIVERIES.labels("new").inc(len(outcome.delivered))
@@ -295,6 +318,24 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
         for state, count in counts.items():
             metrics.OPEN_CAMPAIGN_HOSTS.labels(state).set(count)
         metrics.PENDING_DELIVERIES.set(counts[TARGETED] + counts[OFFLINE])
+
+
+def _announce_close(record: Record, campaign: CampaignRecord) -> None:
+    record("campaigns", Event(kind=Event.CLOSE, campaign=campaign_message(campaign)))
+    record("hosts", HostChanges(campaign.campaign_id, closed=True))
+
+
+def _announce_activity(record: Record, outcome: ActivityOutcome) -> None:
+    """Each new answer to the gateways; the hosts that moved, per campaign, to progress
+    watchers."""
+    changed: dict[str, list[str]] = {}
+    for campaign_id, host in outcome.delivered:
+        changed.setdefault(campaign_id, []).append(host.node_id)
+    for answer in outcome.answers:
+        record("campaigns", answered_event(answer.campaign_id, answer.host.node_id))
+        changed.setdefault(answer.campaign_id, []).append(answer.host.node_id)
+    for campaign_id, node_ids in changed.items():
+        record("hosts", HostChanges(campaign_id, tuple(dict.fromkeys(node_ids))))
 
 
 def request_problem(request: distributed_pb2.StartQueryRequest) -> str:

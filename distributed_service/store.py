@@ -1,4 +1,4 @@
-"""Campaigns and per-host states in SQLite.
+"""Campaigns and per-host states, in SQLite or PostgreSQL.
 
 A campaign is open while it is neither cancelled nor expired. Each targeted host has
 one row per campaign that only moves forward:
@@ -10,19 +10,18 @@ one row per campaign that only moves forward:
 moves on if the host reads the campaign while it is open, or answers late. The first
 answer wins, so a re-sent distributed write changes nothing. A host that read the
 campaign and never answered (its discovery query found nothing, or it died) stays
-`delivered`. All SQL of the service lives here, behind CampaignStore, so PostgreSQL
-can replace it.
+`delivered`. All SQL of the service lives here, behind CampaignStore, in SQL both
+backends run (quarry/state_database.py).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from quarry.sqlite_store import SqliteStore
+from quarry.schema_migrations import Migration
+from quarry.state_database import SQLITE, StateDatabase, StateStore, Transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS campaigns (
@@ -62,6 +61,64 @@ ADDED_CAMPAIGN_COLUMNS = (
     ("discovery_sql", "TEXT NOT NULL DEFAULT ''"),
     ("open_targeting", "INTEGER NOT NULL DEFAULT 0"),
     ("targeted", "INTEGER NOT NULL DEFAULT 0"),
+)
+# The same tables on PostgreSQL, every column from the start; BIGINT, as its INTEGER
+# is 32 bits.
+POSTGRES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS campaigns (
+    campaign_id TEXT PRIMARY KEY,
+    sql TEXT NOT NULL,
+    target_all BIGINT NOT NULL,
+    node_ids_json TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    cancelled BIGINT NOT NULL DEFAULT 0,
+    author TEXT NOT NULL,
+    closed_at BIGINT NOT NULL DEFAULT 0,
+    targeting_json TEXT NOT NULL DEFAULT '{}',
+    discovery_sql TEXT NOT NULL DEFAULT '',
+    open_targeting BIGINT NOT NULL DEFAULT 0,
+    targeted BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS campaigns_to_close ON campaigns (closed_at, expires_at);
+CREATE TABLE IF NOT EXISTS host_states (
+    campaign_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    host_identifier TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    status BIGINT NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    row_count BIGINT NOT NULL DEFAULT 0,
+    wall_time_ms BIGINT NOT NULL DEFAULT 0,
+    user_time BIGINT NOT NULL DEFAULT 0,
+    system_time BIGINT NOT NULL DEFAULT 0,
+    memory BIGINT NOT NULL DEFAULT 0,
+    delivered_at BIGINT NOT NULL DEFAULT 0,
+    answered_at BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (campaign_id, node_id)
+);
+CREATE INDEX IF NOT EXISTS host_states_by_state ON host_states (campaign_id, state)
+"""
+
+
+def _upgrade_unversioned_campaigns(tx: Transaction, dialect: str) -> None:
+    """An SQLite file from before ADDED_CAMPAIGN_COLUMNS gets them."""
+    if dialect != SQLITE:
+        return
+    present = {row[1] for row in tx.execute("PRAGMA table_info(campaigns)")}
+    for name, definition in ADDED_CAMPAIGN_COLUMNS:
+        if name not in present:
+            tx.execute(f"ALTER TABLE campaigns ADD COLUMN {name} {definition}")
+
+
+MIGRATIONS = (
+    Migration(
+        1,
+        "campaigns and host states",
+        sql=SCHEMA,
+        postgresql=POSTGRES_SCHEMA,
+        python=_upgrade_unversioned_campaigns,
+    ),
 )
 
 TARGETED, DELIVERED, ANSWERED, FAILED = "targeted", "delivered", "answered", "failed"
@@ -135,13 +192,9 @@ class ActivityOutcome:
     unknown_campaign_answers: int = 0
 
 
-class CampaignStore(SqliteStore):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA)
-        present = {row[1] for row in self._db.execute("PRAGMA table_info(campaigns)")}
-        for name, definition in ADDED_CAMPAIGN_COLUMNS:
-            if name not in present:
-                self._db.execute(f"ALTER TABLE campaigns ADD COLUMN {name} {definition}")
+class CampaignStore(StateStore):
+    def __init__(self, database: StateDatabase) -> None:
+        super().__init__(database)
 
     def create(self, campaign: CampaignRecord, targets: list[tuple[str, str, str]]) -> None:
         """Store a campaign and one row per (node_id, host_identifier, first state)."""
@@ -165,8 +218,8 @@ class CampaignStore(SqliteStore):
                 ),
             )
             db.executemany(
-                "INSERT OR IGNORE INTO host_states (campaign_id, node_id, host_identifier, state)"
-                " VALUES (?, ?, ?, ?)",
+                "INSERT INTO host_states (campaign_id, node_id, host_identifier, state)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 ((campaign.campaign_id, node, host, state) for node, host, state in targets),
             )
 
@@ -193,7 +246,7 @@ class CampaignStore(SqliteStore):
             "SELECT state, COUNT(*) FROM host_states WHERE campaign_id = ? GROUP BY state",
             (campaign_id,),
         )
-        return {state: 0 for state in STATES} | dict(rows.fetchall())
+        return {state: 0 for state in STATES} | {state: int(n) for state, n in rows}
 
     def counts_in_open(self, now: int) -> dict[str, int]:
         """Hosts per state across every open campaign (the metrics' gauge)."""
@@ -202,10 +255,10 @@ class CampaignStore(SqliteStore):
             f" JOIN campaigns c ON c.campaign_id = h.campaign_id WHERE c.{OPEN_C} GROUP BY h.state",
             (now,),
         )
-        return {state: 0 for state in STATES} | dict(rows.fetchall())
+        return {state: 0 for state in STATES} | {state: int(n) for state, n in rows}
 
     def campaigns(self, include_closed: bool, now: int) -> list[CampaignRecord]:
-        where, args = ("1", ()) if include_closed else (OPEN, (now,))
+        where, args = ("1 = 1", ()) if include_closed else (OPEN, (now,))
         rows = self._db.execute(
             f"SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE {where} ORDER BY created_at", args
         )
@@ -278,21 +331,21 @@ class CampaignStore(SqliteStore):
         return outcome
 
 
-def _known(db: sqlite3.Connection, known: dict[str, bool], campaign_id: str) -> bool:
+def _known(db: Transaction, known: dict[str, bool], campaign_id: str) -> bool:
     if campaign_id not in known:
         row = db.execute("SELECT 1 FROM campaigns WHERE campaign_id = ?", (campaign_id,))
         known[campaign_id] = row.fetchone() is not None
     return known[campaign_id]
 
 
-def _expire_unread(db: sqlite3.Connection, campaign_id: str) -> None:
+def _expire_unread(db: Transaction, campaign_id: str) -> None:
     db.execute(
         "UPDATE host_states SET state = ? WHERE campaign_id = ? AND state = ?",
         (EXPIRED, campaign_id, TARGETED),
     )
 
 
-def _deliver(db: sqlite3.Connection, campaign_id: str, host: HostRecord) -> bool:
+def _deliver(db: Transaction, campaign_id: str, host: HostRecord) -> bool:
     """Mark delivered (adding the host if an open campaign reached a node that was not
     targeted at launch); True if new."""
     # The first delivery time stands; an answer that arrived first keeps its state.
@@ -300,16 +353,17 @@ def _deliver(db: sqlite3.Connection, campaign_id: str, host: HostRecord) -> bool
         "INSERT INTO host_states (campaign_id, node_id, host_identifier, state, delivered_at)"
         " VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT (campaign_id, node_id) DO UPDATE SET delivered_at = excluded.delivered_at,"
-        " host_identifier = CASE WHEN host_identifier = '' THEN excluded.host_identifier"
-        " ELSE host_identifier END,"
-        f" state = CASE WHEN state IN {UNREAD!r} THEN '{DELIVERED}' ELSE state END"
-        " WHERE delivered_at = 0",
+        " host_identifier = CASE WHEN host_states.host_identifier = ''"
+        " THEN excluded.host_identifier ELSE host_states.host_identifier END,"
+        f" state = CASE WHEN host_states.state IN {UNREAD!r} THEN '{DELIVERED}'"
+        " ELSE host_states.state END"
+        " WHERE host_states.delivered_at = 0",
         (campaign_id, host.node_id, host.host_identifier, DELIVERED, host.delivered_at),
     )
     return cursor.rowcount > 0
 
 
-def _answer(db: sqlite3.Connection, answer: AnswerRecord) -> bool:
+def _answer(db: Transaction, answer: AnswerRecord) -> bool:
     """Store the answer unless this node already answered this campaign; True if stored."""
     h = answer.host
     cursor = db.execute(
@@ -317,13 +371,13 @@ def _answer(db: sqlite3.Connection, answer: AnswerRecord) -> bool:
         " row_count, wall_time_ms, user_time, system_time, memory, answered_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (campaign_id, node_id) DO UPDATE SET"
-        " host_identifier = CASE WHEN excluded.host_identifier = '' THEN host_identifier"
-        " ELSE excluded.host_identifier END,"
+        " host_identifier = CASE WHEN excluded.host_identifier = ''"
+        " THEN host_states.host_identifier ELSE excluded.host_identifier END,"
         " state = excluded.state, status = excluded.status, message = excluded.message,"
         " row_count = excluded.row_count, wall_time_ms = excluded.wall_time_ms,"
         " user_time = excluded.user_time, system_time = excluded.system_time,"
         " memory = excluded.memory, answered_at = excluded.answered_at"
-        f" WHERE state IN {UNANSWERED!r}",
+        f" WHERE host_states.state IN {UNANSWERED!r}",
         (
             answer.campaign_id,
             h.node_id,

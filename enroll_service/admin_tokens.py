@@ -1,4 +1,4 @@
-"""Admin API tokens and the audit log of admin calls, kept in the enroll service's SQLite.
+"""Admin API tokens and the audit log of admin calls, kept in the enroll service's database.
 
 The enroll service is the token authority of the cluster (quarry/admin_auth.py): a
 token's SHA-256 is stored with its name and role, never the token itself. The audit log
@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from protos.v1 import enroll_pb2
 from quarry.admin_auth import (
@@ -23,8 +22,9 @@ from quarry.admin_auth import (
     root_token_from_env,
     write_private_file,
 )
+from quarry.schema_migrations import Migration
 from quarry.settings import Settings
-from quarry.sqlite_store import SqliteStore
+from quarry.state_database import StateDatabase, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,28 @@ CREATE TABLE IF NOT EXISTS admin_audit (
 );
 CREATE INDEX IF NOT EXISTS admin_audit_at ON admin_audit (at_ms);
 """
+# BIGINT: PostgreSQL's INTEGER is 32 bits, too small for milliseconds.
+POSTGRES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS admin_tokens (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS admin_audit (
+    id BIGSERIAL PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    token_name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    method TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    service TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS admin_audit_at ON admin_audit (at_ms)
+"""
+MIGRATIONS = (Migration(1, "admin tokens and audit log", sql=SCHEMA, postgresql=POSTGRES_SCHEMA),)
 
 DEFAULT_AUDIT_LIMIT = 1000
 
@@ -69,11 +91,11 @@ class TokenRecord:
         )
 
 
-class AdminTokenStore(SqliteStore):
-    """The admin_tokens and admin_audit tables (in enroll.sqlite3, beside the nodes)."""
+class AdminTokenStore(StateStore):
+    """The admin_tokens and admin_audit tables (in the enroll database, beside the nodes)."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA)
+    def __init__(self, database: StateDatabase) -> None:
+        super().__init__(database)
 
     def create(self, name: str, role: str, value: str, now: int) -> TokenRecord | None:
         """A new token; None when an active or revoked one already has that name."""
@@ -187,10 +209,18 @@ def bootstrap_root_token(settings: Settings, store: AdminTokenStore) -> None:
         store.replace_value(ROOT_TOKEN_NAME, ADMIN, from_env, now)
         return
     path = admin_token_file(settings)
-    if store.has(ROOT_TOKEN_NAME) and path.exists():
-        return
     value = new_token_value()
-    store.replace_value(ROOT_TOKEN_NAME, ADMIN, value, now)
+    if store.database.shared:
+        # Replicas share the token table: only the first to start makes root, and only
+        # it has the file (QUARRY_ADMIN_TOKEN from a Secret is the way to run replicas).
+        if store.create(ROOT_TOKEN_NAME, ADMIN, value, now) is None:
+            if not path.exists():
+                log.warning("root admin token made by another replica; set QUARRY_ADMIN_TOKEN")
+            return
+    elif store.has(ROOT_TOKEN_NAME) and path.exists():
+        return
+    else:
+        store.replace_value(ROOT_TOKEN_NAME, ADMIN, value, now)
     settings.path()  # the state directory, created on first use
     write_private_file(path, value)
     log.info("root admin token written to %s", path)

@@ -8,7 +8,8 @@ and refills at `rate_per_s`; a rate of 0 turns the limit off.
 Loopback sources are exempt from both: they are the machine itself (a local emulated
 fleet, a benchmark), and anyone there already holds more than an enroll secret.
 
-Buckets live in memory (one enroll service per cluster), so a restart forgives. The
+Buckets live in memory, per enroll replica (with N replicas on PostgreSQL the cluster
+admits up to N times the rates; docs/security.md says so), and a restart forgives. The
 address table is bounded: full buckets are dropped first (a full bucket is the same as
 no bucket), then the oldest, so many addresses cannot grow it without end.
 """

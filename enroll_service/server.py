@@ -18,6 +18,7 @@ from enroll_service.store import NodeStore
 from protos.v1 import enroll_pb2_grpc
 from quarry.grpc_runtime import serve_grpc
 from quarry.metrics_endpoint import start_metrics_endpoint
+from quarry.service_database import open_service_database
 from quarry.settings import Settings
 from quarry.shutdown import until_signalled
 
@@ -40,10 +41,13 @@ async def serve(settings: Settings) -> None:
     secret_path = ensure_secret_file(settings)
     if not settings.enroll_secret:
         log.info("enroll secret read from %s", secret_path)
-    store = NodeStore(settings.path("enroll.sqlite3"))
-    tokens = AdminTokenStore(settings.path("enroll.sqlite3"))
+    database = open_service_database(settings, "enroll")
+    store = NodeStore(database)
+    tokens = AdminTokenStore(database)
     bootstrap_root_token(settings, tokens)
     servicer = EnrollServicer(settings, store, tokens)
+    servicer.changes.start_position()
+    relay = asyncio.create_task(servicer.changes.relay_forever())
     server = await serve_grpc(
         f"{settings.bind_host}:{settings.enroll_port}",
         lambda s: enroll_pb2_grpc.add_EnrollServiceServicer_to_server(servicer, s),
@@ -53,13 +57,13 @@ async def serve(settings: Settings) -> None:
     refresher = asyncio.create_task(_refresh_gauges(servicer))
     await until_signalled()
     log.info("shutting down")
-    refresher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await refresher
+    for task in (refresher, relay):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     servicer.close_watches()
     await server.stop(SHUTDOWN_GRACE_S)
-    store.close()
-    tokens.close()
+    database.close()
 
 
 async def _refresh_gauges(servicer: EnrollServicer) -> None:

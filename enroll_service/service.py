@@ -42,6 +42,7 @@ from enroll_service.shared_secret import current_secret, secret_matches
 from enroll_service.store import STATUS_CONDITIONS, NewNode, NodeFilter, NodeRecord, NodeStore
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
 from quarry.change_feed import ChangeFeed
+from quarry.change_log import ChangeLog, protobuf_feed
 from quarry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,10 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
         self._clones = ClonePolicy.from_settings(settings)
         self._rate_limits = EnrollRateLimits(settings)
         self._feed: ChangeFeed[enroll_pb2.NodeEvent] = ChangeFeed()
+        # Node events reach the watch streams of every replica through this (ADR 0009).
+        self.changes = ChangeLog(
+            store.database, "enroll", {"nodes": protobuf_feed(self._feed.publish, Event)}
+        )
         # Identities suspected of being clones: rebuilt by refresh_gauges, kept current
         # per enrollment so the gauge needs no scan of the history each time.
         self._suspected: set[str] = set()
@@ -103,7 +108,8 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
         states = [record.state(now) for record in self._store.secrets()]
         for state in STATES:
             metrics.SECRETS.labels(state).set(states.count(state))
-        metrics.VALID_NODES.set(self._store.valid_count)
+        # Other replicas enroll and revoke too: recount rather than trust our own tally.
+        metrics.VALID_NODES.set(self._store.recount_valid())
         self._store.forget_enrollments_before(window_start)
 
     # Enrollment
@@ -146,19 +152,26 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
             client_certificate_json=_certificate_json(request.client_certificate),
             pending=secret.policy.requires_approval and not (previous and previous.approved),
         )
-        enrollment = self._store.enroll(new, secret, now)
+        with self.changes.recording() as record:
+            enrollment = self._store.enroll(new, secret, now)
+            if enrollment is not None:
+                node = node_message(enrollment.node)
+                if enrollment.replaced_key is not None:
+                    # The old key goes first, so a watcher never holds two keys for one node.
+                    record(
+                        "nodes",
+                        Event(kind=Event.REMOVE, node=_key_only(node, enrollment.replaced_key)),
+                    )
+                record(
+                    "nodes",
+                    Event(kind=Event.UPSERT, node=node, revision=enrollment.node.revision),
+                )
+        await self.changes.settled()
         if enrollment is None:
             # Used up (or revoked) by another enrollment since we looked: say which.
             fresh = self._store.secrets_by_ref(secret.secret_id)[0]
             return self._refuse(request, Refusal(*SECRET_REFUSALS[fresh.state(now)]))
 
-        node = node_message(enrollment.node)
-        if enrollment.replaced_key is not None:
-            # The old key goes first, so a watcher never holds two keys for one node.
-            self._feed.publish(
-                Event(kind=Event.REMOVE, node=_key_only(node, enrollment.replaced_key))
-            )
-        self._feed.publish(Event(kind=Event.UPSERT, node=node, revision=enrollment.node.revision))
         self._note_clone_suspicion(identity, now)
         outcome = _success_outcome(node, known_before=previous is not None)
         metrics.ENROLLMENTS.labels(outcome).inc()
@@ -323,7 +336,7 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
         self, request: enroll_pb2.NodeRef, context: grpc.aio.ServicerContext
     ) -> enroll_pb2.Node:
         record = await self._named_node(request, context)
-        return self._revoke(record, "revoked")
+        return await self._revoke(record, "revoked")
 
     async def ApproveNode(
         self, request: enroll_pb2.NodeRef, context: grpc.aio.ServicerContext
@@ -336,9 +349,11 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
             )
         if not record.pending:
             return node_message(record)
-        approved = self._store.approve(record.node_id, int(time.time()))
-        node = node_message(approved)
-        self._feed.publish(Event(kind=Event.UPSERT, node=node, revision=approved.revision))
+        with self.changes.recording() as announce:
+            approved = self._store.approve(record.node_id, int(time.time()))
+            node = node_message(approved)
+            announce("nodes", Event(kind=Event.UPSERT, node=node, revision=approved.revision))
+        await self.changes.settled()
         log.info("node %s (%r) approved", approved.node_id, approved.host_identifier)
         return node
 
@@ -353,12 +368,14 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"node {record.node_id} is not pending approval; revoke it instead",
             )
-        return self._revoke(record, "rejected")
+        return await self._revoke(record, "rejected")
 
-    def _revoke(self, record: NodeRecord, verb: str) -> enroll_pb2.Node:
-        revoked = self._store.revoke(record.node_id)
-        node = node_message(revoked)
-        self._feed.publish(Event(kind=Event.REMOVE, node=node, revision=revoked.revision))
+    async def _revoke(self, record: NodeRecord, verb: str) -> enroll_pb2.Node:
+        with self.changes.recording() as announce:
+            revoked = self._store.revoke(record.node_id)
+            node = node_message(revoked)
+            announce("nodes", Event(kind=Event.REMOVE, node=node, revision=revoked.revision))
+        await self.changes.settled()
         metrics.REVOCATIONS.inc()
         metrics.VALID_NODES.set(self._store.valid_count)
         log.info("node %s (%r) %s", revoked.node_id, revoked.host_identifier, verb)

@@ -1,19 +1,18 @@
-"""Node records, enroll secrets and the enrollment history, in SQLite.
+"""Node records, enroll secrets and the enrollment history, in SQLite or PostgreSQL.
 
 One row per machine (per identity) holds its current node key: re-enrollment replaces
 the key in that row, so an old key stops working the moment a new one is issued and a
-machine never appears twice. All SQL of the service lives here, behind NodeStore, so
-PostgreSQL can replace it later (issue 9).
+machine never appears twice. All SQL of the service lives here, behind NodeStore, in
+SQL both backends run (quarry/state_database.py); writers are serialized, so several
+replicas sharing PostgreSQL never lose an update.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from enroll_service.enroll_secrets import (
     KIND_CREATED,
@@ -21,8 +20,18 @@ from enroll_service.enroll_secrets import (
     SecretRecord,
 )
 from enroll_service.node_identity import EnrollmentHistory
-from quarry.sqlite_store import SqliteStore
+from quarry.schema_migrations import Migration
+from quarry.state_database import (
+    POSTGRESQL,
+    SQLITE,
+    Queryable,
+    StateDatabase,
+    StateStore,
+    Transaction,
+)
 
+# The tables as they were before migrations were versioned; an SQLite file of that time
+# is brought up to date by _upgrade_unversioned_nodes.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
@@ -93,9 +102,99 @@ UPDATE nodes SET
     first_enrolled_at = enrolled_at
 WHERE identity = ''
 """
-INDEXES_ON_ADDED_COLUMNS = """
-CREATE INDEX IF NOT EXISTS nodes_by_identity ON nodes (identity, enrolled_at);
+# The same tables on PostgreSQL, with every column from the start. BIGINT throughout:
+# PostgreSQL's INTEGER is 32 bits. `rowid` keeps the secrets' creation order, which
+# SQLite gives every table implicitly.
+POSTGRES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY,
+    node_key TEXT NOT NULL UNIQUE,
+    host_identifier TEXT NOT NULL,
+    hardware_uuid TEXT NOT NULL,
+    platform_type TEXT NOT NULL,
+    platform TEXT NOT NULL,
+    osquery_version TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    host_details_json TEXT NOT NULL,
+    enrolled_at BIGINT NOT NULL,
+    last_seen_at BIGINT NOT NULL,
+    revoked BIGINT NOT NULL DEFAULT 0,
+    revision BIGINT NOT NULL,
+    identity TEXT NOT NULL DEFAULT '',
+    hardware_serial TEXT NOT NULL DEFAULT '',
+    tags_json TEXT NOT NULL DEFAULT '[]',
+    node_group TEXT NOT NULL DEFAULT '',
+    secret_id TEXT NOT NULL DEFAULT '',
+    secret_name TEXT NOT NULL DEFAULT '',
+    pending BIGINT NOT NULL DEFAULT 0,
+    approved_at BIGINT NOT NULL DEFAULT 0,
+    first_enrolled_at BIGINT NOT NULL DEFAULT 0,
+    client_certificate_json TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS enroll_secrets (
+    rowid BIGSERIAL,
+    secret_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value_sha256 TEXT UNIQUE,
+    tags_json TEXT NOT NULL,
+    secret_group TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    max_enrollments BIGINT NOT NULL,
+    enrollments BIGINT NOT NULL DEFAULT 0,
+    last_used_at BIGINT NOT NULL DEFAULT 0,
+    one_time BIGINT NOT NULL,
+    requires_approval BIGINT NOT NULL,
+    allows_reenrollment_after_revocation BIGINT NOT NULL,
+    revoked_at BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS enroll_secrets_by_name ON enroll_secrets (name);
+CREATE TABLE IF NOT EXISTS enrollments (
+    identity TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    enrolled_at BIGINT NOT NULL,
+    replaced_key TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS enrollments_by_identity ON enrollments (identity, enrolled_at);
+CREATE INDEX IF NOT EXISTS enrollments_by_time ON enrollments (enrolled_at)
 """
+
+
+def _upgrade_unversioned_nodes(tx: Transaction, dialect: str) -> None:
+    """An SQLite file from before ADDED_NODE_COLUMNS gets them, and its rows their meaning."""
+    if dialect != SQLITE:
+        return
+    existing = {row[1] for row in tx.execute("PRAGMA table_info(nodes)")}
+    missing = [name for name in ADDED_NODE_COLUMNS if name not in existing]
+    for name in missing:
+        tx.execute(f"ALTER TABLE nodes ADD COLUMN {name} {ADDED_NODE_COLUMNS[name]}")
+    if missing:
+        tx.execute(BACKFILL_OLD_NODES)
+
+
+MIGRATIONS = (
+    Migration(
+        1,
+        "nodes, enroll secrets, enrollments",
+        sql=SCHEMA,
+        postgresql=POSTGRES_SCHEMA,
+        python=_upgrade_unversioned_nodes,
+    ),
+    Migration(
+        2,
+        "nodes by identity and by revision",
+        sql="CREATE INDEX IF NOT EXISTS nodes_by_identity ON nodes (identity, enrolled_at);"
+        " CREATE INDEX IF NOT EXISTS nodes_by_revision ON nodes (revision)",
+    ),
+)
+
+# ListNodes tag filter: the tag is one of the node's tags_json array.
+TAG_CONDITIONS = {
+    SQLITE: "EXISTS (SELECT 1 FROM json_each(nodes.tags_json) WHERE value = ?)",
+    POSTGRESQL: "EXISTS (SELECT 1 FROM jsonb_array_elements_text(nodes.tags_json::jsonb) AS t"
+    " WHERE t = ?)",
+}
 
 NODE_COLUMNS = (
     "node_id, node_key, host_identifier, hardware_uuid, platform_type, platform,"
@@ -177,31 +276,24 @@ class NodeFilter:
     secret_name: str = ""
 
 
-class NodeStore(SqliteStore):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA)
-        self._add_missing_node_columns()
-        self._db.executescript(INDEXES_ON_ADDED_COLUMNS)
-        # Each change gets the next revision, so a watcher can order what it sees.
-        latest = self._db.execute("SELECT COALESCE(MAX(revision), 0) FROM nodes").fetchone()
-        self._revision: int = latest[0]
-        # Counted once here, then kept current by each change (no COUNT per enrollment).
+class NodeStore(StateStore):
+    def __init__(self, database: StateDatabase) -> None:
+        super().__init__(database)
+        # Counted here and by recount_valid (other replicas enroll too), kept current by
+        # this replica's own changes in between: no COUNT per enrollment.
+        self.valid_count = 0
+        self.recount_valid()
+
+    def recount_valid(self) -> int:
         counted = self._db.execute("SELECT COUNT(*) FROM nodes WHERE revoked = 0").fetchone()
-        self.valid_count: int = counted[0]
+        self.valid_count = counted[0]
+        return self.valid_count
 
-    def _add_missing_node_columns(self) -> None:
-        existing = {row[1] for row in self._db.execute("PRAGMA table_info(nodes)")}
-        missing = [name for name in ADDED_NODE_COLUMNS if name not in existing]
-        if not missing:
-            return
-        with self._transaction() as db:
-            for name in missing:
-                db.execute(f"ALTER TABLE nodes ADD COLUMN {name} {ADDED_NODE_COLUMNS[name]}")
-            db.execute(BACKFILL_OLD_NODES)
-
-    def _next_revision(self) -> int:
-        self._revision += 1
-        return self._revision
+    @staticmethod
+    def _next_revision(db: Transaction) -> int:
+        """Each change gets the next revision, so a watcher can order what it sees; read
+        inside the (serialized) write transaction, so replicas never hand out one twice."""
+        return db.execute("SELECT COALESCE(MAX(revision), 0) + 1 FROM nodes").fetchone()[0]
 
     # Enroll secrets
 
@@ -213,7 +305,7 @@ class NodeStore(SqliteStore):
 
     def _insert_secret(
         self,
-        db: sqlite3.Connection,
+        db: Transaction,
         policy: SecretPolicy,
         kind: str,
         value_sha256: str | None,
@@ -261,7 +353,7 @@ class NodeStore(SqliteStore):
                 return self._insert_secret(db, SecretPolicy(name=name), kind, value_sha256, now)
             db.execute(
                 "UPDATE enroll_secrets SET value_sha256 = ? WHERE secret_id = ?"
-                " AND value_sha256 IS NOT ?",
+                " AND COALESCE(value_sha256, '') <> COALESCE(?, '')",
                 (value_sha256, found[0].secret_id, value_sha256),
             )
             return found[0]
@@ -304,7 +396,7 @@ class NodeStore(SqliteStore):
             return self._insert_secret(db, policy, KIND_CREATED, value_sha256, now)
 
     @staticmethod
-    def _secret_where(db: sqlite3.Connection, where: str, *values: object) -> list[SecretRecord]:
+    def _secret_where(db: Queryable, where: str, *values: object) -> list[SecretRecord]:
         rows = db.execute(
             f"SELECT {SECRET_COLUMNS} FROM enroll_secrets WHERE {where} ORDER BY created_at, rowid",
             values,
@@ -350,7 +442,7 @@ class NodeStore(SqliteStore):
         )
 
     @staticmethod
-    def _count_use_of_secret(db: sqlite3.Connection, secret_id: str, now: int) -> bool:
+    def _count_use_of_secret(db: Transaction, secret_id: str, now: int) -> bool:
         """One more enrollment on the secret, if it is still usable; False if not."""
         cursor = db.execute(
             "UPDATE enroll_secrets SET enrollments = enrollments + 1, last_used_at = ?"
@@ -363,7 +455,7 @@ class NodeStore(SqliteStore):
         return cursor.rowcount == 1
 
     def _upsert_node(
-        self, db: sqlite3.Connection, node_id: str, new: NewNode, secret: SecretRecord, now: int
+        self, db: Transaction, node_id: str, new: NewNode, secret: SecretRecord, now: int
     ) -> None:
         db.execute(
             "INSERT INTO nodes (node_id, node_key, host_identifier, hardware_uuid,"
@@ -398,7 +490,7 @@ class NodeStore(SqliteStore):
                 new.host_details_json,
                 now,
                 now,
-                self._next_revision(),
+                self._next_revision(db),
                 new.identity,
                 new.hardware_serial,
                 json.dumps(list(secret.policy.tags)),
@@ -445,7 +537,7 @@ class NodeStore(SqliteStore):
         if node_filter.status:
             conditions.append(STATUS_CONDITIONS[node_filter.status])
         if node_filter.tag:
-            conditions.append("EXISTS (SELECT 1 FROM json_each(nodes.tags_json) WHERE value = ?)")
+            conditions.append(TAG_CONDITIONS[self.database.dialect])
             values.append(node_filter.tag)
         if node_filter.platform:
             conditions.append("platform = ?")
@@ -467,7 +559,7 @@ class NodeStore(SqliteStore):
         """The node with this id, key or host identifier (a valid one first, then newest)."""
         return self._find(self._db, ref)
 
-    def _find(self, db: sqlite3.Connection, ref: str) -> NodeRecord | None:
+    def _find(self, db: Queryable, ref: str) -> NodeRecord | None:
         return (
             self._select_one(db, "node_id = ?", ref)
             or self._select_one(db, "node_key = ?", ref)
@@ -488,8 +580,9 @@ class NodeStore(SqliteStore):
             matched = 0
             for node_id, seen_at in seen:
                 cursor = db.execute(
-                    "UPDATE nodes SET last_seen_at = MAX(last_seen_at, ?) WHERE node_id = ?",
-                    (seen_at, node_id),
+                    "UPDATE nodes SET last_seen_at = CASE WHEN last_seen_at > ? THEN last_seen_at"
+                    " ELSE ? END WHERE node_id = ?",
+                    (seen_at, seen_at, node_id),
                 )
                 matched += cursor.rowcount
         return matched
@@ -500,7 +593,7 @@ class NodeStore(SqliteStore):
             before = self._select_one(db, "node_id = ?", node_id)
             db.execute(
                 "UPDATE nodes SET revoked = 1, pending = 0, revision = ? WHERE node_id = ?",
-                (self._next_revision(), node_id),
+                (self._next_revision(db), node_id),
             )
             after = self._select_one(db, "node_id = ?", node_id)
         assert before is not None and after is not None
@@ -512,14 +605,14 @@ class NodeStore(SqliteStore):
         with self._transaction() as db:
             db.execute(
                 "UPDATE nodes SET pending = 0, approved_at = ?, revision = ? WHERE node_id = ?",
-                (now, self._next_revision(), node_id),
+                (now, self._next_revision(db), node_id),
             )
             approved = self._select_one(db, "node_id = ?", node_id)
         assert approved is not None
         return approved
 
     @staticmethod
-    def _select_one(db: sqlite3.Connection, where: str, value: str) -> NodeRecord | None:
+    def _select_one(db: Queryable, where: str, value: str) -> NodeRecord | None:
         row = db.execute(f"SELECT {NODE_COLUMNS} FROM nodes WHERE {where} LIMIT 1", (value,))
         found = row.fetchone()
         return _node_record(found) if found else None
@@ -530,14 +623,19 @@ class _SecretUsedUp(Exception):
 
 
 HISTORY_AGGREGATES = (
-    "COUNT(*), COALESCE(SUM(replaced_key = 'used'), 0),"
-    " COALESCE(SUM(replaced_key = 'unused'), 0), COALESCE(MAX(enrolled_at), 0)"
+    "COUNT(*), COALESCE(SUM(CASE WHEN replaced_key = 'used' THEN 1 ELSE 0 END), 0),"
+    " COALESCE(SUM(CASE WHEN replaced_key = 'unused' THEN 1 ELSE 0 END), 0),"
+    " COALESCE(MAX(enrolled_at), 0)"
 )
 
 
 def _history(row: tuple) -> EnrollmentHistory:
+    # int(): PostgreSQL sums come back as Decimal.
     return EnrollmentHistory(
-        count=row[0], replaced_used=row[1], replaced_unused=row[2], last_enrolled_at=row[3]
+        count=int(row[0]),
+        replaced_used=int(row[1]),
+        replaced_unused=int(row[2]),
+        last_enrolled_at=int(row[3]),
     )
 
 

@@ -18,6 +18,7 @@ from quarry import (
     config_commands,
     encryption_commands,
     enrollment_commands,
+    migrate_command,
     query_commands,
     token_commands,
 )
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     query_commands.add_query_commands(sub, _admin)
     carve_commands.add_carve_commands(sub, _admin)
     token_commands.add_access_commands(sub, _admin)
+
+    migrate_command.add_migrate_command(sub, _admin)
 
     _admin(sub, "flags", "print the osquery flags that connect a node", admin_commands.flags)
     tls = sub.add_parser("tls", help="certificates: the gateway's local CA, the internal CA")

@@ -170,6 +170,11 @@ class Settings:
     zmq_curve: bool = False
     zmq_curve_dir: str = ""
 
+    # Shared state (issue 9, docs/deploy.md): a postgresql:// URL makes the enroll, config
+    # and distributed services keep their state there, so any number of replicas of each
+    # share it; empty: one SQLite file per service in state_dir.
+    database_url: str = ""
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Defaults, overridden by QUARRY_<FIELD> variables (QUARRY_PORT_BASE shifts all ports)."""

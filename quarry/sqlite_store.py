@@ -1,8 +1,9 @@
-"""The embedded SQLite database each stateful service keeps its state in.
+"""A plain SQLite store base: WAL journaling, BEGIN IMMEDIATE transactions.
 
-One file per service, WAL journaling so readers never wait for the writer, and
-explicit BEGIN IMMEDIATE transactions so a read-modify-write cannot interleave with
-another. PostgreSQL, for replicas sharing state, plugs in here later.
+WAL journaling so readers never wait for the writer, and explicit BEGIN IMMEDIATE
+transactions so a read-modify-write cannot interleave with another. The gateway's carve
+index uses it; the stateful services use quarry/state_database.py, which also speaks
+PostgreSQL.
 """
 
 from __future__ import annotations

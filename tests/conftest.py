@@ -1,4 +1,5 @@
-"""Shared fixtures: a real ClickHouse server for the whole session, and log-store backends."""
+"""Shared fixtures: real ClickHouse and PostgreSQL servers for the whole session, and the
+backends (log stores, service state) tests run against."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.clickhouse_server import clickhouse_server
+from tests.postgres_server import fresh_database, postgres_server
 
 # Services started by tests (ServiceProcess) make this their root admin token, and the
 # test process's own admin channels (sync_channel) present it (docs/security.md).
@@ -30,3 +32,24 @@ def log_store_url(request: pytest.FixtureRequest) -> str:
     if request.param == "chdb":
         return ""
     return request.getfixturevalue("clickhouse_url")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A running PostgreSQL server (a private throwaway cluster here), once per session."""
+    with postgres_server() as url:
+        yield url
+
+
+# The state backends of the enroll, config and distributed services (docs/deploy.md).
+STATE_BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="module", params=STATE_BACKENDS)
+def state_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Environment for service processes: {} for SQLite files, else a fresh PostgreSQL
+    database (QUARRY_DATABASE_URL) for this module's services."""
+    if request.param == "sqlite":
+        return {}
+    server = request.getfixturevalue("postgres_url")
+    return {"QUARRY_DATABASE_URL": fresh_database(server)}

@@ -92,12 +92,13 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, state_env: dict[str, str]) -> Iterator[Fleet]:
+    """The services on each state backend: SQLite files, then one PostgreSQL database."""
     state_dir = tmp_path_factory.mktemp("config-service")
     secret_file = state_dir / "enroll_secret"
     secret_file.write_text(SECRET + "\n")
     base = free_port_base()
-    env = {"QUARRY_ENROLL_SECRET_FILE": str(secret_file)}
+    env = {"QUARRY_ENROLL_SECRET_FILE": str(secret_file), **state_env}
     started: dict[str, ServiceProcess] = {}
     try:
         for name in ("enroll", "distributed", "config"):

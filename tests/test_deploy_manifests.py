@@ -193,18 +193,33 @@ def test_gateways_list_exactly_the_ingest_replicas(overlay: list[dict[str, Any]]
     ]
 
 
-def test_stateful_services_run_one_replica_on_a_volume(overlay: list[dict[str, Any]]) -> None:
+def test_stateful_services_run_one_replica_on_a_volume_or_several_on_postgresql(
+    overlay: list[dict[str, Any]],
+) -> None:
+    state_dir = Settings.from_env(only(overlay, "ConfigMap", "quarry-settings")["data"]).state_dir
     for name in ("enroll", "config", "distributed"):
         workload = only(overlay, "StatefulSet", f"quarry-{name}")
-        assert workload["spec"]["replicas"] == 1  # more need PostgreSQL (not yet)
-        mounts = {m["name"]: m["mountPath"] for m in quarry_container(workload)["volumeMounts"]}
-        claim = workload["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
-        assert (
-            mounts[claim]
-            == Settings.from_env(
-                only(overlay, "ConfigMap", "quarry-settings")["data"]
-            ).state_dir.as_posix()
-        )
+        container = quarry_container(workload)
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        secrets = {e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e}
+        if "quarry-database" not in secrets:
+            # SQLite: one pod, paired with its volume; two would each have their own file.
+            assert workload["spec"]["replicas"] == 1
+            claim = workload["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+            assert mounts[claim] == state_dir.as_posix()
+            continue
+        # PostgreSQL (QUARRY_DATABASE_URL from the Secret): replicas share it, no volume.
+        assert workload["spec"]["replicas"] >= 2
+        assert "volumeClaimTemplates" not in workload["spec"]
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        assert "emptyDir" in volumes[next(n for n, p in mounts.items() if p == str(state_dir))]
+
+
+def test_the_large_overlay_keeps_shared_state_in_postgresql() -> None:
+    objects = render(KUBERNETES_DIR / "overlays" / "large")
+    for name in ("enroll", "config", "distributed"):
+        workload = only(objects, "StatefulSet", f"quarry-{name}")
+        assert workload["spec"]["replicas"] >= 2, name
 
 
 def test_each_process_has_a_metrics_service_named_for_its_job(

@@ -1,4 +1,5 @@
-"""Enroll secrets, node identity, clones and approval: the enroll service as a real process.
+"""Enroll secrets, node identity, clones and approval: the enroll service as a real process,
+on SQLite and on PostgreSQL (the state_env fixture).
 
 Each rule of issue 5 is driven over real gRPC against `quarry serve enroll`; a refused
 enrollment is checked to have changed nothing (the secret's count, the node list).
@@ -65,8 +66,11 @@ def start(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Iter
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnrollService]:
-    yield from start(tmp_path_factory, {})
+def service(
+    tmp_path_factory: pytest.TempPathFactory, state_env: dict[str, str]
+) -> Iterator[EnrollService]:
+    """The service on each state backend: SQLite, then PostgreSQL."""
+    yield from start(tmp_path_factory, state_env)
 
 
 @pytest.fixture(scope="module")
@@ -443,10 +447,13 @@ CLONE_COOLDOWN_S = 2
 
 
 @pytest.fixture(scope="module")
-def clone_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnrollService]:
+def clone_service(
+    tmp_path_factory: pytest.TempPathFactory, state_env: dict[str, str]
+) -> Iterator[EnrollService]:
     yield from start(
         tmp_path_factory,
         {
+            **state_env,
             "QUARRY_ENROLL_CLONE_THRESHOLD": "2",
             "QUARRY_ENROLL_CLONE_WINDOW_S": "600",
             "QUARRY_ENROLL_COOLDOWN_S": str(CLONE_COOLDOWN_S),

@@ -1,4 +1,5 @@
-"""The enroll, config and distributed services as real processes, driven over real gRPC."""
+"""The enroll, config and distributed services as real processes, driven over real gRPC,
+with their state in SQLite files and in PostgreSQL (the state_env fixture)."""
 
 from __future__ import annotations
 
@@ -32,12 +33,14 @@ HostState = distributed_pb2.HostState
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServiceProcess]]:
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, state_env: dict[str, str]
+) -> Iterator[dict[str, ServiceProcess]]:
     state_dir = tmp_path_factory.mktemp("services")
     secret_file = state_dir / "enroll_secret"
     secret_file.write_text(SECRET + "\n")
     base = free_port_base()
-    env = {"QUARRY_ENROLL_SECRET_FILE": str(secret_file)}
+    env = {"QUARRY_ENROLL_SECRET_FILE": str(secret_file), **state_env}
     started: dict[str, ServiceProcess] = {}
     try:
         for name in ("enroll", "config", "distributed"):
@@ -347,8 +350,8 @@ def test_a_config_just_below_the_depth_limit_is_accepted(config) -> None:
     assert config.SetConfig(config_pb2.SetConfigRequest(config_json=nested(31))).version > 0
 
 
-def test_config_versions_survive_a_restart(tmp_path: Path) -> None:
-    service = ServiceProcess("config", tmp_path, free_port_base()).start()
+def test_config_versions_survive_a_restart(tmp_path: Path, state_env: dict[str, str]) -> None:
+    service = ServiceProcess("config", tmp_path, free_port_base(), state_env).start()
     try:
         stub = config_pb2_grpc.ConfigServiceStub(sync_channel(service.addr))
         stored = stub.SetConfig(config_pb2.SetConfigRequest(config_json=json.dumps(VALID_CONFIG)))
