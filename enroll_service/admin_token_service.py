@@ -35,19 +35,27 @@ class AdminTokenRpcs:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{request.role!r}: the role is one of {', '.join(ROLES)}",
             )
+        if request.expires_in_seconds < 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"expires_in_seconds {request.expires_in_seconds}: 0 (never) or more",
+            )
         value = new_token_value()
-        record = self._tokens.create(request.name, request.role, value, int(time.time()))
+        now = int(time.time())
+        expires_at = now + request.expires_in_seconds if request.expires_in_seconds else 0
+        record = self._tokens.create(request.name, request.role, value, now, expires_at)
         if record is None:
             await context.abort(
                 grpc.StatusCode.ALREADY_EXISTS, f"a token named {request.name!r} exists"
             )
-        return enroll_pb2.CreatedToken(token=record.message(), value=value)
+        return enroll_pb2.CreatedToken(token=record.message(now), value=value)
 
     async def ListTokens(
         self, request: enroll_pb2.ListTokensRequest, context: grpc.aio.ServicerContext
     ) -> enroll_pb2.ListTokensResponse:
         records = self._tokens.tokens(request.include_revoked)
-        return enroll_pb2.ListTokensResponse(tokens=[record.message() for record in records])
+        now = time.time()
+        return enroll_pb2.ListTokensResponse(tokens=[record.message(now) for record in records])
 
     async def RevokeToken(
         self, request: enroll_pb2.TokenRef, context: grpc.aio.ServicerContext
@@ -55,15 +63,17 @@ class AdminTokenRpcs:
         record = self._tokens.revoke(request.name, int(time.time()))
         if record is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no token named {request.name!r}")
-        return record.message()
+        return record.message(time.time())
 
     async def ResolveToken(
         self, request: enroll_pb2.ResolveTokenRequest, context: grpc.aio.ServicerContext
     ) -> enroll_pb2.AdminToken:
-        principal = self._tokens.resolve(request.token_sha256)
+        principal = self._tokens.resolve(request.token_sha256, int(time.time()))
         if principal is None:
             return enroll_pb2.AdminToken(found=False)
-        return enroll_pb2.AdminToken(name=principal.name, role=principal.role, found=True)
+        return enroll_pb2.AdminToken(
+            name=principal.name, role=principal.role, expires_at=principal.expires_at, found=True
+        )
 
     async def RecordAudit(
         self, request: enroll_pb2.AuditEntry, context: grpc.aio.ServicerContext

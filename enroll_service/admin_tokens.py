@@ -18,6 +18,7 @@ from quarry.admin_auth import (
     Principal,
     admin_token_file,
     hash_token,
+    is_expired,
     new_token_value,
     root_token_from_env,
     write_private_file,
@@ -69,9 +70,34 @@ CREATE TABLE IF NOT EXISTS admin_audit (
 );
 CREATE INDEX IF NOT EXISTS admin_audit_at ON admin_audit (at_ms)
 """
-MIGRATIONS = (Migration(1, "admin tokens and audit log", sql=SCHEMA, postgresql=POSTGRES_SCHEMA),)
+# Expiry and last use (issue 10's follow-up); existing tokens never expire.
+EXPIRY_AND_LAST_USE = """
+ALTER TABLE admin_tokens ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE admin_tokens ADD COLUMN last_used_at INTEGER NOT NULL DEFAULT 0
+"""
+POSTGRES_EXPIRY_AND_LAST_USE = """
+ALTER TABLE admin_tokens ADD COLUMN expires_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE admin_tokens ADD COLUMN last_used_at BIGINT NOT NULL DEFAULT 0
+"""
+MIGRATIONS = (
+    Migration(1, "admin tokens and audit log", sql=SCHEMA, postgresql=POSTGRES_SCHEMA),
+    Migration(
+        2,
+        "admin token expiry and last use",
+        sql=EXPIRY_AND_LAST_USE,
+        postgresql=POSTGRES_EXPIRY_AND_LAST_USE,
+    ),
+)
 
 DEFAULT_AUDIT_LIMIT = 1000
+# last_used_at is written at most this often per token, so a script calling in a loop
+# does not turn every admin call into a database write.
+LAST_USED_RESOLUTION_S = 60
+
+ACTIVE = "active"
+EXPIRED = "expired"
+REVOKED = "revoked"
+_TOKEN_COLUMNS = "name, role, created_at, revoked_at, expires_at, last_used_at"
 
 
 @dataclass(frozen=True)
@@ -80,13 +106,23 @@ class TokenRecord:
     role: str
     created_at: int
     revoked_at: int
+    expires_at: int = 0
+    last_used_at: int = 0
 
-    def message(self) -> enroll_pb2.AdminToken:
+    def state(self, now: float) -> str:
+        if self.revoked_at:
+            return REVOKED
+        return EXPIRED if is_expired(self.expires_at, now) else ACTIVE
+
+    def message(self, now: float) -> enroll_pb2.AdminToken:
         return enroll_pb2.AdminToken(
             name=self.name,
             role=self.role,
             created_at=self.created_at,
             revoked_at=self.revoked_at,
+            expires_at=self.expires_at,
+            last_used_at=self.last_used_at,
+            state=self.state(now),
             found=True,
         )
 
@@ -97,17 +133,19 @@ class AdminTokenStore(StateStore):
     def __init__(self, database: StateDatabase) -> None:
         super().__init__(database)
 
-    def create(self, name: str, role: str, value: str, now: int) -> TokenRecord | None:
+    def create(
+        self, name: str, role: str, value: str, now: int, expires_at: int = 0
+    ) -> TokenRecord | None:
         """A new token; None when an active or revoked one already has that name."""
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM admin_tokens WHERE name = ?", (name,)).fetchone():
                 return None
             db.execute(
-                "INSERT INTO admin_tokens (name, role, token_sha256, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (name, role, hash_token(value), now),
+                "INSERT INTO admin_tokens (name, role, token_sha256, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (name, role, hash_token(value), now, expires_at),
             )
-        return TokenRecord(name, role, now, 0)
+        return TokenRecord(name, role, now, 0, expires_at)
 
     def replace_value(self, name: str, role: str, value: str, now: int) -> None:
         """Set name's token to value (active again), creating it if needed: the root token."""
@@ -120,9 +158,10 @@ class AdminTokenStore(StateStore):
             )
 
     def tokens(self, include_revoked: bool) -> list[TokenRecord]:
+        """Tokens by name: active and expired ones, and with include_revoked revoked ones."""
         where = "" if include_revoked else " WHERE revoked_at = 0"
         rows = self._db.execute(
-            "SELECT name, role, created_at, revoked_at FROM admin_tokens" + where + " ORDER BY name"
+            f"SELECT {_TOKEN_COLUMNS} FROM admin_tokens{where} ORDER BY name"
         ).fetchall()
         return [TokenRecord(*row) for row in rows]
 
@@ -133,17 +172,32 @@ class AdminTokenStore(StateStore):
                 (now, name),
             )
             row = db.execute(
-                "SELECT name, role, created_at, revoked_at FROM admin_tokens WHERE name = ?",
-                (name,),
+                f"SELECT {_TOKEN_COLUMNS} FROM admin_tokens WHERE name = ?", (name,)
             ).fetchone()
         return TokenRecord(*row) if row else None
 
-    def resolve(self, token_sha256: str) -> Principal | None:
+    def resolve(self, token_sha256: str, now: int) -> Principal | None:
+        """Who holds an unrevoked token, expired ones included (the caller refuses those
+        with their own message); notes the use of one still valid."""
         row = self._db.execute(
-            "SELECT name, role FROM admin_tokens WHERE token_sha256 = ? AND revoked_at = 0",
+            "SELECT name, role, expires_at, last_used_at FROM admin_tokens"
+            " WHERE token_sha256 = ? AND revoked_at = 0",
             (token_sha256,),
         ).fetchone()
-        return Principal(*row) if row else None
+        if row is None:
+            return None
+        name, role, expires_at, last_used_at = row
+        if not is_expired(expires_at, now) and now - last_used_at >= LAST_USED_RESOLUTION_S:
+            self._note_use(name, now)
+        return Principal(name, role, expires_at)
+
+    def _note_use(self, name: str, now: int) -> None:
+        with self._transaction() as db:
+            # The condition keeps replicas sharing the table to one write a minute too.
+            db.execute(
+                "UPDATE admin_tokens SET last_used_at = ? WHERE name = ? AND last_used_at <= ?",
+                (now, name, now - LAST_USED_RESOLUTION_S),
+            )
 
     def has(self, name: str) -> bool:
         found = self._db.execute("SELECT 1 FROM admin_tokens WHERE name = ?", (name,)).fetchone()
@@ -190,7 +244,7 @@ class LocalTokenAuthority:
         self._store = store
 
     async def resolve(self, token_sha256: str) -> Principal | None:
-        return self._store.resolve(token_sha256)
+        return self._store.resolve(token_sha256, int(time.time()))
 
     async def record(self, entry: enroll_pb2.AuditEntry) -> None:
         self._store.record(entry)

@@ -13,9 +13,11 @@ each other (mTLS) is separate work.
 
 The enroll service is the token authority (tokens in its SQLite, enroll_service/
 admin_tokens.py). The other services ask it (ResolveToken) and cache the answer for
-RESOLVE_CACHE_S, so a revoked token stops working everywhere within that time. The
-root token given by QUARRY_ADMIN_TOKEN is recognized by every process on its own, so
-admins are not locked out while the enroll service is down.
+RESOLVE_CACHE_S, so a revoked token stops working everywhere within that time. The answer
+carries the token's expiry, checked on every call, so a cached answer never lets a token
+outlive it. The root token given by QUARRY_ADMIN_TOKEN is recognized by every process on
+its own, so admins are not locked out while the enroll service is down. Audit entries
+reach the enroll service through a retry queue (quarry/audit_delivery.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -35,6 +38,7 @@ import grpc
 from google.protobuf.message import Message
 
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
+from quarry.audit_delivery import AuditDelivery
 from quarry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,10 +108,15 @@ _OPAQUE_MIN_CHARS = 32
 
 @dataclass(frozen=True)
 class Principal:
-    """Who made a call: a token's name and role."""
+    """Who made a call: a token's name and role, and when the token expires (Unix
+    seconds, 0: never)."""
 
     name: str
     role: str
+    expires_at: int = 0
+
+    def expired(self, now: float) -> bool:
+        return is_expired(self.expires_at, now)
 
 
 class Refused(Exception):
@@ -129,6 +138,11 @@ def new_token_value() -> str:
 def hash_token(value: str) -> str:
     # Tokens are 32 random bytes, so a plain SHA-256 is as strong as a slow hash.
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+def is_expired(expires_at: int, now: float) -> bool:
+    """Whether a token with this expiry (Unix seconds, 0: never) is expired at now."""
+    return expires_at > 0 and now >= expires_at
 
 
 def role_allows(role: str, needed: str) -> bool:
@@ -257,6 +271,7 @@ class RemoteTokenAuthority:
         # The channel (grpc_runtime.aio_channel) presents this process's service token.
         self._stub = enroll_pb2_grpc.EnrollServiceStub(channel)
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._audit = AuditDelivery(self._send_audit)
 
     async def resolve(self, token_sha256: str) -> Principal | None:
         cached = self._cache.get(token_sha256)
@@ -272,18 +287,17 @@ class RemoteTokenAuthority:
                 grpc.StatusCode.UNAVAILABLE,
                 f"cannot check the admin token: enroll service {exc.code().name}",
             ) from exc
-        principal = Principal(reply.name, reply.role) if reply.found else None
+        principal = Principal(reply.name, reply.role, reply.expires_at) if reply.found else None
         if len(self._cache) > 10_000:
             self._cache.clear()  # a flood of made-up tokens must not grow memory
         self._cache[token_sha256] = (time.monotonic() + RESOLVE_CACHE_S, principal)
         return principal
 
     async def record(self, entry: enroll_pb2.AuditEntry) -> None:
-        try:
-            await self._stub.RecordAudit(entry, timeout=RESOLVE_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            # The call itself is done; the process log keeps the record.
-            log.warning("audit entry not stored (%s): %s", exc.code().name, entry)
+        await self._audit.deliver(entry)
+
+    async def _send_audit(self, entry: enroll_pb2.AuditEntry) -> None:
+        await self._stub.RecordAudit(entry, timeout=RESOLVE_TIMEOUT_S)
 
 
 class AdminGate:
@@ -308,6 +322,15 @@ class AdminGate:
                 "state_dir/admin_token (create more with `quarry token create`)"
                 if not token
                 else "unknown or revoked admin token",
+            )
+        if principal.expired(time.time()):
+            # Only the holder of the token's value gets here: an unknown token learns nothing.
+            expired_at = datetime.fromtimestamp(principal.expires_at, UTC)
+            raise Refused(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"admin token {principal.name!r} expired at "
+                f"{expired_at.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+                principal,
             )
         if not role_allows(principal.role, needed):
             raise Refused(

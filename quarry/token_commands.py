@@ -2,6 +2,7 @@
 
 Each is one EnrollService call (the enroll service keeps tokens and the audit log; see
 quarry/admin_auth.py). A token's value is printed once, when it is created.
+A token may be given a lifetime (--expires-in); without one it never expires.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ def parse_since(text: str, now: float | None = None) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def parse_expires_in(text: str) -> int:
+    """Seconds of a token's lifetime: a duration of at least one second."""
+    seconds = parse_duration(text)
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a lifetime of at least 1s (or no option)")
+    return seconds
+
+
 def add_access_commands(sub: argparse._SubParsersAction, add: AddCommand) -> None:
     """`quarry token ...` and `quarry audit list`; `add` is cli._admin (adds --json)."""
     token = sub.add_parser("token", help="admin API tokens: who may run admin commands")
@@ -45,7 +54,20 @@ def add_access_commands(sub: argparse._SubParsersAction, add: AddCommand) -> Non
     cmd = add(actions, "create", "create an admin token; prints its value once", token_create)
     cmd.add_argument("name", help="who or what holds it, e.g. alice or ci-deploy")
     cmd.add_argument("--role", choices=ROLES, required=True, help="what it may do")
-    cmd = add(actions, "list", "admin tokens and their roles; never their values", token_list)
+    cmd.add_argument(
+        "--expires-in",
+        type=parse_expires_in,
+        default=0,
+        metavar="DURATION",
+        help="refuse the token this long after now: 30m, 12h, 90d (default: it never expires)",
+    )
+    cmd = add(
+        actions,
+        "list",
+        "admin tokens: role, state (active, expired, revoked), created, expires, last used;"
+        " never their values",
+        token_list,
+    )
     cmd.add_argument("--all", action="store_true", help="also revoked tokens")
     cmd = add(actions, "revoke", "stop accepting a token (within seconds everywhere)", token_revoke)
     cmd.add_argument("name")
@@ -65,12 +87,18 @@ def add_access_commands(sub: argparse._SubParsersAction, add: AddCommand) -> Non
 
 
 def token_create(settings: Settings, args: argparse.Namespace) -> int:
-    request = enroll_pb2.CreateTokenRequest(name=args.name, role=args.role)
+    request = enroll_pb2.CreateTokenRequest(
+        name=args.name, role=args.role, expires_in_seconds=args.expires_in
+    )
     created = call_rpc(enroll_stub(settings).CreateToken, request)
     if args.json:
         emit_json(proto_to_json(created.token) | {"value": created.value})
         return 0
-    print(f"created token {created.token.name} ({created.token.role})", file=sys.stderr)
+    expires = utc_iso(created.token.expires_at, "never")
+    print(
+        f"created token {created.token.name} ({created.token.role}), expires: {expires}",
+        file=sys.stderr,
+    )
     print("its value, shown this once (QUARRY_ADMIN_TOKEN=...):", file=sys.stderr)
     print(created.value)
     return 0
@@ -82,8 +110,19 @@ def token_list(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         emit_json([proto_to_json(t) for t in tokens])
         return 0
-    rows = [(t.name, t.role, utc_iso(t.created_at), utc_iso(t.revoked_at, "")) for t in tokens]
-    emit_table(["name", "role", "created", "revoked"], rows)
+    rows = [
+        (
+            t.name,
+            t.role,
+            t.state,
+            utc_iso(t.created_at),
+            utc_iso(t.expires_at, "never"),
+            utc_iso(t.last_used_at, "never"),
+            utc_iso(t.revoked_at, ""),
+        )
+        for t in tokens
+    ]
+    emit_table(["name", "role", "state", "created", "expires", "last used", "revoked"], rows)
     return 0
 
 

@@ -262,26 +262,34 @@ class RotateSecretRequest(_message.Message):
     def __init__(self, secret: _Optional[str] = ..., grace_seconds: _Optional[int] = ...) -> None: ...
 
 class AdminToken(_message.Message):
-    __slots__ = ("name", "role", "created_at", "revoked_at", "found")
+    __slots__ = ("name", "role", "created_at", "revoked_at", "found", "expires_at", "last_used_at", "state")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     role: str
     created_at: int
     revoked_at: int
     found: bool
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., created_at: _Optional[int] = ..., revoked_at: _Optional[int] = ..., found: _Optional[bool] = ...) -> None: ...
+    expires_at: int
+    last_used_at: int
+    state: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., created_at: _Optional[int] = ..., revoked_at: _Optional[int] = ..., found: _Optional[bool] = ..., expires_at: _Optional[int] = ..., last_used_at: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
-    __slots__ = ("name", "role")
+    __slots__ = ("name", "role", "expires_in_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     role: str
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+    expires_in_seconds: int
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., expires_in_seconds: _Optional[int] = ...) -> None: ...
 
 class CreatedToken(_message.Message):
     __slots__ = ("token", "value")

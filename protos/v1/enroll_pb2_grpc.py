@@ -244,7 +244,8 @@ class EnrollServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResolveToken(self, request, context):
-        """For the other services: who holds this token (found false when no active one).
+        """For the other services: who holds this token (found false when no unrevoked one;
+        an expired one is found, with its expires_at, and the caller refuses it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
