@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 import grpc
+from google.protobuf import text_format
 from prometheus_client import Counter, Gauge
 
 from protos.v1 import enroll_pb2
@@ -73,9 +74,13 @@ class AuditDelivery:
                 await self._send(entry)
                 return
             except grpc.aio.AioRpcError as exc:
-                log.warning("audit entry not stored yet (%s), will retry: %s", _reason(exc), entry)
+                log.warning(
+                    "audit entry not stored yet (%s), will retry: %s", _reason(exc), _line(entry)
+                )
         else:
-            log.warning("audit entry queued behind %d pending: %s", len(self._pending), entry)
+            log.warning(
+                "audit entry queued behind %d pending: %s", len(self._pending), _line(entry)
+            )
         self._keep(entry)
 
     def _keep(self, entry: enroll_pb2.AuditEntry) -> None:
@@ -123,3 +128,7 @@ class AuditDelivery:
 
 def _reason(exc: grpc.aio.AioRpcError) -> str:
     return exc.code().name
+
+
+def _line(entry: enroll_pb2.AuditEntry) -> str:
+    return text_format.MessageToString(entry, as_one_line=True)
