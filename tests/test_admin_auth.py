@@ -19,6 +19,7 @@ import pytest
 from protos.v1 import enroll_pb2
 from quarry.admin_auth import ADMIN_METHODS, request_summary
 from tests.emulator import HostProfile, OsqueryNode
+from tests.polling import eventually
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
 
 
@@ -39,8 +40,8 @@ def cli_as(
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
-def create_token(cluster: QuarryCluster, name: str, role: str) -> str:
-    created = cluster.cli_json("token", "create", name, "--role", role)
+def create_token(cluster: QuarryCluster, name: str, role: str, *options: str) -> str:
+    created = cluster.cli_json("token", "create", name, "--role", role, *options)
     assert created["name"] == name and created["role"] == role
     return created["value"]
 
@@ -130,6 +131,61 @@ def test_a_revoked_token_is_refused_everywhere(cluster: QuarryCluster) -> None:
     listed = {t["name"]: t for t in cluster.cli_json("token", "list", "--all")}
     assert listed["leaving"]["revoked_at"] > 0
     assert "leaving" not in {t["name"] for t in cluster.cli_json("token", "list")}
+
+
+def tokens_by_name(cluster: QuarryCluster) -> dict[str, dict]:
+    return {t["name"]: t for t in cluster.cli_json("token", "list", "--all")}  # type: ignore[union-attr]
+
+
+def test_an_expired_token_is_refused_everywhere_saying_it_expired(cluster: QuarryCluster) -> None:
+    brief = create_token(cluster, "brief", "admin", "--expires-in", "2s")
+    listed = tokens_by_name(cluster)["brief"]
+    assert listed["expires_at"] == listed["created_at"] + 2
+
+    def refused_as_expired() -> bool:
+        result = cli_as(cluster, brief, "secret", "list")
+        return "UNAUTHENTICATED: admin token 'brief' expired at " in result.stderr
+
+    assert eventually(refused_as_expired)
+    # The config service checks the expiry too, whatever its cache of the token holds.
+    refused = cli_as(cluster, brief, "config", "show")
+    assert refused.returncode == 1
+    assert "UNAUTHENTICATED: admin token 'brief' expired at " in refused.stderr
+    assert tokens_by_name(cluster)["brief"]["state"] == "expired"
+    assert "brief" in {t["name"] for t in cluster.cli_json("token", "list")}
+    expired_calls = audit(cluster, "--token", "brief")
+    assert any(e["outcome"] == "UNAUTHENTICATED" for e in expired_calls), expired_calls
+
+
+def test_a_token_with_a_long_lifetime_works_and_shows_its_expiry(cluster: QuarryCluster) -> None:
+    quarterly = create_token(cluster, "quarterly", "read-only", "--expires-in", "90d")
+    assert cli_as(cluster, quarterly, "node", "list").returncode == 0
+    listed = tokens_by_name(cluster)["quarterly"]
+    assert listed["expires_at"] == listed["created_at"] + 90 * 86400
+    assert listed["state"] == "active"
+    table = cluster.cli("token", "list").stdout
+    assert "expires" in table and "last used" in table
+
+
+def test_a_bad_lifetime_is_a_clear_error(cluster: QuarryCluster) -> None:
+    for bad in ("0s", "soon", "-5m"):
+        result = cli_as(cluster, None, "token", "create", "bad-life", "--role", "admin",
+                        "--expires-in", bad)  # fmt: skip
+        assert result.returncode == 2
+        assert "--expires-in" in result.stderr
+    assert "bad-life" not in tokens_by_name(cluster)
+
+
+def test_last_use_is_shown_and_never_used_tokens_say_never(cluster: QuarryCluster) -> None:
+    used = create_token(cluster, "used", "read-only")
+    create_token(cluster, "unused", "read-only")
+    assert cli_as(cluster, used, "config", "show").returncode == 0
+    tokens = tokens_by_name(cluster)
+    assert tokens["used"]["last_used_at"] >= tokens["used"]["created_at"] > 0
+    assert tokens["unused"]["last_used_at"] == 0
+    row = next(line for line in cluster.cli("token", "list").stdout.splitlines()
+               if line.startswith("unused"))  # fmt: skip
+    assert row.split()[2:] == ["active", row.split()[3], "never", "never"]
 
 
 def test_every_admin_call_is_in_the_audit_log_with_its_outcome(cluster: QuarryCluster) -> None:
