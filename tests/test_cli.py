@@ -44,6 +44,10 @@ ADMIN_COMMANDS = [
     ["query", "cancel", "q"],
     ["flags"],
     ["tls", "client-cert", "host-1"],
+    ["token", "create", "t", "--role", "admin", "--expires-in", "90d"],
+    ["token", "list"],
+    ["token", "revoke", "t"],
+    ["audit", "list"],
 ]
 
 
@@ -60,6 +64,8 @@ HELP_COMMANDS = [
     ["secret"], ["secret", "create"], ["secret", "list"], ["secret", "revoke"],
     ["secret", "rotate"], ["node"], ["node", "list"], ["node", "show"], ["node", "approve"],
     ["node", "reject"], ["node", "revoke"], ["tls"], ["tls", "client-cert"],
+    ["token"], ["token", "create"], ["token", "list"], ["token", "revoke"], ["audit"],
+    ["audit", "list"],
 ]  # fmt: skip
 
 
@@ -68,6 +74,12 @@ def test_every_command_has_help(command: list[str]) -> None:
     result = quarry(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert "usage: quarry" in result.stdout
+
+
+def test_token_create_help_says_tokens_never_expire_by_default() -> None:
+    result = quarry("token", "create", "--help")
+    assert "--expires-in" in result.stdout
+    assert "never expires" in " ".join(result.stdout.split())
 
 
 @pytest.mark.parametrize("command", ADMIN_COMMANDS, ids=lambda c: " ".join(c[:2]))
