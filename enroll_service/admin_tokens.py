@@ -1,7 +1,8 @@
 """Admin API tokens and the audit log of admin calls, kept in the enroll service's database.
 
 The enroll service is the token authority of the cluster (quarry/admin_auth.py): a
-token's SHA-256 is stored with its name and role, never the token itself. The audit log
+token's SHA-256 is stored with its name and role, never the token itself, along with
+when it expires (0: never) and when it was last accepted. The audit log
 holds one row per admin call on any service: who, what, when, and the outcome.
 """
 
