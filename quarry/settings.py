@@ -151,6 +151,13 @@ class Settings:
     enroll_rate_per_secret_s: float = 100.0
     enroll_burst_per_secret: int = 5000
 
+    # ClickHouse cluster (docs/deploy.md, "ClickHouse cluster"): the cluster's name in the
+    # servers' remote_servers config. Set, the schema is ReplicatedMergeTree `<table>_local`
+    # tables with Distributed tables under the analysts' names, on every host of the cluster,
+    # and clickhouse_url may list several hosts (h1:9000,h2:9000) for ingest to fail over
+    # between. Empty: one server, plain MergeTree tables.
+    clickhouse_cluster: str = ""
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Defaults, overridden by QUARRY_<FIELD> variables (QUARRY_PORT_BASE shifts all ports)."""
