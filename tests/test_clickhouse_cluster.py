@@ -181,7 +181,6 @@ def test_a_failover_batch_found_on_the_other_host_is_not_stored_again(
         )
         log = other.service.log_text()
     assert "1 batches already in results, not inserted again" in log, log
-    # Both hosts hold both batches once.
     assert copies_per_line(cluster, 0, "results_local", "elsewhere") == expected_lines(
         "elsewhere", 2
     )
