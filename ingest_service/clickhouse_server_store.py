@@ -37,6 +37,9 @@ logging.getLogger("clickhouse_driver.connection").setLevel(logging.ERROR)
 
 # Without these an unreachable server blocks an insert (and so every ack) for minutes.
 DEFAULT_URL_OPTIONS = {"connect_timeout": "5", "send_receive_timeout": "60"}
+# Analysts' IN (SELECT ... FROM quarry.results) on a cluster of several shards: read the
+# subquery once over the cluster (GLOBAL IN) instead of refusing it.
+CLUSTER_QUERY_OPTIONS = {"distributed_product_mode": "global"}
 
 
 def url_hosts(url: str) -> list[str]:
@@ -45,14 +48,17 @@ def url_hosts(url: str) -> list[str]:
     return [host.strip() for host in hosts.split(",") if host.strip()]
 
 
-def client_url(url: str, database: str, only_host: str = "") -> str:
-    """The URL with its database replaced and default timeouts added where missing.
+def client_url(
+    url: str, database: str, only_host: str = "", defaults: Mapping[str, str] | None = None
+) -> str:
+    """The URL with its database replaced and default timeouts (and `defaults`) added where
+    missing.
 
     The driver's URL takes one host and the others as `alt_hosts`; with `only_host`, the
     URL names that host alone.
     """
     parts = urlsplit(url)
-    options = {**DEFAULT_URL_OPTIONS, **dict(parse_qsl(parts.query))}
+    options = {**DEFAULT_URL_OPTIONS, **(defaults or {}), **dict(parse_qsl(parts.query))}
     user, at, _ = parts.netloc.rpartition("@")
     hosts = [only_host] if only_host else url_hosts(url)
     if len(hosts) > 1:
@@ -79,7 +85,9 @@ class ClickHouseServerStore:
         self.cluster = cluster
         # A connection cannot be shared between threads: one each, each behind a lock.
         self.insert_client = Client.from_url(client_url(url, DATABASE))
-        self.query_client = Client.from_url(client_url(url, DATABASE))
+        self.query_client = Client.from_url(
+            client_url(url, DATABASE, defaults=CLUSTER_QUERY_OPTIONS if cluster else None)
+        )
         self.insert_lock = threading.Lock()
         self.query_lock = threading.Lock()
         self.on_cluster: ClusterSchema | None = None

@@ -258,9 +258,14 @@ def create_distributed_table(database: str, table: Table, cluster: str) -> str:
 # Views
 
 
-def view_statements(database: str, modern: bool) -> list[str]:
-    """Views analysts reach for; plain views, so they work on 18.16 and need no backfill."""
+def view_statements(database: str, modern: bool, cluster: str = "") -> list[str]:
+    """Views analysts reach for; plain views, so they work on 18.16 and need no backfill.
+
+    On a cluster they read the Distributed tables; a subquery over one must be GLOBAL IN,
+    or a cluster of several shards refuses it (distributed_product_mode = 'deny').
+    """
     columns_map = ",\n    mapFromArrays(column_names, column_values) AS columns" if modern else ""
+    in_subquery = "GLOBAL IN" if cluster else "IN"
     return [
         f"""CREATE VIEW IF NOT EXISTS {database}.host_last_seen AS
 SELECT host_identifier, max(received_at) AS last_seen, argMax(node_id, received_at) AS node_id
@@ -280,7 +285,7 @@ SELECT name, pack, query, host_identifier, unix_time, column_names, column_value
     decoration_names, decoration_values, node_id, received_at, batch_id{columns_map}
 FROM {database}.results
 WHERE action = 'snapshot'
-    AND (host_identifier, name, unix_time) IN (
+    AND (host_identifier, name, unix_time) {in_subquery} (
         SELECT host_identifier, name, max(unix_time)
         FROM {database}.results
         WHERE action = 'snapshot'
@@ -363,7 +368,7 @@ def apply_schema(
         )
         for statement in ttl_statements(database, engines, days, cluster):
             run(statement)
-    for statement in view_statements(database, modern):
+    for statement in view_statements(database, modern, cluster):
         run(statement)
 
 
