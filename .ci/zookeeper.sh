@@ -31,7 +31,8 @@ CFG
       tail -n 20 "$dir/zookeeper.log" >&2
       exit 1
     fi
-    if [ "$( (exec 3<>"/dev/tcp/127.0.0.1/$port" && echo ruok >&3 && cat <&3) 2>/dev/null)" = imok ]; then
+    # A server still starting may accept the connection and never answer: bound the probe.
+    if [ "$(timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port; echo ruok >&3; cat <&3" 2>/dev/null)" = imok ]; then
       cat "$dir/pid"
       exit 0
     fi

@@ -26,6 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 SERVER_BINARY = Path("/usr/sbin/clickhouse-server")
 CLUSTER_NAME = "quarry_test"
+# The scripts wait for their server themselves (ZooKeeper ~1 s, ClickHouse ~0.2 s, 20 s max).
+SCRIPT_TIMEOUT_S = 120
 
 REPLICA_XML = """    <replica><host>127.0.0.1</host><port>{port}</port></replica>"""
 SHARD_XML = """  <shard>
@@ -90,6 +92,7 @@ def run_script(script: str, *args: object) -> None:
         ["bash", str(REPO_ROOT / ".ci" / script), *map(str, args)],
         check=True,
         stdout=subprocess.DEVNULL,
+        timeout=SCRIPT_TIMEOUT_S,
     )
 
 
