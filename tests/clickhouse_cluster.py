@@ -54,16 +54,20 @@ class ClickHouseHost:
     replica: int
     tcp_port: int
     http_port: int
+    running: bool = False
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.tcp_port}"
 
     def start(self) -> None:
-        run_script("clickhouse.sh", "start", self.root, self.tcp_port, self.http_port)
+        if not self.running:
+            run_script("clickhouse.sh", "start", self.root, self.tcp_port, self.http_port)
+            self.running = True
 
     def stop(self) -> None:
         run_script("clickhouse.sh", "stop", self.root)
+        self.running = False
 
     def client(self, database: str = "default") -> Client:
         return Client("127.0.0.1", port=self.tcp_port, database=database, connect_timeout=5)

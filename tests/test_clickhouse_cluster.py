@@ -5,9 +5,10 @@ QUARRY_CLICKHOUSE_CLUSTER set (docs/deploy.md, "ClickHouse cluster"); batches go
 ZeroMQ as the gateway sends them. The tests check that every host has the schema, that rows
 are visible through the Distributed tables from either host, that the first host stopped
 mid-stream neither stops storage nor loses or doubles a row, that a batch re-sent to another
-ingest process connected to the other host is found on the cluster and not stored again,
-that the analysts' cookbook runs on the cluster, and that retention drops partitions on
-every replica.
+ingest process connected to the other host is found on the cluster and not stored again
+(also when only the stopped host holds it: the replay waits for it), that the analysts'
+cookbook runs on the cluster, and that retention drops partitions on every replica. A last
+test runs two shards of one replica each.
 """
 
 from __future__ import annotations
@@ -215,6 +216,59 @@ def test_a_host_stopped_mid_stream_loses_and_doubles_nothing(
     # Whether an insert was in flight when the host stopped is up to timing: the driver pings
     # before each insert, so usually the next insert just connects to the second host.
     assert "inserting it again" not in ingest.service.log_text()
+
+
+def test_a_batch_only_the_stopped_host_holds_is_waited_for_not_stored_twice(
+    cluster: ClickHouseCluster, tmp_path: Path
+) -> None:
+    """The hard case of ADR 0010: a batch committed on the first host that the second host has
+    not fetched when the first stops. A replay through the second host must not store it
+    again; it waits until the first host is back, then finds it."""
+    first, second = cluster.hosts
+
+    def lines_on(host: int) -> dict[str, int]:
+        return copies_per_line(cluster, host, "results_local", "unfetched")
+
+    second.rows("SYSTEM STOP FETCHES quarry.results_local")
+    try:
+        only_first = f"clickhouse://default:@{first.address}/quarry"
+        with run_ingest(tmp_path / "first", only_first, clickhouse_cluster=cluster.name) as writer:
+            writer_dealer = dealer_to(writer)
+            try:
+                store(writer_dealer, [batch("unfetched", 0)])
+            finally:
+                writer_dealer.close()
+            wait_for(lambda: lines_on(0), "the batch on the first host")
+        first.stop()
+        try:
+            with run_ingest(
+                tmp_path / "replay", cluster.url(), clickhouse_cluster=cluster.name
+            ) as other:
+                other_dealer = dealer_to(other)
+                try:
+                    store(
+                        other_dealer,
+                        [batch("unfetched", 0, failover=True), batch("unfetched", 1)],
+                    )
+                finally:
+                    other_dealer.close()
+                wait_for(
+                    lambda: "no replica of shard 1" in other.service.log_text(),
+                    "the replay to find no caught-up replica",
+                )
+                assert not lines_on(1)
+                first.start()
+                second.rows("SYSTEM START FETCHES quarry.results_local")
+                for host in range(2):
+                    wait_for(
+                        lambda host=host: lines_on(host) == expected_lines("unfetched", 2),
+                        f"each line once on host {host}",
+                    )
+                assert "1 batches already in results" in other.service.log_text()
+        finally:
+            first.start()
+    finally:
+        second.rows("SYSTEM START FETCHES quarry.results_local")
 
 
 @pytest.mark.parametrize("title", sorted(EXPECTATIONS))
