@@ -21,8 +21,9 @@ from pathlib import Path
 import orjson
 import pytest
 import zmq
+from clickhouse_driver import Client
 
-from ingest_service.clickhouse_server_store import ClickHouseServerStore
+from ingest_service.clickhouse_server_store import ClickHouseServerStore, client_url, url_hosts
 from protos.v1 import logs_pb2
 from tests.clickhouse_cluster import ClickHouseCluster, clickhouse_cluster
 from tests.emulator import log_records
@@ -109,6 +110,18 @@ def wait_for(check: Callable[[], bool], what: str) -> None:
 
 
 # Tests
+
+
+def test_a_url_with_several_hosts_becomes_one_host_and_alt_hosts() -> None:
+    url = "clickhouse://quarry:pw@ch-1:9000,ch-2:9001/quarry?compression=lz4"
+    assert url_hosts(url) == ["ch-1:9000", "ch-2:9001"]
+    client = Client.from_url(client_url(url, "default"))
+    assert list(client.connection.hosts) == [("ch-1", 9000), ("ch-2", 9001)]
+    assert client.connection.user == "quarry" and client.connection.database == "default"
+    only = Client.from_url(client_url(url, "quarry", only_host="ch-2:9001"))
+    assert list(only.connection.hosts) == [("ch-2", 9001)]
+    single = Client.from_url(client_url("clickhouse://default:@ch-1:9000/x", "quarry"))
+    assert list(single.connection.hosts) == [("ch-1", 9000)]
 
 
 def test_every_host_has_local_replicated_tables_and_distributed_ones(
