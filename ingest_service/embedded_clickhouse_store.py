@@ -7,15 +7,20 @@ everyone else's SQL through the LogStore gRPC service.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 from chdb.session import Session
 
-from ingest_service.log_store import DATABASE, QueryResult
-from ingest_service.schema import apply_schema, is_modern, retention_days
+from ingest_service.log_store import DATABASE, QueryResult, batch_rows_sql
+from ingest_service.schema import (
+    apply_schema,
+    drop_expired_partitions,
+    is_modern,
+    retention_days,
+)
 
 
 class EmbeddedClickHouseStore:
@@ -67,6 +72,13 @@ class EmbeddedClickHouseStore:
         with self.lock:
             output = self.session.query("SELECT version()", "JSONCompact").bytes()
         return str(orjson.loads(output)["data"][0][0])
+
+    def stored_batch_rows(self, table: str, batch_ids: Iterable[str]) -> dict[str, int]:
+        rows = self.query(batch_rows_sql(DATABASE, table, batch_ids)).rows
+        return {str(batch_id): int(count) for batch_id, count in rows}
+
+    def drop_expired_partitions(self, days: Mapping[str, int]) -> list[tuple[str, str]]:
+        return drop_expired_partitions(self, days)
 
     def close(self) -> None:
         with self.lock:

@@ -7,10 +7,11 @@ Two stores implement it: a ClickHouse server through clickhouse-driver
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from quarry.clickhouse_sql import sql_string
 from quarry.settings import Settings
 
 DATABASE = "quarry"
@@ -38,7 +39,22 @@ class LogStore(Protocol):
     def version(self) -> str:
         """The server version, as `SELECT version()` prints it."""
 
+    def stored_batch_rows(self, table: str, batch_ids: Iterable[str]) -> dict[str, int]:
+        """How many rows of each of these batches the table holds (absent ids: none)."""
+
+    def drop_expired_partitions(self, days: Mapping[str, int]) -> list[tuple[str, str]]:
+        """Drop partitions past their table's retention; returns the (table, partition)s."""
+
     def close(self) -> None: ...
+
+
+def batch_rows_sql(database: str, table: str, batch_ids: Iterable[str]) -> str:
+    """The de-duplication check of docs/adr/0004-spool-and-exactly-once.md."""
+    ids = ", ".join(sql_string(batch_id) for batch_id in batch_ids)
+    return (
+        f"SELECT batch_id, count() FROM {database}.{table} WHERE batch_id IN ({ids}) "
+        "GROUP BY batch_id"
+    )
 
 
 def open_log_store(settings: Settings) -> LogStore:
@@ -46,7 +62,7 @@ def open_log_store(settings: Settings) -> LogStore:
     if settings.clickhouse_url:
         from ingest_service.clickhouse_server_store import ClickHouseServerStore
 
-        return ClickHouseServerStore(settings.clickhouse_url)
+        return ClickHouseServerStore(settings.clickhouse_url, settings.clickhouse_cluster)
     from ingest_service.embedded_clickhouse_store import EmbeddedClickHouseStore
 
     return EmbeddedClickHouseStore(settings.path("chdb"))

@@ -34,7 +34,6 @@ from ingest_service.log_rows import (
 from ingest_service.log_store import LogStore, QueryResult
 from ingest_service.spool import Position, Spool, SpoolRecord
 from protos.v1 import logs_pb2
-from quarry.clickhouse_sql import sql_string
 
 log = logging.getLogger(__name__)
 
@@ -246,13 +245,8 @@ class Replayer:
         expected = {batch_id: rows for batch_id, rows in batches if batch_id}
         if not expected:
             return set()
-        ids = ", ".join(sql_string(batch_id) for batch_id in expected)
-        result: QueryResult = self.store.query(
-            f"SELECT batch_id, count() FROM quarry.{table} WHERE batch_id IN ({ids}) "
-            "GROUP BY batch_id"
-        )
         present = set()
-        for batch_id, count in result.rows:
+        for batch_id, count in self.store.stored_batch_rows(table, expected).items():
             if int(count) >= expected[batch_id]:
                 present.add(batch_id)
             else:

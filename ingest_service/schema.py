@@ -9,6 +9,10 @@ documents each column and view for analysts; keep the two in step.
 Tables are only ever extended: `apply_schema` creates what is missing and adds missing
 columns to tables an older Quarry created, so rows already stored keep working. A table's
 partition key and sort key are fixed when it is created; only new tables get the current ones.
+
+On a ClickHouse cluster (QUARRY_CLICKHOUSE_CLUSTER) every host gets the same schema: each
+table's rows live in `<table>_local` (ReplicatedMergeTree) and `<table>` is a Distributed
+table over them, so analysts keep the names above (docs/adr/0010-clickhouse-cluster.md).
 """
 
 from __future__ import annotations
@@ -204,29 +208,64 @@ RAW_BATCHES = Table(
 TABLES = (RESULTS, STATUS_LOGS, DISTRIBUTED_RESULTS, DISTRIBUTED_STATUS, RAW_BATCHES)
 TABLE_NAMES = tuple(table.name for table in TABLES)
 
+# On a cluster, where a table's rows are stored on each host; the plain name is Distributed.
+LOCAL_SUFFIX = "_local"
+
+
+def local_table(name: str, cluster: str) -> str:
+    """The table that holds `name`'s rows on one host: itself, or its `_local` on a cluster."""
+    return f"{name}{LOCAL_SUFFIX}" if cluster else name
+
 
 def ttl_clause(days: int) -> str:
     return f"TTL stored_at + toIntervalDay({days})" if days > 0 else ""
 
 
-def create_table(database: str, table: Table, modern: bool, days: int) -> str:
+def create_table(database: str, table: Table, modern: bool, days: int, cluster: str = "") -> str:
     # Partitioned by the server's receive day, not the host's clock: a host with a wrong
     # clock must not create partitions for 1970 or 2099.
     columns = ",\n    ".join(column.definition(modern) for column in table.columns_for(modern))
     ttl = ttl_clause(days) if modern else ""
     return (
-        f"CREATE TABLE IF NOT EXISTS {database}.{table.name} (\n    {columns}\n)\n"
-        f"ENGINE = MergeTree\nPARTITION BY toYYYYMMDD(received_at)\n"
+        f"CREATE TABLE IF NOT EXISTS {database}.{local_table(table.name, cluster)} "
+        f"(\n    {columns}\n)\n"
+        f"ENGINE = {table_engine(database, table.name, cluster)}\n"
+        f"PARTITION BY toYYYYMMDD(received_at)\n"
         f"ORDER BY ({table.order_by})\n{ttl}"
     ).rstrip()
+
+
+def table_engine(database: str, name: str, cluster: str) -> str:
+    if not cluster:
+        return "MergeTree"
+    # {shard} and {replica} are the macros of each host's server config.
+    return f"ReplicatedMergeTree('/clickhouse/tables/{{shard}}/{database}/{name}', '{{replica}}')"
+
+
+def create_distributed_table(database: str, table: Table, cluster: str) -> str:
+    """The analysts' name for a table on a cluster: reads every shard's `_local` table.
+
+    The sharding key matters only to inserts into the Distributed table (Quarry inserts
+    into a host's local table); it keeps a batch's rows on one shard.
+    """
+    local = local_table(table.name, cluster)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {database}.{table.name} AS {database}.{local}\n"
+        f"ENGINE = Distributed({cluster}, {database}, {local}, cityHash64(batch_id))"
+    )
 
 
 # Views
 
 
-def view_statements(database: str, modern: bool) -> list[str]:
-    """Views analysts reach for; plain views, so they work on 18.16 and need no backfill."""
+def view_statements(database: str, modern: bool, cluster: str = "") -> list[str]:
+    """Views analysts reach for; plain views, so they work on 18.16 and need no backfill.
+
+    On a cluster they read the Distributed tables; a subquery over one must be GLOBAL IN,
+    or a cluster of several shards refuses it (distributed_product_mode = 'deny').
+    """
     columns_map = ",\n    mapFromArrays(column_names, column_values) AS columns" if modern else ""
+    in_subquery = "GLOBAL IN" if cluster else "IN"
     return [
         f"""CREATE VIEW IF NOT EXISTS {database}.host_last_seen AS
 SELECT host_identifier, max(received_at) AS last_seen, argMax(node_id, received_at) AS node_id
@@ -246,7 +285,7 @@ SELECT name, pack, query, host_identifier, unix_time, column_names, column_value
     decoration_names, decoration_values, node_id, received_at, batch_id{columns_map}
 FROM {database}.results
 WHERE action = 'snapshot'
-    AND (host_identifier, name, unix_time) IN (
+    AND (host_identifier, name, unix_time) {in_subquery} (
         SELECT host_identifier, name, max(unix_time)
         FROM {database}.results
         WHERE action = 'snapshot'
@@ -259,62 +298,87 @@ WHERE action = 'snapshot'
 
 
 def schema_statements(
-    database: str, modern: bool, days: Mapping[str, int] | None = None
+    database: str, modern: bool, days: Mapping[str, int] | None = None, cluster: str = ""
 ) -> list[str]:
-    """CREATE statements for the database and its tables; safe to run again."""
+    """CREATE statements for the database and its tables (one host's); safe to run again."""
     days = retention_days() if days is None else days
-    return [
-        f"CREATE DATABASE IF NOT EXISTS {database}",
-        *(create_table(database, table, modern, days.get(table.name, 0)) for table in TABLES),
-    ]
+    statements = [f"CREATE DATABASE IF NOT EXISTS {database}"]
+    for table in TABLES:
+        statements.append(create_table(database, table, modern, days.get(table.name, 0), cluster))
+        if cluster:
+            statements.append(create_distributed_table(database, table, cluster))
+    return statements
 
 
 def missing_column_statements(
-    database: str, modern: bool, existing: Mapping[str, set[str]]
+    database: str, modern: bool, existing: Mapping[str, set[str]], cluster: str = ""
 ) -> list[str]:
-    """ALTER TABLE ADD COLUMN for each column an older schema's table lacks."""
+    """ALTER TABLE ADD COLUMN for each column an older schema's table lacks.
+
+    On a cluster the local table comes first: a Distributed table may only name columns
+    its local table has. A replicated ALTER reaches the other replicas by itself.
+    """
+    names = [local_table(table.name, cluster) for table in TABLES]
+    if cluster:
+        names += [table.name for table in TABLES]
+    columns_of = {table.name: table for table in TABLES}
     statements = []
-    for table in TABLES:
+    for name in names:
+        table = columns_of[name.removesuffix(LOCAL_SUFFIX) if cluster else name]
         for column in table.columns_for(modern):
-            if column.name not in existing.get(table.name, set()):
+            if column.name not in existing.get(name, set()):
                 statements.append(
-                    f"ALTER TABLE {database}.{table.name} ADD COLUMN {column.definition(modern)}"
+                    f"ALTER TABLE {database}.{name} ADD COLUMN {column.definition(modern)}"
                 )
     return statements
 
 
-def ttl_statements(database: str, engines: Mapping[str, str], days: Mapping[str, int]) -> list[str]:
+def ttl_statements(
+    database: str, engines: Mapping[str, str], days: Mapping[str, int], cluster: str = ""
+) -> list[str]:
     """ALTER TABLE MODIFY/REMOVE TTL where a table's TTL differs from the retention setting."""
     statements = []
     for table in TABLES:
-        engine = engines.get(table.name, "")
+        name = local_table(table.name, cluster)
+        engine = engines.get(name, "")
         wanted = ttl_clause(days.get(table.name, 0))
         if wanted and wanted not in engine:
-            statements.append(f"ALTER TABLE {database}.{table.name} MODIFY {wanted}")
+            statements.append(f"ALTER TABLE {database}.{name} MODIFY {wanted}")
         elif not wanted and " TTL " in engine:
-            statements.append(f"ALTER TABLE {database}.{table.name} REMOVE TTL")
+            statements.append(f"ALTER TABLE {database}.{name} REMOVE TTL")
     return statements
 
 
-def apply_schema(run: RunSql, database: str, modern: bool, days: Mapping[str, int]) -> None:
-    """Create or bring up to date the database, tables and views; safe to run again."""
-    for statement in schema_statements(database, modern, days):
+def apply_schema(
+    run: RunSql, database: str, modern: bool, days: Mapping[str, int], cluster: str = ""
+) -> None:
+    """Create or bring up to date the database, tables and views; safe to run again.
+
+    On a cluster this is one host's part; the caller runs it on every host.
+    """
+    for statement in schema_statements(database, modern, days, cluster):
         run(statement)
-    existing: dict[str, set[str]] = {}
-    for table, column in run(
-        f"SELECT table, name FROM system.columns WHERE database = '{database}'"
+    for statement in missing_column_statements(
+        database, modern, columns_by_table(run, database), cluster
     ):
-        existing.setdefault(table, set()).add(column)
-    for statement in missing_column_statements(database, modern, existing):
         run(statement)
     if modern:
         engines = dict(
             run(f"SELECT name, engine_full FROM system.tables WHERE database = '{database}'")
         )
-        for statement in ttl_statements(database, engines, days):
+        for statement in ttl_statements(database, engines, days, cluster):
             run(statement)
-    for statement in view_statements(database, modern):
+    for statement in view_statements(database, modern, cluster):
         run(statement)
+
+
+def columns_by_table(run: RunSql, database: str) -> dict[str, set[str]]:
+    existing: dict[str, set[str]] = {}
+    for table, column in run(
+        f"SELECT table, name FROM system.columns WHERE database = '{database}'"
+    ):
+        existing.setdefault(table, set()).add(column)
+    return existing
 
 
 # Retention on 18.16: dropping whole day partitions
@@ -356,12 +420,16 @@ def drop_expired_partitions(
     days: Mapping[str, int] | None = None,
     today: date | None = None,
     database: str = "quarry",
+    cluster: str = "",
 ) -> list[tuple[str, str]]:
     """Drop day partitions older than the retention; returns what was dropped.
 
     ClickHouse 18.16 has no TTL, so the ingest service calls this periodically. It is
     harmless on modern servers (TTL usually got there first) and also trims the month
     partitions of tables an older Quarry created. Days count by received_at.
+
+    On a cluster `store` is one host: its `_local` tables' partitions are dropped, and a
+    replicated DROP PARTITION reaches the other replicas of its shard by itself.
     """
     days = retention_days() if days is None else days
     today = today or datetime.now(UTC).date()
@@ -369,7 +437,15 @@ def drop_expired_partitions(
         "SELECT DISTINCT table, partition FROM system.parts "
         f"WHERE database = '{database}' AND active"
     ).rows
+    if cluster:
+        rows = [
+            (table.removesuffix(LOCAL_SUFFIX), partition)
+            for table, partition in rows
+            if table.endswith(LOCAL_SUFFIX)
+        ]
     dropped = expired_partitions(rows, days, today)
     for table, partition in dropped:
-        store.query(f"ALTER TABLE {database}.{table} DROP PARTITION {partition}")
+        store.query(
+            f"ALTER TABLE {database}.{local_table(table, cluster)} DROP PARTITION {partition}"
+        )
     return dropped

@@ -28,7 +28,7 @@ from ingest_service import metrics
 from ingest_service.group_commit import GroupCommitter, Reply, recent_ids_from_spool
 from ingest_service.log_store import LogStore, open_log_store
 from ingest_service.replay import ReplayedReads, Replayer
-from ingest_service.schema import drop_expired_partitions, retention_days
+from ingest_service.schema import retention_days
 from ingest_service.service import LogStoreService
 from ingest_service.spool import Spool
 from protos.v1 import logs_pb2, logs_pb2_grpc
@@ -183,7 +183,7 @@ async def enforce_retention(store: LogStore, days: dict[str, int]) -> None:
     while True:
         await asyncio.sleep(RETENTION_INTERVAL_S)
         try:
-            dropped = await asyncio.to_thread(drop_expired_partitions, store, days)
+            dropped = await asyncio.to_thread(store.drop_expired_partitions, days)
         except Exception as exc:
             log.warning("retention: cannot drop expired partitions now: %s", exc)
             continue

@@ -175,6 +175,13 @@ class Settings:
     # share it; empty: one SQLite file per service in state_dir.
     database_url: str = ""
 
+    # ClickHouse cluster (docs/deploy.md, "ClickHouse cluster"): the cluster's name in the
+    # servers' remote_servers config. Set, the schema is ReplicatedMergeTree `<table>_local`
+    # tables with Distributed tables under the analysts' names, on every host of the cluster,
+    # and clickhouse_url may list several hosts (h1:9000,h2:9000) for ingest to fail over
+    # between. Empty: one server, plain MergeTree tables.
+    clickhouse_cluster: str = ""
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Defaults, overridden by QUARRY_<FIELD> variables (QUARRY_PORT_BASE shifts all ports)."""
