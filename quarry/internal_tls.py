@@ -15,17 +15,24 @@ and a node certificate from it must never open the internal ports.
 from __future__ import annotations
 
 import datetime
-import ipaddress
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from quarry.certificate_authority import (
+    CLIENT_AUTH,
+    SERVER_AUTH,
+    ca_certificate,
+    certificate_pem,
+    key_pem,
+    load_ca,
+    new_key,
+    signed_certificate,
+    write_file,
+)
 from quarry.settings import Settings
 
 CA_NAME = "ca"
@@ -90,9 +97,13 @@ def ensure_internal_ca(folder: Path) -> tuple[Path, bool]:
     if cert_path.exists() and key_path.exists():
         return cert_path, False
     folder.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    _write(key_path, _key_pem(key), 0o600)
-    _write(cert_path, _ca_certificate(key).public_bytes(serialization.Encoding.PEM), 0o644)
+    key = new_key()
+    # A name of its own: during a CA rotation both CAs are trusted at once, and verifiers
+    # find a certificate's issuer by name, so two CAs named alike would shadow each other.
+    now = datetime.datetime.now(datetime.UTC)
+    common_name = f"Quarry internal CA {now:%Y-%m-%d} {secrets.token_hex(4)}"
+    write_file(key_path, key_pem(key), 0o600)
+    write_file(cert_path, certificate_pem(ca_certificate(key, common_name, CA_VALIDITY)), 0o644)
     return cert_path, True
 
 
@@ -104,31 +115,14 @@ def issue_certificate(
     Written as out_dir/NAME.pem and NAME.key (owner-only); its SANs are `sans` (DNS names,
     wildcards or IP addresses). Returns (certificate path, key path).
     """
-    ca_key, ca_cert = _load_ca(ca_folder)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + CERT_VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(san_entries(sans)), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    key = new_key()
+    certificate = signed_certificate(
+        key, _load_ca(ca_folder), name, sans, [SERVER_AUTH, CLIENT_AUTH], CERT_VALIDITY
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = out_dir / f"{name}.pem", out_dir / f"{name}.key"
-    _write(key_path, _key_pem(key), 0o600)
-    _write(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(key_path, key_pem(key), 0o600)
+    write_file(cert_path, certificate_pem(certificate), 0o644)
     return cert_path, key_path
 
 
@@ -164,75 +158,10 @@ def certificate_summary(path: Path) -> dict[str, object]:
     }
 
 
-def san_entries(names: list[str]) -> list[x509.GeneralName]:
-    entries: list[x509.GeneralName] = []
-    for name in dict.fromkeys(names):
-        try:
-            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            entries.append(x509.DNSName(name))
-    return entries
-
-
 def _load_ca(folder: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key_path, cert_path = folder / f"{CA_NAME}.key", folder / f"{CA_NAME}.pem"
-    if not key_path.exists() or not cert_path.exists():
-        raise FileNotFoundError(
-            f"no internal CA in {folder} ({CA_NAME}.pem and {CA_NAME}.key); "
-            "make it with `quarry tls internal init`"
-        )
-    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{key_path} is not an EC private key")
-    return key, x509.load_pem_x509_certificate(cert_path.read_bytes())
-
-
-def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    # A name of its own: during a CA rotation both CAs are trusted at once, and verifiers
-    # find a certificate's issuer by name, so two CAs named alike would shadow each other.
-    common_name = f"Quarry internal CA {now:%Y-%m-%d} {secrets.token_hex(4)}"
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
+    return load_ca(
+        folder / f"{CA_NAME}.key",
+        folder / f"{CA_NAME}.pem",
+        f"no internal CA in {folder} ({CA_NAME}.pem and {CA_NAME}.key); "
+        "make it with `quarry tls internal init`",
     )
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write aside and rename, so a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, mode)  # O_CREAT's mode is masked by the umask
-    os.replace(tmp, path)
