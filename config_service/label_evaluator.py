@@ -96,7 +96,9 @@ class LabelEvaluator:
         try:
             while True:
                 try:
-                    self._start_due_evaluations()
+                    # Asking for the lead may connect to PostgreSQL: off the event loop.
+                    if await asyncio.to_thread(self._leads):
+                        self._start_due_evaluations()
                 except Exception:
                     log.exception("label evaluation loop failed; retrying")
                 await asyncio.sleep(TICK_S)
@@ -108,8 +110,6 @@ class LabelEvaluator:
         await self._channel.close()
 
     def _start_due_evaluations(self) -> None:
-        if not self._leads():
-            return
         labels = {label.name: label for label in self._defined_labels()}
         self._forget_labels_except(labels)
         for name in set(self._due_at) - set(labels):

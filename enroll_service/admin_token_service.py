@@ -9,7 +9,7 @@ import grpc
 
 from enroll_service.admin_tokens import AdminTokenStore
 from protos.v1 import enroll_pb2
-from quarry.admin_auth import ROLES, new_token_value
+from quarry.admin_auth import ROLES, ROOT_TOKEN_NAME, new_token_value, root_token_from_env
 
 TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
@@ -60,6 +60,13 @@ class AdminTokenRpcs:
     async def RevokeToken(
         self, request: enroll_pb2.TokenRef, context: grpc.aio.ServicerContext
     ) -> enroll_pb2.AdminToken:
+        if request.name == ROOT_TOKEN_NAME and root_token_from_env():
+            # Every process accepts QUARRY_ADMIN_TOKEN itself, and enroll re-installs it at
+            # start: a revocation here would be listed but not enforced.
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "root is QUARRY_ADMIN_TOKEN: change that secret on every process to rotate it",
+            )
         record = self._tokens.revoke(request.name, int(time.time()))
         if record is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no token named {request.name!r}")

@@ -25,8 +25,8 @@ from quarry.certificate_authority import (
     load_ca,
     new_key,
     signed_certificate,
-    write_file,
 )
+from quarry.file_writes import write_atomically
 
 VALIDITY = datetime.timedelta(days=825)  # the longest server lifetime clients accept
 CA_KEY_NAME = "ca.key"
@@ -53,10 +53,10 @@ def ensure_certificates(tls_dir: Path, hostnames: list[str]) -> TlsFiles:
     server_cert = signed_certificate(
         server_key, (ca_key, ca_cert), hostnames[0], sans, [SERVER_AUTH], VALIDITY
     )
-    write_file(tls_dir / CA_KEY_NAME, key_pem(ca_key), 0o600)
-    write_file(files.ca_cert, certificate_pem(ca_cert), 0o644)
-    write_file(files.cert, certificate_pem(server_cert), 0o644)
-    write_file(files.key, key_pem(server_key), 0o600)
+    write_atomically(tls_dir / CA_KEY_NAME, key_pem(ca_key), 0o600)
+    write_atomically(files.ca_cert, certificate_pem(ca_cert), 0o644)
+    write_atomically(files.cert, certificate_pem(server_cert), 0o644)
+    write_atomically(files.key, key_pem(server_key), 0o600)
     return files
 
 
@@ -79,6 +79,6 @@ def issue_client_certificate(
     certificate = signed_certificate(key, ca, common_name, [common_name], [CLIENT_AUTH], validity)
     out_dir.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = out_dir / f"{common_name}.pem", out_dir / f"{common_name}.key"
-    write_file(cert_path, certificate_pem(certificate), 0o644)
-    write_file(key_path, key_pem(key), 0o600)
+    write_atomically(cert_path, certificate_pem(certificate), 0o644)
+    write_atomically(key_path, key_pem(key), 0o600)
     return cert_path, key_path

@@ -36,9 +36,11 @@ from typing import Protocol
 
 import grpc
 from google.protobuf.message import Message
+from prometheus_client import Counter
 
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
 from quarry.audit_delivery import AuditDelivery
+from quarry.file_writes import write_atomically, write_once
 from quarry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -200,30 +202,13 @@ def service_token(settings: Settings) -> str:
         return from_env
     path = settings.path(SERVICE_TOKEN_FILE)
     if not path.exists():
-        _write_once(path, new_token_value())
+        write_once(path, (new_token_value() + "\n").encode())
     return path.read_text().strip()
 
 
 def write_private_file(path: Path, text: str) -> None:
     """Write text to path (mode 0600), replacing it."""
-    aside = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text + "\n")
-    os.replace(aside, path)
-
-
-def _write_once(path: Path, text: str) -> None:
-    aside = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text + "\n")
-    try:
-        os.link(aside, path)  # fails when another process got there first: keep theirs
-    except FileExistsError:
-        pass
-    finally:
-        aside.unlink()
+    write_atomically(path, (text + "\n").encode(), 0o600)
 
 
 # --- the audit summary ----------------------------------------------------------------
@@ -300,6 +285,42 @@ class RemoteTokenAuthority:
         await self._stub.RecordAudit(entry, timeout=RESOLVE_TIMEOUT_S)
 
 
+# Calls refused for lack of a valid token are audited up to this many a minute per
+# process: enough to show someone probing, too few for anyone who can reach a gRPC port
+# to flood the audit log (and push real entries out of a full delivery queue).
+ANONYMOUS_AUDIT_PER_MINUTE = 60
+
+ANONYMOUS_NOT_AUDITED = Counter(
+    "quarry_admin_anonymous_refusals_not_audited_total",
+    "Calls refused for lack of a valid admin token past the audit log's budget "
+    f"({ANONYMOUS_AUDIT_PER_MINUTE} a minute per process): counted, not audited.",
+)
+
+
+class AnonymousAuditBudget:
+    """How many anonymous refusals may still be audited in the current minute."""
+
+    def __init__(self, per_minute: int = ANONYMOUS_AUDIT_PER_MINUTE) -> None:
+        self._per_minute = per_minute
+        self._minute_started = float("-inf")
+        self._used = 0
+
+    def allows(self, now: float) -> bool:
+        if now - self._minute_started >= 60:
+            if self._used > self._per_minute:
+                log.warning(
+                    "%d calls without a valid admin token in a minute; %d audited",
+                    self._used,
+                    self._per_minute,
+                )
+            self._minute_started, self._used = now, 0
+        self._used += 1
+        if self._used > self._per_minute:
+            ANONYMOUS_NOT_AUDITED.inc()
+            return False
+        return True
+
+
 class AdminGate:
     """Decides whether a call may run, and writes the audit entry of each admin call."""
 
@@ -310,6 +331,7 @@ class AdminGate:
         self._service_name = service_name
         self._service_token = own_service_token
         self._root_token = root_token_from_env()
+        self._anonymous_audit = AnonymousAuditBudget()
 
     async def admit(self, method: str, token: str) -> Principal:
         """The caller of method, when its token's role is enough; else Refused."""
@@ -355,6 +377,8 @@ class AdminGate:
     ) -> None:
         if principal is not None and principal.role == SERVICE:
             return  # Quarry's own calls are not admin actions
+        if principal is None and not self._anonymous_audit.allows(time.monotonic()):
+            return
         entry = enroll_pb2.AuditEntry(
             at_ms=int(time.time() * 1000),
             token_name=principal.name if principal else "",

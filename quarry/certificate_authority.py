@@ -2,15 +2,14 @@
 
 Two CAs use them: the gateway's local CA for osquery (gateway/tls_bootstrap.py) and the
 internal CA for gRPC between Quarry's processes (quarry/internal_tls.py). Keys are ECDSA
-P-256: cheap handshakes, and osquery's cipher list is ECDHE-only. Files are written aside
-and renamed, with their mode set, so a reader never sees half a file or a loose key.
+P-256: cheap handshakes, and osquery's cipher list is ECDHE-only. Files are written with
+quarry/file_writes.py.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -120,13 +119,3 @@ def load_ca(
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{key_path} is not an EC private key")
     return key, x509.load_pem_x509_certificate(cert_path.read_bytes())
-
-
-def write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write aside and rename, so a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, mode)  # O_CREAT's mode is masked by the umask
-    os.replace(tmp, path)

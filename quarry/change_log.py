@@ -26,7 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from quarry.schema_migrations import Migration
-from quarry.state_database import POSTGRESQL, PostgresDatabase, StateDatabase
+from quarry.state_database import (
+    CONNECTION_OPTIONS,
+    POSTGRESQL,
+    PostgresDatabase,
+    StateDatabase,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +159,7 @@ class ChangeLog:
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
-                    self._database.url, autocommit=True, connect_timeout=5
+                    self._database.url, autocommit=True, **CONNECTION_OPTIONS
                 )
                 async with conn:
                     await conn.execute(f"LISTEN {self._channel}")
@@ -201,7 +206,13 @@ class ChangeLog:
             # A row this version cannot read (a newer replica wrote it): skip, keep going.
             log.exception("change %s of feed %s unreadable; skipped", self._cursor, feed)
             return
-        chosen.publish(event)
+        try:
+            chosen.publish(event)
+        except Exception:
+            # Its subscribers re-read state on reconnect; relaying it again and again would
+            # not help them, and would stall every later change behind it.
+            log.exception("a change of feed %s could not be published; skipped", feed)
+            return
         self.relayed += 1
 
     async def _prune(self, conn: Any) -> None:

@@ -122,8 +122,9 @@ def _apply_global_options(args: argparse.Namespace) -> None:
 
 def serve(service: str, settings: Settings) -> int:
     setup_logging(service, settings.log_level)
-    tune_for_throughput()
-    importlib.import_module(SERVICE_MODULES[service]).main(settings)
+    service_module = importlib.import_module(SERVICE_MODULES[service])
+    tune_for_throughput()  # after the imports, so the modules' objects are frozen
+    service_module.main(settings)
     return 0
 
 

@@ -23,6 +23,7 @@ OLDER_THRESHOLDS = (10, 10)
 
 
 def tune_for_throughput() -> None:
-    """Collect less often, and never re-scan what start-up allocated (modules, settings)."""
+    """Collect less often, and never re-scan what exists already (call it once the
+    process's modules are imported: their functions, classes and constants)."""
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, *OLDER_THRESHOLDS)

@@ -31,8 +31,8 @@ from quarry.certificate_authority import (
     load_ca,
     new_key,
     signed_certificate,
-    write_file,
 )
+from quarry.file_writes import write_atomically
 from quarry.settings import Settings
 
 CA_NAME = "ca"
@@ -102,8 +102,10 @@ def ensure_internal_ca(folder: Path) -> tuple[Path, bool]:
     # find a certificate's issuer by name, so two CAs named alike would shadow each other.
     now = datetime.datetime.now(datetime.UTC)
     common_name = f"Quarry internal CA {now:%Y-%m-%d} {secrets.token_hex(4)}"
-    write_file(key_path, key_pem(key), 0o600)
-    write_file(cert_path, certificate_pem(ca_certificate(key, common_name, CA_VALIDITY)), 0o644)
+    write_atomically(key_path, key_pem(key), 0o600)
+    write_atomically(
+        cert_path, certificate_pem(ca_certificate(key, common_name, CA_VALIDITY)), 0o644
+    )
     return cert_path, True
 
 
@@ -121,8 +123,8 @@ def issue_certificate(
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = out_dir / f"{name}.pem", out_dir / f"{name}.key"
-    write_file(key_path, key_pem(key), 0o600)
-    write_file(cert_path, certificate_pem(certificate), 0o644)
+    write_atomically(key_path, key_pem(key), 0o600)
+    write_atomically(cert_path, certificate_pem(certificate), 0o644)
     return cert_path, key_path
 
 

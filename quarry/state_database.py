@@ -48,6 +48,20 @@ POOL_MAX_SIZE = 4
 # Once PostgreSQL is found unreachable, calls fail at once for this long instead of each
 # waiting POOL_WAIT_S: the services' event loops stay free to answer what needs no state.
 UNREACHABLE_BACKOFF_S = 1.0
+# Store calls run on the services' event loops, so each must end soon: a long wait for
+# another replica's write lock, a statement stuck on a lost network path or a peer gone
+# without a word becomes an error the caller retries, not a frozen service. TCP
+# keepalives and tcp_user_timeout notice a dead peer in ~15 s instead of the kernel's
+# ~15 minutes.
+CONNECTION_OPTIONS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT_S,
+    "options": "-c lock_timeout=10000 -c statement_timeout=30000",
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,
+}
 
 
 class Rows(Protocol):
@@ -231,7 +245,7 @@ class PostgresDatabase:
         self.url = url
         try:
             # One plain attempt first: fails fast, and says why (the pool only retries).
-            psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S).close()
+            psycopg.connect(url, **CONNECTION_OPTIONS).close()
         except psycopg.Error as exc:
             reason = str(exc).strip().splitlines()[0]
             raise DatabaseUnavailable(f"cannot connect to {self.describe()}: {reason}") from None
@@ -242,7 +256,7 @@ class PostgresDatabase:
             url,
             min_size=1,
             max_size=POOL_MAX_SIZE,
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+            kwargs={"autocommit": True, **CONNECTION_OPTIONS},
             # A connection broken while PostgreSQL restarted is replaced, not handed out.
             check=ConnectionPool.check_connection,
             timeout=POOL_WAIT_S,
@@ -323,9 +337,7 @@ class PostgresDatabase:
 
         try:
             if self._leader_conn is None or self._leader_conn.broken:
-                self._leader_conn = psycopg.connect(
-                    self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-                )
+                self._leader_conn = psycopg.connect(self.url, autocommit=True, **CONNECTION_OPTIONS)
                 row = self._leader_conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key,))
                 self._leading = row.fetchone()[0]
             elif not self._leading:

@@ -26,6 +26,7 @@ import zmq
 import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
 
+from quarry.file_writes import write_atomically
 from quarry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,11 @@ def authorize_client(folder: Path, public_key_file: Path, name: str) -> Path:
     public, _ = zmq.auth.load_certificate(public_key_file)
     target = folder / AUTHORIZED_DIR / f"{name}.key"
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".key.tmp")
-    tmp.write_text(
+    text = (
         f"#   ZeroMQ CURVE public key of Quarry gateway {name!r}\n"
         f'curve\n    public-key = "{public.decode()}"\n'
     )
-    os.replace(tmp, target)
+    write_atomically(target, text.encode())
     return target
 
 

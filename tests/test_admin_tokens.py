@@ -27,7 +27,13 @@ from enroll_service.admin_tokens import (
     LocalTokenAuthority,
 )
 from protos.v1 import config_pb2, config_pb2_grpc, enroll_pb2
-from quarry.admin_auth import AdminGate, Refused, hash_token, new_token_value
+from quarry.admin_auth import (
+    ANONYMOUS_AUDIT_PER_MINUTE,
+    AdminGate,
+    Refused,
+    hash_token,
+    new_token_value,
+)
 from quarry.audit_delivery import AuditDelivery
 from quarry.grpc_runtime import sync_channel
 from quarry.schema_migrations import migrate
@@ -115,6 +121,29 @@ def test_an_expired_token_is_refused_with_its_own_message_an_unknown_one_is_not(
     assert refused.value.principal is None
 
     assert asyncio.run(gate.admit(LIST_SECRETS, valid)).name == "valid"
+
+
+def test_refusals_without_a_valid_token_are_audited_up_to_a_budget_a_minute(
+    store: AdminTokenStore,
+) -> None:
+    """Anyone who reaches a gRPC port can be refused; only so many of those become rows."""
+    gate = AdminGate(LocalTokenAuthority(store), "enroll", "service-token-of-this-test")
+    valid = create(store, "valid")
+
+    async def refused_then_recorded(calls: int) -> None:
+        for _ in range(calls):
+            try:
+                await gate.admit(LIST_SECRETS, "qt_made-up")
+            except Refused as refused:
+                await gate.record(LIST_SECRETS, refused.principal, refused.code.name, None)
+        principal = await gate.admit(LIST_SECRETS, valid)
+        await gate.record(LIST_SECRETS, principal, "OK", None)
+
+    asyncio.run(refused_then_recorded(ANONYMOUS_AUDIT_PER_MINUTE + 25))
+
+    entries = store.audit(0, "", 10_000)
+    assert sum(1 for e in entries if e.token_name == "") == ANONYMOUS_AUDIT_PER_MINUTE
+    assert [e.outcome for e in entries if e.token_name == "valid"] == ["OK"]
 
 
 def test_last_use_is_written_at_most_once_a_minute(store: AdminTokenStore) -> None:
