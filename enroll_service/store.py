@@ -577,15 +577,11 @@ class NodeStore(StateStore):
     def record_checkins(self, seen: list[tuple[str, int]]) -> int:
         """Move last_seen_at forward (never back) for each (node_id, seen_at); returns matches."""
         with self._transaction() as db:
-            matched = 0
-            for node_id, seen_at in seen:
-                cursor = db.execute(
-                    "UPDATE nodes SET last_seen_at = CASE WHEN last_seen_at > ? THEN last_seen_at"
-                    " ELSE ? END WHERE node_id = ?",
-                    (seen_at, seen_at, node_id),
-                )
-                matched += cursor.rowcount
-        return matched
+            return db.executemany(
+                "UPDATE nodes SET last_seen_at = CASE WHEN last_seen_at > ? THEN last_seen_at"
+                " ELSE ? END WHERE node_id = ?",
+                [(seen_at, seen_at, node_id) for node_id, seen_at in seen],
+            )
 
     def revoke(self, node_id: str) -> NodeRecord:
         """Revoke the node (revoking a revoked node changes nothing but its revision)."""

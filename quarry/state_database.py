@@ -79,7 +79,9 @@ class Rows(Protocol):
 class Transaction(Protocol):
     def execute(self, sql: str, params: Sequence[object] = ()) -> Rows: ...
 
-    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None: ...
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> int:
+        """One statement for each row (on PostgreSQL in one pipelined round trip); the
+        number of rows they changed in all."""
 
     def after_commit(self, action: Callable[[], None]) -> None:
         """Run action once the outermost transaction has committed (never on rollback)."""
@@ -121,7 +123,7 @@ def open_state_database(settings: Settings, service: str) -> StateDatabase:
 class _TransactionState:
     """The open transaction of one thread: its depth (savepoints) and what runs after it."""
 
-    def __init__(self, execute: Callable[..., Rows], executemany: Callable[..., None]) -> None:
+    def __init__(self, execute: Callable[..., Rows], executemany: Callable[..., int]) -> None:
         self.execute = execute
         self.executemany = executemany
         self.depth = 0
@@ -179,7 +181,9 @@ class SqliteDatabase:
                 with _savepoint(self._open) as nested:
                     yield nested
                 return
-            state = _TransactionState(self._db.execute, self._db.executemany)
+            state = _TransactionState(
+                self._db.execute, lambda sql, rows: self._db.executemany(sql, rows).rowcount
+            )
             self._open = state
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -291,9 +295,10 @@ class PostgresDatabase:
             def execute(sql: str, params: Sequence[object] = ()) -> Rows:
                 return conn.execute(postgres_sql(sql), postgres_params(params))
 
-            def executemany(sql: str, rows: Iterable[Sequence[object]]) -> None:
+            def executemany(sql: str, rows: Iterable[Sequence[object]]) -> int:
                 with conn.cursor() as cursor:
                     cursor.executemany(postgres_sql(sql), [postgres_params(r) for r in rows])
+                    return cursor.rowcount
 
             state = _TransactionState(execute, executemany)
             self._local.open = state
