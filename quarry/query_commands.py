@@ -228,6 +228,9 @@ def print_report(
 ) -> None:
     if as_json:
         document = _as_dict(report)
+        # MessageToDict leaves an empty list out; a campaign that targeted no host (a small
+        # percentage of a small fleet) still has a host list, and scripts read it.
+        document.setdefault("hosts", [])
         if rows is not None:
             document["rows"] = rows
         emit_json(document)
