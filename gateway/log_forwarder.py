@@ -1,11 +1,12 @@
 """Sends log batches to the ingest replicas over ZeroMQ and waits for their acks.
 
-Each ingest replica has its own spool and its own memory of recent batch ids, so a batch
-re-sent by osquery must reach the replica that stored it the first time, or it would be
-stored twice. The gateway therefore keeps one DEALER socket per replica and sends each
-batch to its first choice by rendezvous hashing of the batch id over the configured
-replicas: every gateway picks the same replica for the same batch, and adding or removing
-a replica moves only that replica's share. When the first choice is unreachable
+Each ingest replica has its own spool and its own memory of each node's recent lines, so a
+line re-sent by osquery (alone or merged into a later batch) must reach the replica that
+stored it the first time, or it would be stored twice. The gateway therefore keeps one DEALER
+socket per replica and sends each batch to its node's first choice by rendezvous hashing of
+the node id over the configured replicas: every gateway picks the same replica for the same
+node, and adding or removing a replica moves only that replica's share
+(docs/adr/0012-line-level-exactly-once.md). When the first choice is unreachable
 (IMMEDIATE: ZeroMQ refuses to queue for a peer that is not connected) the batch goes to
 the next replica in that batch's order, marked `failover` so that replica checks
 ClickHouse before inserting it (docs/adr/0005-ingest-replicas.md).
@@ -89,6 +90,8 @@ class LogForwarder:
         self._pending[corr] = future
         metrics.LOG_BATCHES_IN_FLIGHT.set(len(self._pending))
         started = time.perf_counter()
+        # Past this ingest drops the batch unstored: nobody waits for its ack any more.
+        batch.answer_by_ms = int((time.time() + self._ack_timeout_s) * 1000)
         try:
             if not await self._send_to_first_reachable(corr, batch):
                 result, ack = "unreachable", _failed(batch, "no ingest service is reachable")
@@ -107,7 +110,7 @@ class LogForwarder:
         return ack
 
     async def _send_to_first_reachable(self, corr: bytes, batch: logs_pb2.LogBatch) -> bool:
-        for attempt, endpoint in enumerate(replica_order(batch.batch_id, self._endpoints)):
+        for attempt, endpoint in enumerate(replica_order(batch.node_id, self._endpoints)):
             if attempt:
                 batch.failover = True
             try:
@@ -171,13 +174,13 @@ class LogForwarder:
         self._ctx.term()
 
 
-def replica_order(batch_id: str, endpoints: list[str]) -> list[str]:
-    """The replicas to try for this batch, best first (rendezvous hashing)."""
+def replica_order(node_id: str, endpoints: list[str]) -> list[str]:
+    """The replicas to try for this node's batches, best first (rendezvous hashing)."""
     if len(endpoints) == 1:
         return endpoints
     return sorted(
         endpoints,
-        key=lambda endpoint: hashlib.blake2b(f"{endpoint}\0{batch_id}".encode()).digest(),
+        key=lambda endpoint: hashlib.blake2b(f"{endpoint}\0{node_id}".encode()).digest(),
         reverse=True,
     )
 

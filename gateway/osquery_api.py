@@ -13,7 +13,6 @@ an existing Fleet flagfile works unchanged.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from gateway.carving.limits import carve_limits
 from gateway.carving.sessions import carving_for
 from gateway.carving.store import CarveRejected
 from gateway.gateway_state import GatewayState
+from gateway.log_lines import batch_id, encode_lines
 from gateway.node_cache import NodeIdentity
 from gateway.request_body import (
     BAD_FIELD,
@@ -157,7 +157,7 @@ async def log_batch(request: Request, state: GatewayState, body: dict) -> Respon
         raise error("data must be a JSON array of log objects", 400)
     if not data:
         return json_response({})
-    await store_logs(state, node, kind, orjson.dumps(data))
+    await store_logs(state, node, kind, data)
     return json_response({})
 
 
@@ -165,18 +165,28 @@ async def store_logs(
     state: GatewayState,
     node: NodeIdentity,
     kind: int,
-    data_json: bytes,
+    records: list,
     campaign_id: str = "",
 ) -> None:
-    """Hand a batch to ingest and return once it is stored; otherwise raise an error."""
+    """Hand a batch to ingest and return once it is stored; otherwise raise an error.
+
+    Log and status lines carry an identity each, so lines osquery re-sends inside a later,
+    merged batch are stored once; a live query's rows are one answer, re-sent whole, and the
+    batch's id suffices (docs/adr/0012-line-level-exactly-once.md).
+    """
+    if kind == logs_pb2.DISTRIBUTED:
+        data_json = line_ids = orjson.dumps(records)
+    else:
+        data_json, line_ids = encode_lines(records)
     batch = logs_pb2.LogBatch(
-        batch_id=_batch_id(node.node_id, kind, campaign_id, data_json),
+        batch_id=batch_id(node.node_id, kind, campaign_id, line_ids),
         kind=kind,  # type: ignore[arg-type]
         node_id=node.node_id,
         host_identifier=node.host_identifier,
         received_at=int(time.time()),
         data_json=data_json,
         campaign_id=campaign_id,
+        line_ids=b"" if kind == logs_pb2.DISTRIBUTED else line_ids,
     )
     ack = await state.logs.send(batch)
     kind_name = logs_pb2.LogKind.Name(kind).lower()  # type: ignore[arg-type]
@@ -185,13 +195,6 @@ async def store_logs(
         log.warning("log batch from %s not stored: %s", node.node_id, ack.error)
         raise error(f"logs not stored, retry later: {ack.error}", 503)
     metrics.LOG_BATCHES.labels(kind_name, "duplicate" if ack.duplicate else "ok").inc()
-
-
-def _batch_id(node_id: str, kind: int, campaign_id: str, data_json: bytes) -> str:
-    """Same node, kind and content: same id, so a re-sent POST is stored once."""
-    digest = hashlib.sha256(f"{node_id}\0{kind}\0{campaign_id}\0".encode())
-    digest.update(data_json)
-    return digest.hexdigest()
 
 
 # --- distributed ----------------------------------------------------------------------
@@ -228,7 +231,7 @@ async def distributed_write(request: Request, state: GatewayState, body: dict) -
     ]
     # Rows and statuses go to ClickHouse before the answers are recorded as answered.
     stores = [
-        store_logs(state, node, logs_pb2.DISTRIBUTED, orjson.dumps(rows), campaign_id)
+        store_logs(state, node, logs_pb2.DISTRIBUTED, rows, campaign_id)
         for campaign_id, rows in rows_by_campaign.items()
         if rows
     ]
@@ -277,23 +280,22 @@ WRITE_MAPS: dict[str, tuple[type, ...]] = {
 WRITE_MAP_TYPES = {"statuses": "status code", "messages": "message", "stats": "stats object"}
 
 
-def _statuses(answers: list[distributed_pb2.Answer]) -> bytes:
-    """The DISTRIBUTED_STATUS batch: no receive time in it, so a re-sent write has the same id."""
-    return orjson.dumps(
-        [
-            {
-                "campaign_id": answer.campaign_id,
-                "status": answer.status,
-                "message": answer.message,
-                "row_count": answer.row_count,
-                "wall_time_ms": answer.stats.wall_time_ms,
-                "user_time": answer.stats.user_time,
-                "system_time": answer.stats.system_time,
-                "memory": answer.stats.memory,
-            }
-            for answer in answers
-        ]
-    )
+def _statuses(answers: list[distributed_pb2.Answer]) -> list[dict]:
+    """The DISTRIBUTED_STATUS lines, one per query: no receive time in them, so a write osquery
+    sends again (alone or merged with newer answers) repeats its lines and is stored once."""
+    return [
+        {
+            "campaign_id": answer.campaign_id,
+            "status": answer.status,
+            "message": answer.message,
+            "row_count": answer.row_count,
+            "wall_time_ms": answer.stats.wall_time_ms,
+            "user_time": answer.stats.user_time,
+            "system_time": answer.stats.system_time,
+            "memory": answer.stats.memory,
+        }
+        for answer in answers
+    ]
 
 
 def _answer(body: dict, node: NodeIdentity, campaign_id: str, rows: int) -> distributed_pb2.Answer:

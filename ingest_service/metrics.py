@@ -9,8 +9,9 @@ from ingest_service.schema import TABLE_NAMES
 BATCHES = Counter(
     "quarry_ingest_batches_total",
     "Log batches received from gateways, by outcome: stored (fsynced to the spool, acked ok), "
-    "duplicate, rejected (unreadable, acked with an error), failed (spool full or the spool "
-    "write failed, acked with an error).",
+    "duplicate (every line stored before), rejected (unreadable, acked with an error), failed "
+    "(spool full or the spool write failed, acked with an error), expired (arrived after the "
+    "gateway stopped waiting: dropped unstored, osquery sends the lines again).",
     ["outcome"],
 )
 ROWS_INSERTED = Counter(
@@ -32,6 +33,20 @@ INSERT_ERRORS = Counter(
 DUPLICATES = Counter(
     "quarry_ingest_duplicate_batches_total",
     "Batches dropped because the same batch_id was already stored or pending.",
+)
+REPEATED_LINES = Counter(
+    "quarry_ingest_repeated_lines_total",
+    "Log lines recognised as stored before (re-sent by osquery, often merged into a new "
+    "batch) and not stored again (docs/adr/0012-line-level-exactly-once.md).",
+)
+REMEMBERED_LINE_SETS = Gauge(
+    "quarry_ingest_remembered_line_sets",
+    "Nodes and log kinds whose recent line identities ingest remembers (as of the last "
+    "snapshot); about 200 bytes plus 8 per line each.",
+)
+REPLAY_FAILURES = Counter(
+    "quarry_ingest_replay_failures_total",
+    "Replay insert attempts that failed (retried with backoff, 0.1 s doubling to 5 s).",
 )
 SKIPPED_RECORDS = Counter(
     "quarry_ingest_skipped_records_total",
@@ -73,7 +88,7 @@ SPOOL_FULL_REFUSALS = Counter(
 
 # Every outcome and table is exported from the start, at zero: "no insert has failed" is a
 # 0, not a missing series, for rates, alerts and dashboards alike.
-for _outcome in ("stored", "duplicate", "rejected", "failed"):
+for _outcome in ("stored", "duplicate", "rejected", "failed", "expired"):
     BATCHES.labels(_outcome)
 for _table in TABLE_NAMES:
     ROWS_INSERTED.labels(_table)

@@ -104,6 +104,10 @@ class Replayer:
         self.give_up_at = float("inf")
         self.last_flush = time.monotonic()
         self.replayed = threading.Condition()
+        # Set (from a reader's thread) when an analyst's query waits for the replay: insert
+        # now rather than at the end of the flush interval.
+        self.reader_waiting = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def spooled(self, entries: list[tuple[Position, FlatBatch]]) -> None:
         """Batches were just appended: keep their rows at hand and wake the replay."""
@@ -134,6 +138,7 @@ class Replayer:
         self.wake.set()
 
     async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
         while True:
             await self.wait_for_group()
             if self.out_of_time():
@@ -144,6 +149,7 @@ class Replayer:
                 self.startup_backlog = 0
                 continue
             self.last_flush = time.monotonic()
+            self.reader_waiting.clear()
             group = await asyncio.to_thread(self.read_group)
             if not await self.insert_until_stored(group):
                 return
@@ -169,8 +175,10 @@ class Replayer:
 
     async def wait_for_group(self) -> None:
         while not self.stopping:
-            if self.startup_backlog or (
-                self.pending_rows >= self.flush_rows and self.spool.unreplayed_records()
+            if self.spool.unreplayed_records() and (
+                self.startup_backlog
+                or self.pending_rows >= self.flush_rows
+                or self.reader_waiting.is_set()
             ):
                 return
             timeout = None
@@ -208,22 +216,45 @@ class Replayer:
             return FlatBatch("results")
 
     async def insert_until_stored(self, group: ReplayGroup) -> bool:
-        """Insert the group, retrying with backoff; False if stopped before it was stored."""
+        """Insert the group, retrying with backoff; False if stopped before it was stored.
+
+        One attempt per backoff step (0.1 s doubling to 5 s), whatever is spooled meanwhile,
+        and one log line when inserts start failing and one when they work again.
+        """
         done: set[str] = set()
         delay = RETRY_FIRST_S
+        failures = 0
+        failing_since = time.monotonic()
         while True:
             try:
                 await asyncio.to_thread(self.insert_group, group, done)
-                return True
             except Exception as exc:
-                log.error("replay of %d batches failed (retrying): %s", group.records, exc)
+                metrics.REPLAY_FAILURES.inc()
+                if not failures:
+                    failing_since = time.monotonic()
+                    log.error(
+                        "replay of %d batches failed: %s; retrying every %g-%g s until it works",
+                        group.records,
+                        exc,
+                        RETRY_FIRST_S,
+                        RETRY_CAP_S,
+                    )
+                failures += 1
                 # The failed insert may have been committed all the same.
                 group.uncertain = True
+            else:
+                if failures:
+                    log.info(
+                        "replay works again: %d batches stored after %d failed attempts in %.1f s",
+                        group.records,
+                        failures,
+                        time.monotonic() - failing_since,
+                    )
+                return True
             if self.out_of_time():
                 return False
-            self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), delay)
+            # Not woken by new batches: each spool append sets `wake`.
+            await asyncio.sleep(min(delay, max(0.0, self.give_up_at - time.monotonic())))
             delay = min(delay * 2, RETRY_CAP_S)
 
     def insert_group(self, group: ReplayGroup, done: set[str]) -> None:
@@ -276,6 +307,12 @@ class Replayer:
 
     def wait_until_replayed(self, records: int, timeout_s: float) -> None:
         """Block (a worker thread) until `records` spooled records have been replayed."""
+        with self.replayed:
+            if self.spool.replayed_records >= records:
+                return
+        self.reader_waiting.set()
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.wake.set)
         with self.replayed:
             self.replayed.wait_for(lambda: self.spool.replayed_records >= records, timeout_s)
 

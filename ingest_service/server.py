@@ -24,7 +24,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
 
-from ingest_service import metrics
+from ingest_service import line_identities, metrics
 from ingest_service.group_commit import GroupCommitter, Reply, recent_ids_from_spool
 from ingest_service.log_store import LogStore, open_log_store
 from ingest_service.replay import ReplayedReads, Replayer
@@ -79,7 +79,8 @@ async def serve(settings: Settings) -> None:
         settings.ingest_flush_interval_s,
         settings.ingest_keep_raw_batches,
     )
-    committer = GroupCommitter(spool, replayer, settings.ingest_spool_max_bytes, recent)
+    lines = await asyncio.to_thread(line_identities.load, spool, settings.ingest_line_window_s)
+    committer = GroupCommitter(spool, replayer, settings.ingest_spool_max_bytes, recent, lines)
     replayer.schema_ready = await create_schema(store)
 
     log_socket = open_log_socket(settings)

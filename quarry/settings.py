@@ -96,6 +96,9 @@ class Settings:
     # segment files at this size.
     ingest_spool_max_bytes: int = 1 << 30
     ingest_spool_retention_s: float = 3600.0
+    # A node's recent line identities are forgotten after this long without a batch from it
+    # (docs/adr/0012-line-level-exactly-once.md).
+    ingest_line_window_s: float = 7 * 86400.0
     ingest_spool_segment_bytes: int = 64 << 20
 
     # Days each log table keeps its rows (0: for ever): TTL on modern ClickHouse, and

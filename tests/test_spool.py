@@ -514,6 +514,35 @@ def test_batches_are_acked_while_clickhouse_is_down_and_arrive_once_it_is_back(
         assert metric(ingest, "quarry_ingest_spool_unreplayed_bytes") == 0
 
 
+def test_replay_backs_off_while_clickhouse_is_down_whatever_keeps_arriving(
+    tmp_path: Path, clickhouse: StoppableClickHouse
+) -> None:
+    """One insert attempt per backoff step (0.1 s doubling to 5 s), not one per batch that
+    arrives, and one log line when inserts start failing and one when they work again."""
+    with run_ingest(tmp_path, clickhouse.url) as ingest:
+        assert all(ack.ok for ack in send(ingest, result_batches(1)))
+        clickhouse.stop()
+        started = time.monotonic()
+        for _ in range(40):
+            assert all(ack.ok for ack in send(ingest, result_batches(1)))
+            time.sleep(0.1)
+        outage_s = time.monotonic() - started
+        attempts = metric(ingest, "quarry_ingest_replay_failures_total")
+        clickhouse.start()
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+        while metric(ingest, "quarry_ingest_replay_lag_batches") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert metric(ingest, "quarry_ingest_replay_lag_batches") == 0
+        log_text = ingest.service.log_text()
+    # The most attempts backoff allows in the outage: 0.1 + 0.2 + 0.4 + ... s between them.
+    allowed, waited, step = 1, 0.0, 0.1
+    while waited + step <= outage_s:
+        allowed, waited, step = allowed + 1, waited + step, min(step * 2, 5.0)
+    assert 1 <= attempts <= allowed + 1, (attempts, outage_s)
+    assert log_text.count("batches failed: ") == 1, log_text[-3000:]
+    assert log_text.count("replay works again") == 1
+
+
 def test_a_sigkilled_ingest_loses_nothing_acked_and_duplicates_nothing(
     tmp_path: Path, clickhouse_url: str
 ) -> None:

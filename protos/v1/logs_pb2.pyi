@@ -21,7 +21,7 @@ DISTRIBUTED: LogKind
 DISTRIBUTED_STATUS: LogKind
 
 class LogBatch(_message.Message):
-    __slots__ = ("batch_id", "kind", "node_id", "host_identifier", "received_at", "data_json", "campaign_id", "failover")
+    __slots__ = ("batch_id", "kind", "node_id", "host_identifier", "received_at", "data_json", "campaign_id", "failover", "line_ids", "answer_by_ms", "repeated_lines")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,9 @@ class LogBatch(_message.Message):
     DATA_JSON_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     FAILOVER_FIELD_NUMBER: _ClassVar[int]
+    LINE_IDS_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_BY_MS_FIELD_NUMBER: _ClassVar[int]
+    REPEATED_LINES_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     kind: LogKind
     node_id: str
@@ -38,21 +41,26 @@ class LogBatch(_message.Message):
     data_json: bytes
     campaign_id: str
     failover: bool
-    def __init__(self, batch_id: _Optional[str] = ..., kind: _Optional[_Union[LogKind, str]] = ..., node_id: _Optional[str] = ..., host_identifier: _Optional[str] = ..., received_at: _Optional[int] = ..., data_json: _Optional[bytes] = ..., campaign_id: _Optional[str] = ..., failover: _Optional[bool] = ...) -> None: ...
+    line_ids: bytes
+    answer_by_ms: int
+    repeated_lines: bytes
+    def __init__(self, batch_id: _Optional[str] = ..., kind: _Optional[_Union[LogKind, str]] = ..., node_id: _Optional[str] = ..., host_identifier: _Optional[str] = ..., received_at: _Optional[int] = ..., data_json: _Optional[bytes] = ..., campaign_id: _Optional[str] = ..., failover: _Optional[bool] = ..., line_ids: _Optional[bytes] = ..., answer_by_ms: _Optional[int] = ..., repeated_lines: _Optional[bytes] = ...) -> None: ...
 
 class LogAck(_message.Message):
-    __slots__ = ("batch_id", "ok", "error", "rows", "duplicate")
+    __slots__ = ("batch_id", "ok", "error", "rows", "duplicate", "lines_already_stored")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    LINES_ALREADY_STORED_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     ok: bool
     error: str
     rows: int
     duplicate: bool
-    def __init__(self, batch_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., rows: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    lines_already_stored: int
+    def __init__(self, batch_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., rows: _Optional[int] = ..., duplicate: _Optional[bool] = ..., lines_already_stored: _Optional[int] = ...) -> None: ...
 
 class SqlRequest(_message.Message):
     __slots__ = ("sql",)
