@@ -49,6 +49,7 @@ from quarry.admin_auth import (
     bearer_token,
     cli_admin_token,
     service_token,
+    serving_caller,
 )
 from quarry.internal_tls import internal_tls_files
 from quarry.metrics_endpoint import mark_ready
@@ -522,9 +523,10 @@ def _guarded_unary(
         principal = await _admit_or_abort(gate, method, request, context)
         code = grpc.StatusCode.UNKNOWN
         try:
-            response = behavior(request, context)
-            if inspect.isawaitable(response):
-                response = await response
+            with serving_caller(principal):
+                response = behavior(request, context)
+                if inspect.isawaitable(response):
+                    response = await response
             code = _servicer_code(context, grpc.StatusCode.OK)
             return response
         except BaseException:
