@@ -1,8 +1,9 @@
 """The LogStore gRPC service: runs analysts' SQL (`quarry sql`) on the ingest process's store.
 
-Only an admin's SQL may change the store. Below the admin role a query runs read-only in
-ClickHouse itself (`readonly = 1`), and a statement ClickHouse refuses there is answered
-PERMISSION_DENIED, which the audit log records as the call's outcome (docs/security.md).
+Only an admin's SQL may change the store. Anyone else's (read-only and operator tokens,
+and Quarry's own processes with the service token) runs read-only in ClickHouse itself
+(`readonly = 1`), and a statement ClickHouse refuses there is answered PERMISSION_DENIED,
+which the audit log records as the call's outcome (docs/security.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import orjson
 
 from ingest_service.log_store import QueryResult, ReadOnlyRefused
 from protos.v1 import logs_pb2, logs_pb2_grpc
-from quarry.admin_auth import ADMIN, current_caller, role_allows
+from quarry.admin_auth import ADMIN, current_caller
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class LogStoreService(logs_pb2_grpc.LogStoreServicer):
         self, request: logs_pb2.SqlRequest, context: grpc.aio.ServicerContext
     ) -> logs_pb2.SqlResponse:
         caller = current_caller()
-        may_write = caller is not None and role_allows(caller.role, ADMIN)
+        may_write = caller is not None and caller.role == ADMIN
         store = self.writable if may_write else self.read_only
         try:
             result = await asyncio.to_thread(store.query, request.sql)

@@ -2,8 +2,9 @@
 
 The enroll and ingest services run as real processes on each log store (embedded chdb and
 the ClickHouse 18.16 server). Each role (read-only, operator, admin) sends every kind of
-statement; below admin ClickHouse itself runs the query read-only, refuses anything that
-writes, and the refusal is answered PERMISSION_DENIED and audited as such.
+statement; below admin (and for the service token) ClickHouse itself runs the query
+read-only, refuses anything that writes, and the refusal is answered PERMISSION_DENIED and
+audited as such.
 """
 
 from __future__ import annotations
@@ -182,6 +183,17 @@ def admin_writes(table: str) -> list[str]:
         "SYSTEM DROP MARK CACHE",
         f"DROP TABLE {table}",
     ]
+
+
+def test_quarry_s_own_processes_read_but_may_not_write(cluster: Cluster) -> None:
+    """The service token ranks above admin for admin calls, but its SQL is read-only."""
+    table = new_table(cluster)
+    stub = logs_pb2_grpc.LogStoreStub(cluster.ingest.channel())
+    assert stub.Query(logs_pb2.SqlRequest(sql=f"SELECT a FROM {table}")).rows_json == ["[7]"]
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Query(logs_pb2.SqlRequest(sql=f"DROP TABLE {table}"), timeout=60)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert cluster.sql(ADMIN, f"EXISTS TABLE {table}").rows_json == ["[1]"]
 
 
 def test_the_cli_says_why_in_one_line(cluster: Cluster) -> None:
