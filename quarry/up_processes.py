@@ -2,11 +2,12 @@
 
 On Linux each child asks the kernel for SIGTERM when its parent dies (prctl
 PR_SET_PDEATHSIG), so a `kill -9` of the supervisor stops its children too, each as after
-Ctrl-C. Whatever escapes that (another OS, a child that ignores SIGTERM) the next
+Ctrl-C. Whatever escapes that (a child that ignores SIGTERM) the next
 `quarry up` on the same state directory finds in the pid file, state_dir/quarry-up.pids:
 the supervisor's pid and its children's, each with the kernel's start time of the process,
 so a pid the kernel has since given to an unrelated process is never taken for ours.
-docs/faults.md says what the next `quarry up` does with them.
+docs/faults.md says what the next `quarry up` does with them. Both are Linux's: elsewhere
+children do not die with the supervisor and no recorded process is found alive.
 """
 
 from __future__ import annotations
