@@ -9,6 +9,9 @@ connects to the first that answers and moves to the next when its host fails. Wi
 cluster name (QUARRY_CLICKHOUSE_CLUSTER), rows go into that host's `<table>_local`
 replicated table, and the schema, the exactly-once check and retention go through
 `clickhouse_cluster`.
+
+Read-only queries (`quarry sql` below the admin role) run on the query connection with
+the query setting `readonly = 1`, so the server refuses any write (docs/security.md).
 """
 
 from __future__ import annotations
@@ -20,9 +23,16 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from clickhouse_driver import Client
+from clickhouse_driver.errors import ServerException
 
 from ingest_service.clickhouse_cluster import ClusterHosts, ClusterSchema
-from ingest_service.log_store import DATABASE, QueryResult, batch_rows_sql
+from ingest_service.log_store import (
+    DATABASE,
+    READONLY_ERROR_CODE,
+    QueryResult,
+    ReadOnlyRefused,
+    batch_rows_sql,
+)
 from ingest_service.schema import (
     apply_schema,
     drop_expired_partitions,
@@ -117,8 +127,22 @@ class ClickHouseServerStore:
             )
 
     def query(self, sql: str) -> QueryResult:
+        return self._query(sql, None)
+
+    def read_only_query(self, sql: str) -> QueryResult:
+        # A setting of this query only: the connection's next query is not read-only.
+        try:
+            return self._query(sql, {"readonly": 1})
+        except ServerException as exc:
+            if exc.code == READONLY_ERROR_CODE:
+                raise ReadOnlyRefused(str(exc).split("Stack trace:")[0].strip()) from exc
+            raise
+
+    def _query(self, sql: str, settings: dict[str, int] | None) -> QueryResult:
         with self.query_lock:
-            rows, column_types = self.query_client.execute(sql, with_column_types=True)
+            rows, column_types = self.query_client.execute(
+                sql, with_column_types=True, settings=settings
+            )
         return QueryResult(
             columns=[name for name, _ in column_types],
             types=[type_name for _, type_name in column_types],

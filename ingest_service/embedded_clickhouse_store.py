@@ -2,6 +2,10 @@
 
 Only one process may open a chdb directory, so the ingest process owns it and answers
 everyone else's SQL through the LogStore gRPC service.
+
+Two chdb sessions share the directory: one for the ingest's writes and admins' SQL, one
+for read-only queries. The reader's session is set `readonly = 1` once, and ClickHouse
+lets no statement undo that, so nothing run there can write (docs/security.md).
 """
 
 from __future__ import annotations
@@ -14,7 +18,13 @@ from typing import Any
 import orjson
 from chdb.session import Session
 
-from ingest_service.log_store import DATABASE, QueryResult, batch_rows_sql
+from ingest_service.log_store import (
+    DATABASE,
+    READONLY_ERROR_CODE,
+    QueryResult,
+    ReadOnlyRefused,
+    batch_rows_sql,
+)
 from ingest_service.schema import (
     apply_schema,
     drop_expired_partitions,
@@ -28,16 +38,20 @@ class EmbeddedClickHouseStore:
 
     def __init__(self, path: Path) -> None:
         self.session = Session(str(path))
-        # One session, used from the writer thread and from query threads.
+        self.reader = Session(str(path))
+        # Both sessions, used from the writer thread and from query threads, one at a time.
         self.lock = threading.Lock()
-        # Numbers as JSON numbers, as clickhouse-driver returns them for a server.
-        self.session.query("SET output_format_json_quote_64bit_integers = 0")
+        for session in (self.session, self.reader):
+            # Numbers as JSON numbers, as clickhouse-driver returns them for a server.
+            session.query("SET output_format_json_quote_64bit_integers = 0")
+        self.reader.query("SET readonly = 1")
 
     def ensure_schema(self) -> None:
         modern = is_modern(self.version())
         with self.lock:
             apply_schema(self.run_rows, DATABASE, modern, retention_days())
-            self.session.query(f"USE {DATABASE}")
+            for session in (self.session, self.reader):
+                session.query(f"USE {DATABASE}")
 
     def run_rows(self, sql: str) -> list[list[Any]]:
         """Rows of one statement; the caller holds the lock."""
@@ -57,8 +71,19 @@ class EmbeddedClickHouseStore:
             )
 
     def query(self, sql: str) -> QueryResult:
+        return self._query(self.session, sql)
+
+    def read_only_query(self, sql: str) -> QueryResult:
+        try:
+            return self._query(self.reader, sql)
+        except RuntimeError as exc:
+            if f"Code: {READONLY_ERROR_CODE}." in str(exc):
+                raise ReadOnlyRefused(str(exc)) from exc
+            raise
+
+    def _query(self, session: Session, sql: str) -> QueryResult:
         with self.lock:
-            output = self.session.query(sql, "JSONCompact").bytes()
+            output = session.query(sql, "JSONCompact").bytes()
         if not output.strip():
             return QueryResult(columns=[], types=[], rows=[])
         result = orjson.loads(output)
@@ -82,4 +107,5 @@ class EmbeddedClickHouseStore:
 
     def close(self) -> None:
         with self.lock:
+            self.reader.close()
             self.session.close()

@@ -26,6 +26,10 @@ class QueryResult:
     rows: list[list[Any]]
 
 
+class ReadOnlyRefused(Exception):
+    """ClickHouse refused a statement of a read-only query: it would write or change state."""
+
+
 class LogStore(Protocol):
     def ensure_schema(self) -> None:
         """Create the database and tables if they are missing."""
@@ -35,6 +39,10 @@ class LogStore(Protocol):
 
     def query(self, sql: str) -> QueryResult:
         """Run one SQL statement in the quarry database; raises with the server's message."""
+
+    def read_only_query(self, sql: str) -> QueryResult:
+        """As query, with ClickHouse's `readonly = 1`: ClickHouse itself refuses any write,
+        DDL, setting change or table function (raises ReadOnlyRefused) (docs/security.md)."""
 
     def version(self) -> str:
         """The server version, as `SELECT version()` prints it."""
@@ -46,6 +54,20 @@ class LogStore(Protocol):
         """Drop partitions past their table's retention; returns the (table, partition)s."""
 
     def close(self) -> None: ...
+
+
+# ClickHouse's error code READONLY: "Cannot execute query in readonly mode".
+READONLY_ERROR_CODE = 164
+
+
+class ReadOnlyQueries:
+    """The store seen through read-only queries only: what `query` runs cannot change it."""
+
+    def __init__(self, store: LogStore) -> None:
+        self.store = store
+
+    def query(self, sql: str) -> QueryResult:
+        return self.store.read_only_query(sql)
 
 
 def batch_rows_sql(database: str, table: str, batch_ids: Iterable[str]) -> str:

@@ -26,7 +26,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ingest_service import line_identities, metrics
 from ingest_service.group_commit import GroupCommitter, Reply, recent_ids_from_spool
-from ingest_service.log_store import LogStore, open_log_store
+from ingest_service.log_store import LogStore, ReadOnlyQueries, open_log_store
 from ingest_service.replay import ReplayedReads, Replayer
 from ingest_service.schema import retention_days
 from ingest_service.service import LogStoreService
@@ -84,10 +84,13 @@ async def serve(settings: Settings) -> None:
     replayer.schema_ready = await create_schema(store)
 
     log_socket = open_log_socket(settings)
-    reads = ReplayedReads(store, spool, replayer)
+    service = LogStoreService(
+        writable=ReplayedReads(store, spool, replayer),
+        read_only=ReplayedReads(ReadOnlyQueries(store), spool, replayer),
+    )
     grpc_server = await serve_grpc(
         f"{settings.bind_host}:{settings.ingest_port}",
-        lambda server: logs_pb2_grpc.add_LogStoreServicer_to_server(LogStoreService(reads), server),
+        lambda server: logs_pb2_grpc.add_LogStoreServicer_to_server(service, server),
         "ingest",
     )
 

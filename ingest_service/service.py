@@ -1,29 +1,53 @@
-"""The LogStore gRPC service: runs analysts' SQL (`quarry sql`) on the ingest process's store."""
+"""The LogStore gRPC service: runs analysts' SQL (`quarry sql`) on the ingest process's store.
+
+Only an admin's SQL may change the store. Anyone else's (read-only and operator tokens,
+and Quarry's own processes with the service token) runs read-only in ClickHouse itself
+(`readonly = 1`), and a statement ClickHouse refuses there is answered PERMISSION_DENIED,
+which the audit log records as the call's outcome (docs/security.md).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import orjson
 
-from ingest_service.log_store import LogStore
+from ingest_service.log_store import QueryResult, ReadOnlyRefused
 from protos.v1 import logs_pb2, logs_pb2_grpc
+from quarry.admin_auth import ADMIN, current_caller
 
 log = logging.getLogger(__name__)
 
 
+class Queries(Protocol):
+    def query(self, sql: str) -> QueryResult: ...
+
+
 class LogStoreService(logs_pb2_grpc.LogStoreServicer):
-    def __init__(self, store: LogStore) -> None:
-        self.store = store
+    def __init__(self, writable: Queries, read_only: Queries) -> None:
+        self.writable = writable
+        self.read_only = read_only
 
     async def Query(
         self, request: logs_pb2.SqlRequest, context: grpc.aio.ServicerContext
     ) -> logs_pb2.SqlResponse:
+        caller = current_caller()
+        may_write = caller is not None and caller.role == ADMIN
+        store = self.writable if may_write else self.read_only
         try:
-            result = await asyncio.to_thread(self.store.query, request.sql)
+            result = await asyncio.to_thread(store.query, request.sql)
+        except ReadOnlyRefused as refused:
+            who = f"token {caller.name!r} ({caller.role})" if caller else "this caller"
+            reason = " ".join(str(refused).split())
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{who} may only read: below the admin role `quarry sql` runs read-only, "
+                f"and ClickHouse refused this statement ({reason})",
+            )
+            raise  # abort raises; this line only tells readers and type checkers so
         except Exception as exc:
             # A bad query is the caller's mistake, not an RPC failure: return the message.
             return logs_pb2.SqlResponse(error=str(exc))

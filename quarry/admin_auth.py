@@ -28,7 +28,9 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,6 +121,27 @@ class Principal:
 
     def expired(self, now: float) -> bool:
         return is_expired(self.expires_at, now)
+
+
+# Who made the admin call being served: set by the server's admin interceptor
+# (quarry/grpc_runtime.py) around the method, for servicers whose answer depends on the
+# role (`quarry sql` runs read-only below admin, docs/security.md).
+_CALLER: ContextVar[Principal | None] = ContextVar("quarry_admin_caller", default=None)
+
+
+def current_caller() -> Principal | None:
+    """The principal of the admin call this task serves; None outside one."""
+    return _CALLER.get()
+
+
+@contextmanager
+def serving_caller(principal: Principal) -> Iterator[None]:
+    """principal is the current caller inside this block."""
+    token = _CALLER.set(principal)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
 
 
 class Refused(Exception):

@@ -5,6 +5,9 @@ The supervisor waits until each listens before starting the next (the gateway
 last), prints where everything is and how to connect osquery, restarts a process
 that dies, and stops them all on Ctrl-C or SIGTERM. With `--with-prometheus` a local
 Prometheus scraping every process is one more supervised child (quarry/local_prometheus.py).
+
+The children die with the supervisor even when it is killed, and the next `quarry up`
+finds what an earlier one left running (quarry/up_processes.py, docs/faults.md).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +28,18 @@ from quarry import local_prometheus
 from quarry.internal_tls import ensure_shared_certificate, internal_tls_dir
 from quarry.osquery_flags import osquery_flags, write_flagfile
 from quarry.settings import SERVICES, Settings
+from quarry.up_processes import (
+    PID_FILE,
+    Recorded,
+    die_with_parent,
+    read_pid_file,
+    record,
+    stop_processes,
+    write_pid_file,
+)
 from quarry.zmq_curve import curve_dir, ensure_curve_keys
 
+SUPERVISOR = "quarry up"  # the supervisor's own entry in the pid file
 READY_TIMEOUT_S = 60.0
 RESTART_BACKOFF_MAX_S = 30.0
 
@@ -84,6 +98,11 @@ def prometheus_child(settings: Settings, options: PrometheusOptions, out) -> Chi
 def run_cluster(
     settings: Settings, out=sys.stdout, prometheus: PrometheusOptions | None = None
 ) -> int:
+    pid_file = settings.path(PID_FILE)
+    refusal = take_over_state_dir(settings, pid_file, out)
+    if refusal:
+        print(refusal, file=out, flush=True)
+        return 1
     secret_path = ensure_secret_file(settings)
     ca_path = tls_files(settings).ca_cert
     ensure_encryption_keys(settings)
@@ -92,6 +111,16 @@ def run_cluster(
     if prometheus is not None:
         extra = prometheus_child(settings, prometheus, out)
         children.extend([extra] if extra else [])
+    refusal = ports_in_use(children, settings.bind_host)
+    if refusal:
+        print(refusal, file=out, flush=True)
+        return 1
+    preexec = die_with_parent()
+
+    def start(child: Child) -> None:
+        _start(child, env, preexec)
+        write_pid_file(pid_file, _recorded(children))
+
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -102,17 +131,61 @@ def run_cluster(
     signal.signal(signal.SIGTERM, request_stop)
     try:
         for child in children:
-            _start(child, env)
+            start(child)
             if not _wait_listening(child, settings.bind_host, lambda: stopping):
                 print(f"quarry up: {child.name} did not start; see its log above", file=out)
                 return 1
         _print_banner(settings, ca_path, secret_path, out, children)
         while not stopping:
-            _supervise(children, env, out)
+            _supervise(children, start, out)
             time.sleep(0.2)
         return 0
     finally:
         _stop_all(children)
+        pid_file.unlink(missing_ok=True)
+
+
+def take_over_state_dir(settings: Settings, pid_file: Path, out) -> str | None:
+    """Refuse (the line to print) while another `quarry up` runs on this state directory;
+    stop the processes a killed one left running."""
+    recorded = read_pid_file(pid_file)
+    supervisor = next((p for p in recorded if p.name == SUPERVISOR), None)
+    if supervisor is not None and supervisor.alive():
+        return (
+            f"quarry up: already running on {settings.state_dir} (pid {supervisor.pid}); "
+            f"stop it (Ctrl-C, or kill {supervisor.pid}) or use another --state-dir"
+        )
+    leftovers = [p for p in recorded if p.alive()]
+    if leftovers:
+        listed = ", ".join(f"{p.name} (pid {p.pid})" for p in leftovers)
+        print(
+            f"quarry up: stopping what an earlier quarry up left running: {listed}",
+            file=out,
+            flush=True,
+        )
+        stop_processes(leftovers)
+    return None
+
+
+def ports_in_use(children: list[Child], host: str) -> str | None:
+    """Refuse (the line to print) when something listens on a port a child needs already."""
+    busy = [
+        f"{child.name} :{port}"
+        for child in children
+        for port in child.ports
+        if _port_open(host, port)
+    ]
+    if not busy:
+        return None
+    return (
+        f"quarry up: already in use: {', '.join(busy)}; another quarry up or another "
+        "program listens there: stop it, or choose other ports (--port-base)"
+    )
+
+
+def _recorded(children: list[Child]) -> list[Recorded]:
+    running = [record(c.name, c.process.pid) for c in children if c.process is not None]
+    return [record(SUPERVISOR, os.getpid()), *running]
 
 
 def ensure_encryption_keys(settings: Settings) -> None:
@@ -133,9 +206,12 @@ def encryption_line(settings: Settings) -> str:
     return f"  internal traffic  gRPC {grpc}, ZeroMQ {zmq}"
 
 
-def _start(child: Child, env: dict[str, str]) -> None:
-    # Each child gets its own process group so Ctrl-C reaches the supervisor only.
-    child.process = subprocess.Popen(child.command, env=env, start_new_session=True)
+def _start(child: Child, env: dict[str, str], preexec: Callable[[], None] | None) -> None:
+    # Each child gets its own process group so Ctrl-C reaches the supervisor only; preexec
+    # makes it die with the supervisor all the same.
+    child.process = subprocess.Popen(
+        child.command, env=env, start_new_session=True, preexec_fn=preexec
+    )
     child.started_at = time.monotonic()
 
 
@@ -158,7 +234,7 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-def _supervise(children: list[Child], env: dict[str, str], out) -> None:
+def _supervise(children: list[Child], start: Callable[[Child], None], out) -> None:
     now = time.monotonic()
     for child in children:
         if child.process is None or child.process.poll() is None:
@@ -177,7 +253,7 @@ def _supervise(children: list[Child], env: dict[str, str], out) -> None:
         elif now >= child.next_start:
             child.restarts += 1
             child.next_start = 0.0
-            _start(child, env)
+            start(child)
 
 
 def _stop_all(children: list[Child]) -> None:

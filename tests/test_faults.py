@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from quarry.clickhouse_sql import sql_string
+from quarry.grpc_runtime import RECONNECT_BACKOFF_MAX_S
 from tests.emulator import HostProfile, LogBuffer, OsqueryNode, QueryResult, log_records
 from tests.polling import eventually
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
@@ -177,6 +178,44 @@ def test_enrolled_nodes_carry_on_while_enroll_is_down_and_new_nodes_enroll_after
 
     assert eventually(seen_during_outage, timeout_s=RECOVERY_TIMEOUT_S)
     assert copies_per_line(cluster, enrolled_host) == {0: 1, 1: 1, 2: 1}
+
+
+# A restarted service is used again within gRPC's bounded reconnect back-off (at most
+# quarry/grpc_runtime.py's RECONNECT_BACKOFF_MAX_S between attempts) plus this margin.
+FOUND_AGAIN_WITHIN_S = RECONNECT_BACKOFF_MAX_S + 2.0
+# Long enough for gRPC's default back-off (1 s growing by 1.6x, attempts about 16 s and
+# 26 s into an outage) to leave a gap of several seconds after the restart.
+LONG_OUTAGE_S = 20.0
+
+
+def test_a_restarted_enroll_service_is_used_again_at_once(cluster: QuarryCluster) -> None:
+    """After an outage of several seconds, with enrollments failing all along (each one a
+    reconnect attempt of the gateway's channel), the first enrollments after the service
+    listens again succeed: the gateway does not wait out a grown reconnect back-off."""
+
+    async def enroll_once() -> str:
+        async with new_node(cluster, enroll_max_attempts=1) as node:
+            key = await node.get_node_key()
+            return key if key and await node.fetch_config() is not None else ""
+
+    async def scenario() -> dict[str, object]:
+        with service_down(cluster, "enroll"):
+            outage_ends = time.monotonic() + LONG_OUTAGE_S
+            failed = []
+            while time.monotonic() < outage_ends:
+                failed.append(await enroll_once())
+                await asyncio.sleep(0.2)
+        # service_down has waited until enroll listens again.
+        return {
+            "during": set(failed),
+            "after": await until(enroll_once, timeout_s=FOUND_AGAIN_WITHIN_S),
+            "again": await enroll_once(),
+        }
+
+    seen = asyncio.run(scenario())
+    assert seen["during"] == {""}
+    assert seen["after"], cluster.log_text()[-3000:]
+    assert seen["again"]
 
 
 # --- config ----------------------------------------------------------------------------
