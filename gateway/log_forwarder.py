@@ -18,9 +18,11 @@ down. ZeroMQ never retries a handshake that ingest refused, so a monitor on each
 logs the refusal and reconnects after HANDSHAKE_RETRY_S: a key authorized later (rotation)
 starts working without a gateway restart.
 
-A batch travels as [correlation id, LogBatch] and comes back as [correlation id, LogAck];
-many are in flight at once on each socket and one receive loop per socket resolves the
-waiting requests (docs/adr/0002-log-acknowledgement.md).
+A batch travels as a [correlation id, LogBatch] pair and comes back as [correlation id,
+LogAck]; the batches ready in one event-loop turn go to a replica in one message, and its acks
+come back likewise (each ZeroMQ message costs thread wake-ups in both processes, far more than
+its bytes). Many are in flight at once on each socket and one receive loop per socket
+resolves the waiting requests (docs/adr/0002-log-acknowledgement.md).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import hashlib
 import itertools
 import logging
 import time
+from dataclasses import dataclass
 
 import zmq
 import zmq.asyncio
@@ -67,6 +70,8 @@ class LogForwarder:
         }
         self._ids = itertools.count(1)
         self._pending: dict[bytes, asyncio.Future[logs_pb2.LogAck]] = {}
+        # Batches to send at the end of this event-loop turn: each with its replicas to try.
+        self._outbox: list[Outgoing] = []
 
     def _dealer(self) -> zmq.asyncio.Socket:
         socket = self._ctx.socket(zmq.DEALER)
@@ -92,13 +97,12 @@ class LogForwarder:
         started = time.perf_counter()
         # Past this ingest drops the batch unstored: nobody waits for its ack any more.
         batch.answer_by_ms = int((time.time() + self._ack_timeout_s) * 1000)
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(Outgoing(corr, batch, replica_order(batch.node_id, self._endpoints)))
         try:
-            if not await self._send_to_first_reachable(corr, batch):
-                result, ack = "unreachable", _failed(batch, "no ingest service is reachable")
-            else:
-                metrics.LOG_BATCHES_SENT.inc()
-                ack = await asyncio.wait_for(future, self._ack_timeout_s)
-                result = "ok" if ack.ok else "error"
+            ack = await asyncio.wait_for(future, self._ack_timeout_s)
+            result = "unreachable" if ack.error == UNREACHABLE else ("ok" if ack.ok else "error")
         except TimeoutError:
             result = "timeout"
             ack = _failed(batch, f"ingest did not confirm within {self._ack_timeout_s:g} s")
@@ -109,20 +113,41 @@ class LogForwarder:
         metrics.LOG_ACK_SECONDS.observe(time.perf_counter() - started)
         return ack
 
-    async def _send_to_first_reachable(self, corr: bytes, batch: logs_pb2.LogBatch) -> bool:
-        for attempt, endpoint in enumerate(replica_order(batch.node_id, self._endpoints)):
-            if attempt:
-                batch.failover = True
-            try:
-                await self._sockets[endpoint].send_multipart(
-                    [corr, batch.SerializeToString()], flags=zmq.NOBLOCK
-                )
-            except zmq.Again:
+    def _flush(self) -> None:
+        """Send this turn's batches, one message per replica; a replica that refuses (not
+        connected: IMMEDIATE) passes its batches on to each one's next choice, marked."""
+        outgoing, self._outbox = self._outbox, []
+        while outgoing:
+            by_endpoint: dict[str, list[Outgoing]] = {}
+            for item in outgoing:
+                by_endpoint.setdefault(item.replicas[item.attempt], []).append(item)
+            outgoing = []
+            for endpoint, items in by_endpoint.items():
+                frames = [f for item in items for f in (item.corr, item.frame())]
+                # NOBLOCK: resolved at once, with zmq.Again when the replica is not connected.
+                sent = self._sockets[endpoint].send_multipart(frames, flags=zmq.NOBLOCK)
+                error = sent.exception() if sent.done() else None  # type: ignore[attr-defined]
+                if error is not None:
+                    if not isinstance(error, zmq.Again):
+                        log.warning("sending to ingest %s failed: %s", endpoint, error)
+                    outgoing.extend(self._fail_over(items))
+                    continue
+                metrics.LOG_BATCHES_SENT.inc(len(items))
+                metrics.LOG_BATCH_FAILOVERS.inc(sum(1 for item in items if item.attempt))
+
+    def _fail_over(self, items: list[Outgoing]) -> list[Outgoing]:
+        """The items with a next replica to try; the others are answered unreachable."""
+        remaining = []
+        for item in items:
+            item.attempt += 1
+            if item.attempt < len(item.replicas):
+                item.batch.failover = True
+                remaining.append(item)
                 continue
-            if attempt:
-                metrics.LOG_BATCH_FAILOVERS.inc()
-            return True
-        return False
+            future = self._pending.get(item.corr)
+            if future is not None and not future.done():
+                future.set_result(_failed(item.batch, UNREACHABLE))
+        return remaining
 
     async def run(self) -> None:
         """Receive acks from every replica for ever, waking the requests that wait for them."""
@@ -157,14 +182,13 @@ class LogForwarder:
     async def _receive(self, socket: zmq.asyncio.Socket) -> None:
         while True:
             frames = await socket.recv_multipart()
-            if len(frames) != 2:
-                log.warning("ignoring a malformed ack of %d frames", len(frames))
+            if len(frames) % 2:
+                log.warning("ignoring a malformed ack message of %d frames", len(frames))
                 continue
-            future = self._pending.get(frames[0])
-            if future is not None and not future.done():
-                ack = logs_pb2.LogAck()
-                ack.ParseFromString(frames[1])
-                future.set_result(ack)
+            for index in range(0, len(frames), 2):
+                future = self._pending.get(frames[index])
+                if future is not None and not future.done():
+                    future.set_result(logs_pb2.LogAck.FromString(frames[index + 1]))
 
     def close(self) -> None:
         for monitor in self._monitors.values():
@@ -172,6 +196,22 @@ class LogForwarder:
         for socket in self._sockets.values():
             socket.close(linger=0)
         self._ctx.term()
+
+
+UNREACHABLE = "no ingest service is reachable"
+
+
+@dataclass
+class Outgoing:
+    """A batch on its way: its correlation id, and the replicas to try, in order."""
+
+    corr: bytes
+    batch: logs_pb2.LogBatch
+    replicas: list[str]
+    attempt: int = 0
+
+    def frame(self) -> bytes:
+        return self.batch.SerializeToString()
 
 
 def replica_order(node_id: str, endpoints: list[str]) -> list[str]:

@@ -7,9 +7,12 @@ While ClickHouse is down or slow, batches are still acked once spooled, up to
 `ingest_spool_max_bytes` unreplayed; replay catches up when it is back.
 
 Frames on the ROUTER (the contract with the gateway's DEALER):
-receive `[peer identity, correlation id, LogBatch]`, answer `[peer identity, correlation id,
-LogAck]`. Many batches from one peer are in flight at once; acks go out as their groups are
-stored, not in arrival order, so the gateway matches them by correlation id.
+receive `[peer identity, correlation id, LogBatch, correlation id, LogBatch, ...]`, answer
+`[peer identity, correlation id, LogAck, ...]`: one message carries every batch a gateway had
+ready at once, and every ack for one peer that one group settled, because each ZeroMQ
+message costs both processes thread wake-ups that dwarf the bytes it carries. Many batches
+from one peer are in flight at once; acks go out as their groups are stored, not in arrival
+order, so the gateway matches them by correlation id.
 """
 
 from __future__ import annotations
@@ -247,28 +250,49 @@ def bind_router(
 
 
 async def receive_batches(router: zmq.asyncio.Socket, committer: GroupCommitter) -> None:
+    outbox = AckOutbox(router)
     while True:
         frames = await router.recv_multipart()
-        if len(frames) != 3:
+        if len(frames) < 3 or len(frames) % 2 == 0:
             await reply_bad_framing(router, frames)
             continue
-        peer, correlation_id, batch_frame = frames
-        await committer.submit(batch_frame, ack_sender(router, peer, correlation_id))
+        peer = frames[0]
+        for index in range(1, len(frames), 2):
+            await committer.submit(frames[index + 1], outbox.sender(peer, frames[index]))
 
 
-def ack_sender(router: zmq.asyncio.Socket, peer: bytes, correlation_id: bytes) -> Reply:
-    async def send_ack(ack: logs_pb2.LogAck) -> None:
-        await router.send_multipart([peer, correlation_id, ack.SerializeToString()])
+class AckOutbox:
+    """Acks waiting to leave, per peer: sent together once the current event-loop turn ends
+    (a group's settle answers all its batches in one turn)."""
 
-    return send_ack
+    def __init__(self, router: zmq.asyncio.Socket) -> None:
+        self.router = router
+        self.waiting: dict[bytes, list[bytes]] = {}
+
+    def sender(self, peer: bytes, correlation_id: bytes) -> Reply:
+        async def send_ack(ack: logs_pb2.LogAck) -> None:
+            if not self.waiting:
+                asyncio.get_running_loop().call_soon(self.flush)
+            self.waiting.setdefault(peer, []).extend((correlation_id, ack.SerializeToString()))
+
+        return send_ack
+
+    def flush(self) -> None:
+        waiting, self.waiting = self.waiting, {}
+        for peer, frames in waiting.items():
+            try:
+                self.router.send_multipart([peer, *frames], flags=zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                # The gateway is gone or not reading: it answers osquery itself on timeout.
+                log.warning("dropped %d acks for a gateway: %s", len(frames) // 2, exc)
 
 
 async def reply_bad_framing(router: zmq.asyncio.Socket, frames: list[bytes]) -> None:
-    log.warning("message with %d frames, expected 3", len(frames))
+    log.warning("message with %d frames, expected an odd number of at least 3", len(frames))
     correlation_id = frames[1] if len(frames) > 3 else b""
     error = (
-        f"expected 3 frames [identity, correlation id, LogBatch], got {len(frames)}; "
-        "send [correlation id, LogBatch] from a DEALER"
+        f"expected [identity, correlation id, LogBatch, ...], got {len(frames)} frames; "
+        "send [correlation id, LogBatch] pairs from a DEALER"
     )
     ack = logs_pb2.LogAck(ok=False, error=error)
     await router.send_multipart([frames[0], correlation_id, ack.SerializeToString()])

@@ -88,9 +88,11 @@ class Settings:
 
     # Log path: how long the gateway waits for ingest to confirm a batch.
     log_ack_timeout_s: float = 10.0
-    # Group commit in ingest: flush after this many rows or this many seconds.
+    # Replay into ClickHouse: insert once this many rows wait, or once this many seconds have
+    # passed since the last insert began (sooner when an analyst's query waits for them).
+    # Each insert is a part ClickHouse must merge: one a second per table keeps its CPU low.
     ingest_flush_rows: int = 50_000
-    ingest_flush_interval_s: float = 0.2
+    ingest_flush_interval_s: float = 1.0
     # Ingest spool (batches are acked once fsynced here): refuse new batches above this many
     # unreplayed bytes, keep replayed segments this long (the de-duplication window), rotate
     # segment files at this size.

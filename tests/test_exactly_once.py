@@ -214,6 +214,53 @@ def test_lines_whose_answers_were_lost_before_an_ingest_kill_are_known_after_the
     stored_once(cluster, asyncio.run(scenario()))
 
 
+def kill_everything(cluster: QuarryCluster) -> None:
+    """SIGKILL every service and the supervisor at once, as a machine's crash would."""
+    assert cluster.process is not None
+    pids = [cluster.service_pid(service) for service in ("gateway", "ingest", "enroll")]
+    for pid in [cluster.process.pid, *pids]:
+        os.kill(pid, signal.SIGKILL)
+    cluster.process.wait()
+    assert eventually(lambda: not any(alive(pid) for pid in pids), timeout_s=30)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_lines_whose_answers_were_lost_before_every_process_was_killed_are_stored_once(
+    cluster: QuarryCluster,
+) -> None:
+    """Answers lost, then every process SIGKILLed and `quarry up` started again: the lines
+    osquery still holds are recognised when it sends them to the new processes."""
+
+    async def scenario() -> Fleet:
+        proxy = LossyProxy(cluster.port_base, loss=0, seed=cluster.port_base + 2)
+        port = await proxy.start()
+        fleet = Fleet(cluster, f"localhost:{port}")
+        try:
+            await fleet.enroll()
+            proxy.loss = 0.35
+            await fleet.run(3)
+            proxy.loss = 1.0
+            await fleet.run(1)
+            await asyncio.to_thread(kill_everything, cluster)
+            await asyncio.to_thread(cluster.start)
+            proxy.loss = 0
+            await fleet.run(2)
+            await fleet.drain()
+            return fleet
+        finally:
+            await fleet.close()
+            await proxy.close()
+
+    stored_once(cluster, asyncio.run(scenario()))
+
+
 @pytest.mark.parametrize("stall_s", [ACK_TIMEOUT_S + 0.5, ACK_TIMEOUT_S * 3])
 def test_a_stalled_ingest_past_the_gateways_wait_stores_every_line_once(
     cluster: QuarryCluster, stall_s: float

@@ -216,8 +216,10 @@ def send_frames(dealer: zmq.Socket, frames: list[bytes]) -> list[logs_pb2.LogAck
     acks: dict[bytes, logs_pb2.LogAck] = {}
     while len(acks) < len(frames):
         assert dealer.poll(int(ACK_TIMEOUT_S * 1000)), f"only {len(acks)} acks arrived"
-        correlation_id, ack = dealer.recv_multipart()
-        acks[correlation_id] = logs_pb2.LogAck.FromString(ack)
+        # One message may carry several [correlation id, LogAck] pairs.
+        pairs = dealer.recv_multipart()
+        for index in range(0, len(pairs), 2):
+            acks[pairs[index]] = logs_pb2.LogAck.FromString(pairs[index + 1])
     return [acks[correlation_id] for correlation_id in correlation_ids]
 
 
