@@ -10,7 +10,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -83,6 +83,16 @@ class Attempt:
     identity: str
     details_json: str
     facts: HostFacts
+
+
+@dataclass
+class SecretsSeen:
+    """The secrets one call's requests present, each looked up once per call (a group of
+    250 enrollments reads the shared secret's file once, not 250 times)."""
+
+    shared: str  # the shared secret in force (current_secret)
+    # (presented value, has a client certificate) -> its secret row, None if not valid
+    found: dict[tuple[str, bool], SecretRecord | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -160,8 +170,9 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
         now = int(time.time())
         answers: list[enroll_pb2.EnrollResponse | None] = [None] * len(requests)
         admitted: list[tuple[int, Attempt]] = []
+        secrets_seen = SecretsSeen(current_secret(self._settings))
         for index, request in enumerate(requests):
-            checked = self._admit(request, now)
+            checked = self._admit(request, now, secrets_seen)
             if isinstance(checked, Refusal):
                 answers[index] = self._refuse(request, checked)
             else:
@@ -171,12 +182,17 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
             answers[index] = answer
         return [answer for answer in answers if answer is not None]
 
-    def _admit(self, request: enroll_pb2.EnrollRequest, now: int) -> Attempt | Refusal:
+    def _admit(
+        self, request: enroll_pb2.EnrollRequest, now: int, secrets_seen: SecretsSeen
+    ) -> Attempt | Refusal:
         """What can be decided without the write lock: rate limits, secret, identity."""
         # Before anything else, so refused attempts cost no secret lookup or state.
         if not self._rate_limits.address_allows(request.remote_addr):
             return Refusal(RATE_LIMITED_REASON, RATE_LIMITED)
-        secret = self._presented_secret(request, now)
+        key = (request.enroll_secret, has_certificate(request.client_certificate))
+        if key not in secrets_seen.found:
+            secrets_seen.found[key] = self._presented_secret(request, now, secrets_seen.shared)
+        secret = secrets_seen.found[key]
         if secret is None:
             return Refusal(INVALID_SECRET, "invalid_secret")
         state = secret.state(now)
@@ -268,11 +284,12 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
         )
         return enroll_pb2.EnrollResponse(ok=True, node_key=node.node_key, node=node)
 
-    def _presented_secret(self, request: enroll_pb2.EnrollRequest, now: int) -> SecretRecord | None:
+    def _presented_secret(
+        self, request: enroll_pb2.EnrollRequest, now: int, shared: str
+    ) -> SecretRecord | None:
         """The secret row the request enrolls with; None when the secret is not valid."""
         presented = request.enroll_secret
         if presented:
-            shared = current_secret(self._settings)
             if secret_matches(presented, shared):
                 return self._store.builtin_secret(
                     KIND_SHARED, SHARED_SECRET_NAME, hash_secret(shared), now
