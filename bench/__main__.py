@@ -10,9 +10,10 @@ One run, on this machine:
    visible in ClickHouse (bench/visibility_latency.py); then saturates the distributed read
    and config on the real gateway and on the same gateway with authentication skipped
    (bench/authentication_cost.py);
-5. measures the physical ceilings in the same way: a bare Starlette HTTPS endpoint answering
+5. runs an enrollment storm (bench/enrollment_storm.py; --skip-enrollment-storm leaves it out);
+6. measures the physical ceilings in the same way: a bare Starlette HTTPS endpoint answering
    the same bytes, and raw inserts of the same rows into the same ClickHouse;
-6. writes a markdown report and JSON to --out, and prints the markdown.
+7. writes a markdown report and JSON to --out, and prints the markdown.
 
 `--sweep` instead raises N stage by stage until the error rate exceeds 2% or a p95 latency
 exceeds 1 s, and reports the last good N.
@@ -33,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from bench import environment, report
+from bench import enrollment_storm, environment, report
 from bench.authentication_cost import measure_authentication_cost
 from bench.ceilings import http_ceiling, storage_ceiling
 from bench.fleet import FleetConfig, FleetResult, run_fleet
@@ -107,6 +108,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--sweep", action="store_true", help="raise --hosts stage by stage (x2) until it breaks"
     )
     parser.add_argument("--max-hosts", type=int, default=64_000, help="sweep upper bound")
+    parser.add_argument(
+        "--skip-enrollment-storm", action="store_true", help="leave out the enrollment storm"
+    )
+    enrollment_storm.add_arguments(parser)
     parser.add_argument("--out", default="bench-results", help="folder for report.md and .json")
     parser.add_argument("--json", action="store_true", help="print the JSON, not the markdown")
     return parser.parse_args(argv)
@@ -411,6 +416,12 @@ def standard_run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             duration_s=args.saturation_seconds,
             scratch=scratch,
         )
+        storm = None
+        if not args.skip_enrollment_storm:
+            progress("enrollment storm: new hosts enrolling while enrolled hosts check in")
+            storm = enrollment_storm.run_enrollment_storm(
+                cluster, enrollment_storm.storm_config(args)
+            )
         server_version = cluster.sql("SELECT version() AS v")[0]["v"]
         tls = TlsFiles(
             cluster.ca_cert,
@@ -439,6 +450,7 @@ def standard_run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             "storage": storage,
         },
         "ratios": ratios(quarry, authentication, bare, storage),
+        "enrollment_storm": storm,
     }
 
 
@@ -520,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         run = sweep if args.sweep else standard_run
         figures = run(args, Path(scratch))
     markdown = report.render(figures)
+    if figures.get("enrollment_storm"):
+        markdown += "\n" + enrollment_storm.markdown(figures["enrollment_storm"])
     (out / "report.json").write_text(json.dumps(figures, indent=2, default=str) + "\n")
     (out / "report.md").write_text(markdown)
     print(json.dumps(figures, indent=2, default=str) if args.json else markdown)

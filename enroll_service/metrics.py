@@ -1,6 +1,6 @@
 """Prometheus metrics of the enroll service (never labelled by node, host or secret name)."""
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from enroll_service.enroll_secrets import STATES
 
@@ -36,6 +36,11 @@ NODE_LOOKUPS = Counter(
     "quarry_enroll_node_lookups_total", "GetNode calls by result (found, not_found).", ["result"]
 )
 REVOCATIONS = Counter("quarry_enroll_revocations_total", "Nodes revoked or rejected.")
+ENROLL_GROUP_SIZE = Histogram(
+    "quarry_enroll_group_size_enrollments",
+    "Enrollments written per transaction (group commit; 1 when they arrive one by one).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+)
 WATCH_STREAMS = Gauge("quarry_enroll_watch_streams", "Open WatchNodes streams.")
 
 # Every outcome and state is exported from the start, at zero, so rates need no guessing.

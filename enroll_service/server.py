@@ -62,6 +62,7 @@ async def serve(settings: Settings) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     servicer.close_watches()
+    await servicer.close()
     await server.stop(SHUTDOWN_GRACE_S)
     database.close()
 

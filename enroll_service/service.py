@@ -9,8 +9,8 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -43,6 +43,7 @@ from enroll_service.store import STATUS_CONDITIONS, NewNode, NodeFilter, NodeRec
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
 from quarry.change_feed import ChangeFeed
 from quarry.change_log import ChangeLog, protobuf_feed
+from quarry.group_commit import GroupCommit
 from quarry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ Event = enroll_pb2.NodeEvent
 
 # Refusal reasons (EnrollResponse.reason) and their metric outcomes.
 INVALID_SECRET = "invalid enroll secret"
+# Enrollments written in one transaction at most (docs/enrollment.md, "Enrollment storms").
+MAX_ENROLL_GROUP = 500
 NODE_REVOKED = "node revoked; re-enrollment not allowed"
 SECRET_REFUSALS = {
     REVOKED: ("enroll secret revoked", "secret_revoked"),
@@ -69,6 +72,35 @@ class Refusal:
     outcome: str
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """An enrollment request admitted at the door, waiting for its group's transaction."""
+
+    request: enroll_pb2.EnrollRequest
+    secret: SecretRecord
+    now: int
+    host_identifier: str
+    identity: str
+    details_json: str
+    facts: HostFacts
+
+
+@dataclass
+class SecretsSeen:
+    """The secrets one call's requests present, each looked up once per call (a group of
+    250 enrollments reads the shared secret's file once, not 250 times)."""
+
+    shared: str  # the shared secret in force (current_secret)
+    # (presented value, has a client certificate) -> its secret row, None if not valid
+    found: dict[tuple[str, bool], SecretRecord | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    node: enroll_pb2.Node
+    known_before: bool
+
+
 class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
     def __init__(self, settings: Settings, store: NodeStore, tokens: AdminTokenStore) -> None:
         self._settings = settings
@@ -84,12 +116,19 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
         # Identities suspected of being clones: rebuilt by refresh_gauges, kept current
         # per enrollment so the gauge needs no scan of the history each time.
         self._suspected: set[str] = set()
+        # Enrollments arriving together share one transaction and change event.
+        self._groups: GroupCommit[Attempt, enroll_pb2.EnrollResponse] = GroupCommit(
+            self._write_group, MAX_ENROLL_GROUP, metrics.ENROLL_GROUP_SIZE.observe
+        )
         self._sync_shared_secret()
         self.refresh_gauges()
 
     def close_watches(self) -> None:
         """End the watch streams cleanly; called at shutdown, before the server stops."""
         self._feed.close()
+
+    async def close(self) -> None:
+        await self._groups.close()
 
     def _sync_shared_secret(self) -> None:
         """Show the bootstrap secret as "default" in ListSecrets from the start."""
@@ -117,80 +156,140 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
     async def Enroll(
         self, request: enroll_pb2.EnrollRequest, context: grpc.aio.ServicerContext
     ) -> enroll_pb2.EnrollResponse:
+        return (await self._enroll_all([request]))[0]
+
+    async def EnrollMany(
+        self, request: enroll_pb2.EnrollManyRequest, context: grpc.aio.ServicerContext
+    ) -> enroll_pb2.EnrollManyResponse:
+        return enroll_pb2.EnrollManyResponse(responses=await self._enroll_all(request.requests))
+
+    async def _enroll_all(
+        self, requests: Sequence[enroll_pb2.EnrollRequest]
+    ) -> list[enroll_pb2.EnrollResponse]:
+        """Each request's answer, in order: refused at the door, or written in a group."""
         now = int(time.time())
+        answers: list[enroll_pb2.EnrollResponse | None] = [None] * len(requests)
+        admitted: list[tuple[int, Attempt]] = []
+        secrets_seen = SecretsSeen(current_secret(self._settings))
+        for index, request in enumerate(requests):
+            checked = self._admit(request, now, secrets_seen)
+            if isinstance(checked, Refusal):
+                answers[index] = self._refuse(request, checked)
+            else:
+                admitted.append((index, checked))
+        written = await self._groups.submit_many([attempt for _, attempt in admitted])
+        for (index, _), answer in zip(admitted, written, strict=True):
+            answers[index] = answer
+        return [answer for answer in answers if answer is not None]
+
+    def _admit(
+        self, request: enroll_pb2.EnrollRequest, now: int, secrets_seen: SecretsSeen
+    ) -> Attempt | Refusal:
+        """What can be decided without the write lock: rate limits, secret, identity."""
         # Before anything else, so refused attempts cost no secret lookup or state.
         if not self._rate_limits.address_allows(request.remote_addr):
-            return self._refuse(request, Refusal(RATE_LIMITED_REASON, RATE_LIMITED))
-        secret = self._presented_secret(request, now)
+            return Refusal(RATE_LIMITED_REASON, RATE_LIMITED)
+        key = (request.enroll_secret, has_certificate(request.client_certificate))
+        if key not in secrets_seen.found:
+            secrets_seen.found[key] = self._presented_secret(request, now, secrets_seen.shared)
+        secret = secrets_seen.found[key]
         if secret is None:
-            return self._refuse(request, Refusal(INVALID_SECRET, "invalid_secret"))
+            return Refusal(INVALID_SECRET, "invalid_secret")
         state = secret.state(now)
         if state != ACTIVE:
-            return self._refuse(request, Refusal(*SECRET_REFUSALS[state]))
+            return Refusal(*SECRET_REFUSALS[state])
         if not self._rate_limits.secret_allows(secret.secret_id, request.remote_addr):
-            return self._refuse(request, Refusal(RATE_LIMITED_REASON, RATE_LIMITED))
-
+            return Refusal(RATE_LIMITED_REASON, RATE_LIMITED)
         details_json, facts = parse_host_details(request.host_details_json)
         host_identifier = request.host_identifier or facts.hostname or facts.hardware_uuid
-        identity = self._identity(request, host_identifier, facts)
-        previous = self._store.node_by_identity(identity)
-        refusal = self._node_refusal(previous, secret, identity, now)
-        if refusal is not None:
-            return self._refuse(request, refusal)
+        return Attempt(
+            request=request,
+            secret=secret,
+            now=now,
+            host_identifier=host_identifier,
+            identity=self._identity(request, host_identifier, facts),
+            details_json=details_json,
+            facts=facts,
+        )
 
+    async def _write_group(self, attempts: list[Attempt]) -> list[enroll_pb2.EnrollResponse]:
+        """One transaction and one change event for the whole group (group commit; a
+        group of one sends its changes one by one, as before groups existed).
+
+        Each attempt is decided in turn inside the transaction, seeing the ones before
+        it: a secret's quota, a node's cooldown and its previous key stay exact."""
+        events: list[enroll_pb2.NodeEvent] = []
+        with self.changes.recording() as record:
+            outcomes = [self._enroll_one(attempt, events) for attempt in attempts]
+            if len(attempts) == 1:
+                for event in events:
+                    record("nodes", event)
+            elif events:
+                record("nodes", Event(kind=Event.GROUP, group=events))
+        await self.changes.settled()
+        answers = [self._answer(a, outcome) for a, outcome in zip(attempts, outcomes, strict=True)]
+        metrics.VALID_NODES.set(self._store.valid_count)
+        return answers
+
+    def _enroll_one(
+        self, attempt: Attempt, events: list[enroll_pb2.NodeEvent]
+    ) -> Enrolled | Refusal:
+        """Inside the group's transaction: enroll one attempt, or say why not."""
+        secret, now, facts = attempt.secret, attempt.now, attempt.facts
+        previous = self._store.node_by_identity(attempt.identity)
+        refusal = self._node_refusal(previous, secret, attempt.identity, now)
+        if refusal is not None:
+            return refusal
         new = NewNode(
             node_key=secrets.token_urlsafe(32),
-            identity=identity,
-            host_identifier=host_identifier,
+            identity=attempt.identity,
+            host_identifier=attempt.host_identifier,
             hardware_uuid=facts.hardware_uuid,
             hardware_serial=facts.hardware_serial,
-            platform_type=request.platform_type,
+            platform_type=attempt.request.platform_type,
             platform=facts.platform,
             osquery_version=facts.osquery_version,
             hostname=facts.hostname,
-            host_details_json=details_json,
-            client_certificate_json=_certificate_json(request.client_certificate),
+            host_details_json=attempt.details_json,
+            client_certificate_json=_certificate_json(attempt.request.client_certificate),
             pending=secret.policy.requires_approval and not (previous and previous.approved),
         )
-        with self.changes.recording() as record:
-            enrollment = self._store.enroll(new, secret, now)
-            if enrollment is not None:
-                node = node_message(enrollment.node)
-                if enrollment.replaced_key is not None:
-                    # The old key goes first, so a watcher never holds two keys for one node.
-                    record(
-                        "nodes",
-                        Event(kind=Event.REMOVE, node=_key_only(node, enrollment.replaced_key)),
-                    )
-                record(
-                    "nodes",
-                    Event(kind=Event.UPSERT, node=node, revision=enrollment.node.revision),
-                )
-        await self.changes.settled()
+        enrollment = self._store.enroll(new, secret, now)
         if enrollment is None:
             # Used up (or revoked) by another enrollment since we looked: say which.
             fresh = self._store.secrets_by_ref(secret.secret_id)[0]
-            return self._refuse(request, Refusal(*SECRET_REFUSALS[fresh.state(now)]))
+            return Refusal(*SECRET_REFUSALS[fresh.state(now)])
+        node = node_message(enrollment.node)
+        if enrollment.replaced_key is not None:
+            # The old key goes first, so a watcher never holds two keys for one node.
+            events.append(Event(kind=Event.REMOVE, node=_key_only(node, enrollment.replaced_key)))
+        events.append(Event(kind=Event.UPSERT, node=node, revision=enrollment.node.revision))
+        return Enrolled(node, known_before=previous is not None)
 
-        self._note_clone_suspicion(identity, now)
-        outcome = _success_outcome(node, known_before=previous is not None)
-        metrics.ENROLLMENTS.labels(outcome).inc()
-        metrics.VALID_NODES.set(self._store.valid_count)
+    def _answer(self, attempt: Attempt, outcome: Enrolled | Refusal) -> enroll_pb2.EnrollResponse:
+        """After the commit: the answer, its metrics and its log line."""
+        if isinstance(outcome, Refusal):
+            return self._refuse(attempt.request, outcome)
+        node = outcome.node
+        self._note_clone_suspicion(attempt.identity, attempt.now)
+        result = _success_outcome(node, known_before=outcome.known_before)
+        metrics.ENROLLMENTS.labels(result).inc()
         log.info(
             "node %s %s as %r (identity %r, secret %r)",
             node.node_id,
-            outcome,
-            host_identifier,
-            identity,
-            secret.name,
+            result,
+            attempt.host_identifier,
+            attempt.identity,
+            attempt.secret.name,
         )
         return enroll_pb2.EnrollResponse(ok=True, node_key=node.node_key, node=node)
 
-    def _presented_secret(self, request: enroll_pb2.EnrollRequest, now: int) -> SecretRecord | None:
+    def _presented_secret(
+        self, request: enroll_pb2.EnrollRequest, now: int, shared: str
+    ) -> SecretRecord | None:
         """The secret row the request enrolls with; None when the secret is not valid."""
         presented = request.enroll_secret
         if presented:
-            shared = current_secret(self._settings)
             if secret_matches(presented, shared):
                 return self._store.builtin_secret(
                     KIND_SHARED, SHARED_SECRET_NAME, hash_secret(shared), now

@@ -2,7 +2,8 @@
 
 It comes from QUARRY_ENROLL_SECRET when set, otherwise from a file (by default
 `state_dir/enroll_secret`) that osquery's --enroll_secret_path can point at too.
-The file is re-read on every enrollment, so rotating it needs no restart.
+The file is re-read for every enrollment call (once per group a gateway sends), so
+rotating it needs no restart.
 """
 
 from __future__ import annotations

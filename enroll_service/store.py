@@ -347,6 +347,12 @@ class NodeStore(StateStore):
         self, kind: str, name: str, value_sha256: str | None, now: int
     ) -> SecretRecord:
         """The built-in secret of this kind, created on first use, its hash kept current."""
+        # Every enrollment with the shared secret asks: a read when nothing changed, so
+        # a storm of them takes no write lock here.
+        unchanged = "kind = ? AND COALESCE(value_sha256, '') = COALESCE(?, '')"
+        current = self._secret_where(self._db, unchanged, kind, value_sha256)
+        if current:
+            return current[0]
         with self._transaction() as db:
             found = self._secret_where(db, "kind = ?", kind)
             if not found:

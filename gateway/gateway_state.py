@@ -11,6 +11,7 @@ import grpc
 
 from gateway.activity_batcher import ActivityBatcher
 from gateway.config_cache import ConfigCache
+from gateway.enroll_batcher import EnrollBatcher
 from gateway.live_queries import LiveQueries
 from gateway.log_forwarder import LogForwarder
 from gateway.node_cache import NodeCache
@@ -30,6 +31,7 @@ SYNC_WAIT_S = 15.0
 class GatewayState:
     settings: Settings
     enroll_stub: enroll_pb2_grpc.EnrollServiceStub
+    enrollments: EnrollBatcher
     nodes: NodeCache
     config: ConfigCache
     live_queries: LiveQueries
@@ -50,6 +52,7 @@ class GatewayState:
         return cls(
             settings=settings,
             enroll_stub=enroll_stub,
+            enrollments=EnrollBatcher(enroll_stub),
             nodes=NodeCache(enroll_stub),
             config=ConfigCache(
                 config_pb2_grpc.ConfigServiceStub(config_ch), settings.checkin_flush_interval_s
@@ -82,6 +85,7 @@ class GatewayState:
             log.warning("serving before every watch stream synced; they keep retrying")
 
     async def stop(self) -> None:
+        await self.enrollments.close()
         with contextlib.suppress(Exception):
             await self.activity.flush()
         with contextlib.suppress(Exception):

@@ -1,8 +1,9 @@
 """Every valid node key, in memory: how the gateway authenticates check-ins.
 
 Fed by EnrollService.WatchNodes: a snapshot, then each enrollment, approval and
-revocation. A REMOVE (revocation, or a key replaced by re-enrollment) evicts the key
-at once, so a revoked node is refused on its next request by every gateway replica.
+revocation (the enrollments of one group commit arrive as one GROUP event). A REMOVE
+(revocation, or a key replaced by re-enrollment) evicts the key at once, so a revoked
+node is refused on its next request by every gateway replica.
 On every (re)connection the snapshot is built into a fresh dict and swapped in when
 complete, so a key revoked while the stream was down disappears too.
 
@@ -199,11 +200,14 @@ class NodeCache:
         metrics.WATCH_SYNCED.labels("nodes").set(0)
 
     def apply(self, event: enroll_pb2.NodeEvent) -> None:
-        """One live change from the watch stream."""
+        """One live change from the watch stream (a GROUP: its changes, in order)."""
         if event.kind == Event.UPSERT:
             self.add(event.node)
         elif event.kind == Event.REMOVE:
             self.remove(event.node.node_key)
+        elif event.kind == Event.GROUP:
+            for change in event.group:
+                self.apply(change)
 
     def _swap_in(self, snapshot: dict[bytes, CachedKey]) -> None:
         self._by_digest = snapshot
@@ -220,3 +224,6 @@ def _apply_to(snapshot: dict[bytes, CachedKey], event: enroll_pb2.NodeEvent) -> 
         snapshot[key_digest(entry.key)] = entry
     elif event.kind == Event.REMOVE:
         snapshot.pop(key_digest(event.node.node_key), None)
+    elif event.kind == Event.GROUP:
+        for change in event.group:
+            _apply_to(snapshot, change)

@@ -50,7 +50,6 @@ NODE_INVALID = {"node_invalid": True}
 # schedules nothing) and no live queries.
 PENDING_CONFIG = b"{}"
 NO_LIVE_QUERIES = b'{"queries":{}}'
-ENROLL_TIMEOUT_S = 10.0
 
 
 class Refusal(Exception):
@@ -81,8 +80,11 @@ async def enroll(request: Request, state: GatewayState, body: dict) -> Response:
         secret = request.query_params.get(key_name, "")  # --tls_secret_always
     _check_enroll_fields(body)
     details = body.get("host_details")
+    if state.enrollments.full:
+        metrics.ENROLLMENTS.labels("unavailable").inc()
+        raise error("too many enrollments in progress; retry later", 503)
     try:
-        reply = await state.enroll_stub.Enroll(
+        reply = await state.enrollments.enroll(
             enroll_pb2.EnrollRequest(
                 enroll_secret=secret,
                 host_identifier=_text(body.get("host_identifier")),
@@ -90,8 +92,7 @@ async def enroll(request: Request, state: GatewayState, body: dict) -> Response:
                 host_details_json=orjson.dumps(details).decode() if details else "",
                 remote_addr=request.client.host if request.client else "",
                 client_certificate=_client_certificate(request),
-            ),
-            timeout=ENROLL_TIMEOUT_S,
+            )
         )
     except grpc.aio.AioRpcError as exc:
         metrics.ENROLLMENTS.labels("unavailable").inc()

@@ -19,6 +19,7 @@ def test_a_tiny_standard_run_writes_a_consistent_report(tmp_path: Path) -> None:
             "--config-interval", "4", "--log-interval", "2", "--distributed-interval", "2",
             "--connections", "2", "--log-connections", "4", "--saturation-seconds", "0.5",
             "--latency-rate", "5", "--latency-seconds", "1",
+            "--storm-new-hosts", "20", "--storm-enrolled-hosts", "4",
             "--out", str(out),
         ]
     )  # fmt: skip
@@ -60,7 +61,11 @@ def test_a_tiny_standard_run_writes_a_consistent_report(tmp_path: Path) -> None:
     assert figures["saturation"]["bare_https"]["distributed_read"]["requests"] > 0
     assert figures["saturation"]["storage"]["rows_per_s"] > 0
     assert all(value is not None for value in figures["ratios"].values())
+    storm = figures["enrollment_storm"]
+    assert storm["enrollments"] == storm["new_keys_working"] == 20
+    assert storm["enrolled_hosts_ready"] == 4 and storm["checkins_storm"]["errors"] == 0
     markdown = (out / "report.md").read_text()
     assert "hosts per core" in markdown and "| distributed read |" in markdown
     assert "| all its rows visible in ClickHouse |" in markdown
     assert "## Authentication on the hot path" in markdown and "node-cache hits" in markdown
+    assert "## Enrollment storm: 20 new hosts" in markdown

@@ -11,6 +11,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -92,26 +93,26 @@ def host_details(hostname: str, hardware_uuid: str = "", serial: str = "") -> st
     )
 
 
-def enroll_host(
-    enroll: Stub,
+def enroll_request(
     name: str,
     secret: str = SHARED_SECRET,
     hardware_uuid: str | None = None,
     serial: str = "",
     certificate: enroll_pb2.ClientCertificate | None = None,
-) -> enroll_pb2.EnrollResponse:
+) -> enroll_pb2.EnrollRequest:
     uuid = f"uuid-{name}" if hardware_uuid is None else hardware_uuid
-    return enroll.Enroll(
-        enroll_pb2.EnrollRequest(
-            enroll_secret=secret,
-            host_identifier=name,
-            platform_type="9",
-            host_details_json=host_details(name, uuid, serial),
-            remote_addr="127.0.0.1",
-            client_certificate=certificate,
-        ),
-        timeout=RPC_TIMEOUT_S,
+    return enroll_pb2.EnrollRequest(
+        enroll_secret=secret,
+        host_identifier=name,
+        platform_type="9",
+        host_details_json=host_details(name, uuid, serial),
+        remote_addr="127.0.0.1",
+        client_certificate=certificate,
     )
+
+
+def enroll_host(enroll: Stub, name: str, **kwargs: object) -> enroll_pb2.EnrollResponse:
+    return enroll.Enroll(enroll_request(name, **kwargs), timeout=RPC_TIMEOUT_S)
 
 
 def enrolled(enroll: Stub, name: str, **kwargs: object) -> enroll_pb2.EnrollResponse:
@@ -310,6 +311,98 @@ def test_the_secrets_gauge_counts_by_state(service, enroll) -> None:
 
 
 # Nodes
+
+
+# --- storms: many enrollments at once, written in groups (docs/enrollment.md) -------------
+
+
+def storm(enroll: Stub, singles: list[enroll_pb2.EnrollRequest], *groups: list) -> list:
+    """Every single request in an Enroll call of its own and every group in one EnrollMany
+    call, all in flight at once; the answers, singles first, then each group's in order."""
+
+    def call(batch: list[enroll_pb2.EnrollRequest] | enroll_pb2.EnrollRequest) -> list:
+        if isinstance(batch, list):
+            request = enroll_pb2.EnrollManyRequest(requests=batch)
+            return list(enroll.EnrollMany(request, timeout=RPC_TIMEOUT_S).responses)
+        return [enroll.Enroll(batch, timeout=RPC_TIMEOUT_S)]
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        answers = list(pool.map(call, [*singles, *groups]))
+    return [answer for batch in answers for answer in batch]
+
+
+def test_a_storm_of_concurrent_enrollments_gets_distinct_working_keys(enroll) -> None:
+    names = [f"storm-{i}" for i in range(120)]
+    requests = [enroll_request(name) for name in names]
+    answers = storm(enroll, requests[:60], requests[60:90], requests[90:])
+    assert [a.ok for a in answers] == [True] * 120, [a.reason for a in answers if not a.ok]
+    assert [a.node.host_identifier for a in answers] == names
+    assert len({a.node_key for a in answers}) == 120
+    assert len({a.node.node_id for a in answers}) == 120
+    assert all(is_valid(enroll, a.node_key) for a in answers)
+    listed = {n.host_identifier for n in nodes(enroll) if not n.revoked}
+    assert set(names) <= listed
+
+
+def test_a_group_is_answered_in_order_and_sees_its_own_changes(service, enroll) -> None:
+    groups_before = service.metric("quarry_enroll_group_size_enrollments_count")
+    sizes_before = service.metric("quarry_enroll_group_size_enrollments_sum")
+    watch = StreamReader(enroll.WatchNodes(enroll_pb2.WatchNodesRequest()))
+    try:
+        watch.until(is_snapshot_done)
+        group = [
+            enroll_request("group-a"),
+            enroll_request("group-bad", secret="not-the-secret"),
+            enroll_request("group-b"),
+            enroll_request("group-a"),  # the same machine again, in the same group
+        ]
+        answers = list(enroll.EnrollMany(enroll_pb2.EnrollManyRequest(requests=group)).responses)
+        event = watch.next()
+    finally:
+        watch.close()
+    first, bad, other, again = answers
+    assert (first.ok, bad.ok, other.ok, again.ok) == (True, False, True, True)
+    assert bad.reason == "invalid enroll secret"
+    assert again.node.node_id == first.node.node_id and again.node_key != first.node_key
+    assert not is_valid(enroll, first.node_key) and is_valid(enroll, again.node_key)
+    # One change event for the group: the replaced key's REMOVE before the new key.
+    assert event.kind == NodeEvent.GROUP
+    assert [(e.kind, e.node.node_key) for e in event.group] == [
+        (NodeEvent.UPSERT, first.node_key),
+        (NodeEvent.UPSERT, other.node_key),
+        (NodeEvent.REMOVE, first.node_key),
+        (NodeEvent.UPSERT, again.node_key),
+    ]
+    # The three admitted enrollments were written as one group.
+    assert service.metric("quarry_enroll_group_size_enrollments_count") == groups_before + 1
+    assert service.metric("quarry_enroll_group_size_enrollments_sum") == sizes_before + 3
+
+
+def test_a_quota_holds_under_a_concurrent_storm(enroll) -> None:
+    created = create_secret(enroll, "storm-quota", max_enrollments=7)
+    requests = [enroll_request(f"quota-storm-{i}", secret=created.value) for i in range(50)]
+    answers = storm(enroll, requests[:30], requests[30:40], requests[40:])
+    assert sum(a.ok for a in answers) == 7
+    assert {a.reason for a in answers if not a.ok} == {"enroll secret exhausted"}
+    assert secrets_by_id(enroll)[created.secret.secret_id].enrollments == 7
+    assert len(nodes(enroll, secret_name="storm-quota")) == 7
+
+
+def test_the_cooldown_counts_the_enrollments_earlier_in_the_same_group(enroll) -> None:
+    # The default policy: from the third enrollment within the window, wait 60 s.
+    group = [enroll_request("cooling-down") for _ in range(4)]
+    answers = enroll.EnrollMany(enroll_pb2.EnrollManyRequest(requests=group)).responses
+    assert [a.ok for a in answers] == [True, True, True, False]
+    assert answers[3].reason.startswith("re-enrolling too often")
+    assert is_valid(enroll, answers[2].node_key)
+
+
+def test_a_one_time_secret_enrolls_once_in_a_group(enroll) -> None:
+    created = create_secret(enroll, "storm-once", one_time=True)
+    group = [enroll_request(f"once-{i}", secret=created.value) for i in range(5)]
+    answers = enroll.EnrollMany(enroll_pb2.EnrollManyRequest(requests=group)).responses
+    assert [a.ok for a in answers] == [True, False, False, False, False]
+    assert secrets_by_id(enroll)[created.secret.secret_id].enrollments == 1
 
 
 def test_reenrollment_keeps_the_node_and_invalidates_the_old_key(service, enroll) -> None:

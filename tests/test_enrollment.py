@@ -153,6 +153,49 @@ def test_a_secret_stops_at_its_quota(cluster: QuarryCluster) -> None:
     assert refusal(nodes[2]) == "enroll secret exhausted"
 
 
+def enroll_at_once(nodes: list[OsqueryNode]) -> list[str]:
+    """Every node enrolls at the same moment (a data-centre reboot); their keys, or ""."""
+
+    async def storm() -> list[str]:
+        try:
+            return list(await asyncio.gather(*(node.enroll() for node in nodes)))
+        finally:
+            for node in nodes:
+                await node.aclose()
+
+    return run(storm())
+
+
+def test_a_storm_of_hosts_enrolling_at_once_all_get_distinct_working_keys(
+    cluster: QuarryCluster,
+) -> None:
+    nodes = [new_node(cluster, cluster.enroll_secret) for _ in range(150)]
+    keys = enroll_at_once(nodes)
+    assert all(keys) and len(set(keys)) == 150
+
+    async def check_in() -> list[bool]:
+        try:
+            return [await node.distributed_read() is not None for node in nodes]
+        finally:
+            for node in nodes:
+                await node.aclose()
+
+    assert run(check_in()) == [True] * 150
+    listed = {n["host_identifier"] for n in cluster.cli_json("node", "list")}
+    assert {node.host_identifier for node in nodes} <= listed
+
+
+def test_a_quota_holds_when_many_hosts_enroll_at_once(cluster: QuarryCluster) -> None:
+    secret = create_secret(cluster, "storm-quota", "--max-enrollments", "10")
+    nodes = [new_node(cluster, secret) for _ in range(40)]
+    keys = enroll_at_once(nodes)
+    assert sum(bool(key) for key in keys) == 10
+    assert {refusal(node) for node, key in zip(nodes, keys, strict=True) if not key} == {
+        "enroll secret exhausted"
+    }
+    assert secret_named(cluster, "storm-quota")["enrollments"] == 10
+
+
 def test_an_expired_secret_is_refused(cluster: QuarryCluster) -> None:
     secret = create_secret(cluster, "short-lived", "--expires", "2s")
     assert enroll(new_node(cluster, secret))

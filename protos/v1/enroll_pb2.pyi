@@ -23,6 +23,18 @@ class EnrollRequest(_message.Message):
     client_certificate: ClientCertificate
     def __init__(self, enroll_secret: _Optional[str] = ..., host_identifier: _Optional[str] = ..., platform_type: _Optional[str] = ..., host_details_json: _Optional[str] = ..., remote_addr: _Optional[str] = ..., client_certificate: _Optional[_Union[ClientCertificate, _Mapping]] = ...) -> None: ...
 
+class EnrollManyRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[EnrollRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[EnrollRequest, _Mapping]]] = ...) -> None: ...
+
+class EnrollManyResponse(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[EnrollResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[EnrollResponse, _Mapping]]] = ...) -> None: ...
+
 class ClientCertificate(_message.Message):
     __slots__ = ("subject", "subject_alt_names", "sha256_fingerprint")
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -104,24 +116,28 @@ class WatchNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeEvent(_message.Message):
-    __slots__ = ("kind", "node", "revision")
+    __slots__ = ("kind", "node", "revision", "group")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[NodeEvent.Kind]
         UPSERT: _ClassVar[NodeEvent.Kind]
         REMOVE: _ClassVar[NodeEvent.Kind]
         SNAPSHOT_DONE: _ClassVar[NodeEvent.Kind]
+        GROUP: _ClassVar[NodeEvent.Kind]
     KIND_UNSPECIFIED: NodeEvent.Kind
     UPSERT: NodeEvent.Kind
     REMOVE: NodeEvent.Kind
     SNAPSHOT_DONE: NodeEvent.Kind
+    GROUP: NodeEvent.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     kind: NodeEvent.Kind
     node: Node
     revision: int
-    def __init__(self, kind: _Optional[_Union[NodeEvent.Kind, str]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+    group: _containers.RepeatedCompositeFieldContainer[NodeEvent]
+    def __init__(self, kind: _Optional[_Union[NodeEvent.Kind, str]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., revision: _Optional[int] = ..., group: _Optional[_Iterable[_Union[NodeEvent, _Mapping]]] = ...) -> None: ...
 
 class GetNodeRequest(_message.Message):
     __slots__ = ("node_key",)

@@ -39,6 +39,11 @@ class EnrollServiceStub:
                 request_serializer=protos_dot_v1_dot_enroll__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_enroll__pb2.EnrollResponse.FromString,
                 _registered_method=True)
+        self.EnrollMany = channel.unary_unary(
+                '/quarry.v1.EnrollService/EnrollMany',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.EnrollManyRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.EnrollManyResponse.FromString,
+                _registered_method=True)
         self.WatchNodes = channel.unary_stream(
                 '/quarry.v1.EnrollService/WatchNodes',
                 request_serializer=protos_dot_v1_dot_enroll__pb2.WatchNodesRequest.SerializeToString,
@@ -136,6 +141,14 @@ class EnrollServiceServicer:
 
     def Enroll(self, request, context):
         """Checks the enroll secret and returns a fresh node key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnrollMany(self, request, context):
+        """Many enrollments in one call (a gateway groups those that arrive together);
+        answered in request order, each as Enroll would answer it (docs/enrollment.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -272,6 +285,11 @@ def add_EnrollServiceServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_v1_dot_enroll__pb2.EnrollRequest.FromString,
                     response_serializer=protos_dot_v1_dot_enroll__pb2.EnrollResponse.SerializeToString,
             ),
+            'EnrollMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrollMany,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.EnrollManyRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.EnrollManyResponse.SerializeToString,
+            ),
             'WatchNodes': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchNodes,
                     request_deserializer=protos_dot_v1_dot_enroll__pb2.WatchNodesRequest.FromString,
@@ -390,6 +408,33 @@ class EnrollService:
             '/quarry.v1.EnrollService/Enroll',
             protos_dot_v1_dot_enroll__pb2.EnrollRequest.SerializeToString,
             protos_dot_v1_dot_enroll__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrollMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/EnrollMany',
+            protos_dot_v1_dot_enroll__pb2.EnrollManyRequest.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.EnrollManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
