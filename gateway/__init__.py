@@ -4,5 +4,6 @@ Read `osquery_api.py` first: it is the whole osquery protocol surface. The cache
 answers from (`node_cache.py`, `config_cache.py`, `live_queries.py`) are fed by the
 services' gRPC watch streams; writes leave through `activity_batcher.py` (gRPC, in
 batches) and `log_forwarder.py` (ZeroMQ to the ingest service). `client_certificates.py`
-captures each TLS connection's verified client certificate for enrollment.
+captures each TLS connection's verified client certificate for enrollment;
+`idle_connections.py` keeps what an idle keep-alive connection holds small.
 """

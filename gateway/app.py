@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from gateway import osquery_api
 from gateway.gateway_state import GatewayState
+from gateway.idle_connections import map_large_buffers_separately
 from quarry.garbage_collection import tune_for_throughput
 from quarry.process_logging import setup_logging
 from quarry.settings import Settings
@@ -23,6 +24,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if not logging.getLogger().handlers:  # a worker process uvicorn spawned
         setup_logging("gateway", settings.log_level)
         tune_for_throughput()
+    map_large_buffers_separately()  # each worker process, before it accepts connections
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -1,8 +1,9 @@
 """TLS client certificates: who the peer proved to be during the handshake.
 
 uvicorn does not put the peer certificate in the ASGI scope, so it is captured where
-the connection is made: `ClientCertificateProtocol` is uvicorn's own HTTP protocol
-class (httptools, or h11 without it) plus a few lines that read the verified
+the connection is made: `ClientCertificateProtocol` is the gateway's HTTP protocol
+class (uvicorn's httptools protocol, kept lean while idle: gateway/idle_connections.py)
+plus a few lines that read the verified
 certificate from the TLS transport and register it under the connection's peer
 address, the (host, port) that uvicorn also puts in scope["client"]. The enroll
 handler looks the certificate up by request.client; the entry goes when the
@@ -22,9 +23,9 @@ import ssl
 from dataclasses import dataclass
 
 from cryptography import x509
-from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from gateway import metrics
+from gateway.idle_connections import LeanHttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,14 @@ def _peer_certificate(transport: asyncio.BaseTransport) -> PeerCertificate | Non
         return None
 
 
-class ClientCertificateProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+class ClientCertificateProtocol(LeanHttpToolsProtocol):
     """uvicorn's HTTP protocol, registering the client certificate of each connection.
 
     uvicorn creates one instance per accepted TCP connection; the event loop's TLS
     transport calls connection_made only once the handshake has succeeded (and never
     after a failed one), so the two counters below differ by the handshakes that
-    failed or are still under way.
+    failed or are still under way. The open connections gauge counts established
+    connections (those with a transport) until they close.
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -104,11 +106,14 @@ class ClientCertificateProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-t
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         metrics.TLS_CONNECTIONS.labels("established").inc()
+        metrics.OPEN_CONNECTIONS.inc()
         certificate = _peer_certificate(transport)
         if certificate is not None and self.client is not None:
             _by_peer[self.client] = certificate
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:  # set by connection_made
+            metrics.OPEN_CONNECTIONS.dec()
         if self.client is not None:
             _by_peer.pop(self.client, None)
         super().connection_lost(exc)

@@ -30,7 +30,11 @@ def head_timeout_s() -> float:
 
 
 class HeadDeadlineProtocol(ClientCertificateProtocol):
-    _head_deadline: asyncio.TimerHandle | None = None
+    __slots__ = ("_head_deadline",)  # no instance dictionary (gateway/idle_connections.py)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

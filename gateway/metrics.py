@@ -58,6 +58,12 @@ TLS_CONNECTIONS = Counter(
     "the difference is failed handshakes, e.g. a missing or untrusted client certificate.",
     ["stage"],
 )
+OPEN_CONNECTIONS = Gauge(
+    "quarry_gateway_open_connections",
+    "TLS connections established and not yet closed (osquery keeps about three per host, "
+    "idle between requests).",
+    multiprocess_mode="livesum",
+)
 LOG_BATCHES = Counter(
     "quarry_gateway_log_batches_total",
     "Log batches sent to ingest, by kind and outcome (ok, duplicate, error: not stored, "

@@ -93,6 +93,7 @@ PRESENT_METRICS = (
     "quarry_grpc_server_calls_in_flight",
     "quarry_grpc_client_calls_in_flight",
     "quarry_gateway_log_batches_in_flight",
+    "quarry_gateway_open_connections",
     "quarry_ingest_unsettled_batches",
     "quarry_ingest_insert_errors_total",
     "quarry_ingest_spool_unreplayed_bytes",

@@ -152,6 +152,10 @@ GATEWAY = Dashboard(
                 unit="cps",
             ),
             Panel(
+                "Open connections",
+                {"open (idle keep-alive included)": "sum(quarry_gateway_open_connections)"},
+            ),
+            Panel(
                 "Node key authentications",
                 {"{{result}}": rate("quarry_gateway_node_cache_lookups_total", "result")},
                 unit="ops",
