@@ -1,8 +1,13 @@
-"""`python -m bench.soak` (what `make soak` runs): a long run with random process kills.
+"""`python -m bench.soak` (what `make soak` runs): a long run with random faults.
 
-A cluster started by `quarry up`, a simulated osquery fleet (bench/fleet.py) on it, and every
-30-90 s a SIGKILL to a random Quarry service, which `quarry up` restarts. Every service's
-memory is sampled from /proc while it runs. At the end it checks the fault matrix's promise
+A cluster started by `quarry up`, a simulated osquery fleet (bench/fleet.py) on it behind a
+relay that can lose answers (tests/lossy_proxy.py), and every 30-90 s a random fault
+(`--faults`): a SIGKILL to a random Quarry service, which `quarry up` restarts (`kill`);
+ingest stopped (SIGSTOP) for twice the gateway's wait, so POSTs time out while their batches
+are stored later (`stall`); or a third of the gateway's answers lost for 20 s (`lossy`). The
+last two make osquery send lines again merged with newer ones, as it does after any lost
+answer (docs/adr/0012-line-level-exactly-once.md). Every service's memory is sampled from
+/proc while it runs. At the end it checks the fault matrix's promise
 (docs/faults.md): the log rows ClickHouse holds equal the rows osquery was told were stored,
 no row is stored twice, and no process's memory kept growing. Exit status 0 only if all hold.
 
@@ -14,7 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -32,12 +39,18 @@ from bench.process_costs import (
     process_tree,
     read_rss_bytes,
 )
+from tests.lossy_proxy import LossyProxy
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
 
 SAMPLE_INTERVAL_S = 10.0
 WARM_UP_SHARE = 0.2  # a process's memory is judged once it has been up this share of the run
 MAX_MEMORY_GROWTH = 0.5  # the soak's verdict, not a unit-test threshold
 SETTLE_TIMEOUT_S = 180.0  # for the spool to be replayed after the fleet stops
+FAULTS = ("kill", "stall", "lossy")
+ACK_TIMEOUT_S = 3.0  # the gateway's wait for ingest (log_ack_timeout_s), short for stalls
+LOSSY_S = 20.0
+LOSS = 0.3
+QUIET_END_S = 30.0  # no fault starts this close to the end: the fleet then drains
 
 # What makes a stored row itself: two equal rows are the same line stored twice.
 ROW_IDENTITIES = {
@@ -61,7 +74,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         nargs=2,
         default=(30.0, 90.0),
         metavar=("MIN_S", "MAX_S"),
-        help="seconds between kills, drawn uniformly",
+        help="seconds between faults, drawn uniformly",
+    )
+    parser.add_argument(
+        "--faults",
+        default=",".join(FAULTS),
+        help=f"comma-separated faults to draw from: {', '.join(FAULTS)}",
     )
     parser.add_argument("--seed", type=int, default=0, help="0: a fresh seed each run")
     parser.add_argument("--clickhouse-url", default="", help='"" for embedded chdb')
@@ -116,25 +134,68 @@ class MemorySamples:
         return report
 
 
-def kill_randomly(
-    cluster: QuarryCluster,
-    stop: threading.Event,
-    rng: random.Random,
-    every: tuple[float, float],
-    kills: list[dict[str, Any]],
-    started: float,
-) -> None:
-    """SIGKILL a random service at random intervals until stopped; `quarry up` restarts it."""
-    while not stop.wait(rng.uniform(*every)):
-        service = rng.choice(QUARRY_SERVICES)
-        second = round(time.monotonic() - started, 1)
-        try:
-            cluster.kill_service(service)
-        except LookupError:  # still restarting from the previous kill
-            progress(f"{second:>6} s  {service} not running, no kill")
+@dataclass
+class Faults:
+    """What the fault thread may do, and the relay in front of the gateway."""
+
+    cluster: QuarryCluster
+    proxy: LossyProxy
+    kinds: list[str]
+    rng: random.Random
+    every: tuple[float, float]
+    last_start_s: float
+    started: float
+    done: list[dict[str, Any]] = field(default_factory=list)
+
+
+def inject_randomly(faults: Faults, stop: threading.Event) -> None:
+    """A random fault at random intervals until stopped, none near the end of the run."""
+    while not stop.wait(faults.rng.uniform(*faults.every)):
+        second = round(time.monotonic() - faults.started, 1)
+        if second > faults.last_start_s:
             continue
-        kills.append({"at_s": second, "service": service})
-        progress(f"{second:>6} s  SIGKILL {service} (kill {len(kills)})")
+        kind = faults.rng.choice(faults.kinds)
+        what = INJECT[kind](faults, stop)
+        if what:
+            faults.done.append({"at_s": second, "fault": kind, "what": what})
+            progress(f"{second:>6} s  {kind}: {what} (fault {len(faults.done)})")
+
+
+def kill_one(faults: Faults, stop: threading.Event) -> str:
+    """SIGKILL a random service; `quarry up` restarts it."""
+    service = faults.rng.choice(QUARRY_SERVICES)
+    try:
+        faults.cluster.kill_service(service)
+    except LookupError:  # still restarting from the previous kill
+        return ""
+    return f"SIGKILL {service}"
+
+
+def stall_ingest(faults: Faults, stop: threading.Event) -> str:
+    """SIGSTOP ingest for twice the gateway's wait, then SIGCONT."""
+    try:
+        pid = faults.cluster.service_pid("ingest")
+    except LookupError:
+        return ""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stop.wait(ACK_TIMEOUT_S * 2)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    return f"ingest stopped {ACK_TIMEOUT_S * 2:g} s"
+
+
+def lose_answers(faults: Faults, stop: threading.Event) -> str:
+    """Lose a share of the gateway's answers for a while."""
+    faults.proxy.loss = LOSS
+    try:
+        stop.wait(LOSSY_S)
+    finally:
+        faults.proxy.loss = 0
+    return f"{faults.proxy.lost_answers} answers lost so far"
+
+
+INJECT = {"kill": kill_one, "stall": stall_ingest, "lossy": lose_answers}
 
 
 def sample_memory(
@@ -180,43 +241,57 @@ def soak(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     seed = args.seed or time.time_ns() % 1_000_000_000
     rng = random.Random(seed)
     duration_s = args.minutes * 60
-    with quarry_cluster(scratch, args.clickhouse_url) as cluster:
+    kinds = [kind.strip() for kind in args.faults.split(",") if kind.strip()]
+    if not kinds or set(kinds) - set(FAULTS):
+        raise SystemExit(f"--faults takes some of {', '.join(FAULTS)}, not {args.faults!r}")
+    extra_env = {"QUARRY_LOG_ACK_TIMEOUT_S": str(ACK_TIMEOUT_S)}
+    with quarry_cluster(scratch, args.clickhouse_url, extra_env) as cluster:
         config_file = scratch / "soak-config.json"
         config_file.write_text(json.dumps(config_for_packs()))
         cluster.cli("config", "set", "-f", str(config_file))
-        config = FleetConfig(
-            hosts=args.hosts,
-            server=cluster.gateway,
-            ca_file=str(cluster.ca_cert),
-            enroll_secret=cluster.enroll_secret,
-            duration_s=duration_s,
-            start_period_s=min(30.0, duration_s / 4),
-            seed=seed,
-            host_identifier_prefix=f"soak{seed}",
+        memory = MemorySamples()
+        proxy = LossyProxy(cluster.port_base, loss=0, seed=seed)
+        last_start_s = duration_s - QUIET_END_S
+        faults = Faults(
+            cluster, proxy, kinds, rng, tuple(args.kill_every), last_start_s, memory.started
         )
         stop = threading.Event()
-        kills: list[dict[str, Any]] = []
-        memory = MemorySamples()
         workers = [
-            threading.Thread(
-                target=kill_randomly,
-                args=(cluster, stop, rng, tuple(args.kill_every), kills, memory.started),
-            ),
-            threading.Thread(target=sample_memory, args=(cluster, stop, memory, kills)),
+            threading.Thread(target=inject_randomly, args=(faults, stop)),
+            threading.Thread(target=sample_memory, args=(cluster, stop, memory, faults.done)),
         ]
-        progress(f"{args.hosts} hosts for {args.minutes:g} min, seed {seed}")
-        for worker in workers:
-            worker.start()
+        progress(f"{args.hosts} hosts for {args.minutes:g} min, faults {kinds}, seed {seed}")
+
+        async def fleet_behind_the_relay() -> FleetResult:
+            config = FleetConfig(
+                hosts=args.hosts,
+                server=f"localhost:{await proxy.start()}",
+                ca_file=str(cluster.ca_cert),
+                enroll_secret=cluster.enroll_secret,
+                duration_s=duration_s,
+                start_period_s=min(30.0, duration_s / 4),
+                seed=seed,
+                host_identifier_prefix=f"soak{seed}",
+            )
+            for worker in workers:
+                worker.start()
+            try:
+                return await run_fleet(config)
+            finally:
+                stop.set()
+                await proxy.close()
+
         try:
-            result: FleetResult = asyncio.run(run_fleet(config))
+            result = asyncio.run(fleet_behind_the_relay())
         finally:
             stop.set()
             for worker in workers:
-                worker.join()
+                if worker.is_alive():
+                    worker.join()
         progress("fleet stopped; waiting for the spool to be replayed")
-        found = settled_rows(cluster, config.identifier_prefix, result.rows_accepted)
+        found = settled_rows(cluster, f"soak{seed}", result.rows_accepted)
         restarts = cluster.log_text().count("restarting in")
-    return verdict(args, seed, result, found, kills, restarts, memory, duration_s)
+    return verdict(args, seed, result, found, faults.done, restarts, memory, duration_s)
 
 
 def verdict(
@@ -236,12 +311,12 @@ def verdict(
         "rows_accepted_equal_rows_stored": stored == result.rows_accepted,
         "no_duplicates": not any(repeats.values()),
         "memory_stable": all(figures["stable"] for figures in memory_report.values()),
-        "processes_killed": bool(kills),
+        "faults_injected": bool(kills),
     }
     return {
         "settings": {**vars(args), "seed": seed},
         "hosts_enrolled": result.hosts_enrolled,
-        "kills": kills,
+        "faults": kills,
         "restarts_seen": restarts,
         "rows": {"accepted": result.rows_accepted, "stored": stored, "repeats": repeats},
         "requests": {
