@@ -157,11 +157,15 @@ class QuarryCluster:
 
 @contextmanager
 def quarry_cluster(
-    tmp_dir: Path, clickhouse_url: str = "", extra_env: dict[str, str] | None = None
+    tmp_dir: Path,
+    clickhouse_url: str = "",
+    extra_env: dict[str, str] | None = None,
+    port_base: int | None = None,
 ) -> Iterator[QuarryCluster]:
+    """A running cluster under tmp_dir, on `port_base` or else a free base."""
     cluster = QuarryCluster(
         state_dir=tmp_dir / "state",
-        port_base=free_port_base(),
+        port_base=port_base or free_port_base(),
         clickhouse_url=clickhouse_url,
         output=tmp_dir / "quarry-up.log",
         extra_env=extra_env or {},
