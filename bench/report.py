@@ -90,6 +90,8 @@ def _side_by_side(workloads: dict[str, Any], phases: dict[str, Any]) -> list[str
         row("errors (window / whole run)", lambda run, w: _errors(run, w)),
         row("rows acknowledged = rows stored", lambda run, _w: _rows_check(run["rows_check"])),
         row("ClickHouse inserts/s (rows per insert)", lambda _run, w: _inserts(w)),
+        row("ClickHouse server idle before the run (cores)", lambda run, _w: _rounded(
+            run.get("clickhouse_idle_cores"), 3) or "n/a (chdb)"),
         row("POST-to-rows-visible p50 / p99 (ms)", lambda run, _w: _visible(run)),
         row("gateway RSS peak (MB)", lambda run, _w: _rounded(
             run["costs"]["processes"].get("gateway", {}).get("rss_max_bytes", 0) / 2**20, 0)),

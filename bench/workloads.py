@@ -16,11 +16,13 @@ for `fleet`, one log and distributed interval for `events`), the measured window
 running, an open loop of 20-line gzip POSTs is timed until its rows are visible in
 ClickHouse (kept out of the window, so the probe's requests do not count as the fleet's).
 
-Over the window it samples every server process's CPU and memory from /proc (gateway,
-ingest, enroll, config, distributed, and the ClickHouse server process when one is used)
-and reads ingest's /metrics (`quarry_ingest_insert_duration_seconds` counts one per insert)
-at both edges. From those come hosts per core for the whole stack, each process's CPU per
-request and per row, and ClickHouse's inserts per second. After the run, the rows osquery
+With a ClickHouse server, each measurement first waits until the server runs no merge, so
+merges of earlier rows are not charged to it. Over the window it samples every server
+process's CPU and memory from /proc (gateway, ingest, enroll, config, distributed, and the
+ClickHouse server process when one is used) and reads ingest's /metrics
+(`quarry_ingest_insert_duration_seconds` counts one per insert) at both edges. From those
+come hosts per core for the whole stack, each process's CPU per request and per row, and
+ClickHouse's inserts per second. After the run, the rows osquery
 was told were stored are compared with the rows ClickHouse holds: they must be equal.
 """
 
@@ -33,6 +35,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from clickhouse_driver import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.event_payloads import (
@@ -52,6 +55,7 @@ from bench.process_costs import (
 )
 from bench.saturation import SaturationTarget
 from bench.visibility_latency import measure_visibility, rows_per_counter
+from ingest_service.clickhouse_server_store import client_url
 from protos.v1 import distributed_pb2, distributed_pb2_grpc, logs_pb2_grpc
 from tests.emulator.http_client import ServerAddress, osquery_ssl_context
 from tests.quarry_cluster import QuarryCluster
@@ -63,6 +67,9 @@ ROWS_INSERTED_FAMILY = "quarry_ingest_rows_inserted"
 ROWS_CHECK_TIMEOUT_S = 90.0  # rows acknowledged but still on their way to ClickHouse
 ROWS_CHECK_POLL_S = 1.0
 VISIBILITY_SETTLE_S = 60.0  # the probe's own limit for a POST's rows to appear
+CLICKHOUSE_SETTLE_TIMEOUT_S = 120.0
+CLICKHOUSE_SETTLE_POLL_S = 1.0
+CLICKHOUSE_IDLE_SAMPLE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -190,6 +197,35 @@ def server_pids(cluster: QuarryCluster, clickhouse_url: str) -> dict[str, int]:
     return pids
 
 
+def settle_clickhouse(clickhouse_url: str) -> float | None:
+    """Wait until a ClickHouse server runs no merge; the seconds waited (None: no server).
+
+    A server outlives the workloads (and earlier runs): merges of their rows would otherwise
+    be charged to this workload's window.
+    """
+    if not clickhouse_url:
+        return None
+    client = Client.from_url(client_url(clickhouse_url, "default"))
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < CLICKHOUSE_SETTLE_TIMEOUT_S:
+            if client.execute("SELECT count() FROM system.merges")[0][0] == 0:
+                break
+            time.sleep(CLICKHOUSE_SETTLE_POLL_S)
+    finally:
+        client.disconnect()
+    return round(time.monotonic() - started, 1)
+
+
+def clickhouse_idle_cores(pids: dict[str, int]) -> float | None:
+    """The ClickHouse server's CPU with no load (its own background work), in cores."""
+    if "clickhouse" not in pids:
+        return None
+    with ProcessSampler({"clickhouse": pids["clickhouse"]}) as idle:
+        time.sleep(CLICKHOUSE_IDLE_SAMPLE_S)
+    return round(idle.costs["clickhouse"].cpu_s / CLICKHOUSE_IDLE_SAMPLE_S, 3)
+
+
 def port_of(url: str) -> int:
     return int(url.split("@", 1)[-1].split("/", 1)[0].rsplit(":", 1)[1])
 
@@ -205,8 +241,10 @@ def measure_workload(
     node_key: str,
 ) -> dict[str, Any]:
     """Run the workload's fleet on the cluster; its figures as JSON-ready dicts."""
+    settled_s = settle_clickhouse(args.clickhouse_url)
     config = fleet_config(workload, args, cluster, hosts)
     pids = server_pids(cluster, args.clickhouse_url)
+    idle_cores = clickhouse_idle_cores(pids)
     settings = cluster.settings
     window = ServerSide(pids, f"http://127.0.0.1:{settings.metrics_port('ingest')}/metrics")
     with ProcessSampler(pids) as whole_run:
@@ -218,6 +256,8 @@ def measure_workload(
         "fleet": result.to_dict(),
         "costs": cost_model(costs_report(whole_run.costs), result),
         "rows_check": rows_check(cluster, result),
+        "clickhouse_settle_s": settled_s,
+        "clickhouse_idle_cores": idle_cores,
     }
     if result.window is not None:
         measured["window"] = window_model(
