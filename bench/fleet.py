@@ -63,6 +63,8 @@ SPARE_FILE_DESCRIPTORS = 256
 
 ENDPOINTS = ("enroll", "config", "log", "distributed_read", "distributed_write")
 MAX_LOG_LINES = 1024  # --logger_tls_max_lines
+FINAL_SEND_ATTEMPTS = 5  # after the stop, tries to send lines a failed POST left behind
+FINAL_SEND_PAUSE_S = 1.0
 LIVE_QUERY_MILESTONES = (0.5, 0.9, 0.99, 1.0)
 
 LiveQueryLauncher = Callable[[], Awaitable[str]]
@@ -198,6 +200,7 @@ class FleetResult:
     host_seconds: float  # sum over hosts of the time they were enrolled
     endpoints: dict[str, dict[str, Any]]
     rows_accepted: dict[str, int]  # {"results": n, "status": n}, what ClickHouse must hold
+    lines_unacknowledged: int  # log lines still buffered when the hosts closed (should be 0)
     live_queries: list[LiveQueryTiming]
     emulator: dict[str, int]  # HttpCounters: requests, resends, connections, failures...
     client_cpu_s: float  # CPU this load generator used (its whole process), for the cost model
@@ -328,6 +331,7 @@ class SimulatedHost:
         try:
             if await self.run.pause(self.start_offset_s) and await self.enroll():
                 await asyncio.gather(self.config_loop(), self.log_loop(), self.distributed_loop())
+                await self.send_unacknowledged()
         finally:
             await self.node.aclose()
 
@@ -387,6 +391,10 @@ class SimulatedHost:
         now = time.time()
         self.pending["result"] += self.payloads.due_records(now)
         self.pending["status"] += self.payloads.status_records(now)
+        await self.send_pending()
+
+    async def send_pending(self) -> None:
+        """Send what the buffer holds, results then status, up to osquery's max lines each."""
         for log_type, table in (("result", "results"), ("status", "status")):
             batch = self.pending[log_type][:MAX_LOG_LINES]
             if not batch:
@@ -396,6 +404,21 @@ class SimulatedHost:
                 del self.pending[log_type][: len(batch)]
                 rows = sum(map(result_rows, batch)) if table == "results" else len(batch)
                 self.run.add_rows(table, rows)
+
+    async def send_unacknowledged(self) -> None:
+        """After the stop, what a failed POST left in the buffer, as osquery's next ticks would.
+
+        A POST whose answer the host never got may still have been stored, and its lines go
+        again (merged with later ones when they fit): the server must store them once. Sent
+        until acknowledged (a few tries), every row the server stored has been acknowledged,
+        so the run's rows check can demand equality.
+        """
+        for _ in range(FINAL_SEND_ATTEMPTS):
+            if not any(self.pending.values()):
+                return
+            await self.send_pending()
+            if any(self.pending.values()):
+                await asyncio.sleep(FINAL_SEND_PAUSE_S)
 
     async def distributed_loop(self) -> None:
         interval = self.run.config.distributed_interval_s
@@ -484,6 +507,7 @@ async def run_fleet(
         host_seconds=sum(host.enrolled_seconds(wall_s) for host in hosts),
         endpoints={name: stats.to_dict(wall_s) for name, stats in run.stats.items()},
         rows_accepted=dict(run.rows),
+        lines_unacknowledged=sum(len(lines) for host in hosts for lines in host.pending.values()),
         live_queries=[live_query_timing(run, hosts, *launch) for launch in launches],
         emulator=dataclasses.asdict(run.counters),
         client_cpu_s=time.process_time() - cpu_started,

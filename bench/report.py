@@ -127,7 +127,11 @@ def _errors(run: dict[str, Any], window: dict[str, Any]) -> str:
 
 def _rows_check(rows: dict[str, Any]) -> str:
     accepted, found = sum(rows["accepted"].values()), sum(rows["found"].values())
-    return f"{accepted:,} = {found:,}" if rows["equal"] else f"{accepted:,} ≠ {found:,} (NOT EQUAL)"
+    verdict = f"{accepted:,} = {found:,}"
+    if not rows["equal"]:
+        verdict = f"{accepted:,} ≠ {found:,} (NOT EQUAL)"
+    unacknowledged = rows.get("lines_unacknowledged", 0)
+    return verdict + (f"; {unacknowledged} lines never acknowledged" if unacknowledged else "")
 
 
 def _inserts(window: dict[str, Any]) -> str:

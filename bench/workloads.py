@@ -424,7 +424,14 @@ def rows_check(cluster: QuarryCluster, result: FleetResult) -> dict[str, Any]:
         if now != found:
             deadline = time.monotonic() + ROWS_CHECK_TIMEOUT_S
         found = now
-    return {"accepted": accepted, "found": found, "equal": accepted == found}
+    return {
+        "accepted": accepted,
+        "found": found,
+        "equal": accepted == found,
+        # Lines a host still held unacknowledged after its last tries: they may or may not
+        # be stored, so a difference of up to these is no proof of a lost or doubled row.
+        "lines_unacknowledged": result.lines_unacknowledged,
+    }
 
 
 def stored_rows(cluster: QuarryCluster, identifier_prefix: str) -> dict[str, int]:

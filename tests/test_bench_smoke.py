@@ -43,6 +43,7 @@ def check_workload(name: str, run: dict[str, Any]) -> None:
     assert run["fleet"]["hosts_enrolled"] == QUICK_HOSTS, name
     assert run["rows_check"]["equal"] is True, (name, run["rows_check"])
     assert run["rows_check"]["found"]["results"] > 0, name
+    assert run["rows_check"]["lines_unacknowledged"] == 0, name
     assert SERVICES | {"total"} <= set(run["costs"]["processes"]), name
     window = run["window"]
     assert window["all_requests"]["requests"] > 0, name
