@@ -60,6 +60,7 @@ FULL_BATCH_QUERY = "pack_bench_full_batches"
 LATENCY_QUERY = "pack_bench_visibility_latency"
 MAX_ERROR_RATE = 0.02
 MAX_P95_MS = 1000.0
+CLUSTER_LOG_LINES_ON_FAILURE = 60
 PORTS_PER_CLUSTER = 100  # --port-base: the workloads' clusters at base, base + 100
 # Phases that other modules provide, run when the module exists: bench/NAME.py with
 # `measure(cluster, args) -> dict` (JSON-ready; the report prints its figures).
@@ -201,7 +202,13 @@ def bench_cluster(args: argparse.Namespace, scratch: Path, index: int) -> Iterat
     port_base = args.port_base + index * PORTS_PER_CLUSTER if args.port_base else None
     scratch.mkdir(parents=True, exist_ok=True)
     with quarry_cluster(scratch, args.clickhouse_url, env, port_base) as cluster:
-        yield cluster
+        try:
+            yield cluster
+        except Exception:
+            # The scratch directory goes with the run: show what the cluster said first.
+            tail = cluster.log_text().splitlines()[-CLUSTER_LOG_LINES_ON_FAILURE:]
+            progress("the run failed; the cluster's last output:\n" + "\n".join(tail))
+            raise
 
 
 def set_workload_config(
