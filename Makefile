@@ -35,8 +35,9 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) .quarry
 
-## make bench: a standard benchmark run of a few minutes (not part of make test).
-## BENCH_ARGS="--hosts 5000 --sweep" and friends: see `python -m bench --help`.
+## make bench: the two standard workloads (fleet, events) side by side, about 10 minutes
+## (not part of make test). BENCH_ARGS="--workload events --hosts 5000" and friends: see
+## `python -m bench --help`.
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 

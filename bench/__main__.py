@@ -1,85 +1,125 @@
-"""`python -m bench` (what `make bench` runs): Quarry under a simulated osquery fleet.
+"""`python -m bench` (what `make bench` runs): Quarry under two standard simulated fleets.
 
 One run, on this machine:
-1. starts a cluster the way `quarry up` does, sets the benchmark's packs as the config;
-2. simulates N osquery hosts (bench/fleet.py) at Fleet's load-test intervals, launches a
-   live query mid-run, and samples every server process's CPU and memory from /proc;
-3. checks that the log rows ClickHouse holds equal the rows osquery was told were stored;
-4. saturates Quarry's hot paths (distributed read, config, log POST) with a closed loop,
-   and times 1024-line gzip log POSTs sent at a moderate fixed rate until their rows are
-   visible in ClickHouse (bench/visibility_latency.py); then saturates the distributed read
-   and config on the real gateway and on the same gateway with authentication skipped
-   (bench/authentication_cost.py);
-5. runs an enrollment storm (bench/enrollment_storm.py; --skip-enrollment-storm leaves it out);
-6. measures the physical ceilings in the same way: a bare Starlette HTTPS endpoint answering
+1. for each workload (bench/workloads.py: `fleet`, two packs of differential results, and
+   `events`, 20 event lines gzip every flush from every host), starts a cluster the way
+   `quarry up` does, sets the workload's config, simulates N osquery hosts (bench/fleet.py)
+   at Fleet's intervals, and over a measured steady-state window samples every server
+   process's CPU and memory from /proc and ingest's inserts from its /metrics; then checks
+   that the log rows ClickHouse holds equal the rows osquery was told were stored. For
+   `events` it also times 20-line gzip POSTs until their rows are visible, fleet running;
+2. on the last workload's cluster, runs the optional phases whose modules exist (memory per
+   idle keep-alive connection: bench/idle_connections.py), then saturates Quarry's hot paths
+   (distributed read, config, log POST) with a closed loop, and times 1024-line gzip log
+   POSTs sent at a moderate fixed rate until their rows are visible in ClickHouse
+   (bench/visibility_latency.py); then saturates the distributed read and config on the real
+   gateway and on the same gateway with authentication skipped (bench/authentication_cost.py);
+3. measures the physical ceilings in the same way: a bare Starlette HTTPS endpoint answering
    the same bytes, and raw inserts of the same rows into the same ClickHouse;
-7. writes a markdown report and JSON to --out, and prints the markdown.
+4. writes a markdown report and JSON to --out, and prints the markdown (the two workloads
+   side by side first).
 
 `--sweep` instead raises N stage by stage until the error rate exceeds 2% or a p95 latency
-exceeds 1 s, and reports the last good N.
+exceeds 1 s, and reports the last good N, for each selected workload.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import json
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from bench import enrollment_storm, environment, report
+from bench import enrollment_storm, environment, idle_connections, report
 from bench.authentication_cost import measure_authentication_cost
 from bench.ceilings import http_ceiling, storage_ceiling
-from bench.fleet import FleetConfig, FleetResult, run_fleet
-from bench.payloads import FIRST_RUN_WINDOW_S, config_for_packs
-from bench.process_costs import (
-    ProcessSampler,
-    costs_report,
-    find_clickhouse_pid,
-    find_quarry_service_pids,
-    hosts_per_core,
-)
+from bench.event_payloads import numbered_log_body_factory
 from bench.saturation import SaturationTarget, run_saturation
-from bench.visibility_latency import RowCounter, measure_visibility
+from bench.visibility_latency import measure_visibility, rows_per_counter
+from bench.workloads import WORKLOADS, Workload, measure_workload, osquery_config
 from gateway.tls_bootstrap import TlsFiles
-from protos.v1 import distributed_pb2, distributed_pb2_grpc, logs_pb2, logs_pb2_grpc
+from protos.v1 import logs_pb2_grpc
 from tests.emulator import HostProfile, OsqueryNode, log_records, osquery_ssl_context
 from tests.emulator.http_client import ServerAddress
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
 
-LIVE_QUERY_SQL = "SELECT hostname, cpu_brand, physical_memory FROM system_info"
 LOG_ROWS_PER_POST = 20
 FULL_BATCH_LINES = 1024  # --logger_tls_max_lines
-MARKER_COUNTER = 987_654_321
 # Rows are stored under the enrolled node's identity, so the probe is found by query name.
 FULL_BATCH_QUERY = "pack_bench_full_batches"
 LATENCY_QUERY = "pack_bench_visibility_latency"
 MAX_ERROR_RATE = 0.02
 MAX_P95_MS = 1000.0
-MIN_STEADY_WINDOW_S = 30.0
+CLUSTER_LOG_LINES_ON_FAILURE = 60
+PORTS_PER_CLUSTER = 100  # --port-base: the workloads' clusters at base, base + 100
+# Phases that other modules provide, run when the module exists: bench/NAME.py with
+# `measure(cluster, args) -> dict` (JSON-ready; the report prints its figures).
+IDLE_CONNECTIONS = 1_000
+# --quick: a smoke run of seconds (tests/test_bench_smoke.py); options given still win.
+QUICK = {
+    "hosts": 12,
+    "duration": 6.0,
+    "start_period": 2.0,
+    "config_interval": 4.0,
+    "log_interval": 2.0,
+    "distributed_interval": 2.0,
+    "query_interval_scale": 0.05,
+    "connections": 2,
+    "log_connections": 4,
+    "saturation_seconds": 0.5,
+    "latency_rate": 5.0,
+    "latency_seconds": 1.0,
+    "events_latency_rate": 5.0,
+    "idle_connections": 20,
+    "storm_new_hosts": 20,
+    "storm_enrolled_hosts": 4,
+}
 
 
-def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--workload",
+        choices=("fleet", "events", "both"),
+        default="both",
+        help="which standard workload to run (default both, reported side by side)",
+    )
     parser.add_argument("--hosts", type=int, default=2000, help="simulated hosts (default 2000)")
-    parser.add_argument("--duration", type=float, default=180.0, help="seconds of fleet load")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=90.0,
+        help="seconds of the measured steady-state window (default 90), after start-up",
+    )
     parser.add_argument(
         "--start-period", type=float, default=30.0, help="seconds over which enrollments are spread"
     )
     parser.add_argument("--config-interval", type=float, default=60.0)
     parser.add_argument("--log-interval", type=float, default=10.0)
     parser.add_argument("--distributed-interval", type=float, default=10.0)
-    parser.add_argument("--gzip", action="store_true", help="gzip log bodies (logger_tls_compress)")
+    parser.add_argument(
+        "--query-interval-scale",
+        type=float,
+        default=1.0,
+        help="multiplies the fleet packs' query intervals (--quick: 0.05)",
+    )
+    parser.add_argument(
+        "--gzip", action="store_true", help="gzip the fleet workload's log bodies (events: always)"
+    )
     parser.add_argument("--gateway-workers", type=int, default=1)
     parser.add_argument(
         "--clickhouse-url", default="", help="a ClickHouse server (default: embedded chdb)"
+    )
+    parser.add_argument(
+        "--port-base", type=int, default=0, help="the clusters' port base (default: a free one)"
     )
     parser.add_argument(
         "--connections",
@@ -102,122 +142,115 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="1024-line gzip log POSTs per second while timing POST-to-visible (default 20)",
     )
     parser.add_argument(
-        "--latency-seconds", type=float, default=10.0, help="seconds of POST-to-visible timing"
+        "--latency-seconds",
+        type=float,
+        default=10.0,
+        help="seconds of each POST-to-visible timing (default 10)",
+    )
+    parser.add_argument(
+        "--events-latency-rate",
+        type=float,
+        default=10.0,
+        help="20-line gzip POSTs per second timed to visible beside the events fleet (default 10)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run of seconds, 12 hosts (for the tests)"
     )
     parser.add_argument(
         "--sweep", action="store_true", help="raise --hosts stage by stage (x2) until it breaks"
     )
     parser.add_argument("--max-hosts", type=int, default=64_000, help="sweep upper bound")
     parser.add_argument(
+        "--idle-connections",
+        type=int,
+        default=IDLE_CONNECTIONS,
+        help="keep-alive connections opened to measure the gateway's memory per idle one",
+    )
+    parser.add_argument(
         "--skip-enrollment-storm", action="store_true", help="leave out the enrollment storm"
     )
     enrollment_storm.add_arguments(parser)
     parser.add_argument("--out", default="bench-results", help="folder for report.md and .json")
     parser.add_argument("--json", action="store_true", help="print the JSON, not the markdown")
-    return parser.parse_args(argv)
+    return parser
 
 
-def fleet_config(args: argparse.Namespace, cluster: QuarryCluster, hosts: int) -> FleetConfig:
-    return FleetConfig(
-        hosts=hosts,
-        server=cluster.gateway,
-        ca_file=str(cluster.ca_cert),
-        enroll_secret=cluster.enroll_secret,
-        duration_s=args.duration,
-        start_period_s=min(args.start_period, args.duration / 2),
-        config_interval_s=args.config_interval,
-        log_interval_s=args.log_interval,
-        distributed_interval_s=args.distributed_interval,
-        gzip=args.gzip,
-        seed=time.time_ns() % 1_000_000_000,  # a fresh host prefix: rows counted per run
-    )
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    if args.hosts < 1 or args.max_hosts < 1:
+        parser.error("--hosts and --max-hosts must be at least 1")
+    positive = ("duration", "config_interval", "log_interval", "distributed_interval",
+                "query_interval_scale", "saturation_seconds", "latency_rate", "latency_seconds",
+                "events_latency_rate")  # fmt: skip
+    for name in positive:
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.start_period < 0:
+        parser.error("--start-period must not be negative")
+    return args
+
+
+def selected_workloads(args: argparse.Namespace) -> list[Workload]:
+    names = ("fleet", "events") if args.workload == "both" else (args.workload,)
+    return [WORKLOADS[name] for name in names]
 
 
 def progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-# --- the fleet run ------------------------------------------------------------------------
+@contextmanager
+def bench_cluster(args: argparse.Namespace, scratch: Path, index: int) -> Iterator[QuarryCluster]:
+    """The cluster of one workload: its own processes and state directory."""
+    env = {"QUARRY_GATEWAY_WORKERS": str(args.gateway_workers)}
+    port_base = args.port_base + index * PORTS_PER_CLUSTER if args.port_base else None
+    scratch.mkdir(parents=True, exist_ok=True)
+    with quarry_cluster(scratch, args.clickhouse_url, env, port_base) as cluster:
+        try:
+            yield cluster
+        except Exception:
+            # The scratch directory goes with the run: show what the cluster said first.
+            tail = cluster.log_text().splitlines()[-CLUSTER_LOG_LINES_ON_FAILURE:]
+            progress("the run failed; the cluster's last output:\n" + "\n".join(tail))
+            raise
 
 
-def live_query_launcher(cluster: QuarryCluster):
-    async def launch() -> str:
-        async with cluster.aio_channel("distributed") as channel:
-            stub = distributed_pb2_grpc.DistributedServiceStub(channel)
-            campaign = await stub.StartQuery(
-                distributed_pb2.StartQueryRequest(sql=LIVE_QUERY_SQL, author="bench"), timeout=60
-            )
-        return campaign.campaign_id
+def set_workload_config(
+    cluster: QuarryCluster, workload: Workload, args: argparse.Namespace, scratch: Path
+) -> bytes:
+    """Set the workload's osquery config on the server; its bytes, for the HTTP ceiling."""
+    config_bytes = json.dumps(osquery_config(workload, args), separators=(",", ":")).encode()
+    config_file = scratch / f"{workload.name}-config.json"
+    config_file.write_bytes(config_bytes)
+    cluster.cli("config", "set", "-f", str(config_file))
+    return config_bytes
 
-    return launch
+
+# --- the phases on the last workload's cluster ----------------------------------------------
 
 
-def run_measured_fleet(
-    cluster: QuarryCluster, config: FleetConfig, clickhouse_url: str
-) -> dict[str, Any]:
-    """The fleet for one stage, with the server side's CPU and memory sampled meanwhile."""
-    assert cluster.process is not None
-    pids = find_quarry_service_pids(cluster.process.pid)
-    if clickhouse_url:
-        pids["clickhouse"] = find_clickhouse_pid(port=_port_of(clickhouse_url))
-    live = [(config.duration_s / 2, live_query_launcher(cluster))]
-    # Steady state: after every host enrolled and sent its first full result sets.
-    steady_from_s = config.start_period_s + FIRST_RUN_WINDOW_S
-    steady = ProcessSampler(pids)
-    steady_timer = threading.Timer(steady_from_s, steady.start)
-    if steady_from_s + MIN_STEADY_WINDOW_S <= config.duration_s:
-        steady_timer.start()
-    with ProcessSampler(pids) as sampler:
-        result: FleetResult = asyncio.run(run_fleet(config, live))
-        costs = sampler.stop()
-    steady_timer.cancel()
-    measured = {
-        "fleet": result.to_dict(),
-        "costs": cost_model(costs_report(costs), result, result.host_seconds),
-        "rows_check": rows_check(cluster, result),
+def optional_phases(cluster: QuarryCluster, args: argparse.Namespace) -> dict[str, Any]:
+    """Gateway memory per idle keep-alive connection (bench/idle_connections.py), and an
+    enrollment storm (bench/enrollment_storm.py) unless --skip-enrollment-storm."""
+    progress(f"measuring gateway memory of {args.idle_connections} idle keep-alive connections")
+    gateway = idle_connections.gateway_of(cluster.state_dir, cluster.port_base)
+    figures: dict[str, Any] = {
+        "idle_connections": asyncio.run(
+            idle_connections.measure(gateway, args.idle_connections)
+        ).as_dict()
     }
-    if steady.started:
-        window_s = result.wall_s - steady_from_s
-        steady_costs = costs_report(steady.stop())
-        measured["steady_costs"] = {
-            "from_s": steady_from_s,
-            "window_s": window_s,
-            **cost_model(steady_costs, result, result.hosts_enrolled * window_s),
-        }
-    return measured
-
-
-def cost_model(
-    costs: dict[str, dict[str, Any]], result: FleetResult, host_seconds: float
-) -> dict[str, Any]:
-    server_cpu_s = costs["total"]["cpu_s"]
-    per_host_second = server_cpu_s / host_seconds if host_seconds else 0.0
-    enrolled = max(result.hosts_enrolled, 1)
-    return {
-        "processes": costs,
-        "server_cpu_s": server_cpu_s,
-        "client_cpu_s": result.client_cpu_s,
-        "host_seconds": host_seconds,
-        "cpu_s_per_host_second": per_host_second,
-        "hosts_per_core": hosts_per_core(per_host_second) if per_host_second else None,
-        "rss_per_10k_hosts_mb": {
-            name: figures["rss_max_bytes"] * 10_000 / enrolled / 2**20
-            for name, figures in costs.items()
-        },
-    }
-
-
-def rows_check(cluster: QuarryCluster, result: FleetResult) -> dict[str, Any]:
-    """Rows osquery was told are stored, against rows ClickHouse holds for this run."""
-    prefix = result.config.identifier_prefix.replace("'", "")
-    found = {}
-    for kind, table in (("results", "quarry.results"), ("status", "quarry.status_logs")):
-        rows = cluster.sql(
-            f"SELECT count() AS n FROM {table} WHERE startsWith(host_identifier, '{prefix}-')"
+    if args.skip_enrollment_storm:
+        figures["enrollment_storm"] = {"skipped": "--skip-enrollment-storm"}
+    else:
+        progress("enrollment storm: new hosts enrolling while enrolled hosts check in")
+        figures["enrollment_storm"] = enrollment_storm.run_enrollment_storm(
+            cluster, enrollment_storm.storm_config(args)
         )
-        found[kind] = int(rows[0]["n"])
-    accepted = result.rows_accepted
-    return {"accepted": accepted, "found": found, "equal": accepted == found}
+    return figures
 
 
 # --- saturation probes --------------------------------------------------------------------
@@ -286,27 +319,6 @@ def saturate_quarry(
     return figures
 
 
-def full_batch_body_factory(node_key: str, host: str, query_name: str = FULL_BATCH_QUERY):
-    """osquery's largest log POST: 1024 event lines, gzip; different for every number.
-
-    The JSON is built once with a marker in place of each line's counter, so a request costs
-    a replace and a gzip (level 1: the server's gunzip is the same for any level, and the
-    client shares the machine).
-    """
-    records = log_records.event_records(
-        query_name, host, 1_736_072_430, counter=MARKER_COUNTER,
-        added=[{"pid": str(i), "name": f"proc{i}", "path": f"/usr/bin/proc{i}"}
-               for i in range(FULL_BATCH_LINES)],
-    )  # fmt: skip
-    template = orjson.dumps({"data": records, "log_type": "result", "node_key": node_key})
-    marker = f'"counter":{MARKER_COUNTER}'.encode()
-
-    def body(number: int) -> bytes:
-        return gzip.compress(template.replace(marker, f'"counter":{number}'.encode()), 1)
-
-    return body
-
-
 def full_batches_to_visible(
     cluster: QuarryCluster, address: ServerAddress, context, node_key: str, args
 ) -> dict[str, Any]:
@@ -314,7 +326,8 @@ def full_batches_to_visible(
     host = f"full-batches-{cluster.port_base}"
     progress(f"saturating Quarry's log path with 1024-line gzip POSTs, {args.connections} conns")
     target = SaturationTarget(
-        address, context, "/api/v1/osquery/log", full_batch_body_factory(node_key, host),
+        address, context, "/api/v1/osquery/log",
+        numbered_log_body_factory(node_key, host, FULL_BATCH_QUERY, FULL_BATCH_LINES),
         node_key=node_key, compressed=True,
     )  # fmt: skip
     started = time.monotonic()
@@ -351,8 +364,7 @@ def post_to_visible_latency(
     """p50/p99/max from sending a 1024-line gzip POST to all its rows visible in ClickHouse.
 
     Runs after the throughput probe, at a fixed moderate rate, so neither figure disturbs
-    the other. Row counts come from the LogStore gRPC service (what `quarry sql` calls), the
-    one reader that works for embedded chdb as for a ClickHouse server.
+    the other.
     """
     host = f"visibility-{cluster.port_base}"
     progress(
@@ -361,7 +373,7 @@ def post_to_visible_latency(
     )
     target = SaturationTarget(
         address, context, "/api/v1/osquery/log",
-        full_batch_body_factory(node_key, host, LATENCY_QUERY),
+        numbered_log_body_factory(node_key, host, LATENCY_QUERY, FULL_BATCH_LINES),
         node_key=node_key, compressed=True,
     )  # fmt: skip
 
@@ -379,56 +391,39 @@ def post_to_visible_latency(
     return asyncio.run(measure())
 
 
-def rows_per_counter(stub: logs_pb2_grpc.LogStoreStub, query_name: str) -> RowCounter:
-    """Rows stored per log `counter` of one query, from `lowest` up, read through LogStore."""
-
-    async def count(lowest: int) -> dict[int, int]:
-        sql = (
-            f"SELECT counter, count() AS n FROM quarry.results "
-            f"WHERE name = '{query_name}' AND counter >= {lowest} GROUP BY counter"
-        )
-        reply = await stub.Query(logs_pb2.SqlRequest(sql=sql), timeout=30)
-        if reply.error:
-            raise RuntimeError(reply.error)
-        return {int(c): int(n) for c, n in map(orjson.loads, reply.rows_json)}
-
-    return count
-
-
 # --- the whole run ------------------------------------------------------------------------
 
 
 def standard_run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    env = {"QUARRY_GATEWAY_WORKERS": str(args.gateway_workers)}
-    with quarry_cluster(scratch, args.clickhouse_url, env) as cluster:
-        set_bench_config(cluster, scratch)
-        config = fleet_config(args, cluster, args.hosts)
-        progress(f"simulating {config.hosts} hosts for {config.duration_s:g} s")
-        measured = run_measured_fleet(cluster, config, args.clickhouse_url)
-        node_key = enrolled_node_key(cluster)
-        quarry = saturate_quarry(cluster, node_key, args)
-        progress("saturating the real gateway and one with authentication skipped")
-        authentication = measure_authentication_cost(
-            cluster,
-            node_key,
-            workers=args.gateway_workers,
-            connections=args.connections,
-            duration_s=args.saturation_seconds,
-            scratch=scratch,
-        )
-        storm = None
-        if not args.skip_enrollment_storm:
-            progress("enrollment storm: new hosts enrolling while enrolled hosts check in")
-            storm = enrollment_storm.run_enrollment_storm(
-                cluster, enrollment_storm.storm_config(args)
+    workloads = selected_workloads(args)
+    measured: dict[str, Any] = {}
+    for index, workload in enumerate(workloads):
+        with bench_cluster(args, scratch / workload.name, index) as cluster:
+            config_bytes = set_workload_config(cluster, workload, args, scratch)
+            node_key = enrolled_node_key(cluster)
+            progress(f"workload {workload.name}: {args.hosts} hosts, {args.duration:g} s window")
+            measured[workload.name] = measure_workload(
+                cluster, workload, args, args.hosts, node_key
             )
-        server_version = cluster.sql("SELECT version() AS v")[0]["v"]
-        tls = TlsFiles(
-            cluster.ca_cert,
-            cluster.state_dir / "tls/server.pem",
-            cluster.state_dir / "tls/server.key",
-        )
-        config_bytes = json.dumps(config_for_packs(), separators=(",", ":")).encode()
+            if index < len(workloads) - 1:
+                continue
+            phases = optional_phases(cluster, args)
+            quarry = saturate_quarry(cluster, node_key, args)
+            progress("saturating the real gateway and one with authentication skipped")
+            authentication = measure_authentication_cost(
+                cluster,
+                node_key,
+                workers=args.gateway_workers,
+                connections=args.connections,
+                duration_s=args.saturation_seconds,
+                scratch=scratch,
+            )
+            server_version = cluster.sql("SELECT version() AS v")[0]["v"]
+            tls = TlsFiles(
+                cluster.ca_cert,
+                cluster.state_dir / "tls/server.pem",
+                cluster.state_dir / "tls/server.key",
+            )
     progress("measuring the bare HTTPS ceiling")
     bare = http_ceiling(
         tls,
@@ -442,7 +437,8 @@ def standard_run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     return {
         "environment": environment.describe(server_version),
         "settings": vars(args),
-        **measured,
+        "workloads": measured,
+        "phases": phases,
         "saturation": {
             "quarry": quarry,
             "authentication": authentication,
@@ -450,14 +446,7 @@ def standard_run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             "storage": storage,
         },
         "ratios": ratios(quarry, authentication, bare, storage),
-        "enrollment_storm": storm,
     }
-
-
-def set_bench_config(cluster: QuarryCluster, scratch: Path) -> None:
-    config_file = scratch / "bench-config.json"
-    config_file.write_text(json.dumps(config_for_packs()))
-    cluster.cli("config", "set", "-f", str(config_file))
 
 
 def ratios(
@@ -484,28 +473,35 @@ def ratios(
 
 
 def sweep(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    stages = []
-    env = {"QUARRY_GATEWAY_WORKERS": str(args.gateway_workers)}
-    with quarry_cluster(scratch, args.clickhouse_url, env) as cluster:
-        set_bench_config(cluster, scratch)
-        hosts = args.hosts
-        while hosts <= args.max_hosts:
-            progress(f"sweep stage: {hosts} hosts for {args.duration:g} s")
-            measured = run_measured_fleet(
-                cluster, fleet_config(args, cluster, hosts), args.clickhouse_url
-            )
-            verdict = stage_verdict(measured["fleet"])
-            stages.append({"hosts": hosts, "verdict": verdict, **measured})
-            if verdict:
-                break
-            hosts *= 2
-        server_version = cluster.sql("SELECT version() AS v")[0]["v"]
-    good = [s["hosts"] for s in stages if not s["verdict"]]
+    sweeps = {}
+    for index, workload in enumerate(selected_workloads(args)):
+        with bench_cluster(args, scratch / workload.name, index) as cluster:
+            set_workload_config(cluster, workload, args, scratch)
+            node_key = enrolled_node_key(cluster)
+            sweeps[workload.name] = sweep_one(cluster, workload, args, node_key)
+            server_version = cluster.sql("SELECT version() AS v")[0]["v"]
     return {
         "environment": environment.describe(server_version),
         "settings": vars(args),
-        "sweep": {"stages": stages, "last_good_hosts": good[-1] if good else None},
+        "sweep": sweeps,
     }
+
+
+def sweep_one(
+    cluster: QuarryCluster, workload: Workload, args: argparse.Namespace, node_key: str
+) -> dict[str, Any]:
+    stages = []
+    hosts = args.hosts
+    while hosts <= args.max_hosts:
+        progress(f"sweep {workload.name}: {hosts} hosts, {args.duration:g} s window")
+        measured = measure_workload(cluster, workload, args, hosts, node_key)
+        verdict = stage_verdict(measured.get("window") or measured["fleet"])
+        stages.append({"hosts": hosts, "verdict": verdict, **measured})
+        if verdict:
+            break
+        hosts *= 2
+    good = [s["hosts"] for s in stages if not s["verdict"]]
+    return {"stages": stages, "last_good_hosts": good[-1] if good else None}
 
 
 def stage_verdict(fleet: dict[str, Any]) -> str:
@@ -520,29 +516,29 @@ def stage_verdict(fleet: dict[str, Any]) -> str:
     return ""
 
 
-def _port_of(url: str) -> int:
-    return int(url.split("@", 1)[-1].split("/", 1)[0].rsplit(":", 1)[1])
+def rows_all_equal(figures: dict[str, Any]) -> bool:
+    """Every workload (or sweep stage) stored exactly the rows it was told were stored."""
+    runs = list(figures.get("workloads", {}).values())
+    for workload_sweep in figures.get("sweep", {}).values():
+        runs += workload_sweep["stages"]
+    return all(run["rows_check"]["equal"] for run in runs)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="quarry-bench-") as scratch:
         run = sweep if args.sweep else standard_run
         figures = run(args, Path(scratch))
+    figures["run_seconds"] = round(time.monotonic() - started, 1)
     markdown = report.render(figures)
-    if figures.get("enrollment_storm"):
-        markdown += "\n" + enrollment_storm.markdown(figures["enrollment_storm"])
     (out / "report.json").write_text(json.dumps(figures, indent=2, default=str) + "\n")
     (out / "report.md").write_text(markdown)
     print(json.dumps(figures, indent=2, default=str) if args.json else markdown)
     progress(f"written {out / 'report.md'} and {out / 'report.json'}")
-    rows_ok = all(
-        s.get("rows_check", {}).get("equal", True)
-        for s in figures.get("sweep", {}).get("stages", [figures])
-    )
-    return 0 if rows_ok else 1
+    return 0 if rows_all_equal(figures) else 1
 
 
 if __name__ == "__main__":

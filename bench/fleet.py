@@ -11,6 +11,12 @@ are counted exactly as ingest stores them, so a run can check ClickHouse holds t
                              live_queries=[(30.0, start_campaign)])
     print(json.dumps(result.to_dict()))
 
+What each flush carries depends on `FleetConfig.payload`: "packs" (bench/payloads.py, two
+packs of differential results) or "events" (bench/event_payloads.py, a small event batch
+every flush). A measured window (`window_from_s` to `window_until_s`, or to the stop) counts
+calls, latencies and rows on their own, and calls `WindowHooks.start()`/`stop()` at its
+edges, so a caller can sample server CPU over exactly the same seconds.
+
 Retries keep osquery's logic, but their sleeps are scaled by `retry_time_scale` (0.05 by
 default): a host whose request failed retries within seconds instead of osquery's minutes,
 so a failing server shows up as errors in this run rather than as silent idle hosts.
@@ -28,8 +34,9 @@ import time
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from bench.event_payloads import EventPayloads
 from bench.latency import LatencyHistogram
 from bench.payloads import HostPayloads, result_rows
 from tests.emulator import (
@@ -49,15 +56,26 @@ from tests.emulator.node import ACCELERATED_INTERVAL_S
 TLS_READ_BUFFER_BYTES = 32 * 1024
 
 # The emulator keeps one keep-alive connection per osquery plugin: enroll, config, logger,
-# distributed; plus slack for the process's own files.
+# distributed (the enroll one closes after enrolling unless `keep_enroll_connection`); plus
+# slack for the process's own files.
 CONNECTIONS_PER_HOST = 4
 SPARE_FILE_DESCRIPTORS = 256
 
 ENDPOINTS = ("enroll", "config", "log", "distributed_read", "distributed_write")
 MAX_LOG_LINES = 1024  # --logger_tls_max_lines
+FINAL_SEND_ATTEMPTS = 5  # after the stop, tries to send lines a failed POST left behind
+FINAL_SEND_PAUSE_S = 1.0
 LIVE_QUERY_MILESTONES = (0.5, 0.9, 0.99, 1.0)
 
 LiveQueryLauncher = Callable[[], Awaitable[str]]
+
+
+class WindowHooks(Protocol):
+    """Called (in a worker thread) as the measured window opens and closes."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -83,6 +101,12 @@ class FleetConfig:
     retry_time_scale: float = 0.05
     max_connecting: int = 100  # TLS handshakes in flight at once, so start-up does not stampede
     first_host_index: int = 0
+    payload: str = "packs"  # "packs" or "events": what each log flush carries
+    # osquery reuses one connection per plugin; enrollment happens once, so a real host
+    # holds config, logger and distributed connections. False closes the enroll one.
+    keep_enroll_connection: bool = True
+    window_from_s: float | None = None  # the measured window, seconds into the run
+    window_until_s: float | None = None  # None: until the run stops
 
     @property
     def identifier_prefix(self) -> str:
@@ -103,6 +127,12 @@ class EndpointStats:
         self.errors += not ok
         self.retries += retries
         self.latency.record(seconds)
+
+    def merge(self, other: EndpointStats) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.retries += other.retries
+        self.latency.merge(other.latency)
 
     def to_dict(self, wall_s: float) -> dict[str, Any]:
         summary = self.latency.summary_ms()
@@ -132,6 +162,35 @@ class LiveQueryTiming:
 
 
 @dataclass
+class MeasuredWindow:
+    """What the run counted between the window's edges (calls by the time they ended)."""
+
+    from_s: float
+    until_s: float = 0.0
+    connections_per_host: float = 0.0  # keep-alive connections held, as the window opened
+    stats: dict[str, EndpointStats] = field(
+        default_factory=lambda: {endpoint: EndpointStats() for endpoint in ENDPOINTS}
+    )
+    rows: dict[str, int] = field(default_factory=lambda: {"results": 0, "status": 0})
+
+    def to_dict(self, hosts: Sequence[SimulatedHost]) -> dict[str, Any]:
+        window_s = self.until_s - self.from_s
+        every = EndpointStats()
+        for stats in self.stats.values():
+            every.merge(stats)
+        return {
+            "from_s": round(self.from_s, 3),
+            "until_s": round(self.until_s, 3),
+            "window_s": round(window_s, 3),
+            "host_seconds": sum(host.enrolled_seconds(self.until_s, self.from_s) for host in hosts),
+            "endpoints": {name: stats.to_dict(window_s) for name, stats in self.stats.items()},
+            "all_requests": every.to_dict(window_s),
+            "rows_accepted": dict(self.rows),
+            "connections_per_host": round(self.connections_per_host, 2),
+        }
+
+
+@dataclass
 class FleetResult:
     config: FleetConfig
     wall_s: float  # from start until the stop (the measured window)
@@ -141,9 +200,11 @@ class FleetResult:
     host_seconds: float  # sum over hosts of the time they were enrolled
     endpoints: dict[str, dict[str, Any]]
     rows_accepted: dict[str, int]  # {"results": n, "status": n}, what ClickHouse must hold
+    lines_unacknowledged: int  # log lines still buffered when the hosts closed (should be 0)
     live_queries: list[LiveQueryTiming]
     emulator: dict[str, int]  # HttpCounters: requests, resends, connections, failures...
     client_cpu_s: float  # CPU this load generator used (its whole process), for the cost model
+    window: dict[str, Any] | None = None  # MeasuredWindow.to_dict(), if a window was measured
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,6 +228,20 @@ class FleetRun:
         self.rows = {"results": 0, "status": 0}
         # campaign id -> host index -> seconds into the run its answer was stored
         self.answers: dict[str, dict[int, float]] = {}
+        self.window: MeasuredWindow | None = None
+        self.window_open = False
+
+    def record(self, endpoint: str, seconds: float, ok: bool, retries: int) -> None:
+        self.stats[endpoint].record(seconds, ok, retries)
+        if self.window_open:
+            assert self.window is not None
+            self.window.stats[endpoint].record(seconds, ok, retries)
+
+    def add_rows(self, table: str, rows: int) -> None:
+        self.rows[table] += rows
+        if self.window_open:
+            assert self.window is not None
+            self.window.rows[table] += rows
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -223,7 +298,7 @@ class MeasuredNode(OsqueryNode):
         if self.run is not None:
             seconds = time.perf_counter() - started
             retries = len(self.retry_sleeps) - retries_before
-            self.run.stats[endpoint].record(seconds, ok, retries)
+            self.run.record(endpoint, seconds, ok, retries)
 
 
 class SimulatedHost:
@@ -248,7 +323,7 @@ class SimulatedHost:
             run=run,
             host_index=index,
         )
-        self.payloads: HostPayloads | None = None
+        self.payloads: HostPayloads | EventPayloads | None = None
         self.pending: dict[str, list[dict[str, Any]]] = {"result": [], "status": []}
         self.enrolled_at: float | None = None  # seconds into the run
 
@@ -256,6 +331,7 @@ class SimulatedHost:
         try:
             if await self.run.pause(self.start_offset_s) and await self.enroll():
                 await asyncio.gather(self.config_loop(), self.log_loop(), self.distributed_loop())
+                await self.send_unacknowledged()
         finally:
             await self.node.aclose()
 
@@ -268,16 +344,30 @@ class SimulatedHost:
                 self.node.record_call("enroll", started, bool(key), retries)
             if key:
                 self.enrolled_at = self.run.elapsed()
-                self.payloads = HostPayloads(
-                    self.node.profile,
-                    self.node.host_identifier,
-                    seed=self.run.config.seed,
-                    started_at=time.time(),
-                    interval_scale=self.run.config.query_interval_scale,
-                )
+                self.payloads = self.host_payloads()
+                if not self.run.config.keep_enroll_connection:
+                    self.node.close_connection("enroll")
                 return True
             await self.run.pause(self.run.config.config_interval_s)
         return False
+
+    def host_payloads(self) -> HostPayloads | EventPayloads:
+        config, profile, identifier = self.run.config, self.node.profile, self.node.host_identifier
+        if config.payload == "events":
+            return EventPayloads(
+                profile,
+                identifier,
+                seed=config.seed,
+                started_at=time.time(),
+                log_interval_s=config.log_interval_s,
+            )
+        return HostPayloads(
+            profile,
+            identifier,
+            seed=config.seed,
+            started_at=time.time(),
+            interval_scale=config.query_interval_scale,
+        )
 
     async def config_loop(self) -> None:
         # osquery fetches its config right after enrolling, then every config_refresh.
@@ -301,6 +391,10 @@ class SimulatedHost:
         now = time.time()
         self.pending["result"] += self.payloads.due_records(now)
         self.pending["status"] += self.payloads.status_records(now)
+        await self.send_pending()
+
+    async def send_pending(self) -> None:
+        """Send what the buffer holds, results then status, up to osquery's max lines each."""
         for log_type, table in (("result", "results"), ("status", "status")):
             batch = self.pending[log_type][:MAX_LOG_LINES]
             if not batch:
@@ -308,9 +402,23 @@ class SimulatedHost:
             if await self.node.send_logs(log_type, batch):
                 # osquery deletes a batch only once the server accepted it.
                 del self.pending[log_type][: len(batch)]
-                self.run.rows[table] += (
-                    sum(map(result_rows, batch)) if table == "results" else len(batch)
-                )
+                rows = sum(map(result_rows, batch)) if table == "results" else len(batch)
+                self.run.add_rows(table, rows)
+
+    async def send_unacknowledged(self) -> None:
+        """After the stop, what a failed POST left in the buffer, as osquery's next ticks would.
+
+        A POST whose answer the host never got may still have been stored, and its lines go
+        again (merged with later ones when they fit): the server must store them once. Sent
+        until acknowledged (a few tries), every row the server stored has been acknowledged,
+        so the run's rows check can demand equality.
+        """
+        for _ in range(FINAL_SEND_ATTEMPTS):
+            if not any(self.pending.values()):
+                return
+            await self.send_pending()
+            if any(self.pending.values()):
+                await asyncio.sleep(FINAL_SEND_PAUSE_S)
 
     async def distributed_loop(self) -> None:
         interval = self.run.config.distributed_interval_s
@@ -328,8 +436,11 @@ class SimulatedHost:
             return min(ACCELERATED_INTERVAL_S, interval)
         return interval
 
-    def enrolled_seconds(self, ended_at: float) -> float:
-        return 0.0 if self.enrolled_at is None else max(0.0, ended_at - self.enrolled_at)
+    def enrolled_seconds(self, ended_at: float, since: float = 0.0) -> float:
+        """Seconds this host was enrolled between `since` and `ended_at` (into the run)."""
+        if self.enrolled_at is None:
+            return 0.0
+        return max(0.0, ended_at - max(self.enrolled_at, since))
 
 
 def ensure_file_descriptors(needed: int) -> None:
@@ -362,6 +473,7 @@ async def run_fleet(
     config: FleetConfig,
     live_queries: Sequence[tuple[float, LiveQueryLauncher]] = (),
     stop: asyncio.Event | None = None,
+    hooks: WindowHooks | None = None,
 ) -> FleetResult:
     """Simulate the fleet for `config.duration_s` (or until `stop` is set) and report.
 
@@ -380,10 +492,11 @@ async def run_fleet(
     host_tasks = [asyncio.create_task(host.run_until_stopped()) for host in hosts]
     launches: list[tuple[float, str, str]] = []
     launcher = asyncio.create_task(launch_live_queries(run, live_queries, launches))
+    window = asyncio.create_task(measure_window(run, hosts, hooks))
     await run.pause(config.duration_s)
     stop.set()
     wall_s = run.elapsed()
-    await asyncio.gather(launcher, *host_tasks)
+    await asyncio.gather(launcher, window, *host_tasks)
     drain_s = run.elapsed() - wall_s
     return FleetResult(
         config=config,
@@ -394,10 +507,39 @@ async def run_fleet(
         host_seconds=sum(host.enrolled_seconds(wall_s) for host in hosts),
         endpoints={name: stats.to_dict(wall_s) for name, stats in run.stats.items()},
         rows_accepted=dict(run.rows),
+        lines_unacknowledged=sum(len(lines) for host in hosts for lines in host.pending.values()),
         live_queries=[live_query_timing(run, hosts, *launch) for launch in launches],
         emulator=dataclasses.asdict(run.counters),
         client_cpu_s=time.process_time() - cpu_started,
+        window=run.window.to_dict(hosts) if run.window and run.window.until_s else None,
     )
+
+
+async def measure_window(
+    run: FleetRun, hosts: Sequence[SimulatedHost], hooks: WindowHooks | None
+) -> None:
+    """Open the measured window at `window_from_s`, close it at `window_until_s` or the stop.
+
+    The hooks run in a thread (they read /proc and /metrics), and the window's counting
+    starts and ends right next to them, so both cover the same seconds.
+    """
+    config = run.config
+    if config.window_from_s is None or not await run.pause(config.window_from_s - run.elapsed()):
+        return
+    if hooks is not None:
+        await asyncio.to_thread(hooks.start)
+    enrolled = [host.node for host in hosts if host.enrolled_at is not None]
+    held = sum(node.open_connections for node in enrolled) / len(enrolled) if enrolled else 0.0
+    run.window = MeasuredWindow(from_s=run.elapsed(), connections_per_host=held)
+    run.window_open = True
+    if config.window_until_s is not None:
+        await run.pause(config.window_until_s - run.elapsed())
+    else:
+        await run.stop.wait()
+    run.window_open = False
+    run.window.until_s = run.elapsed()
+    if hooks is not None:
+        await asyncio.to_thread(hooks.stop)
 
 
 async def launch_live_queries(

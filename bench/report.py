@@ -4,19 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import enrollment_storm
+
 ENDPOINT_COLUMNS = ("requests", "errors", "requests_per_s", "p50_ms", "p95_ms", "p99_ms")
+
+
+PROCESS_ORDER = ("gateway", "ingest", "clickhouse", "enroll", "config", "distributed")
 
 
 def render(figures: dict[str, Any]) -> str:
     lines = ["# Quarry benchmark", ""]
     lines += _environment(figures["environment"], figures["settings"])
     if "sweep" in figures:
-        lines += _sweep(figures["sweep"])
-    else:
-        lines += _fleet(figures)
-        lines += _saturation(figures["saturation"], figures["ratios"])
-        lines += _authentication(figures["saturation"].get("authentication"))
-        lines += _post_to_visible(figures["saturation"]["quarry"].get("log_post_to_visible"))
+        for name, sweep in figures["sweep"].items():
+            lines += _sweep(name, sweep)
+        return "\n".join(lines) + "\n"
+    workloads = figures["workloads"]
+    lines += _side_by_side(workloads, figures.get("phases", {}))
+    for name, run in workloads.items():
+        lines += _workload(name, run)
+    lines += _saturation(figures["saturation"], figures["ratios"])
+    lines += _authentication(figures["saturation"].get("authentication"))
+    lines += _post_to_visible(figures["saturation"]["quarry"].get("log_post_to_visible"))
+    lines += _phases(figures.get("phases", {}))
     return "\n".join(lines) + "\n"
 
 
@@ -27,25 +37,155 @@ def _environment(env: dict[str, Any], settings: dict[str, Any]) -> list[str]:
         f"Machine: {env['cpu_model']}, {env['cpu_count']} cores, {env['memory_gib']} GiB, "
         f"Linux {env['kernel']}, Python {env['python']}.",
         f"ClickHouse {env['clickhouse']} ({store}). {packages}.",
-        f"Gateway workers: {settings['gateway_workers']}. Intervals: config "
-        f"{settings['config_interval']:g} s, logs {settings['log_interval']:g} s, distributed "
-        f"{settings['distributed_interval']:g} s; gzip {'on' if settings['gzip'] else 'off'}.",
+        f"Gateway workers: {settings['gateway_workers']}. {settings['hosts']} hosts; intervals: "
+        f"config {settings['config_interval']:g} s, logs {settings['log_interval']:g} s, "
+        f"distributed {settings['distributed_interval']:g} s; measured window "
+        f"{settings['duration']:g} s after a {settings['start_period']:g} s start period and "
+        f"warm-up; fleet gzip {'on' if settings['gzip'] else 'off'}, events gzip on.",
         "",
     ]
 
 
-def _fleet(run: dict[str, Any]) -> list[str]:
-    fleet, costs, rows = run["fleet"], run["costs"], run["rows_check"]
-    lines = [
-        f"## Fleet: {fleet['config']['hosts']} simulated hosts for {fleet['wall_s']:.0f} s",
+# --- the two workloads side by side ---------------------------------------------------------
+
+
+def _side_by_side(workloads: dict[str, Any], phases: dict[str, Any]) -> list[str]:
+    names = list(workloads)
+    windows = {name: run.get("window") or {} for name, run in workloads.items()}
+    processes = _process_names(windows.values())
+
+    def row(label: str, value) -> tuple[Any, ...]:
+        return (label, *(value(workloads[name], windows[name]) for name in names))
+
+    def per_process(label: str, key: str, digits: int) -> list[tuple[Any, ...]]:
+        return [
+            row(
+                f"{label}: {process}",
+                lambda _run, w, p=process: _rounded(
+                    w.get("processes", {}).get(p, {}).get(key), digits
+                ),
+            )
+            for process in processes
+        ]
+
+    rows = [
+        row("what", lambda run, _w: run["workload"]["summary"]),
+        row("hosts enrolled", lambda run, _w: run["fleet"]["hosts_enrolled"]),
+        row("measured window (s)", lambda _run, w: _rounded(w.get("window_s"), 0)),
+        row("requests/s", lambda _run, w: _rounded(w.get("requests_per_s"), 0)),
+        row("on schedule (distributed reads per host per interval)", lambda _run, w: _rounded(
+            w.get("on_schedule"), 2)),
+        row("log rows/s acknowledged", lambda _run, w: _rounded(w.get("rows_per_s"), 0)),
+        row(
+            "**hosts per core, whole stack**",
+            lambda _run, w: f"**{_number(w.get('hosts_per_core'))}**",
+        ),
+        row("server CPU (cores), all processes", lambda _run, w: _rounded(
+            w.get("server_cores"), 3)),
+        *per_process("cores", "cores", 3),
+        *per_process("CPU µs per request", "cpu_us_per_request", 1),
+        *per_process("CPU µs per row", "cpu_us_per_row", 1),
+        row("latency p50 / p95 / p99 (ms), all requests", lambda _run, w: _percentiles(
+            w.get("all_requests"))),
+        row("log POST p50 / p95 / p99 (ms)", lambda _run, w: _percentiles(
+            w.get("endpoints", {}).get("log"))),
+        row("errors (window / whole run)", lambda run, w: _errors(run, w)),
+        row("rows acknowledged = rows stored", lambda run, _w: _rows_check(run["rows_check"])),
+        row("ClickHouse inserts/s (rows per insert)", lambda _run, w: _inserts(w)),
+        row("ClickHouse server idle before the run (cores)", lambda run, _w: _rounded(
+            run.get("clickhouse_idle_cores"), 3) or "n/a (chdb)"),
+        row("POST-to-rows-visible p50 / p99 (ms)", lambda run, _w: _visible(run)),
+        row("gateway RSS peak (MB)", lambda run, _w: _rounded(
+            run["costs"]["processes"].get("gateway", {}).get("rss_max_bytes", 0) / 2**20, 0)),
+        row("hosts per core, whole run incl. start-up", lambda run, _w: _number(
+            run["costs"]["hosts_per_core"])),
+    ]  # fmt: skip
+    return [
+        "## Two workloads side by side (steady-state window, server side from /proc)",
         "",
-        f"Enrolled {fleet['hosts_enrolled']}; {fleet['host_seconds']:.0f} host-seconds.",
+        _table(("figure", *names), rows),
+        "",
+        _idle_connections_line(phases.get("idle_connections")),
+        "",
+    ]
+
+
+def _process_names(windows) -> list[str]:
+    seen = {name for window in windows for name in window.get("processes", {})}
+    ordered = [name for name in PROCESS_ORDER if name in seen]
+    return ordered + sorted(seen - set(ordered) - {"total"})
+
+
+def _percentiles(stats: dict[str, Any] | None) -> str:
+    if not stats:
+        return ""
+    return " / ".join(_cell(stats.get(key)) for key in ("p50_ms", "p95_ms", "p99_ms"))
+
+
+def _errors(run: dict[str, Any], window: dict[str, Any]) -> str:
+    whole = sum(e["errors"] for e in run["fleet"]["endpoints"].values())
+    return f"{window.get('all_requests', {}).get('errors', '')} / {whole}"
+
+
+def _rows_check(rows: dict[str, Any]) -> str:
+    accepted, found = sum(rows["accepted"].values()), sum(rows["found"].values())
+    verdict = f"{accepted:,} = {found:,}"
+    if not rows["equal"]:
+        verdict = f"{accepted:,} ≠ {found:,} (NOT EQUAL)"
+    unacknowledged = rows.get("lines_unacknowledged", 0)
+    return verdict + (f"; {unacknowledged} lines never acknowledged" if unacknowledged else "")
+
+
+def _inserts(window: dict[str, Any]) -> str:
+    inserts = window.get("clickhouse_inserts")
+    if not inserts:
+        return ""
+    return f"{inserts['inserts_per_s']:.1f} ({_number(inserts['rows_per_insert'])})"
+
+
+def _visible(run: dict[str, Any]) -> str:
+    latency = run.get("post_to_visible")
+    if not latency:
+        return "not measured"
+    visible = latency["visible"]
+    return f"{_cell(visible['p50_ms'])} / {_cell(visible['p99_ms'])}"
+
+
+def _idle_connections_line(figures: dict[str, Any] | None) -> str:
+    if not figures or "skipped" in figures:
+        why = figures["skipped"] if figures else "not run"
+        return f"Gateway memory per 1,000 idle keep-alive connections: not measured ({why})."
+    per_connection_kb = figures.get("kb_per_connection")
+    if per_connection_kb is None:
+        return "Gateway memory per idle keep-alive connection: see the phase's figures below."
+    return (
+        "Gateway memory per 1,000 idle keep-alive connections: "
+        f"**{per_connection_kb * 1000 / 1024:,.1f} MB** ({per_connection_kb:,.1f} KB each)."
+    )
+
+
+# --- one workload in detail -------------------------------------------------------------------
+
+
+def _workload(name: str, run: dict[str, Any]) -> list[str]:
+    fleet, costs, rows = run["fleet"], run["costs"], run["rows_check"]
+    window = run.get("window")
+    endpoints = (window or fleet)["endpoints"]
+    lines = [
+        f"## Workload `{name}`: {fleet['config']['hosts']} simulated hosts for "
+        f"{fleet['wall_s']:.0f} s",
+        "",
+        f"{run['workload']['summary']}. Enrolled {fleet['hosts_enrolled']}; "
+        f"{fleet['host_seconds']:.0f} host-seconds; "
+        f"{fleet['emulator'].get('connections', 'n/a')} TLS connections opened.",
+        "",
+        ("Calls in the measured window" if window else "Calls over the whole run") + ":",
         "",
         _table(
             ("endpoint", *ENDPOINT_COLUMNS),
             [
-                (name, *(stats[c] for c in ENDPOINT_COLUMNS))
-                for name, stats in fleet["endpoints"].items()
+                (endpoint, *(stats[c] for c in ENDPOINT_COLUMNS))
+                for endpoint, stats in endpoints.items()
             ],
         ),
         "",
@@ -63,40 +203,51 @@ def _fleet(run: dict[str, Any]) -> list[str]:
             "",
         ]
     lines += [
-        "## Cost (server side: every Quarry process and ClickHouse, from /proc)",
+        "Cost (server side: every Quarry process and ClickHouse, from /proc):",
         "",
-        f"- Server CPU: {costs['server_cpu_s']:.1f} s; "
-        f"load generator: {costs['client_cpu_s']:.1f} s.",
-        f"- CPU per simulated host-second: {costs['cpu_s_per_host_second'] * 1e6:.1f} µs, "
-        f"so **{_number(costs['hosts_per_core'])} hosts per core** at these intervals.",
+        f"- Whole run: server CPU {costs['server_cpu_s']:.1f} s, load generator "
+        f"{costs['client_cpu_s']:.1f} s; {costs['cpu_s_per_host_second'] * 1e6:,.1f} µs per "
+        f"host-second, so {_number(costs['hosts_per_core'])} hosts per core with start-up.",
+        *_window_line(window),
         "",
-        *_steady(run.get("steady_costs")),
-        _table(
-            ("process", "cpu_s", "rss_max_mb", "rss per 10k hosts (MB)"),
-            [
-                (
-                    name,
-                    round(p["cpu_s"], 1),
-                    round(p["rss_max_bytes"] / 2**20, 1),
-                    round(costs["rss_per_10k_hosts_mb"][name], 1),
-                )
-                for name, p in costs["processes"].items()
-            ],
-        ),
+        _process_table(costs, window),
         "",
     ]
     return lines
 
 
-def _steady(steady: dict[str, Any] | None) -> list[str]:
-    if not steady:
-        return []
+def _window_line(window: dict[str, Any] | None) -> list[str]:
+    if not window:
+        return ["- No measured window (the run stopped before it opened)."]
     return [
-        f"- Steady state (from {steady['from_s']:.0f} s, after enrollment and first full result "
-        f"sets; {steady['window_s']:.0f} s): {steady['cpu_s_per_host_second'] * 1e6:.1f} µs per "
-        f"host-second, so **{_number(steady['hosts_per_core'])} hosts per core**.",
-        "",
+        f"- Measured window, {window['from_s']:.0f}-{window['until_s']:.0f} s: "
+        f"{window['cpu_s_per_host_second'] * 1e6:,.1f} µs per host-second, so "
+        f"**{_number(window['hosts_per_core'])} hosts per core**; "
+        f"{window['requests_per_s']:,.0f} requests/s, {window['rows_per_s']:,.0f} rows/s."
     ]
+
+
+def _process_table(costs: dict[str, Any], window: dict[str, Any] | None) -> str:
+    header = ("process", "cpu_s (run)", "rss_max_mb", "rss per 10k hosts (MB)")
+    window_header = ("cores (window)", "share", "µs/request", "µs/row")
+    rows = []
+    for name, process in costs["processes"].items():
+        row = (
+            name,
+            round(process["cpu_s"], 1),
+            round(process["rss_max_bytes"] / 2**20, 1),
+            round(costs["rss_per_10k_hosts_mb"][name], 1),
+        )
+        if window:
+            figures = window["processes"].get(name, {})
+            row += (
+                _rounded(figures.get("cores"), 3),
+                f"{figures.get('share', 0):.0%}",
+                _rounded(figures.get("cpu_us_per_request"), 1),
+                _rounded(figures.get("cpu_us_per_row"), 1),
+            )
+        rows.append(row)
+    return _table(header + (window_header if window else ()), rows)
 
 
 def _saturation(saturation: dict[str, Any], ratios: dict[str, Any]) -> list[str]:
@@ -220,29 +371,39 @@ def _post_to_visible(latency: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def _sweep(sweep: dict[str, Any]) -> list[str]:
+def _sweep(name: str, sweep: dict[str, Any]) -> list[str]:
     rows = []
     for stage in sweep["stages"]:
-        endpoints = stage["fleet"]["endpoints"]
+        measured = stage.get("window") or stage["fleet"]
+        endpoints = measured["endpoints"]
         worst_p95 = max((e["p95_ms"] or 0) for e in endpoints.values())
         requests = sum(e["requests"] for e in endpoints.values())
         errors = sum(e["errors"] for e in endpoints.values())
+        per_core = (stage.get("window") or stage["costs"])["hosts_per_core"]
         rows.append(
-            (
-                stage["hosts"],
-                requests,
-                errors,
-                worst_p95,
-                _number(stage["costs"]["hosts_per_core"]),
-                stage["verdict"] or "ok",
-            )
-        )
+            (stage["hosts"], requests, errors, worst_p95, _number(per_core),
+             stage["verdict"] or "ok")
+        )  # fmt: skip
     return [
-        f"## Sweep: last good N = {sweep['last_good_hosts']}",
+        f"## Sweep of `{name}`: last good N = {sweep['last_good_hosts']}",
         "",
         _table(("hosts", "requests", "errors", "worst p95 ms", "hosts/core", "verdict"), rows),
         "",
     ]
+
+
+def _phases(phases: dict[str, Any]) -> list[str]:
+    """Figures of the phases run on the last workload's cluster (bench/__main__.py)."""
+    lines = []
+    for name, figures in phases.items():
+        if "skipped" in figures:
+            continue
+        if name == "enrollment_storm":
+            lines += [enrollment_storm.markdown(figures), ""]
+            continue
+        scalars = [(key, value) for key, value in figures.items() if not isinstance(value, dict)]
+        lines += [f"## Phase `{name}`", "", _table(("figure", "value"), scalars), ""]
+    return lines
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
@@ -263,3 +424,7 @@ def _ratio(value: float | None) -> str:
 
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
+
+
+def _rounded(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"

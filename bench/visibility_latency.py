@@ -19,7 +19,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from bench.saturation import REQUEST_TIMEOUT_S, SaturationTarget
+from protos.v1 import logs_pb2, logs_pb2_grpc
 from tests.emulator.http_client import HttpConnection
 from tests.emulator.response import judge_response
 
@@ -29,6 +32,26 @@ MAX_ERROR_EXAMPLES = 5
 
 # Given the lowest counter still pending, the rows stored so far per counter at or above it.
 RowCounter = Callable[[int], Awaitable[dict[int, int]]]
+
+
+def rows_per_counter(stub: logs_pb2_grpc.LogStoreStub, query_name: str) -> RowCounter:
+    """Rows stored per log `counter` of one query, from `lowest` up, read through LogStore.
+
+    LogStore is the gRPC service `quarry sql` calls: the one reader that works for embedded
+    chdb as for a ClickHouse server.
+    """
+
+    async def count(lowest: int) -> dict[int, int]:
+        sql = (
+            f"SELECT counter, count() AS n FROM quarry.results "
+            f"WHERE name = '{query_name}' AND counter >= {lowest} GROUP BY counter"
+        )
+        reply = await stub.Query(logs_pb2.SqlRequest(sql=sql), timeout=30)
+        if reply.error:
+            raise RuntimeError(reply.error)
+        return {int(c): int(n) for c, n in map(orjson.loads, reply.rows_json)}
+
+    return count
 
 
 @dataclass

@@ -160,9 +160,9 @@ def quarry_cluster(
     tmp_dir: Path,
     clickhouse_url: str = "",
     extra_env: dict[str, str] | None = None,
-    port_base: int = 0,
+    port_base: int | None = None,
 ) -> Iterator[QuarryCluster]:
-    """A running cluster under tmp_dir, on port_base (0: a free one)."""
+    """A running cluster under tmp_dir, on `port_base` or else a free base."""
     cluster = QuarryCluster(
         state_dir=tmp_dir / "state",
         port_base=port_base or free_port_base(),

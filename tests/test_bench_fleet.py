@@ -2,6 +2,7 @@
 
 Twenty simulated hosts enroll, fetch configs, flush their packs' logs and answer a live
 query launched over gRPC mid-run; every row the server accepted must be in ClickHouse.
+Plus unit tests of its parts: latency percentiles, the events workload's log lines.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.event_payloads import EVENT_LINES_PER_FLUSH, STATUS_LINES_PER_BATCH, EventPayloads
 from bench.fleet import ENDPOINTS, FleetConfig, FleetResult, run_fleet
 from bench.latency import LatencyHistogram
-from bench.payloads import config_for_packs
+from bench.payloads import config_for_packs, result_rows
 from protos.v1 import distributed_pb2, distributed_pb2_grpc
+from tests.emulator import HostProfile
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
 
 HOSTS = 20
@@ -131,3 +134,24 @@ def test_latency_percentiles_fall_in_the_right_buckets() -> None:
     assert histogram.percentile_s(0.95) == pytest.approx(0.95, rel=0.05)
     assert histogram.percentile_s(1.0) == 5.0
     assert LatencyHistogram().percentile_s(0.5) is None
+
+
+def test_an_events_host_logs_twenty_event_lines_every_flush_and_status_every_sixth() -> None:
+    profile = HostProfile.make(3, seed=7)
+    host = EventPayloads(profile, "bench7-host", seed=7, started_at=1000.0, log_interval_s=10.0)
+    flushes = [1000.0 + 10 * n for n in range(1, 31)]  # five minutes of flushes
+
+    results = [host.due_records(now) for now in flushes]
+    statuses = [host.status_records(now) for now in flushes]
+
+    assert all(len(records) == EVENT_LINES_PER_FLUSH for records in results)
+    assert all(record["action"] == "added" for records in results for record in records)
+    assert sum(map(result_rows, results[0])) == EVENT_LINES_PER_FLUSH  # one row per line
+    names = {record["name"] for records in results for record in records}
+    assert names == {"pack_events_process_events", "pack_events_socket_events"}
+    counters = [records[0]["counter"] for records in results]
+    assert counters == list(range(len(flushes)))  # each flush is the query's next run
+    batches = [lines for lines in statuses if lines]
+    assert len(batches) == 5  # one batch per 60 s
+    assert all(len(lines) == STATUS_LINES_PER_BATCH for lines in batches)
+    assert all(line["hostIdentifier"] == "bench7-host" for line in batches[0])

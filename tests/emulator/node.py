@@ -186,6 +186,17 @@ class OsqueryNode:
         self._connections.clear()
         await asyncio.sleep(0)  # let the transports finish closing
 
+    @property
+    def open_connections(self) -> int:
+        """Keep-alive connections this node holds open (one per plugin that has called)."""
+        return sum(connection.is_open for connection in self._connections.values())
+
+    def close_connection(self, plugin: str) -> None:
+        """Close one plugin's keep-alive connection; its next request opens a new one."""
+        connection = self._connections.pop(plugin, None)
+        if connection is not None:
+            connection.close()
+
     # -- enrollment (§4) -----------------------------------------------------------------
 
     async def get_node_key(self) -> str:
