@@ -8,15 +8,14 @@ can. The gateway computes them here, once per line, and ingest keeps those of ea
 recent lines (docs/adr/0012-line-level-exactly-once.md).
 
 A line's identity is xxh3-64 of its JSON as forwarded (orjson's compact form of what osquery
-sent, the same bytes for the same buffered line however often it is re-sent) and of how many
-identical lines came before it in the batch: two genuinely separate identical status lines in
-one batch are two lines.
+sent, the same bytes for the same buffered line however often it is re-sent). Two genuinely
+separate identical lines (two identical status lines in one flush) have the same identity;
+ingest tells them apart by their place (ingest_service/line_identities.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import struct
 from array import array
 from typing import Any
 
@@ -24,7 +23,6 @@ import orjson
 import xxhash
 
 _xxh3 = xxhash.xxh3_64_intdigest
-_OCCURRENCE = struct.Struct("<Q")
 
 
 def encode_lines(records: list[Any]) -> tuple[bytes, bytes]:
@@ -35,20 +33,7 @@ def encode_lines(records: list[Any]) -> tuple[bytes, bytes]:
 
 def line_ids(lines: list[bytes]) -> bytes:
     """Packed little-endian uint64 identities, one per line, in order."""
-    ids = array("Q", map(_xxh3, lines))
-    if len(set(ids)) != len(ids):
-        _number_repeats(ids)
-    return ids.tobytes()
-
-
-def _number_repeats(ids: array) -> None:
-    """Give the n-th repeat of an identical line an identity of its own (n = 1, 2, ...)."""
-    seen: dict[int, int] = {}
-    for index, line_id in enumerate(ids):
-        repeats = seen.get(line_id, 0)
-        seen[line_id] = repeats + 1
-        if repeats:
-            ids[index] = _xxh3(_OCCURRENCE.pack(line_id) + _OCCURRENCE.pack(repeats))
+    return array("Q", map(_xxh3, lines)).tobytes()
 
 
 def batch_id(node_id: str, kind: int, campaign_id: str, content: bytes) -> str:

@@ -37,7 +37,7 @@ import orjson
 from google.protobuf.message import DecodeError
 
 from ingest_service import line_identities, metrics
-from ingest_service.line_identities import LineIdentities, ids_of, key_of
+from ingest_service.line_identities import LineIdentities, Reading, ids_of, key_of
 from ingest_service.log_rows import FlatBatch, MalformedBatch, flatten_batch, parse_records
 from ingest_service.replay import Replayer
 from ingest_service.spool import Spool
@@ -103,14 +103,14 @@ class WaitingBatch:
     reply: Reply
     # Copies of the same batch that arrived while this one was waiting.
     duplicate_replies: list[Reply] = field(default_factory=list)
-    # Line identities: the node and kind, every line's id, which were stored before.
+    # Line identities: the node and kind, every line's id, how they read against the memory.
     line_key: str = ""
     line_ids: array = field(default_factory=lambda: array("Q"))
-    repeated: list[bool] | None = None
+    reading: Reading | None = None
 
     @property
     def repeated_lines(self) -> int:
-        return sum(self.repeated) if self.repeated else 0
+        return sum(self.reading.repeated) if self.reading else 0
 
 
 @dataclass
@@ -178,10 +178,10 @@ class GroupCommitter:
             self.held[waiting_key].append(held)
             return
         ids = ids_of(batch)
-        repeated = self.lines.repeated(waiting_key, ids) if waiting_key else None
+        reading = self.lines.read(waiting_key, ids) if waiting_key else None
         try:
-            if repeated is not None and any(repeated):
-                batch = without_repeated_lines(batch, ids, repeated)
+            if reading is not None and any(reading.repeated):
+                batch = without_repeated_lines(batch, ids, reading.repeated)
                 frame = batch.SerializeToString()
             flat = flatten_batch(batch)
         except MalformedBatch as exc:
@@ -195,7 +195,7 @@ class GroupCommitter:
             reply,
             line_key=waiting_key,
             line_ids=ids,
-            repeated=repeated,
+            reading=reading,
         )
         if not flat.rows and not waiting.repeated_lines:
             # Nothing to store (an empty snapshot): stored, trivially.
@@ -232,14 +232,14 @@ class GroupCommitter:
             ok=True,
             rows=len(waiting.flat.rows),
             # Every line stored before: to osquery as to the metrics, a duplicate.
-            duplicate=bool(waiting.repeated) and all(waiting.repeated or ()),
+            duplicate=waiting.reading is not None and all(waiting.reading.repeated),
             lines_already_stored=waiting.repeated_lines,
         )
 
     def lines_stored(self, waiting: WaitingBatch) -> None:
         if waiting.line_key:
             metrics.REPEATED_LINES.inc(waiting.repeated_lines)
-            self.lines.stored(waiting.line_key, waiting.line_ids, waiting.repeated, time.time())
+            self.lines.stored(waiting.line_key, waiting.line_ids, waiting.reading, time.time())
 
     def remember(self, batch_id: str) -> None:
         if batch_id:

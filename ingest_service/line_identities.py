@@ -7,18 +7,22 @@ node and kind, the lines osquery may still hold, and tells which lines of a new 
 stored before (docs/adr/0012-line-level-exactly-once.md).
 
 What a batch shows about osquery's buffer: a batch is always the oldest lines osquery holds,
-in key order. So when a batch holds a remembered line, every remembered line before the
-first one it holds is gone from osquery (deleted after an answer arrived), and the batch
-repeats the remembered lines from there on. When it holds none, osquery deleted every
-remembered line, and the whole batch is new. (New lines can come before the repeated ones:
-osquery's keys `tls_r_<time>_<n>` sort `_100` before `_99` within one second.) Deletion comes
-a POST at a time: a remembered line that came in the same POST as an older, now deleted line
-cannot still be held, so a batch line with its identity is a genuinely new line identical to
-it (two identical status lines split across two flushes, for instance).
+in key order. A batch line with the identity of a remembered line repeats it; a remembered
+line the batch skips while it holds a later one is gone from osquery (deleted after an
+answer arrived); when the batch holds none, osquery deleted them all and the whole batch is
+new. osquery deletes a POST's lines together, so every line of a POST that carried a gone
+line is gone too, and a batch line with the identity of such a line is a genuinely new
+line identical to it (two identical status lines split across two flushes, for instance).
+A POST whose lines a later batch repeats went unanswered and is forgotten. New lines can
+come before repeated ones: osquery's keys `tls_r_<time>_<n>` sort `_100` before `_99`
+within one second.
 
-The memory per node and kind is the lines osquery may still hold (8 bytes each, at most
-MAX_LINES: usually one batch) and, when that differs from one POST, which POSTs carried them.
-A node not heard from for `window_s` is forgotten.
+The memory per node and kind is the lines osquery may still hold (an identity and a number,
+16 bytes each, at most MAX_LINES: usually one batch) and, when that differs from one POST,
+which POSTs carried them. Identical lines are told apart by their place among the remembered
+ones, not by their place in a batch: a re-send cut short by --logger_tls_max_lines can carry
+the first of two identical lines and not the second. A node not heard from for `window_s`
+is forgotten.
 
 Across restarts: a snapshot of the memory (with the spool position it covers) is written now
 and then and at shutdown; at start-up it is loaded and the spool's records after that position
@@ -31,6 +35,8 @@ import logging
 import struct
 import zlib
 from array import array
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -45,9 +51,10 @@ log = logging.getLogger(__name__)
 MAX_LINES = 4096
 MAX_POSTS = 16
 SNAPSHOT_FILE = "line_ids"
-SNAPSHOT_MAGIC = b"QLID2\n"
+SNAPSHOT_MAGIC = b"QLID3\n"
 SNAPSHOT_HEADER = struct.Struct("<QQI")  # segment, offset, entries
-ENTRY_HEADER = struct.Struct("<HdII")  # key length, last seen (Unix s), lines, POSTs
+# key length, last seen (Unix s), next line number, lines, POSTs
+ENTRY_HEADER = struct.Struct("<HdQII")
 POST_HEADER = struct.Struct("<I")  # bytes of one POST's ids
 
 Key = str  # f"{kind}:{node_id}"
@@ -70,13 +77,27 @@ def unpack(packed: bytes) -> array:
 
 
 class Remembered(NamedTuple):
-    """The lines a node may still hold, oldest first, and the POSTs that carried them (empty:
-    one POST carried exactly these lines). Replaced, never changed, so a shallow copy of the
-    memory is a consistent snapshot."""
+    """The lines a node may still hold, oldest first: their identities and their numbers
+    (per node and kind), and the numbers each remembered POST carried (empty: one POST
+    carried exactly these lines). Replaced, never changed, so a shallow copy of the memory
+    is a consistent snapshot."""
 
-    lines: bytes
+    ids: bytes
+    numbers: bytes
     posts: tuple[bytes, ...]
+    next_number: int
     seen_at: float
+
+
+@dataclass
+class Reading:
+    """How a batch reads against the memory: which of its lines were stored before (and the
+    number of the remembered line each repeats), and which remembered lines osquery no longer
+    holds."""
+
+    repeated: list[bool]
+    matched: list[int]
+    gone: set[int]
 
 
 class LineIdentities:
@@ -86,44 +107,61 @@ class LineIdentities:
         self.window_s = window_s
         self.lines: dict[Key, Remembered] = {}
 
-    def repeated(self, key: Key, ids: array) -> list[bool] | None:
-        """For each line of a new batch, whether it was stored before; None: all are new."""
+    def read(self, key: Key, ids: array) -> Reading | None:
+        """Which lines of a new batch were stored before; None: all are new."""
         remembered = self.lines.get(key)
         if remembered is None or not ids:
             return None
-        lines = unpack(remembered.lines)
-        remembered_ids = set(lines)
-        first = next((line_id for line_id in ids if line_id in remembered_ids), None)
-        if first is None:
+        known, numbers = unpack(remembered.ids), unpack(remembered.numbers)
+        if set(known).isdisjoint(ids):
             return None
-        start = resend_start(lines, remembered.posts, first)
-        if start is None:
-            return None
-        held = set(lines[start:])
-        return [line_id in held for line_id in ids]
+        posts = [set(unpack(post)) for post in remembered.posts] or [set(numbers)]
+        gone: set[int] = set()
+        while True:
+            matched = match_in_order(ids, known, numbers, gone)
+            newly_gone = lines_shown_gone(numbers, matched, gone)
+            if not newly_gone:
+                break
+            # osquery deletes a POST's lines together: every POST that carried one is answered.
+            for post in posts:
+                if not post.isdisjoint(newly_gone):
+                    gone |= post
+            gone |= newly_gone
+        return Reading([number >= 0 for number in matched], matched, gone)
 
-    def stored(self, key: Key, ids: array, repeated: list[bool] | None, now: float) -> None:
+    def stored(self, key: Key, ids: array, reading: Reading | None, now: float) -> None:
         """The batch is spooled (its new lines fsynced): remember what osquery now holds."""
         remembered = self.lines.get(key)
-        if repeated is None or remembered is None or not any(repeated):
-            self.lines[key] = Remembered(ids.tobytes()[-8 * MAX_LINES :], (), now)
+        first_number = remembered.next_number if remembered is not None else 0
+        if reading is None or remembered is None or not any(reading.repeated):
+            numbers = array("Q", range(first_number, first_number + len(ids)))
+            self.lines[key] = remember(ids, numbers, [], first_number + len(ids), now)
             return
-        lines = unpack(remembered.lines)
-        first = ids[repeated.index(True)]
-        if first not in lines:  # only a memory rebuilt from a damaged spool gets here
-            self.lines[key] = Remembered(ids.tobytes()[-8 * MAX_LINES :], (), now)
-            return
-        start = lines.index(first)
-        gone = set(lines[:start])
-        kept = lines[start:]
-        kept.extend(line_id for line_id, seen in zip(ids, repeated, strict=True) if not seen)
-        posts = [unpack(post) for post in remembered.posts] or [lines]
-        posts = [array("Q", (i for i in post if i not in gone)) for post in posts]
-        posts = [post for post in posts if post][-(MAX_POSTS - 1) :]
-        posts.append(ids)
-        self.lines[key] = Remembered(
-            kept[-MAX_LINES:].tobytes(), tuple(post.tobytes() for post in posts), now
-        )
+        known, numbers = unpack(remembered.ids), unpack(remembered.numbers)
+        kept_ids, kept_numbers = array("Q"), array("Q")
+        for line_id, number in zip(known, numbers, strict=True):
+            if number not in reading.gone:
+                kept_ids.append(line_id)
+                kept_numbers.append(number)
+        carried = array("Q")
+        next_number = first_number
+        for line_id, number in zip(ids, reading.matched, strict=True):
+            if number < 0:
+                kept_ids.append(line_id)
+                kept_numbers.append(next_number)
+                number, next_number = next_number, next_number + 1
+            carried.append(number)
+        # A POST whose lines this batch repeats went unanswered, and one whose lines are gone
+        # was answered: neither can tell anything any more.
+        repeated = {number for number in reading.matched if number >= 0}
+        posts = [unpack(post) for post in remembered.posts] or [numbers]
+        kept_posts = [
+            post
+            for post in posts
+            if repeated.isdisjoint(post) and not reading.gone.issuperset(post)
+        ][-(MAX_POSTS - 1) :]
+        kept_posts.append(carried)
+        self.lines[key] = remember(kept_ids, kept_numbers, kept_posts, next_number, now)
 
     def forget_older_than(self, cutoff: float) -> int:
         old = [key for key, remembered in self.lines.items() if remembered.seen_at < cutoff]
@@ -140,31 +178,54 @@ class LineIdentities:
         applied = 0
         for record in spool.read_from(start):
             batch = logs_pb2.LogBatch.FromString(record.payload)
-            if batch.line_ids:
-                repeated = [bool(b) for b in batch.repeated_lines] if batch.repeated_lines else None
-                self.stored(key_of(batch), ids_of(batch), repeated, record.appended_at)
-                applied += 1
+            if not batch.line_ids:
+                continue
+            key, ids = key_of(batch), ids_of(batch)
+            spooled = [bool(b) for b in batch.repeated_lines] or [False] * len(ids)
+            reading = self.read(key, ids) if any(spooled) else None
+            if reading is not None and reading.repeated != spooled:
+                # Only a memory rebuilt without its snapshot reads differently: start afresh.
+                reading = None
+            self.stored(key, ids, reading, record.appended_at)
+            applied += 1
         return applied
 
 
-def resend_start(lines: array, posts: tuple[bytes, ...], first: int) -> int | None:
-    """Where in the remembered lines a batch whose first remembered line is `first` takes up;
-    None: nowhere, `first` is a new line.
+def remember(
+    ids: array, numbers: array, posts: list[array], next_number: int, now: float
+) -> Remembered:
+    """The memory of one node and kind, its oldest lines dropped past MAX_LINES."""
+    if len(ids) > MAX_LINES:
+        dropped = set(numbers[:-MAX_LINES])
+        ids, numbers = ids[-MAX_LINES:], numbers[-MAX_LINES:]
+        posts = [array("Q", (n for n in post if n not in dropped)) for post in posts]
+    one_post_of_all = not posts or (len(posts) == 1 and posts[0] == numbers)
+    packed_posts = () if one_post_of_all else tuple(post.tobytes() for post in posts)
+    return Remembered(ids.tobytes(), numbers.tobytes(), packed_posts, next_number, now)
 
-    Every remembered line before that point must be gone from osquery, so a POST that carried
-    it, and not `first`, was answered; if none did, `first` is a new line.
-    """
-    try:
-        start = lines.index(first)
-    except ValueError:
-        return None
-    if start == 0:
-        return 0
-    carried = [set(unpack(post)) for post in posts] or [set(lines)]
-    answerable = [post for post in carried if first not in post]
-    if all(any(line_id in post for post in answerable) for line_id in lines[:start]):
-        return start
-    return None
+
+def match_in_order(ids: array, known: array, numbers: array, gone: set[int]) -> list[int]:
+    """For each line of the batch, the number of the oldest remembered line still held with
+    its identity and not matched yet; -1 for a new line."""
+    held: dict[int, deque[int]] = {}
+    for line_id, number in zip(known, numbers, strict=True):
+        if number not in gone:
+            held.setdefault(line_id, deque()).append(number)
+    matched = []
+    for line_id in ids:
+        same = held.get(line_id)
+        matched.append(same.popleft() if same else -1)
+    return matched
+
+
+def lines_shown_gone(numbers: array, matched: list[int], gone: set[int]) -> set[int]:
+    """Remembered lines the batch skips while it holds a later one: osquery sends its oldest
+    lines first, so those are deleted."""
+    repeated = {number for number in matched if number >= 0}
+    if not repeated:
+        return set()
+    newest = max(numbers.index(number) for number in repeated)
+    return {n for n in numbers[:newest] if n not in repeated and n not in gone}
 
 
 # Snapshots
@@ -176,14 +237,16 @@ def write_snapshot(directory: Path, lines: dict[Key, Remembered], position: Posi
         raw_key = key.encode()
         parts.append(
             ENTRY_HEADER.pack(
-                len(raw_key), remembered.seen_at, len(remembered.lines), len(remembered.posts)
+                len(raw_key),
+                remembered.seen_at,
+                remembered.next_number,
+                len(remembered.ids) // 8,
+                len(remembered.posts),
             )
         )
-        parts.append(raw_key)
-        parts.append(remembered.lines)
+        parts += [raw_key, remembered.ids, remembered.numbers]
         for post in remembered.posts:
-            parts.append(POST_HEADER.pack(len(post)))
-            parts.append(post)
+            parts += [POST_HEADER.pack(len(post)), post]
     body = b"".join(parts)
     write_atomically(directory / SNAPSHOT_FILE, body + struct.pack("<I", zlib.crc32(body)))
 
@@ -202,20 +265,23 @@ def read_snapshot(directory: Path) -> tuple[dict[Key, Remembered], Position] | N
     segment, position_offset, entries = SNAPSHOT_HEADER.unpack_from(body, offset)
     offset += SNAPSHOT_HEADER.size
     lines: dict[Key, Remembered] = {}
+
+    def take(length: int) -> bytes:
+        nonlocal offset
+        offset += length
+        return body[offset - length : offset]
+
     for _ in range(entries):
-        key_length, seen_at, lines_length, post_count = ENTRY_HEADER.unpack_from(body, offset)
+        key_length, seen_at, next_number, count, post_count = ENTRY_HEADER.unpack_from(body, offset)
         offset += ENTRY_HEADER.size
-        key = body[offset : offset + key_length].decode()
-        offset += key_length
-        remembered_lines = body[offset : offset + lines_length]
-        offset += lines_length
+        key = take(key_length).decode()
+        ids, numbers = take(8 * count), take(8 * count)
         posts = []
         for _ in range(post_count):
             [length] = POST_HEADER.unpack_from(body, offset)
             offset += POST_HEADER.size
-            posts.append(body[offset : offset + length])
-            offset += length
-        lines[key] = Remembered(remembered_lines, tuple(posts), seen_at)
+            posts.append(take(length))
+        lines[key] = Remembered(ids, numbers, tuple(posts), next_number, seen_at)
     return lines, Position(segment, position_offset)
 
 

@@ -42,7 +42,7 @@ REPEATED_LINES = Counter(
 REMEMBERED_LINE_SETS = Gauge(
     "quarry_ingest_remembered_line_sets",
     "Nodes and log kinds whose recent line identities ingest remembers (as of the last "
-    "snapshot); about 200 bytes plus 8 per line each.",
+    "snapshot); about 250 bytes plus 16 per line each.",
 )
 REPLAY_FAILURES = Counter(
     "quarry_ingest_replay_failures_total",

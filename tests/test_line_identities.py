@@ -44,21 +44,19 @@ def test_a_line_has_the_same_identity_alone_and_merged_into_a_later_batch() -> N
     assert merged[2] not in first
 
 
-def test_identical_lines_in_one_batch_are_separate_lines_and_keep_their_numbers() -> None:
-    """The n-th copy of a line is the same line when the batch is re-sent, whatever joins it."""
+def test_identical_lines_have_one_identity_whatever_batch_they_come_in() -> None:
     twice = ids([status("same"), status("same")])
-    assert twice[0] != twice[1]
-    resent = ids([status("same"), status("other"), status("same"), status("same")])
-    assert {resent[0], resent[2]} == set(twice)
-    assert resent[3] not in twice
+    assert twice[0] == twice[1]
+    assert ids([status("other"), status("same")])[1] == twice[0]
 
 
 def new_lines(memory: LineIdentities, key: str, batch: list[int]) -> list[int]:
     """Store a batch as ingest does; the lines it found new."""
     ids = array("Q", batch)
-    repeated = memory.repeated(key, ids)
-    memory.stored(key, ids, repeated, NOW)
-    return [i for i, seen in zip(batch, repeated or [False] * len(batch), strict=True) if not seen]
+    reading = memory.read(key, ids)
+    memory.stored(key, ids, reading, NOW)
+    repeated = reading.repeated if reading else [False] * len(batch)
+    return [i for i, seen in zip(batch, repeated, strict=True) if not seen]
 
 
 def test_a_batch_taking_up_remembered_lines_repeats_them_and_one_starting_anew_replaces_them() -> (
@@ -72,9 +70,9 @@ def test_a_batch_taking_up_remembered_lines_repeats_them_and_one_starting_anew_r
     assert new_lines(memory, "1:n", [1, 2, 3, 4, 5]) == [5]
     # The answer arrived: osquery deleted 1-5, its next batch starts with a new line.
     assert new_lines(memory, "1:n", [6, 7]) == [6, 7]
-    assert memory.repeated("1:n", array("Q", [1, 2])) is None
+    assert memory.read("1:n", array("Q", [1, 2])) is None
     # Another node, or another kind of the same node, is another memory.
-    assert memory.repeated("2:n", array("Q", [6])) is None
+    assert memory.read("2:n", array("Q", [6])) is None
 
 
 def test_a_re_send_cut_short_and_answered_leaves_the_rest_to_be_recognised() -> None:
@@ -94,6 +92,36 @@ def test_new_lines_sorted_before_the_re_sent_ones_do_not_hide_them() -> None:
     assert new_lines(memory, "1:n", [100, 101, 98, 99, 102]) == [100, 101, 102]
 
 
+def test_identical_lines_in_one_batch_are_two_lines_and_are_both_recognised_when_re_sent() -> (
+    None
+):
+    memory = LineIdentities(window_s=60)
+    twin = 77
+    assert new_lines(memory, "1:n", [twin, twin]) == [twin, twin]
+    assert new_lines(memory, "1:n", [twin, twin, twin, 5]) == [twin, 5]
+
+
+def test_identical_lines_split_by_a_re_send_cut_short_are_each_recognised() -> None:
+    """A batch holds two identical status lines; its answer is lost; the re-send, cut short,
+    carries only the first, and is answered; the next batch starts with the second."""
+    memory = LineIdentities(window_s=60)
+    twin = 77
+    new_lines(memory, "1:n", [1, twin, twin])
+    assert new_lines(memory, "1:n", [1, twin]) == []
+    assert new_lines(memory, "1:n", [twin, 2]) == [2]
+
+
+def test_lines_re_sent_twice_in_another_order_are_recognised_both_times() -> None:
+    """Within one second, lines logged after a lost batch can sort before it (`_100` before
+    `_99`); the memory keeps the order lines were first stored in, so a second re-send in
+    key order takes them up out of that order."""
+    memory = LineIdentities(window_s=60)
+    lost = list(range(60, 75))
+    new_lines(memory, "1:n", lost)
+    assert new_lines(memory, "1:n", [100, 101, *lost, 75, 76]) == [100, 101, 75, 76]
+    assert new_lines(memory, "1:n", [100, 101, 102, *lost, 75, 76]) == [102]
+
+
 def test_a_line_identical_to_one_from_the_same_answered_post_is_a_new_line() -> None:
     """Two identical status lines split by a batch's cut: the first went with line 1 and was
     answered; the second, alone in the next batch, has the first one's identity (it is the
@@ -108,7 +136,7 @@ def test_the_memory_per_node_is_bounded_and_idle_nodes_are_forgotten() -> None:
     memory = LineIdentities(window_s=60)
     new_lines(memory, "1:busy", list(range(MAX_LINES)))
     new_lines(memory, "1:busy", [*range(MAX_LINES), *range(MAX_LINES, MAX_LINES + 10)])
-    assert len(memory.lines["1:busy"].lines) == 8 * MAX_LINES
+    assert len(memory.lines["1:busy"].ids) == 8 * MAX_LINES
     memory.stored("1:idle", array("Q", [1]), None, now=NOW - 120)
     assert memory.forget_older_than(NOW - 60) == 1
     assert set(memory.lines) == {"1:busy"}
@@ -144,8 +172,8 @@ def test_a_restart_finds_the_snapshot_plus_the_batches_spooled_after_it(tmp_path
     finally:
         reopened.close()
     key_a, key_b = f"{logs_pb2.STATUS}:a", f"{logs_pb2.STATUS}:b"
-    assert loaded.repeated(key_a, array("Q", [1, 2, 3, 4])) == [True, True, True, False]
-    assert loaded.repeated(key_b, array("Q", [9])) == [True]
+    assert loaded.read(key_a, array("Q", [1, 2, 3, 4])).repeated == [True, True, True, False]
+    assert loaded.read(key_b, array("Q", [9])).repeated == [True]
 
 
 def test_a_damaged_snapshot_is_rebuilt_from_the_whole_spool(tmp_path: Path) -> None:
@@ -158,4 +186,4 @@ def test_a_damaged_snapshot_is_rebuilt_from_the_whole_spool(tmp_path: Path) -> N
         loaded = line_identities.load(spool, window_s=60)
     finally:
         spool.close()
-    assert loaded.repeated(f"{logs_pb2.STATUS}:a", array("Q", [1, 2])) == [True, True]
+    assert loaded.read(f"{logs_pb2.STATUS}:a", array("Q", [1, 2])).repeated == [True, True]
