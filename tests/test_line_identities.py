@@ -92,9 +92,7 @@ def test_new_lines_sorted_before_the_re_sent_ones_do_not_hide_them() -> None:
     assert new_lines(memory, "1:n", [100, 101, 98, 99, 102]) == [100, 101, 102]
 
 
-def test_identical_lines_in_one_batch_are_two_lines_and_are_both_recognised_when_re_sent() -> (
-    None
-):
+def test_identical_lines_in_one_batch_are_two_lines_and_are_both_recognised_when_re_sent() -> None:
     memory = LineIdentities(window_s=60)
     twin = 77
     assert new_lines(memory, "1:n", [twin, twin]) == [twin, twin]
