@@ -206,7 +206,7 @@ def sample_memory(
         rss = memory.sample(cluster.process.pid)
         second = time.monotonic() - memory.started
         figures = "  ".join(f"{name} {value / 2**20:.0f}" for name, value in sorted(rss.items()))
-        progress(f"{second:>6.1f} s  kills {len(kills)}  RSS MB: {figures}")
+        progress(f"{second:>6.1f} s  faults {len(kills)}  RSS MB: {figures}")
 
 
 def stored_rows(cluster: QuarryCluster, prefix: str) -> dict[str, dict[str, int]]:

@@ -115,17 +115,17 @@ class LineIdentities:
         known, numbers = unpack(remembered.ids), unpack(remembered.numbers)
         if set(known).isdisjoint(ids):
             return None
-        posts = [set(unpack(post)) for post in remembered.posts] or [set(numbers)]
+        posts = [unpack(post) for post in remembered.posts] or [numbers]
         gone: set[int] = set()
         while True:
             matched = match_in_order(ids, known, numbers, gone)
-            newly_gone = lines_shown_gone(numbers, matched, gone)
+            newly_gone = lines_shown_gone(posts, matched, gone)
             if not newly_gone:
                 break
             # osquery deletes a POST's lines together: every POST that carried one is answered.
             for post in posts:
-                if not post.isdisjoint(newly_gone):
-                    gone |= post
+                if not newly_gone.isdisjoint(post):
+                    gone.update(post)
             gone |= newly_gone
         return Reading([number >= 0 for number in matched], matched, gone)
 
@@ -218,14 +218,18 @@ def match_in_order(ids: array, known: array, numbers: array, gone: set[int]) -> 
     return matched
 
 
-def lines_shown_gone(numbers: array, matched: list[int], gone: set[int]) -> set[int]:
+def lines_shown_gone(posts: list[array], matched: list[int], gone: set[int]) -> set[int]:
     """Remembered lines the batch skips while it holds a later one: osquery sends its oldest
-    lines first, so those are deleted."""
+    lines first, so those are deleted. "Later" in osquery's key order, which a POST shows for
+    the lines it carried (the order lines were first stored in is not it: `_100` sorts
+    before `_99`)."""
     repeated = {number for number in matched if number >= 0}
-    if not repeated:
-        return set()
-    newest = max(numbers.index(number) for number in repeated)
-    return {n for n in numbers[:newest] if n not in repeated and n not in gone}
+    shown: set[int] = set()
+    for post in posts:
+        held_at = [index for index, number in enumerate(post) if number in repeated]
+        if held_at:
+            shown.update(n for n in post[: held_at[-1]] if n not in repeated and n not in gone)
+    return shown
 
 
 # Snapshots

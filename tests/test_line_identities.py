@@ -120,6 +120,16 @@ def test_lines_re_sent_twice_in_another_order_are_recognised_both_times() -> Non
     assert new_lines(memory, "1:n", [100, 101, 102, *lost, 75, 76]) == [102]
 
 
+def test_a_re_send_cut_short_in_key_order_keeps_the_lines_it_cut_off() -> None:
+    """Line 10 sorts before 1-3 (key order, not the order they were stored in); a re-send
+    cut short after 2 still holds 3 in osquery's buffer, whatever the stored order says."""
+    memory = LineIdentities(window_s=60)
+    new_lines(memory, "1:n", [1, 2, 3])
+    assert new_lines(memory, "1:n", [10, 1, 2, 3]) == [10]
+    assert new_lines(memory, "1:n", [10, 1, 2, 11]) == [11]
+    assert new_lines(memory, "1:n", [3, 12]) == [12]
+
+
 def test_a_line_identical_to_one_from_the_same_answered_post_is_a_new_line() -> None:
     """Two identical status lines split by a batch's cut: the first went with line 1 and was
     answered; the second, alone in the next batch, has the first one's identity (it is the
