@@ -18,7 +18,7 @@ import os
 import random
 import signal
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -156,29 +156,40 @@ def running(cluster: QuarryCluster, service: str) -> bool:
     return True
 
 
+async def lose_answers(
+    cluster: QuarryCluster, seed: int, rounds: int, crash: Callable[[], None] | None = None
+) -> tuple[Fleet, int]:
+    """Nodes behind a relay that loses a third of the gateway's answers for `rounds` rounds;
+    with `crash`, every answer of one round more is lost and `crash` runs; then nothing is
+    lost, the nodes log two rounds more (none without a crash) and send what they hold.
+    The fleet, and how many answers were lost."""
+    proxy = LossyProxy(cluster.port_base, loss=0, seed=seed)
+    fleet = Fleet(cluster, f"localhost:{await proxy.start()}")
+    try:
+        await fleet.enroll()
+        proxy.loss = 0.35
+        await fleet.run(rounds)
+        if crash is not None:
+            proxy.loss = 1.0
+            await fleet.run(1)
+            await asyncio.to_thread(crash)
+            proxy.loss = 0
+            await fleet.run(2)
+        proxy.loss = 0
+        await fleet.drain()
+        return fleet, proxy.lost_answers
+    finally:
+        await fleet.close()
+        await proxy.close()
+
+
 def test_lines_re_sent_after_lost_answers_merged_with_newer_lines_are_stored_once(
     cluster: QuarryCluster,
 ) -> None:
     """A network that loses a third of the gateway's answers: every lost answer to a stored
     log POST makes osquery send those lines again inside a larger, different batch."""
-
-    async def scenario() -> tuple[Fleet, int]:
-        proxy = LossyProxy(cluster.port_base, loss=0, seed=cluster.port_base)
-        port = await proxy.start()
-        fleet = Fleet(cluster, f"localhost:{port}")
-        try:
-            await fleet.enroll()
-            proxy.loss = 0.35
-            await fleet.run(ROUNDS)
-            proxy.loss = 0
-            await fleet.drain()
-            return fleet, proxy.lost_answers
-        finally:
-            await fleet.close()
-            await proxy.close()
-
     repeated_before = ingest_counter(cluster, "quarry_ingest_repeated_lines_total")
-    fleet, lost = asyncio.run(scenario())
+    fleet, lost = asyncio.run(lose_answers(cluster, cluster.port_base, ROUNDS))
     assert lost > 0
     stored_once(cluster, fleet)
     # The proof that merged re-sends happened and were recognised line by line.
@@ -192,26 +203,11 @@ def test_lines_whose_answers_were_lost_before_an_ingest_kill_are_known_after_the
     process knows those lines from its snapshot and its spool, and recognises them when
     osquery sends them again with newer ones."""
 
-    async def scenario() -> Fleet:
-        proxy = LossyProxy(cluster.port_base, loss=0, seed=cluster.port_base + 1)
-        port = await proxy.start()
-        fleet = Fleet(cluster, f"localhost:{port}")
-        try:
-            await fleet.enroll()
-            proxy.loss = 0.35
-            await fleet.run(4)
-            proxy.loss = 1.0
-            await fleet.run(1)
-            await asyncio.to_thread(cluster.kill_service, "ingest")
-            proxy.loss = 0
-            await fleet.run(2)
-            await fleet.drain()
-            return fleet
-        finally:
-            await fleet.close()
-            await proxy.close()
+    def kill_ingest() -> None:
+        cluster.kill_service("ingest")
 
-    stored_once(cluster, asyncio.run(scenario()))
+    fleet, _ = asyncio.run(lose_answers(cluster, cluster.port_base + 1, 4, kill_ingest))
+    stored_once(cluster, fleet)
 
 
 def kill_everything(cluster: QuarryCluster) -> None:
@@ -238,27 +234,12 @@ def test_lines_whose_answers_were_lost_before_every_process_was_killed_are_store
     """Answers lost, then every process SIGKILLed and `quarry up` started again: the lines
     osquery still holds are recognised when it sends them to the new processes."""
 
-    async def scenario() -> Fleet:
-        proxy = LossyProxy(cluster.port_base, loss=0, seed=cluster.port_base + 2)
-        port = await proxy.start()
-        fleet = Fleet(cluster, f"localhost:{port}")
-        try:
-            await fleet.enroll()
-            proxy.loss = 0.35
-            await fleet.run(3)
-            proxy.loss = 1.0
-            await fleet.run(1)
-            await asyncio.to_thread(kill_everything, cluster)
-            await asyncio.to_thread(cluster.start)
-            proxy.loss = 0
-            await fleet.run(2)
-            await fleet.drain()
-            return fleet
-        finally:
-            await fleet.close()
-            await proxy.close()
+    def crash_and_start_again() -> None:
+        kill_everything(cluster)
+        cluster.start()
 
-    stored_once(cluster, asyncio.run(scenario()))
+    fleet, _ = asyncio.run(lose_answers(cluster, cluster.port_base + 2, 3, crash_and_start_again))
+    stored_once(cluster, fleet)
 
 
 @pytest.mark.parametrize("stall_s", [ACK_TIMEOUT_S + 0.5, ACK_TIMEOUT_S * 3])
