@@ -27,6 +27,7 @@ CONFIG_VERSIONS = Table(
         Column("author", TEXT),
         Column("created_at", INTEGER),
         Column("sha256", TEXT),
+        # Added before migrations were versioned (ADDED_VERSION_COLUMNS).
         Column("state_json", TEXT, default=""),
         Column("comment", TEXT, default=""),
     ),

@@ -38,6 +38,7 @@ CAMPAIGNS = Table(
         Column("author", TEXT),
         # When CLOSE was announced (cancel or expiry); 0 while it has not been.
         Column("closed_at", INTEGER, default=0),
+        # Added before migrations were versioned (ADDED_CAMPAIGN_COLUMNS).
         Column("targeting_json", TEXT, default="{}"),
         Column("discovery_sql", TEXT, default=""),
         Column("open_targeting", INTEGER, default=0),

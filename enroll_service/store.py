@@ -49,6 +49,7 @@ NODES = Table(
         Column("last_seen_at", INTEGER),
         Column("revoked", INTEGER, default=0),
         Column("revision", INTEGER),
+        # Added before migrations were versioned (ADDED_NODE_COLUMNS).
         Column("identity", TEXT, default=""),
         Column("hardware_serial", TEXT, default=""),
         Column("tags_json", TEXT, default="[]"),

@@ -96,6 +96,17 @@ class Table:
         unknown = {*self.primary_key, *(n for i in self.indexes for n in i.columns)} - {*names}
         if unknown or len(set(names)) != len(names):
             raise ValueError(f"table {self.name}: unknown or repeated columns {sorted(unknown)}")
+        for column in self.columns:
+            if column.type == SERIAL and self.primary_key != (column.name,):
+                # SQLite numbers only its INTEGER PRIMARY KEY by itself.
+                raise ValueError(f"{self.name}.{column.name}: SERIAL is for the sole key")
+            if column.since > self.first_version and not self._addable(column):
+                raise ValueError(f"{self.name}.{column.name}: ADD COLUMN needs a default")
+
+    def _addable(self, column: Column) -> bool:
+        """What ALTER TABLE ADD COLUMN can add to a table with rows, on both dialects."""
+        keyed = column.unique or column.name in self.primary_key
+        return not keyed and (column.nullable or column.default is not None)
 
     @property
     def first_version(self) -> int:

@@ -221,6 +221,10 @@ def test_a_table_renders_per_dialect_and_per_version() -> None:
         TOKENS.statements(SQLITE, 3)
     with pytest.raises(ValueError, match="unknown or repeated"):
         Table("broken", (Column("a", TEXT),), indexes=(Index("broken_b", ("b",)),))
+    with pytest.raises(ValueError, match="needs a default"):
+        Table("broken", (Column("a", TEXT), Column("b", TEXT, since=2)))
+    with pytest.raises(ValueError, match="SERIAL is for the sole key"):
+        Table("broken", (Column("a", TEXT), Column("n", SERIAL)), primary_key=("a",))
 
 
 def test_a_table_created_then_changed_equals_the_table_created_whole(tmp_path: Path) -> None:
