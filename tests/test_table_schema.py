@@ -240,3 +240,33 @@ def test_a_table_created_then_changed_equals_the_table_created_whole(tmp_path: P
         db.close()
     assert sqlite_tables(stepwise) == sqlite_tables(whole)
     assert "expires_at" in str(sqlite_tables(whole))
+
+
+@pytest.mark.parametrize(
+    "service, first_release",
+    [
+        ("enroll", schema_reference.ENROLL_SQLITE),
+        ("config", schema_reference.CONFIG_SQLITE),
+        ("distributed", schema_reference.DISTRIBUTED_SQLITE),
+    ],
+)
+def test_an_unversioned_sqlite_file_is_upgraded_to_the_rendered_tables(
+    tmp_path: Path, service: str, first_release: str
+) -> None:
+    """A file from before migrations were versioned: its first-release tables get the
+    later columns from the table descriptions, and end up as a fresh file's."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "fresh").mkdir()
+    old_file = sqlite3.connect(tmp_path / "old" / f"{service}.sqlite3")
+    old_file.executescript(first_release)
+    old_file.close()
+    schema = service_schemas()[service]
+    found = []
+    for side in ("old", "fresh"):
+        database = open_state_database(Settings(state_dir=tmp_path / side), service)
+        try:
+            migrate_service(database, schema)
+            found.append(described(database))
+        finally:
+            database.close()
+    assert found[0] == found[1]
