@@ -9,7 +9,7 @@ import logging
 from config_service.fleet_directory import FleetDirectory
 from config_service.label_evaluator import LabelEvaluator
 from config_service.service import ConfigServicer
-from config_service.store import ConfigStore
+from config_service.store import SERVICE_SCHEMA, ConfigStore
 from protos.v1 import config_pb2_grpc
 from quarry.grpc_runtime import serve_grpc
 from quarry.metrics_endpoint import start_metrics_endpoint
@@ -31,7 +31,7 @@ def main(settings: Settings) -> None:
 
 async def serve(settings: Settings) -> None:
     start_metrics_endpoint(settings, "config")
-    database = open_service_database(settings, "config")
+    database = open_service_database(settings, SERVICE_SCHEMA)
     store = ConfigStore(database)
     directory = FleetDirectory(settings.service_addr("enroll"))
     servicer = ConfigServicer(store, directory)

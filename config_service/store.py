@@ -15,82 +15,59 @@ from dataclasses import dataclass
 
 from osquery_config.state import DEFAULT_STATE, State
 from quarry.schema_migrations import Migration
+from quarry.service_database import SchemaComponent, ServiceSchema
 from quarry.state_database import SQLITE, Queryable, StateDatabase, StateStore, Transaction
+from quarry.table_schema import INTEGER, TEXT, Column, Table
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS config_versions (
-    version INTEGER PRIMARY KEY,
-    config_json TEXT NOT NULL,
-    author TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    sha256 TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS live_version (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    version INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rollout (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    candidate_version INTEGER NOT NULL,
-    percent INTEGER NOT NULL,
-    node_ids_json TEXT NOT NULL,
-    started_at INTEGER NOT NULL,
-    author TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS label_members (
-    label TEXT NOT NULL,
-    node_id TEXT NOT NULL,
-    PRIMARY KEY (label, node_id)
-);
-CREATE TABLE IF NOT EXISTS config_fetches (
-    node_id TEXT PRIMARY KEY,
-    sha1 TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    fetched_at INTEGER NOT NULL
-);
-"""
-
-# Columns added to config_versions when it held plain osquery configs (before states).
-ADDED_VERSION_COLUMNS = {
-    "state_json": "TEXT NOT NULL DEFAULT ''",
-    "comment": "TEXT NOT NULL DEFAULT ''",
-}
-# The same tables on PostgreSQL, every column from the start; BIGINT, as its INTEGER
-# is 32 bits.
-POSTGRES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS config_versions (
-    version BIGINT PRIMARY KEY,
-    config_json TEXT NOT NULL,
-    author TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    sha256 TEXT NOT NULL,
-    state_json TEXT NOT NULL DEFAULT '',
-    comment TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS live_version (
-    id BIGINT PRIMARY KEY CHECK (id = 1),
-    version BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rollout (
-    id BIGINT PRIMARY KEY CHECK (id = 1),
-    candidate_version BIGINT NOT NULL,
-    percent BIGINT NOT NULL,
-    node_ids_json TEXT NOT NULL,
-    started_at BIGINT NOT NULL,
-    author TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS label_members (
-    label TEXT NOT NULL,
-    node_id TEXT NOT NULL,
-    PRIMARY KEY (label, node_id)
-);
-CREATE TABLE IF NOT EXISTS config_fetches (
-    node_id TEXT PRIMARY KEY,
-    sha1 TEXT NOT NULL,
-    version BIGINT NOT NULL,
-    fetched_at BIGINT NOT NULL
+CONFIG_VERSIONS = Table(
+    "config_versions",
+    (
+        Column("version", INTEGER),
+        Column("config_json", TEXT),
+        Column("author", TEXT),
+        Column("created_at", INTEGER),
+        Column("sha256", TEXT),
+        # Added before migrations were versioned (ADDED_VERSION_COLUMNS).
+        Column("state_json", TEXT, default=""),
+        Column("comment", TEXT, default=""),
+    ),
+    primary_key=("version",),
 )
-"""
+# Tables of one row (id 1).
+LIVE_VERSION = Table(
+    "live_version",
+    (Column("id", INTEGER, check="id = 1"), Column("version", INTEGER)),
+    primary_key=("id",),
+)
+ROLLOUT = Table(
+    "rollout",
+    (
+        Column("id", INTEGER, check="id = 1"),
+        Column("candidate_version", INTEGER),
+        Column("percent", INTEGER),
+        Column("node_ids_json", TEXT),
+        Column("started_at", INTEGER),
+        Column("author", TEXT),
+    ),
+    primary_key=("id",),
+)
+LABEL_MEMBERS = Table(
+    "label_members",
+    (Column("label", TEXT), Column("node_id", TEXT)),
+    primary_key=("label", "node_id"),
+)
+CONFIG_FETCHES = Table(
+    "config_fetches",
+    (
+        Column("node_id", TEXT),
+        Column("sha1", TEXT),
+        Column("version", INTEGER),
+        Column("fetched_at", INTEGER),
+    ),
+    primary_key=("node_id",),
+)
+# Columns added to config_versions when it held plain osquery configs (before states).
+ADDED_VERSION_COLUMNS = ("state_json", "comment")
 VERSION_COLUMNS = "version, state_json, author, created_at, sha256, comment"
 
 
@@ -100,9 +77,9 @@ def _upgrade_plain_configs(tx: Transaction, dialect: str) -> None:
     if dialect != SQLITE:
         return  # PostgreSQL support came after states: nothing older to upgrade
     columns = {row[1] for row in tx.execute("PRAGMA table_info(config_versions)")}
-    for name, definition in ADDED_VERSION_COLUMNS.items():
+    for name in ADDED_VERSION_COLUMNS:
         if name not in columns:
-            tx.execute(f"ALTER TABLE config_versions ADD COLUMN {name} {definition}")
+            tx.execute(CONFIG_VERSIONS.add_column(name, SQLITE))
     old_rows = tx.execute(
         "SELECT version, config_json FROM config_versions WHERE state_json = ''"
     ).fetchall()
@@ -122,11 +99,11 @@ MIGRATIONS = (
     Migration(
         1,
         "state versions, live pointer, rollout, labels, fetches",
-        sql=SCHEMA,
-        postgresql=POSTGRES_SCHEMA,
+        tables=(CONFIG_VERSIONS, LIVE_VERSION, ROLLOUT, LABEL_MEMBERS, CONFIG_FETCHES),
         python=_upgrade_plain_configs,
     ),
 )
+SERVICE_SCHEMA = ServiceSchema("config", (SchemaComponent("config", MIGRATIONS),))
 
 
 class RolloutInProgress(Exception):

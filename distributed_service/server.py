@@ -9,7 +9,7 @@ import logging
 from distributed_service.expiry import close_expired_forever
 from distributed_service.node_directory import NodeDirectory
 from distributed_service.service import DistributedServicer
-from distributed_service.store import CampaignStore
+from distributed_service.store import SERVICE_SCHEMA, CampaignStore
 from protos.v1 import distributed_pb2_grpc
 from quarry.grpc_runtime import serve_grpc
 from quarry.metrics_endpoint import start_metrics_endpoint
@@ -29,7 +29,7 @@ def main(settings: Settings) -> None:
 
 async def serve(settings: Settings) -> None:
     start_metrics_endpoint(settings, "distributed")
-    database = open_service_database(settings, "distributed")
+    database = open_service_database(settings, SERVICE_SCHEMA)
     store = CampaignStore(database)
     nodes = NodeDirectory(settings.service_addr("enroll"), settings.service_addr("config"))
     servicer = DistributedServicer(store, nodes, default_ttl_s=settings.live_query_ttl_s)

@@ -21,84 +21,55 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from quarry.schema_migrations import Migration
+from quarry.service_database import SchemaComponent, ServiceSchema
 from quarry.state_database import SQLITE, StateDatabase, StateStore, Transaction
+from quarry.table_schema import INTEGER, TEXT, Column, Index, Table
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS campaigns (
-    campaign_id TEXT PRIMARY KEY,
-    sql TEXT NOT NULL,
-    target_all INTEGER NOT NULL,
-    node_ids_json TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
-    cancelled INTEGER NOT NULL DEFAULT 0,
-    author TEXT NOT NULL,
-    -- When CLOSE was announced (cancel or expiry); 0 while it has not been.
-    closed_at INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS campaigns_to_close ON campaigns (closed_at, expires_at);
-CREATE TABLE IF NOT EXISTS host_states (
-    campaign_id TEXT NOT NULL,
-    node_id TEXT NOT NULL,
-    host_identifier TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    status INTEGER NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT '',
-    row_count INTEGER NOT NULL DEFAULT 0,
-    wall_time_ms INTEGER NOT NULL DEFAULT 0,
-    user_time INTEGER NOT NULL DEFAULT 0,
-    system_time INTEGER NOT NULL DEFAULT 0,
-    memory INTEGER NOT NULL DEFAULT 0,
-    delivered_at INTEGER NOT NULL DEFAULT 0,
-    answered_at INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (campaign_id, node_id)
-);
-CREATE INDEX IF NOT EXISTS host_states_by_state ON host_states (campaign_id, state);
-"""
-# Columns added after the first release: (name, definition), added to older files.
-ADDED_CAMPAIGN_COLUMNS = (
-    ("targeting_json", "TEXT NOT NULL DEFAULT '{}'"),
-    ("discovery_sql", "TEXT NOT NULL DEFAULT ''"),
-    ("open_targeting", "INTEGER NOT NULL DEFAULT 0"),
-    ("targeted", "INTEGER NOT NULL DEFAULT 0"),
+CAMPAIGNS = Table(
+    "campaigns",
+    (
+        Column("campaign_id", TEXT),
+        Column("sql", TEXT),
+        Column("target_all", INTEGER),
+        Column("node_ids_json", TEXT),
+        Column("created_at", INTEGER),
+        Column("expires_at", INTEGER),
+        Column("cancelled", INTEGER, default=0),
+        Column("author", TEXT),
+        # When CLOSE was announced (cancel or expiry); 0 while it has not been.
+        Column("closed_at", INTEGER, default=0),
+        # Added before migrations were versioned (ADDED_CAMPAIGN_COLUMNS).
+        Column("targeting_json", TEXT, default="{}"),
+        Column("discovery_sql", TEXT, default=""),
+        Column("open_targeting", INTEGER, default=0),
+        Column("targeted", INTEGER, default=0),
+    ),
+    primary_key=("campaign_id",),
+    indexes=(Index("campaigns_to_close", ("closed_at", "expires_at")),),
 )
-# The same tables on PostgreSQL, every column from the start; BIGINT, as its INTEGER
-# is 32 bits.
-POSTGRES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS campaigns (
-    campaign_id TEXT PRIMARY KEY,
-    sql TEXT NOT NULL,
-    target_all BIGINT NOT NULL,
-    node_ids_json TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    expires_at BIGINT NOT NULL,
-    cancelled BIGINT NOT NULL DEFAULT 0,
-    author TEXT NOT NULL,
-    closed_at BIGINT NOT NULL DEFAULT 0,
-    targeting_json TEXT NOT NULL DEFAULT '{}',
-    discovery_sql TEXT NOT NULL DEFAULT '',
-    open_targeting BIGINT NOT NULL DEFAULT 0,
-    targeted BIGINT NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS campaigns_to_close ON campaigns (closed_at, expires_at);
-CREATE TABLE IF NOT EXISTS host_states (
-    campaign_id TEXT NOT NULL,
-    node_id TEXT NOT NULL,
-    host_identifier TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    status BIGINT NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT '',
-    row_count BIGINT NOT NULL DEFAULT 0,
-    wall_time_ms BIGINT NOT NULL DEFAULT 0,
-    user_time BIGINT NOT NULL DEFAULT 0,
-    system_time BIGINT NOT NULL DEFAULT 0,
-    memory BIGINT NOT NULL DEFAULT 0,
-    delivered_at BIGINT NOT NULL DEFAULT 0,
-    answered_at BIGINT NOT NULL DEFAULT 0,
-    PRIMARY KEY (campaign_id, node_id)
-);
-CREATE INDEX IF NOT EXISTS host_states_by_state ON host_states (campaign_id, state)
-"""
+HOST_STATES = Table(
+    "host_states",
+    (
+        Column("campaign_id", TEXT),
+        Column("node_id", TEXT),
+        Column("host_identifier", TEXT, default=""),
+        Column("state", TEXT),
+        Column("status", INTEGER, default=0),
+        Column("message", TEXT, default=""),
+        Column("row_count", INTEGER, default=0),
+        Column("wall_time_ms", INTEGER, default=0),
+        Column("user_time", INTEGER, default=0),
+        Column("system_time", INTEGER, default=0),
+        Column("memory", INTEGER, default=0),
+        Column("delivered_at", INTEGER, default=0),
+        Column("answered_at", INTEGER, default=0),
+    ),
+    primary_key=("campaign_id", "node_id"),
+    indexes=(Index("host_states_by_state", ("campaign_id", "state")),),
+)
+# Columns added to `campaigns` after the first release, before migrations were
+# versioned: an SQLite file of that time gets them when it is migrated.
+ADDED_CAMPAIGN_COLUMNS = ("targeting_json", "discovery_sql", "open_targeting", "targeted")
 
 
 def _upgrade_unversioned_campaigns(tx: Transaction, dialect: str) -> None:
@@ -106,20 +77,20 @@ def _upgrade_unversioned_campaigns(tx: Transaction, dialect: str) -> None:
     if dialect != SQLITE:
         return
     present = {row[1] for row in tx.execute("PRAGMA table_info(campaigns)")}
-    for name, definition in ADDED_CAMPAIGN_COLUMNS:
+    for name in ADDED_CAMPAIGN_COLUMNS:
         if name not in present:
-            tx.execute(f"ALTER TABLE campaigns ADD COLUMN {name} {definition}")
+            tx.execute(CAMPAIGNS.add_column(name, SQLITE))
 
 
 MIGRATIONS = (
     Migration(
         1,
         "campaigns and host states",
-        sql=SCHEMA,
-        postgresql=POSTGRES_SCHEMA,
+        tables=(CAMPAIGNS, HOST_STATES),
         python=_upgrade_unversioned_campaigns,
     ),
 )
+SERVICE_SCHEMA = ServiceSchema("distributed", (SchemaComponent("distributed", MIGRATIONS),))
 
 TARGETED, DELIVERED, ANSWERED, FAILED = "targeted", "delivered", "answered", "failed"
 EXPIRED, OFFLINE = "expired", "offline"

@@ -27,67 +27,42 @@ from quarry.admin_auth import (
 from quarry.schema_migrations import Migration
 from quarry.settings import Settings
 from quarry.state_database import StateDatabase, StateStore
+from quarry.table_schema import INTEGER, SERIAL, TEXT, Column, Index, Table
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS admin_tokens (
-    name TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    token_sha256 TEXT NOT NULL UNIQUE,
-    created_at INTEGER NOT NULL,
-    revoked_at INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS admin_audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at_ms INTEGER NOT NULL,
-    token_name TEXT NOT NULL,
-    role TEXT NOT NULL,
-    method TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    summary TEXT NOT NULL,
-    service TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS admin_audit_at ON admin_audit (at_ms);
-"""
-# BIGINT: PostgreSQL's INTEGER is 32 bits, too small for milliseconds.
-POSTGRES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS admin_tokens (
-    name TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    token_sha256 TEXT NOT NULL UNIQUE,
-    created_at BIGINT NOT NULL,
-    revoked_at BIGINT NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS admin_audit (
-    id BIGSERIAL PRIMARY KEY,
-    at_ms BIGINT NOT NULL,
-    token_name TEXT NOT NULL,
-    role TEXT NOT NULL,
-    method TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    summary TEXT NOT NULL,
-    service TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS admin_audit_at ON admin_audit (at_ms)
-"""
-# Expiry and last use (issue 10's follow-up); existing tokens never expire.
-EXPIRY_AND_LAST_USE = """
-ALTER TABLE admin_tokens ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE admin_tokens ADD COLUMN last_used_at INTEGER NOT NULL DEFAULT 0
-"""
-POSTGRES_EXPIRY_AND_LAST_USE = """
-ALTER TABLE admin_tokens ADD COLUMN expires_at BIGINT NOT NULL DEFAULT 0;
-ALTER TABLE admin_tokens ADD COLUMN last_used_at BIGINT NOT NULL DEFAULT 0
-"""
-MIGRATIONS = (
-    Migration(1, "admin tokens and audit log", sql=SCHEMA, postgresql=POSTGRES_SCHEMA),
-    Migration(
-        2,
-        "admin token expiry and last use",
-        sql=EXPIRY_AND_LAST_USE,
-        postgresql=POSTGRES_EXPIRY_AND_LAST_USE,
+ADMIN_TOKENS = Table(
+    "admin_tokens",
+    (
+        Column("name", TEXT),
+        Column("role", TEXT),
+        Column("token_sha256", TEXT, unique=True),
+        Column("created_at", INTEGER),
+        Column("revoked_at", INTEGER, default=0),
+        # Expiry and last use came in version 2; existing tokens never expire.
+        Column("expires_at", INTEGER, default=0, since=2),
+        Column("last_used_at", INTEGER, default=0, since=2),
     ),
+    primary_key=("name",),
+)
+ADMIN_AUDIT = Table(
+    "admin_audit",
+    (
+        Column("id", SERIAL),
+        Column("at_ms", INTEGER),
+        Column("token_name", TEXT),
+        Column("role", TEXT),
+        Column("method", TEXT),
+        Column("outcome", TEXT),
+        Column("summary", TEXT),
+        Column("service", TEXT),
+    ),
+    primary_key=("id",),
+    indexes=(Index("admin_audit_at", ("at_ms",)),),
+)
+MIGRATIONS = (
+    Migration(1, "admin tokens and audit log", tables=(ADMIN_TOKENS, ADMIN_AUDIT)),
+    Migration(2, "admin token expiry and last use", tables=(ADMIN_TOKENS,)),
 )
 
 DEFAULT_AUDIT_LIMIT = 1000

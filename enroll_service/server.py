@@ -14,7 +14,7 @@ from enroll_service.admin_tokens import (
 from enroll_service.node_identity import check_identity_settings
 from enroll_service.service import EnrollServicer
 from enroll_service.shared_secret import ensure_secret_file
-from enroll_service.store import NodeStore
+from enroll_service.store import SERVICE_SCHEMA, NodeStore
 from protos.v1 import enroll_pb2_grpc
 from quarry.grpc_runtime import serve_grpc
 from quarry.metrics_endpoint import start_metrics_endpoint
@@ -41,7 +41,7 @@ async def serve(settings: Settings) -> None:
     secret_path = ensure_secret_file(settings)
     if not settings.enroll_secret:
         log.info("enroll secret read from %s", secret_path)
-    database = open_service_database(settings, "enroll")
+    database = open_service_database(settings, SERVICE_SCHEMA)
     store = NodeStore(database)
     tokens = AdminTokenStore(database)
     bootstrap_root_token(settings, tokens)

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from enroll_service import admin_tokens
 from enroll_service.enroll_secrets import (
     KIND_CREATED,
     SecretPolicy,
@@ -21,6 +22,7 @@ from enroll_service.enroll_secrets import (
 )
 from enroll_service.node_identity import EnrollmentHistory
 from quarry.schema_migrations import Migration
+from quarry.service_database import SchemaComponent, ServiceSchema
 from quarry.state_database import (
     POSTGRESQL,
     SQLITE,
@@ -29,69 +31,95 @@ from quarry.state_database import (
     StateStore,
     Transaction,
 )
+from quarry.table_schema import INTEGER, TEXT, Column, Index, Table
 
-# The tables as they were before migrations were versioned; an SQLite file of that time
-# is brought up to date by _upgrade_unversioned_nodes.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS nodes (
-    node_id TEXT PRIMARY KEY,
-    node_key TEXT NOT NULL UNIQUE,
-    host_identifier TEXT NOT NULL,
-    hardware_uuid TEXT NOT NULL,
-    platform_type TEXT NOT NULL,
-    platform TEXT NOT NULL,
-    osquery_version TEXT NOT NULL,
-    hostname TEXT NOT NULL,
-    host_details_json TEXT NOT NULL,
-    enrolled_at INTEGER NOT NULL,
-    last_seen_at INTEGER NOT NULL,
-    revoked INTEGER NOT NULL DEFAULT 0,
-    revision INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS enroll_secrets (
-    secret_id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value_sha256 TEXT UNIQUE,
-    tags_json TEXT NOT NULL,
-    secret_group TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
-    max_enrollments INTEGER NOT NULL,
-    enrollments INTEGER NOT NULL DEFAULT 0,
-    last_used_at INTEGER NOT NULL DEFAULT 0,
-    one_time INTEGER NOT NULL,
-    requires_approval INTEGER NOT NULL,
-    allows_reenrollment_after_revocation INTEGER NOT NULL,
-    revoked_at INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS enroll_secrets_by_name ON enroll_secrets (name);
--- One row per successful enrollment, kept for the clone window: cooldown and clone report.
-CREATE TABLE IF NOT EXISTS enrollments (
-    identity TEXT NOT NULL,
-    node_id TEXT NOT NULL,
-    enrolled_at INTEGER NOT NULL,
-    -- none (first enrollment, or after a revocation), used or unused: the replaced key.
-    replaced_key TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS enrollments_by_identity ON enrollments (identity, enrolled_at);
-CREATE INDEX IF NOT EXISTS enrollments_by_time ON enrollments (enrolled_at);
-"""
+NODES = Table(
+    "nodes",
+    (
+        Column("node_id", TEXT),
+        Column("node_key", TEXT, unique=True),
+        Column("host_identifier", TEXT),
+        Column("hardware_uuid", TEXT),
+        Column("platform_type", TEXT),
+        Column("platform", TEXT),
+        Column("osquery_version", TEXT),
+        Column("hostname", TEXT),
+        Column("host_details_json", TEXT),
+        Column("enrolled_at", INTEGER),
+        Column("last_seen_at", INTEGER),
+        Column("revoked", INTEGER, default=0),
+        Column("revision", INTEGER),
+        # Added before migrations were versioned (ADDED_NODE_COLUMNS).
+        Column("identity", TEXT, default=""),
+        Column("hardware_serial", TEXT, default=""),
+        Column("tags_json", TEXT, default="[]"),
+        Column("node_group", TEXT, default=""),
+        Column("secret_id", TEXT, default=""),
+        Column("secret_name", TEXT, default=""),
+        Column("pending", INTEGER, default=0),
+        Column("approved_at", INTEGER, default=0),
+        Column("first_enrolled_at", INTEGER, default=0),
+        Column("client_certificate_json", TEXT, default=""),
+    ),
+    primary_key=("node_id",),
+    indexes=(
+        Index("nodes_by_identity", ("identity", "enrolled_at"), since=2),
+        Index("nodes_by_revision", ("revision",), since=2),
+    ),
+)
+ENROLL_SECRETS = Table(
+    "enroll_secrets",
+    (
+        Column("secret_id", TEXT),
+        Column("kind", TEXT),
+        Column("name", TEXT),
+        Column("value_sha256", TEXT, nullable=True, unique=True),
+        Column("tags_json", TEXT),
+        Column("secret_group", TEXT),
+        Column("created_at", INTEGER),
+        Column("expires_at", INTEGER),
+        Column("max_enrollments", INTEGER),
+        Column("enrollments", INTEGER, default=0),
+        Column("last_used_at", INTEGER, default=0),
+        Column("one_time", INTEGER),
+        Column("requires_approval", INTEGER),
+        Column("allows_reenrollment_after_revocation", INTEGER),
+        Column("revoked_at", INTEGER, default=0),
+    ),
+    primary_key=("secret_id",),
+    indexes=(Index("enroll_secrets_by_name", ("name",)),),
+    rowid=True,  # the secrets' creation order
+)
+# One row per successful enrollment, kept for the clone window: cooldown and clone report.
+ENROLLMENTS = Table(
+    "enrollments",
+    (
+        Column("identity", TEXT),
+        Column("node_id", TEXT),
+        Column("enrolled_at", INTEGER),
+        # none (first enrollment, or after a revocation), used or unused: the replaced key.
+        Column("replaced_key", TEXT),
+    ),
+    indexes=(
+        Index("enrollments_by_identity", ("identity", "enrolled_at")),
+        Index("enrollments_by_time", ("enrolled_at",)),
+    ),
+)
 
-# Columns added to `nodes` since its first version: a database made by an older Quarry
-# gets them by ALTER TABLE when it is opened.
-ADDED_NODE_COLUMNS = {
-    "identity": "TEXT NOT NULL DEFAULT ''",
-    "hardware_serial": "TEXT NOT NULL DEFAULT ''",
-    "tags_json": "TEXT NOT NULL DEFAULT '[]'",
-    "node_group": "TEXT NOT NULL DEFAULT ''",
-    "secret_id": "TEXT NOT NULL DEFAULT ''",
-    "secret_name": "TEXT NOT NULL DEFAULT ''",
-    "pending": "INTEGER NOT NULL DEFAULT 0",
-    "approved_at": "INTEGER NOT NULL DEFAULT 0",
-    "first_enrolled_at": "INTEGER NOT NULL DEFAULT 0",
-    "client_certificate_json": "TEXT NOT NULL DEFAULT ''",
-}
+# Columns added to `nodes` before migrations were versioned: an SQLite file made by an
+# older Quarry gets them by ALTER TABLE when it is migrated.
+ADDED_NODE_COLUMNS = (
+    "identity",
+    "hardware_serial",
+    "tags_json",
+    "node_group",
+    "secret_id",
+    "secret_name",
+    "pending",
+    "approved_at",
+    "first_enrolled_at",
+    "client_certificate_json",
+)
 # What older rows mean in the new columns: they enrolled with the shared secret, were
 # active at once, and were told apart by hardware UUID, else host identifier.
 BACKFILL_OLD_NODES = """
@@ -102,63 +130,6 @@ UPDATE nodes SET
     first_enrolled_at = enrolled_at
 WHERE identity = ''
 """
-# The same tables on PostgreSQL, with every column from the start. BIGINT throughout:
-# PostgreSQL's INTEGER is 32 bits. `rowid` keeps the secrets' creation order, which
-# SQLite gives every table implicitly.
-POSTGRES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS nodes (
-    node_id TEXT PRIMARY KEY,
-    node_key TEXT NOT NULL UNIQUE,
-    host_identifier TEXT NOT NULL,
-    hardware_uuid TEXT NOT NULL,
-    platform_type TEXT NOT NULL,
-    platform TEXT NOT NULL,
-    osquery_version TEXT NOT NULL,
-    hostname TEXT NOT NULL,
-    host_details_json TEXT NOT NULL,
-    enrolled_at BIGINT NOT NULL,
-    last_seen_at BIGINT NOT NULL,
-    revoked BIGINT NOT NULL DEFAULT 0,
-    revision BIGINT NOT NULL,
-    identity TEXT NOT NULL DEFAULT '',
-    hardware_serial TEXT NOT NULL DEFAULT '',
-    tags_json TEXT NOT NULL DEFAULT '[]',
-    node_group TEXT NOT NULL DEFAULT '',
-    secret_id TEXT NOT NULL DEFAULT '',
-    secret_name TEXT NOT NULL DEFAULT '',
-    pending BIGINT NOT NULL DEFAULT 0,
-    approved_at BIGINT NOT NULL DEFAULT 0,
-    first_enrolled_at BIGINT NOT NULL DEFAULT 0,
-    client_certificate_json TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS enroll_secrets (
-    rowid BIGSERIAL,
-    secret_id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value_sha256 TEXT UNIQUE,
-    tags_json TEXT NOT NULL,
-    secret_group TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    expires_at BIGINT NOT NULL,
-    max_enrollments BIGINT NOT NULL,
-    enrollments BIGINT NOT NULL DEFAULT 0,
-    last_used_at BIGINT NOT NULL DEFAULT 0,
-    one_time BIGINT NOT NULL,
-    requires_approval BIGINT NOT NULL,
-    allows_reenrollment_after_revocation BIGINT NOT NULL,
-    revoked_at BIGINT NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS enroll_secrets_by_name ON enroll_secrets (name);
-CREATE TABLE IF NOT EXISTS enrollments (
-    identity TEXT NOT NULL,
-    node_id TEXT NOT NULL,
-    enrolled_at BIGINT NOT NULL,
-    replaced_key TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS enrollments_by_identity ON enrollments (identity, enrolled_at);
-CREATE INDEX IF NOT EXISTS enrollments_by_time ON enrollments (enrolled_at)
-"""
 
 
 def _upgrade_unversioned_nodes(tx: Transaction, dialect: str) -> None:
@@ -168,7 +139,7 @@ def _upgrade_unversioned_nodes(tx: Transaction, dialect: str) -> None:
     existing = {row[1] for row in tx.execute("PRAGMA table_info(nodes)")}
     missing = [name for name in ADDED_NODE_COLUMNS if name not in existing]
     for name in missing:
-        tx.execute(f"ALTER TABLE nodes ADD COLUMN {name} {ADDED_NODE_COLUMNS[name]}")
+        tx.execute(NODES.add_column(name, SQLITE))
     if missing:
         tx.execute(BACKFILL_OLD_NODES)
 
@@ -177,15 +148,17 @@ MIGRATIONS = (
     Migration(
         1,
         "nodes, enroll secrets, enrollments",
-        sql=SCHEMA,
-        postgresql=POSTGRES_SCHEMA,
+        tables=(NODES, ENROLL_SECRETS, ENROLLMENTS),
         python=_upgrade_unversioned_nodes,
     ),
-    Migration(
-        2,
-        "nodes by identity and by revision",
-        sql="CREATE INDEX IF NOT EXISTS nodes_by_identity ON nodes (identity, enrolled_at);"
-        " CREATE INDEX IF NOT EXISTS nodes_by_revision ON nodes (revision)",
+    Migration(2, "nodes by identity and by revision", tables=(NODES,)),
+)
+# The enroll database: the nodes, and the admin tokens beside them.
+SERVICE_SCHEMA = ServiceSchema(
+    "enroll",
+    (
+        SchemaComponent("enroll.nodes", MIGRATIONS),
+        SchemaComponent("enroll.admin_tokens", admin_tokens.MIGRATIONS),
     ),
 )
 

@@ -32,6 +32,7 @@ from quarry.state_database import (
     PostgresDatabase,
     StateDatabase,
 )
+from quarry.table_schema import BLOB, INTEGER, SERIAL, TEXT, Column, Index, Table
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +45,22 @@ RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 READ_BATCH = 1000
 SETTLE_TIMEOUT_S = 5.0
 
-# PostgreSQL only: SQLite needs no outbox, its one process publishes directly.
-MIGRATIONS = (
-    Migration(
-        1,
-        "change outbox",
-        sql="""
-        CREATE TABLE IF NOT EXISTS changes (
-            seq BIGSERIAL PRIMARY KEY,
-            feed TEXT NOT NULL,
-            payload BYTEA NOT NULL,
-            created_at_ms BIGINT NOT NULL
-        );
-        CREATE INDEX IF NOT EXISTS changes_by_feed ON changes (feed, seq);
-        CREATE INDEX IF NOT EXISTS changes_by_time ON changes (created_at_ms)
-        """,
-        dialects=(POSTGRESQL,),
+CHANGES_TABLE = Table(
+    "changes",
+    (
+        Column("seq", SERIAL),
+        Column("feed", TEXT),
+        Column("payload", BLOB),
+        Column("created_at_ms", INTEGER),
+    ),
+    primary_key=("seq",),
+    indexes=(
+        Index("changes_by_feed", ("feed", "seq")),
+        Index("changes_by_time", ("created_at_ms",)),
     ),
 )
+# PostgreSQL only: SQLite needs no outbox, its one process publishes directly.
+MIGRATIONS = (Migration(1, "change outbox", tables=(CHANGES_TABLE,), dialects=(POSTGRESQL,)),)
 
 
 @dataclass(frozen=True)

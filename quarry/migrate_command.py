@@ -5,6 +5,9 @@ a rollout (e.g. a Kubernetes Job before the new pods start), or shows what is pe
 with --dry-run. It works on the database the services use: PostgreSQL when
 QUARRY_DATABASE_URL is set, else the SQLite files in the state directory. Running it
 beside live services is safe: every migration is applied once, under one advisory lock.
+
+The command sits above the services, so it gathers their schemas itself
+(service_schemas); the state layer below only runs what it is given.
 """
 
 from __future__ import annotations
@@ -15,11 +18,22 @@ from collections.abc import Callable
 from quarry.admin_commands import CommandError
 from quarry.cli_output import emit_json, emit_table, progress
 from quarry.schema_migrations import MigrationStep
-from quarry.service_database import STATEFUL_SERVICES, migrate_service
+from quarry.service_database import STATEFUL_SERVICES, ServiceSchema, migrate_service
 from quarry.settings import Settings
 from quarry.state_database import DatabaseUnavailable, open_state_database
 
 AddCommand = Callable[..., argparse.ArgumentParser]
+
+
+def service_schemas() -> dict[str, ServiceSchema]:
+    """Each stateful service's schema, by service, as its server applies it at start."""
+    # Imported when the command runs: every process starts through quarry.cli, and the
+    # gateway's or ingest's has no use for the services' stores.
+    from config_service.store import SERVICE_SCHEMA as CONFIG
+    from distributed_service.store import SERVICE_SCHEMA as DISTRIBUTED
+    from enroll_service.store import SERVICE_SCHEMA as ENROLL
+
+    return {schema.service: schema for schema in (ENROLL, CONFIG, DISTRIBUTED)}
 
 
 def add_migrate_command(sub: argparse._SubParsersAction, add: AddCommand) -> None:
@@ -44,6 +58,7 @@ def add_migrate_command(sub: argparse._SubParsersAction, add: AddCommand) -> Non
 
 def migrate(settings: Settings, args: argparse.Namespace) -> int:
     steps: list[MigrationStep] = []
+    schemas = service_schemas()
     for service in args.service or STATEFUL_SERVICES:
         try:
             database = open_state_database(settings, service)
@@ -54,7 +69,7 @@ def migrate(settings: Settings, args: argparse.Namespace) -> int:
                 progress(f"{service}: {database.describe()}")
             steps += migrate_service(
                 database,
-                service,
+                schemas[service],
                 dry_run=args.dry_run,
                 progress=None if args.json else _show_step,
             )

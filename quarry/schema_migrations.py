@@ -1,6 +1,8 @@
 """Versioned schema migrations of the services' databases, on SQLite and PostgreSQL alike.
 
-Each store lists its migrations in order (version 1, 2, ...). `schema_migrations`
+Each store lists its migrations in order (version 1, 2, ...); a migration names the
+tables it creates or changes (quarry/table_schema.py renders their DDL for the
+database's dialect), and may add SQL and a Python step. `schema_migrations`
 records, per component, which versions a database holds; applying is idempotent: what
 is recorded is skipped. Each migration runs in its own transaction under one advisory
 lock shared by every service (MIGRATION_LOCK_KEY), so replicas starting together, or
@@ -21,37 +23,43 @@ from quarry.state_database import (
     StateDatabase,
     Transaction,
 )
+from quarry.table_schema import INTEGER, TEXT, Column, Table
 
-HISTORY_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    component TEXT NOT NULL,
-    version BIGINT NOT NULL,
-    name TEXT NOT NULL,
-    applied_at BIGINT NOT NULL,
-    PRIMARY KEY (component, version)
+HISTORY_TABLE = Table(
+    "schema_migrations",
+    (
+        Column("component", TEXT),
+        Column("version", INTEGER),
+        Column("name", TEXT),
+        Column("applied_at", INTEGER),
+    ),
+    primary_key=("component", "version"),
 )
-"""
 
 
 @dataclass(frozen=True)
 class Migration:
-    """One step of a component's schema: SQL statements (`;`-separated), then an optional
-    Python step for what SQL alone cannot say (e.g. upgrading a file made before
-    migrations were versioned). `postgresql` replaces `sql` there when the dialects differ;
-    `dialects` limits the migration to some backends."""
+    """One step of a component's schema: the DDL of its `tables` at this version (each
+    table created, or given what came at this version: Table.statements), then SQL
+    statements (`;`-separated), then an optional Python step for what SQL alone cannot
+    say (e.g. upgrading a file made before migrations were versioned). `postgresql`
+    replaces `sql` there when the dialects differ; `dialects` limits the migration to
+    some backends."""
 
     version: int
     name: str
+    tables: tuple[Table, ...] = ()
     sql: str = ""
     postgresql: str | None = None
     python: Callable[[Transaction, str], None] | None = None
     dialects: tuple[str, ...] = (SQLITE, POSTGRESQL)
 
     def statements(self, dialect: str) -> list[str]:
+        ddl = [s for table in self.tables for s in table.statements(dialect, self.version)]
         text = (
             self.postgresql if dialect == POSTGRESQL and self.postgresql is not None else self.sql
         )
-        return split_statements(text)
+        return ddl + split_statements(text)
 
 
 @dataclass(frozen=True)
@@ -105,7 +113,8 @@ def _apply_one(
     database: StateDatabase, component: str, migration: Migration, dry_run: bool
 ) -> MigrationStep:
     with database.transaction(lock_key=MIGRATION_LOCK_KEY) as tx:
-        tx.execute(HISTORY_TABLE)
+        for statement in HISTORY_TABLE.create(database.dialect):
+            tx.execute(statement)
         recorded = tx.execute(
             "SELECT 1 FROM schema_migrations WHERE component = ? AND version = ?",
             (component, migration.version),

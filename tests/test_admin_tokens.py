@@ -26,6 +26,7 @@ from enroll_service.admin_tokens import (
     AdminTokenStore,
     LocalTokenAuthority,
 )
+from enroll_service.store import SERVICE_SCHEMA
 from protos.v1 import config_pb2, config_pb2_grpc, enroll_pb2
 from quarry.admin_auth import (
     ANONYMOUS_AUDIT_PER_MINUTE,
@@ -63,7 +64,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def store(settings: Settings) -> Iterator[AdminTokenStore]:
-    database = open_service_database(settings, "enroll")
+    database = open_service_database(settings, SERVICE_SCHEMA)
     yield AdminTokenStore(database)
     database.close()
 

@@ -27,7 +27,7 @@ import grpc
 import pytest
 
 from enroll_service.enroll_secrets import KIND_CREATED, SecretPolicy, SecretRecord
-from enroll_service.store import NewNode, NodeFilter, NodeStore
+from enroll_service.store import SERVICE_SCHEMA, NewNode, NodeFilter, NodeStore
 from gateway.tls_bootstrap import ensure_certificates
 from protos.v1 import (
     config_pb2,
@@ -365,7 +365,7 @@ def test_two_replicas_stores_racing_on_the_same_machines_lose_no_update(
     once from threads, each with its own secret (so no row lock orders them); the advisory
     lock leaves one node per machine and one revision per change."""
     settings = Settings(database_url=fresh_database(postgres_url))
-    databases = [open_service_database(settings, "enroll") for _ in range(2)]
+    databases = [open_service_database(settings, SERVICE_SCHEMA) for _ in range(2)]
     try:
         stores = [NodeStore(database) for database in databases]
         secrets_used = [
