@@ -1,6 +1,7 @@
 """`quarry up`: the whole cluster on one machine, as separate supervised processes.
 
-Each service runs as `python -m quarry serve NAME` with the same QUARRY_* settings.
+Each service runs as `python -m PACKAGE` (what `quarry serve NAME` becomes:
+quarry/service_entry.py) with the same QUARRY_* settings.
 The supervisor waits until each listens before starting the next (the gateway
 last), prints where everything is and how to connect osquery, restarts a process
 that dies, and stops them all on Ctrl-C or SIGTERM. With `--with-prometheus` a local
@@ -26,6 +27,7 @@ from quarry import local_prometheus
 from quarry.gateway_certificates import tls_files
 from quarry.internal_tls import ensure_shared_certificate
 from quarry.osquery_flags import osquery_flags, write_flagfile
+from quarry.service_entry import service_command
 from quarry.settings import SERVICES, Settings
 from quarry.state_directory import (
     chdb_dir,
@@ -78,9 +80,7 @@ def service_ports(settings: Settings, name: str) -> list[int]:
 
 
 def service_child(settings: Settings, name: str) -> Child:
-    return Child(
-        name, service_ports(settings, name), [sys.executable, "-m", "quarry", "serve", name]
-    )
+    return Child(name, service_ports(settings, name), service_command(name))
 
 
 def prometheus_child(settings: Settings, options: PrometheusOptions, out) -> Child | None:
