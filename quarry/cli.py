@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from quarry import (
     admin_commands,
@@ -110,7 +111,7 @@ def _apply_global_options(args: argparse.Namespace) -> None:
         os.environ["QUARRY_CLICKHOUSE_URL"] = args.clickhouse_url
 
 
-def serve(service: str) -> None:
+def serve(service: str) -> NoReturn:
     """Become the service's own process, `python -m PACKAGE` (quarry/service_entry.py).
 
     exec keeps the pid, the environment the global options set, the session and the

@@ -4,41 +4,47 @@ QUARRY_STATE_DIR (`--state-dir`, default ./.quarry) holds what one machine's pro
 keep between starts. This docstring is the one map of it; every process and command finds
 its files through the functions below, never by naming a path itself.
 
-    path                    what, made by                               moved or replaced by
-    tls/ca.pem, ca.key      the gateway's local CA (osquery pins ca.pem),  QUARRY_TLS_CERT,
-    tls/server.pem, .key    made at the first start of the gateway or      QUARRY_TLS_KEY,
-                            `quarry up` (quarry/gateway_certificates.py)   QUARRY_TLS_CA
-    enroll_secret           the shared enroll secret (0600), made by the   QUARRY_ENROLL_SECRET,
-                            enroll service or `quarry up`                  QUARRY_ENROLL_SECRET_FILE
-    admin_token             the root admin token (0600), written by the    QUARRY_ADMIN_TOKEN
-                            enroll service at first start, read by the CLI
-    service_token           the token Quarry's processes present to each   QUARRY_SERVICE_TOKEN
-                            other, made by the first process needing it
-    internal-tls/           the internal CA and `quarry-internal` cert     QUARRY_INTERNAL_TLS_CA,
-                            (gRPC mutual TLS), `quarry tls internal init`  _CERT, _KEY (each file)
-    zmq-curve/              ZeroMQ CURVE keys of the log path,             QUARRY_ZMQ_CURVE_DIR
-                            `quarry curve init` (quarry/zmq_curve.py)
-    carves/                 the carve index (index.sqlite3) and one        QUARRY_CARVE_DIR
-                            <session>.carve file per carve, written by
-                            the gateway, read by `quarry carve`
-    enroll.sqlite3,         each stateful service's SQLite database, and   QUARRY_DATABASE_URL
-    config.sqlite3,         its schema migrations (quarry/state_database.py, (PostgreSQL instead)
-    distributed.sqlite3     quarry/service_database.py)
-    spool/                  ingest's fsynced spool of acknowledged log     (none)
-                            batches (ingest_service/spool.py)
-    chdb/                   embedded ClickHouse, owned by ingest           QUARRY_CLICKHOUSE_URL
-                                                                           (a server instead)
-    gateway-metrics/        Prometheus multiprocess files, with            (none)
-                            QUARRY_GATEWAY_WORKERS > 1
-    quarry-up.pids          the processes of the running `quarry up`       (none)
-                            (quarry/up_processes.py)
-    osquery.flags           the flags that connect a node, by `quarry up`  (none)
-    prometheus/             `quarry up --with-prometheus`: its config and  (none)
-                            data (quarry/local_prometheus.py)
+    tls/                    the gateway's local CA (ca.pem, which osquery pins, and ca.key)
+                            and server certificate (server.pem, server.key), made at the
+                            gateway's or `quarry up`'s first start
+                            (quarry/gateway_certificates.py)
+                            -> QUARRY_TLS_CERT, QUARRY_TLS_KEY, QUARRY_TLS_CA name others
+    enroll_secret           the shared enroll secret (0600), made by the enroll service or
+                            `quarry up` (ensure_enroll_secret_file)
+                            -> QUARRY_ENROLL_SECRET (no file), QUARRY_ENROLL_SECRET_FILE
+    admin_token             the root admin token (0600), written by the enroll service at
+                            its first start, read by the CLI (quarry/admin_auth.py)
+                            -> QUARRY_ADMIN_TOKEN
+    service_token           the token Quarry's processes present to each other, made by the
+                            first process that needs it -> QUARRY_SERVICE_TOKEN
+    internal-tls/           the internal CA and the `quarry-internal` certificate (gRPC
+                            mutual TLS), by `quarry tls internal init` or `quarry up`
+                            (quarry/internal_tls.py)
+                            -> QUARRY_INTERNAL_TLS_CA, _CERT, _KEY (each file on its own)
+    zmq-curve/              ZeroMQ CURVE keys of the log path, by `quarry curve init` or
+                            `quarry up` (quarry/zmq_curve.py) -> QUARRY_ZMQ_CURVE_DIR
+    carves/                 the carve index (index.sqlite3) and one <session>.carve file
+                            per carve, written by the gateway, read by `quarry carve`
+                            (quarry/carve_store.py) -> QUARRY_CARVE_DIR
+    <service>.sqlite3       enroll, config and distributed state with its schema
+                            migrations (quarry/state_database.py,
+                            quarry/service_database.py) -> QUARRY_DATABASE_URL (PostgreSQL)
+    spool/                  ingest's fsynced spool of acknowledged log batches
+                            (ingest_service/spool.py)
+    chdb/                   embedded ClickHouse, owned by the ingest process
+                            -> QUARRY_CLICKHOUSE_URL (a server instead)
+    gateway-metrics/        Prometheus multiprocess files, with QUARRY_GATEWAY_WORKERS > 1
+    quarry-up.pids          the processes of the running `quarry up` (quarry/up_processes.py)
+    osquery.flags           the flags that connect a node, written by `quarry up`
+    prometheus/             `quarry up --with-prometheus`: its configuration and data
+                            (quarry/local_prometheus.py)
 
 Layering (docs/architecture.md): this module sits below the services and knows only the
 settings, so the CLI (quarry/) and every service find the same files without importing
-one another. Functions named `ensure_*` make what must exist before a process starts.
+one another. What must exist before a process starts is made by `ensure_enroll_secret_file`
+here and, for key material, by the modules named above (`tls_files`, which makes the local
+CA, `ensure_shared_certificate`, `ensure_curve_keys`); `quarry up` calls them before it
+starts any child, so no two children race to write them.
 """
 
 from __future__ import annotations
