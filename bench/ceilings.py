@@ -27,13 +27,13 @@ from clickhouse_driver import Client
 
 from bench.process_costs import ProcessSampler
 from bench.saturation import SaturationTarget, run_saturation
-from gateway.tls_bootstrap import TlsFiles
 from ingest_service.clickhouse_server_store import client_url
 from ingest_service.embedded_clickhouse_store import EmbeddedClickHouseStore
 from ingest_service.log_rows import RESULT_COLUMNS, RESULTS_TABLE, Row, flatten_batch
 from ingest_service.log_store import DATABASE
 from ingest_service.schema import RESULTS, create_table, is_modern
 from protos.v1 import logs_pb2
+from quarry.gateway_certificates import TlsFiles
 from tests.emulator import HostProfile, log_records
 from tests.emulator.http_client import ServerAddress, osquery_ssl_context
 

@@ -17,6 +17,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quarry.service_entry import service_of
+
 PROC = Path("/proc")
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 SAMPLE_INTERVAL_S = 0.5
@@ -248,15 +250,16 @@ def rss_per_10k_hosts(rss_bytes: int, hosts: int) -> float:
 def find_quarry_service_pids(supervisor_pid: int) -> dict[str, int]:
     """The service processes a `quarry up` started: {"gateway": pid, ...}.
 
-    Each runs as `python -m quarry serve NAME`, a direct child of the supervisor.
+    Each runs as `python -m PACKAGE` (quarry/service_entry.py), a direct child of the
+    supervisor.
     """
     services = {}
     for stat in all_stats().values():
         if stat.ppid != supervisor_pid:
             continue
-        argv = read_cmdline(stat.pid)
-        if len(argv) >= 2 and argv[-2] == "serve" and argv[-1] in QUARRY_SERVICES:
-            services[argv[-1]] = stat.pid
+        service = service_of(read_cmdline(stat.pid))
+        if service is not None:
+            services[service] = stat.pid
     return services
 
 

@@ -1,10 +1,15 @@
-"""`python -m config_service`: run the config service with settings from the environment."""
+"""`python -m config_service`: run the config service, settings from QUARRY_* variables.
+
+`python -m config_service migrate [--dry-run] [--json]` applies its state's schema
+migrations instead (what `quarry migrate` runs). `quarry serve config` and `quarry up`
+run this (quarry/service_entry.py).
+"""
+
+import sys
 
 from config_service.server import main
-from quarry.process_logging import setup_logging
-from quarry.settings import Settings
+from config_service.store import SERVICE_SCHEMA
+from quarry.service_entry import run_entry_point
 
 if __name__ == "__main__":
-    settings = Settings.from_env()
-    setup_logging("config", settings.log_level)
-    main(settings)
+    sys.exit(run_entry_point("config", main, SERVICE_SCHEMA))

@@ -1,10 +1,15 @@
-"""`python -m distributed_service`: run the distributed service, settings from the environment."""
+"""`python -m distributed_service`: run the distributed service, settings from QUARRY_* variables.
+
+`python -m distributed_service migrate [--dry-run] [--json]` applies its state's schema
+migrations instead (what `quarry migrate` runs). `quarry serve distributed` and `quarry up`
+run this (quarry/service_entry.py).
+"""
+
+import sys
 
 from distributed_service.server import main
-from quarry.process_logging import setup_logging
-from quarry.settings import Settings
+from distributed_service.store import SERVICE_SCHEMA
+from quarry.service_entry import run_entry_point
 
 if __name__ == "__main__":
-    settings = Settings.from_env()
-    setup_logging("distributed", settings.log_level)
-    main(settings)
+    sys.exit(run_entry_point("distributed", main, SERVICE_SCHEMA))

@@ -17,7 +17,6 @@ from quarry.admin_auth import (
     ADMIN,
     ROOT_TOKEN_NAME,
     Principal,
-    admin_token_file,
     hash_token,
     is_expired,
     new_token_value,
@@ -27,6 +26,7 @@ from quarry.admin_auth import (
 from quarry.schema_migrations import Migration
 from quarry.settings import Settings
 from quarry.state_database import StateDatabase, StateStore
+from quarry.state_directory import admin_token_file
 from quarry.table_schema import INTEGER, SERIAL, TEXT, Column, Index, Table
 
 log = logging.getLogger(__name__)

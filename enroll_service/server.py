@@ -13,7 +13,6 @@ from enroll_service.admin_tokens import (
 )
 from enroll_service.node_identity import check_identity_settings
 from enroll_service.service import EnrollServicer
-from enroll_service.shared_secret import ensure_secret_file
 from enroll_service.store import SERVICE_SCHEMA, NodeStore
 from protos.v1 import enroll_pb2_grpc
 from quarry.grpc_runtime import serve_grpc
@@ -21,6 +20,7 @@ from quarry.metrics_endpoint import start_metrics_endpoint
 from quarry.service_database import open_service_database
 from quarry.settings import Settings
 from quarry.shutdown import until_signalled
+from quarry.state_directory import ensure_enroll_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ async def serve(settings: Settings) -> None:
     check_identity_settings(settings)
     start_metrics_endpoint(settings, "enroll")
     # `quarry up` creates it too; a service started alone must not refuse everyone.
-    secret_path = ensure_secret_file(settings)
+    secret_path = ensure_enroll_secret_file(settings)
     if not settings.enroll_secret:
         log.info("enroll secret read from %s", secret_path)
     database = open_service_database(settings, SERVICE_SCHEMA)

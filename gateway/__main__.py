@@ -1,10 +1,12 @@
-"""`python -m gateway`: run the gateway with settings from QUARRY_* variables."""
+"""`python -m gateway`: run the gateway, settings from QUARRY_* variables.
+
+`quarry serve gateway` and `quarry up` run this (quarry/service_entry.py).
+"""
+
+import sys
 
 from gateway.server import main
-from quarry.process_logging import setup_logging
-from quarry.settings import Settings
+from quarry.service_entry import run_entry_point
 
 if __name__ == "__main__":
-    settings = Settings.from_env()
-    setup_logging("gateway", settings.log_level)
-    main(settings)
+    sys.exit(run_entry_point("gateway", main))

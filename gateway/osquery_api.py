@@ -27,7 +27,6 @@ from starlette.routing import Route
 from gateway import client_certificates, metrics
 from gateway.carving.limits import carve_limits
 from gateway.carving.sessions import carving_for
-from gateway.carving.store import CarveRejected
 from gateway.gateway_state import GatewayState
 from gateway.log_lines import batch_id, encode_lines
 from gateway.node_cache import NodeIdentity
@@ -40,6 +39,7 @@ from gateway.request_body import (
     too_deep_to_forward,
 )
 from protos.v1 import distributed_pb2, enroll_pb2, logs_pb2
+from quarry.carve_store import CarveRejected
 from quarry.settings import Settings
 
 log = logging.getLogger(__name__)

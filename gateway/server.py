@@ -8,19 +8,13 @@ from pathlib import Path
 import uvicorn
 
 from gateway.connection_deadlines import PROTOCOL_IMPORT_STRING
-from gateway.tls_bootstrap import TlsFiles, ensure_certificates
 from gateway.tls_policy import TlsPolicy, context_factory_for
+from quarry.gateway_certificates import TlsFiles, tls_files
 from quarry.metrics_endpoint import prepare_multiprocess_metrics, start_metrics_endpoint
 from quarry.settings import Settings
+from quarry.state_directory import gateway_metrics_dir
 
 log = logging.getLogger(__name__)
-
-
-def tls_files(settings: Settings) -> TlsFiles:
-    """The configured certificate, or the local CA's (created on first start)."""
-    if settings.tls_cert and settings.tls_key:
-        return TlsFiles(Path(settings.tls_ca), Path(settings.tls_cert), Path(settings.tls_key))
-    return ensure_certificates(settings.path("tls"), [settings.public_host])
 
 
 def tls_policy(settings: Settings, files: TlsFiles) -> TlsPolicy:
@@ -39,7 +33,7 @@ def tls_policy(settings: Settings, files: TlsFiles) -> TlsPolicy:
 def main(settings: Settings) -> None:
     files = tls_files(settings)
     if settings.gateway_workers > 1:
-        prepare_multiprocess_metrics(settings.path("gateway-metrics"))
+        prepare_multiprocess_metrics(gateway_metrics_dir(settings))
     start_metrics_endpoint(settings, "gateway")
     log.info(
         "osquery gateway on https://%s:%d (%d worker%s)",

@@ -1,10 +1,12 @@
-"""`python -m ingest_service`: run the ingest process with settings from QUARRY_* variables."""
+"""`python -m ingest_service`: run the ingest process, settings from QUARRY_* variables.
+
+`quarry serve ingest` and `quarry up` run this (quarry/service_entry.py).
+"""
+
+import sys
 
 from ingest_service.server import main
-from quarry.process_logging import setup_logging
-from quarry.settings import Settings
+from quarry.service_entry import run_entry_point
 
 if __name__ == "__main__":
-    settings = Settings.from_env()
-    setup_logging("ingest", settings.log_level)
-    main(settings)
+    sys.exit(run_entry_point("ingest", main))

@@ -39,6 +39,7 @@ from quarry.grpc_runtime import serve_grpc
 from quarry.metrics_endpoint import start_metrics_endpoint
 from quarry.settings import Settings
 from quarry.shutdown import until_signalled
+from quarry.state_directory import spool_dir
 from quarry.zmq_curve import (
     CurveKeys,
     reload_authorized_clients,
@@ -169,7 +170,7 @@ def open_log_socket(settings: Settings) -> LogSocket:
 
 def open_spool(settings: Settings) -> Spool:
     spool = Spool(
-        settings.path("spool"),
+        spool_dir(settings),
         settings.ingest_spool_segment_bytes,
         settings.ingest_spool_retention_s,
     )

@@ -44,6 +44,7 @@ from protos.v1 import enroll_pb2, enroll_pb2_grpc
 from quarry.audit_delivery import AuditDelivery
 from quarry.file_writes import write_atomically, write_once
 from quarry.settings import Settings
+from quarry.state_directory import admin_token_file, service_token_file
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ _RANK = {READ_ONLY: 1, OPERATOR: 2, ADMIN: 3, SERVICE: 4}
 ROOT_TOKEN_NAME = "root"
 ADMIN_TOKEN_ENV = "QUARRY_ADMIN_TOKEN"
 SERVICE_TOKEN_ENV = "QUARRY_SERVICE_TOKEN"
-ADMIN_TOKEN_FILE = "admin_token"
-SERVICE_TOKEN_FILE = "service_token"
 RESOLVE_CACHE_S = 5.0
 RESOLVE_TIMEOUT_S = 5.0
 
@@ -195,10 +194,6 @@ def same_token(presented: str, expected: str) -> bool:
 # --- where tokens come from -----------------------------------------------------------
 
 
-def admin_token_file(settings: Settings) -> Path:
-    return settings.state_dir / ADMIN_TOKEN_FILE
-
-
 def cli_admin_token(settings: Settings) -> str:
     """The token the CLI presents: QUARRY_ADMIN_TOKEN, else state_dir/admin_token."""
     from_env = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
@@ -223,7 +218,7 @@ def service_token(settings: Settings) -> str:
     from_env = os.environ.get(SERVICE_TOKEN_ENV, "").strip()
     if from_env:
         return from_env
-    path = settings.path(SERVICE_TOKEN_FILE)
+    path = service_token_file(settings)
     if not path.exists():
         write_once(path, (new_token_value() + "\n").encode())
     return path.read_text().strip()

@@ -24,9 +24,11 @@ from protos.v1 import (
     logs_pb2_grpc,
 )
 from quarry.cli_output import emit_json, emit_table
+from quarry.gateway_certificates import issue_client_certificate, tls_files
 from quarry.grpc_runtime import sync_channel
 from quarry.osquery_flags import osquery_flags
 from quarry.settings import Settings
+from quarry.state_directory import enroll_secret_file, gateway_tls_dir
 
 RPC_TIMEOUT_S = 30.0
 
@@ -86,10 +88,7 @@ def enroll_stub(settings: Settings) -> enroll_pb2_grpc.EnrollServiceStub:
 
 
 def flags(settings: Settings, args: argparse.Namespace) -> int:
-    from enroll_service.shared_secret import secret_file
-    from gateway.server import tls_files
-
-    lines = osquery_flags(settings, tls_files(settings).ca_cert, secret_file(settings))
+    lines = osquery_flags(settings, tls_files(settings).ca_cert, enroll_secret_file(settings))
     if args.json:
         emit_json(lines)
     else:
@@ -101,12 +100,12 @@ def flags(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def tls_client_cert(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.tls_bootstrap import issue_client_certificate
-
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
         raise CommandError(f"{args.name!r}: use letters, digits, '.', '_' and '-' only")
     try:
-        cert, key = issue_client_certificate(settings.path("tls"), args.name, Path(args.out_dir))
+        cert, key = issue_client_certificate(
+            gateway_tls_dir(settings), args.name, Path(args.out_dir)
+        )
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot issue a client certificate: {exc}") from exc
     if args.json:

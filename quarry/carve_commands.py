@@ -17,14 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from gateway.carving.limits import carve_limits
-from gateway.carving.store import COMPLETE, RECEIVING, Carve, CarveStore
 from protos.v1 import distributed_pb2, distributed_pb2_grpc
 from quarry.admin_commands import CommandError, call_rpc
+from quarry.carve_store import COMPLETE, RECEIVING, Carve, CarveStore
 from quarry.cli_output import emit_json, emit_table, progress, utc_iso
 from quarry.grpc_runtime import sync_channel
 from quarry.query_commands import follow, result_rows
 from quarry.settings import Settings
+from quarry.state_directory import carve_dir
 
 COPY_CHUNK_BYTES = 1024 * 1024
 POLL_INTERVAL_S = 0.5
@@ -269,7 +269,7 @@ def _zstd_writer(output: _CountingWriter):
 
 
 def _open_store(settings: Settings) -> CarveStore:
-    directory = carve_limits(settings).directory
+    directory = carve_dir(settings)
     if not (directory / "index.sqlite3").exists():
         raise CommandError(
             f"no carves at {directory}: run this where the gateway's state directory is"

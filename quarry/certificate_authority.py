@@ -1,9 +1,9 @@
 """Making and reading certificates: the pieces both of Quarry's CAs are built from.
 
-Two CAs use them: the gateway's local CA for osquery (gateway/tls_bootstrap.py) and the
-internal CA for gRPC between Quarry's processes (quarry/internal_tls.py). Keys are ECDSA
-P-256: cheap handshakes, and osquery's cipher list is ECDHE-only. Files are written with
-quarry/file_writes.py.
+Two CAs use them: the gateway's local CA for osquery (quarry/gateway_certificates.py)
+and the internal CA for gRPC between Quarry's processes (quarry/internal_tls.py). Keys are
+ECDSA P-256: cheap handshakes, and osquery's cipher list is ECDHE-only. Files are written
+with quarry/file_writes.py.
 """
 
 from __future__ import annotations

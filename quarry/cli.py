@@ -7,10 +7,10 @@ most common ones for this command and every process it starts.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from quarry import (
     admin_commands,
@@ -22,17 +22,8 @@ from quarry import (
     query_commands,
     token_commands,
 )
-from quarry.garbage_collection import tune_for_throughput
-from quarry.process_logging import setup_logging
+from quarry.service_entry import service_command
 from quarry.settings import SERVICES, Settings
-
-SERVICE_MODULES = {
-    "gateway": "gateway.server",
-    "enroll": "enroll_service.server",
-    "config": "config_service.server",
-    "distributed": "distributed_service.server",
-    "ingest": "ingest_service.server",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,12 +111,17 @@ def _apply_global_options(args: argparse.Namespace) -> None:
         os.environ["QUARRY_CLICKHOUSE_URL"] = args.clickhouse_url
 
 
-def serve(service: str, settings: Settings) -> int:
-    setup_logging(service, settings.log_level)
-    service_module = importlib.import_module(SERVICE_MODULES[service])
-    tune_for_throughput()  # after the imports, so the modules' objects are frozen
-    service_module.main(settings)
-    return 0
+def serve(service: str) -> NoReturn:
+    """Become the service's own process, `python -m PACKAGE` (quarry/service_entry.py).
+
+    exec keeps the pid, the environment the global options set, the session and the
+    parent-death signal `quarry up` asked for (quarry/up_processes.py), so a pod or a
+    supervisor that started `quarry serve NAME` signals the service itself.
+    """
+    command = service_command(service)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             prometheus = PrometheusOptions(port, args.scrape_interval)
         return run_cluster(settings, prometheus=prometheus)
     if args.command == "serve":
-        return serve(args.service, settings)
+        serve(args.service)
     try:
         return args.handler(settings, args)
     except admin_commands.CommandError as exc:

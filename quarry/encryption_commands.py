@@ -22,16 +22,15 @@ from quarry.internal_tls import (
     DEFAULT_SANS,
     certificate_summary,
     ensure_shared_certificate,
-    internal_tls_dir,
     internal_tls_files,
     issue_certificate,
 )
 from quarry.settings import Settings
+from quarry.state_directory import internal_tls_dir, zmq_curve_dir
 from quarry.zmq_curve import (
     AUTHORIZED_DIR,
     authorize_client,
     create_key_pair,
-    curve_dir,
     ensure_curve_keys,
 )
 
@@ -180,7 +179,7 @@ def internal_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def curve_init(settings: Settings, args: argparse.Namespace) -> int:
-    folder = curve_dir(settings)
+    folder = zmq_curve_dir(settings)
     try:
         made = ensure_curve_keys(folder)
     except (OSError, ValueError) as exc:
@@ -199,7 +198,7 @@ def curve_init(settings: Settings, args: argparse.Namespace) -> int:
 def curve_add_client(settings: Settings, args: argparse.Namespace) -> int:
     if not NAME_PATTERN.fullmatch(args.name):
         raise CommandError(f"{args.name!r}: use letters, digits, '.', '_' and '-' only")
-    folder = curve_dir(settings)
+    folder = zmq_curve_dir(settings)
     if (folder / f"{args.name}.key_secret").exists():
         raise CommandError(f"{folder / args.name}.key_secret exists; choose another name")
     try:
@@ -220,7 +219,9 @@ def curve_authorize(settings: Settings, args: argparse.Namespace) -> int:
     if not NAME_PATTERN.fullmatch(args.name):
         raise CommandError(f"{args.name!r}: use letters, digits, '.', '_' and '-' only")
     try:
-        authorized = authorize_client(curve_dir(settings), Path(args.public_key_file), args.name)
+        authorized = authorize_client(
+            zmq_curve_dir(settings), Path(args.public_key_file), args.name
+        )
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot authorize {args.public_key_file}: {exc}") from exc
     if args.json:
@@ -231,7 +232,7 @@ def curve_authorize(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def curve_list(settings: Settings, args: argparse.Namespace) -> int:
-    folder = curve_dir(settings) / AUTHORIZED_DIR
+    folder = zmq_curve_dir(settings) / AUTHORIZED_DIR
     keys = []
     for path in sorted(folder.glob("*.key")):
         try:

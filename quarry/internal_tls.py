@@ -8,8 +8,8 @@ ours", and the admin token still says which admin. Its SANs list the names the s
 are reached by (Kubernetes service names, compose names, loopback), so ordinary hostname
 checking works; QUARRY_INTERNAL_TLS_SERVER_NAME covers addresses outside that list.
 
-This CA is not the gateway's (gateway/tls_bootstrap.py): osquery pins the gateway's CA,
-and a node certificate from it must never open the internal ports.
+This CA is not the gateway's (quarry/gateway_certificates.py): osquery pins the gateway's
+CA, and a node certificate from it must never open the internal ports.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from quarry.certificate_authority import (
 )
 from quarry.file_writes import write_atomically
 from quarry.settings import Settings
+from quarry.state_directory import internal_tls_dir
 
 CA_NAME = "ca"
 SHARED_CERT_NAME = "quarry-internal"
@@ -75,10 +76,6 @@ class InternalTlsFiles:
                 + " (make them with `quarry tls internal init`; docs/security.md)"
             )
         return self.ca_cert.read_bytes(), self.cert.read_bytes(), self.key.read_bytes()
-
-
-def internal_tls_dir(settings: Settings) -> Path:
-    return settings.state_dir / "internal-tls"
 
 
 def internal_tls_files(settings: Settings) -> InternalTlsFiles:

@@ -6,34 +6,27 @@ with --dry-run. It works on the database the services use: PostgreSQL when
 QUARRY_DATABASE_URL is set, else the SQLite files in the state directory. Running it
 beside live services is safe: every migration is applied once, under one advisory lock.
 
-The command sits above the services, so it gathers their schemas itself
-(service_schemas); the state layer below only runs what it is given.
+quarry/ imports no service (docs/architecture.md), so each service's schema is applied by
+the service's own entry point, `python -m PACKAGE migrate --json`
+(quarry/service_entry.py), run here one service after another; this command gathers their
+reports into one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 from collections.abc import Callable
 
 from quarry.admin_commands import CommandError
 from quarry.cli_output import emit_json, emit_table, progress
-from quarry.schema_migrations import MigrationStep
-from quarry.service_database import STATEFUL_SERVICES, ServiceSchema, migrate_service
+from quarry.service_database import STATEFUL_SERVICES
+from quarry.service_entry import migration_table, service_command, show_step
 from quarry.settings import Settings
-from quarry.state_database import DatabaseUnavailable, open_state_database
 
 AddCommand = Callable[..., argparse.ArgumentParser]
-
-
-def service_schemas() -> dict[str, ServiceSchema]:
-    """Each stateful service's schema, by service, as its server applies it at start."""
-    # Imported when the command runs: every process starts through quarry.cli, and the
-    # gateway's or ingest's has no use for the services' stores.
-    from config_service.store import SERVICE_SCHEMA as CONFIG
-    from distributed_service.store import SERVICE_SCHEMA as DISTRIBUTED
-    from enroll_service.store import SERVICE_SCHEMA as ENROLL
-
-    return {schema.service: schema for schema in (ENROLL, CONFIG, DISTRIBUTED)}
 
 
 def add_migrate_command(sub: argparse._SubParsersAction, add: AddCommand) -> None:
@@ -57,32 +50,39 @@ def add_migrate_command(sub: argparse._SubParsersAction, add: AddCommand) -> Non
 
 
 def migrate(settings: Settings, args: argparse.Namespace) -> int:
-    steps: list[MigrationStep] = []
-    schemas = service_schemas()
+    steps: list[dict] = []
     for service in args.service or STATEFUL_SERVICES:
-        try:
-            database = open_state_database(settings, service)
-        except DatabaseUnavailable as exc:
-            raise CommandError(str(exc)) from None
-        try:
-            if not args.json:
-                progress(f"{service}: {database.describe()}")
-            steps += migrate_service(
-                database,
-                schemas[service],
-                dry_run=args.dry_run,
-                progress=None if args.json else _show_step,
-            )
-        finally:
-            database.close()
+        report = migrate_one(settings, service, args.dry_run)
+        if not args.json:
+            progress(f"{service}: {report['database']}")
+            for step in report["migrations"]:
+                show_step(step)
+        steps += report["migrations"]
     if args.json:
-        emit_json({"dry_run": args.dry_run, "migrations": [s.as_dict() for s in steps]})
+        emit_json({"dry_run": args.dry_run, "migrations": steps})
     else:
-        rows = [(s.component, s.version, s.name, s.as_dict()["status"]) for s in steps]
-        emit_table(("component", "version", "name", "status"), rows)
+        emit_table(*migration_table(steps))
     return 0
 
 
-def _show_step(step: MigrationStep) -> None:
-    if step.applied:
-        progress(f"{step.component}: applied {step.version} ({step.name})")
+def migrate_one(settings: Settings, service: str, dry_run: bool) -> dict:
+    """One service's report from its own entry point; CommandError when it could not run."""
+    command = service_command(service, "migrate", "--json", *(["--dry-run"] if dry_run else []))
+    # Its stderr is ours, so whatever it says on the way (a traceback) reaches the person.
+    finished = subprocess.run(
+        command, env={**os.environ, **settings.to_env()}, stdout=subprocess.PIPE, check=False
+    )
+    try:
+        report = json.loads(finished.stdout)
+    except ValueError:
+        report = {}
+    if not isinstance(report, dict):
+        report = {}
+    if "error" in report:
+        raise CommandError(str(report["error"]))
+    if finished.returncode != 0 or "migrations" not in report:
+        raise CommandError(
+            f"the {service} migrations did not run ({' '.join(command[1:])} exited with"
+            f" {finished.returncode})"
+        )
+    return report

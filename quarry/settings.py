@@ -30,6 +30,7 @@ PORT_OFFSETS = {
 class Settings:
     """Everything a Quarry process needs to know; one instance per process."""
 
+    # Every file and folder in it, and the setting that moves each: quarry/state_directory.py.
     state_dir: Path = Path(".quarry")
     bind_host: str = "127.0.0.1"
     # Host name osquery uses to reach the gateway; goes into the certificate and flags.

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from quarry.settings import Settings
+from quarry.state_directory import state_database_file
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def open_state_database(settings: Settings, service: str) -> StateDatabase:
                 "QUARRY_DATABASE_URL must be a postgresql://user:password@host:port/database URL"
             )
         return PostgresDatabase(settings.database_url, SERVICE_LOCK_KEYS[service])
-    return SqliteDatabase(settings.path(f"{service}.sqlite3"))
+    return SqliteDatabase(state_database_file(settings, service))
 
 
 class _TransactionState:

@@ -1,6 +1,7 @@
 """`quarry up`: the whole cluster on one machine, as separate supervised processes.
 
-Each service runs as `python -m quarry serve NAME` with the same QUARRY_* settings.
+Each service runs as `python -m PACKAGE` (what `quarry serve NAME` becomes:
+quarry/service_entry.py) with the same QUARRY_* settings.
 The supervisor waits until each listens before starting the next (the gateway
 last), prints where everything is and how to connect osquery, restarts a process
 that dies, and stops them all on Ctrl-C or SIGTERM. With `--with-prometheus` a local
@@ -22,14 +23,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from enroll_service.shared_secret import ensure_secret_file
-from gateway.server import tls_files
 from quarry import local_prometheus
-from quarry.internal_tls import ensure_shared_certificate, internal_tls_dir
+from quarry.gateway_certificates import tls_files
+from quarry.internal_tls import ensure_shared_certificate
 from quarry.osquery_flags import osquery_flags, write_flagfile
+from quarry.service_entry import service_command
 from quarry.settings import SERVICES, Settings
+from quarry.state_directory import (
+    chdb_dir,
+    ensure_enroll_secret_file,
+    internal_tls_dir,
+    osquery_flags_file,
+    prometheus_dir,
+    up_pid_file,
+    zmq_curve_dir,
+)
 from quarry.up_processes import (
-    PID_FILE,
     Recorded,
     die_with_parent,
     read_pid_file,
@@ -37,7 +46,7 @@ from quarry.up_processes import (
     stop_processes,
     write_pid_file,
 )
-from quarry.zmq_curve import curve_dir, ensure_curve_keys
+from quarry.zmq_curve import ensure_curve_keys
 
 SUPERVISOR = "quarry up"  # the supervisor's own entry in the pid file
 READY_TIMEOUT_S = 60.0
@@ -71,9 +80,7 @@ def service_ports(settings: Settings, name: str) -> list[int]:
 
 
 def service_child(settings: Settings, name: str) -> Child:
-    return Child(
-        name, service_ports(settings, name), [sys.executable, "-m", "quarry", "serve", name]
-    )
+    return Child(name, service_ports(settings, name), service_command(name))
 
 
 def prometheus_child(settings: Settings, options: PrometheusOptions, out) -> Child | None:
@@ -87,7 +94,7 @@ def prometheus_child(settings: Settings, options: PrometheusOptions, out) -> Chi
             flush=True,
         )
         return None
-    folder = settings.path("prometheus")
+    folder = prometheus_dir(settings)
     config = local_prometheus.write_config(settings, folder, options.scrape_interval_s)
     command = local_prometheus.command(
         binary, config, folder / "data", settings.bind_host, options.port
@@ -98,12 +105,12 @@ def prometheus_child(settings: Settings, options: PrometheusOptions, out) -> Chi
 def run_cluster(
     settings: Settings, out=sys.stdout, prometheus: PrometheusOptions | None = None
 ) -> int:
-    pid_file = settings.path(PID_FILE)
+    pid_file = up_pid_file(settings)
     refusal = take_over_state_dir(settings, pid_file, out)
     if refusal:
         print(refusal, file=out, flush=True)
         return 1
-    secret_path = ensure_secret_file(settings)
+    secret_path = ensure_enroll_secret_file(settings)
     ca_path = tls_files(settings).ca_cert
     ensure_encryption_keys(settings)
     env = {**os.environ, **settings.to_env()}
@@ -197,7 +204,7 @@ def ensure_encryption_keys(settings: Settings) -> None:
     if settings.internal_tls and not settings.internal_tls_cert:
         ensure_shared_certificate(internal_tls_dir(settings), [settings.bind_host])
     if settings.zmq_curve:
-        ensure_curve_keys(curve_dir(settings))
+        ensure_curve_keys(zmq_curve_dir(settings))
 
 
 def encryption_line(settings: Settings) -> str:
@@ -273,8 +280,8 @@ def _print_banner(
     settings: Settings, ca_path: Path, secret_path: Path, out, children: list[Child]
 ) -> None:
     flags = osquery_flags(settings, ca_path, secret_path)
-    flagfile = write_flagfile(settings.path("osquery.flags"), flags)
-    store = settings.clickhouse_url or f"embedded ClickHouse (chdb) in {settings.path('chdb')}"
+    flagfile = write_flagfile(osquery_flags_file(settings), flags)
+    store = settings.clickhouse_url or f"embedded ClickHouse (chdb) in {chdb_dir(settings)}"
     host = settings.bind_host
     lines = [
         "",

@@ -2,12 +2,13 @@
 
 On Linux each child asks the kernel for SIGTERM when its parent dies (prctl
 PR_SET_PDEATHSIG), so a `kill -9` of the supervisor stops its children too, each as after
-Ctrl-C. Whatever escapes that (a child that ignores SIGTERM) the next
-`quarry up` on the same state directory finds in the pid file, state_dir/quarry-up.pids:
-the supervisor's pid and its children's, each with the kernel's start time of the process,
-so a pid the kernel has since given to an unrelated process is never taken for ours.
-docs/faults.md says what the next `quarry up` does with them. Both are Linux's: elsewhere
-children do not die with the supervisor and no recorded process is found alive.
+Ctrl-C. Whatever escapes that (a child that ignores SIGTERM) the next `quarry up` on the
+same state directory finds in the pid file (state_dir/quarry-up.pids,
+quarry/state_directory.py): the supervisor's pid and its children's, each with the
+kernel's start time of the process, so a pid the kernel has since given to an unrelated
+process is never taken for ours. docs/faults.md says what the next `quarry up` does with
+them. Both are Linux's: elsewhere children do not die with the supervisor and no recorded
+process is found alive.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from pathlib import Path
 
 from quarry.file_writes import write_atomically
 
-PID_FILE = "quarry-up.pids"
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 LEFTOVER_STOP_TIMEOUT_S = 15.0
 

@@ -28,6 +28,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 
 from quarry.file_writes import write_atomically
 from quarry.settings import Settings
+from quarry.state_directory import zmq_curve_dir
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,6 @@ class CurveKeys:
     public: bytes
     secret: bytes
     server_public: bytes = b""
-
-
-def curve_dir(settings: Settings) -> Path:
-    if settings.zmq_curve_dir:
-        return Path(settings.zmq_curve_dir)
-    return settings.state_dir / "zmq-curve"
 
 
 def ensure_curve_keys(folder: Path) -> list[Path]:
@@ -90,12 +85,12 @@ def authorize_client(folder: Path, public_key_file: Path, name: str) -> Path:
 
 
 def server_keys(settings: Settings) -> CurveKeys:
-    public, secret = _load_pair(curve_dir(settings) / f"{SERVER_NAME}.key_secret")
+    public, secret = _load_pair(zmq_curve_dir(settings) / f"{SERVER_NAME}.key_secret")
     return CurveKeys(public, secret)
 
 
 def client_keys(settings: Settings) -> CurveKeys:
-    folder = curve_dir(settings)
+    folder = zmq_curve_dir(settings)
     public, secret = _load_pair(folder / f"{CLIENT_NAME}.key_secret")
     server_public, _ = _load(folder / f"{SERVER_NAME}.key")
     return CurveKeys(public, secret, server_public)
@@ -117,7 +112,7 @@ def secure_router(socket: zmq.Socket, keys: CurveKeys) -> None:
 
 def start_authenticator(context: zmq.Context, settings: Settings) -> AsyncioAuthenticator:
     """ZAP handler on context accepting only the allow-listed client keys (in a running loop)."""
-    folder = curve_dir(settings) / AUTHORIZED_DIR
+    folder = zmq_curve_dir(settings) / AUTHORIZED_DIR
     if not folder.is_dir():
         raise FileNotFoundError(
             f"QUARRY_ZMQ_CURVE is on but {folder} is missing: put the gateways' public keys "
@@ -134,7 +129,7 @@ async def reload_authorized_clients(
     authenticator: AsyncioAuthenticator, settings: Settings
 ) -> None:
     """Re-read the allow-list for ever, so keys can be added or removed without a restart."""
-    folder = curve_dir(settings) / AUTHORIZED_DIR
+    folder = zmq_curve_dir(settings) / AUTHORIZED_DIR
     known = _count_keys(folder)
     while True:
         await asyncio.sleep(AUTHORIZED_RELOAD_S)

@@ -23,6 +23,7 @@ import grpc
 
 from quarry.admin_auth import service_token
 from quarry.grpc_runtime import aio_channel, sync_channel
+from quarry.service_entry import service_of
 from quarry.settings import Settings
 from tests.free_ports import free_port_base
 
@@ -104,10 +105,11 @@ class QuarryCluster:
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-                cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+                cmdline = (stat.parent / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
             except (OSError, ValueError, IndexError):
                 continue
-            if ppid == self.process.pid and cmdline[-3:-1] == [b"serve", service.encode()]:
+            argv = [part.decode(errors="replace") for part in cmdline]
+            if ppid == self.process.pid and service_of(argv) == service:
                 return int(stat.parent.name)
         raise LookupError(f"no {service} process under quarry up")
 

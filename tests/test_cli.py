@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from gateway.tls_bootstrap import ensure_certificates
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
 from quarry.cli import build_parser
 from quarry.cli_output import proto_to_json, utc_iso
 from quarry.enrollment_commands import parse_duration, parse_expiry
+from quarry.gateway_certificates import ensure_certificates
 from quarry.grpc_runtime import sync_channel
 from tests.free_ports import free_port_base
 from tests.service_processes import ServiceProcess

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from gateway.tls_bootstrap import TlsFiles, ensure_certificates
+from quarry.gateway_certificates import TlsFiles, ensure_certificates
 from tests.emulator import (
     OSQUERY_DOC_ENDPOINTS,
     HostProfile,

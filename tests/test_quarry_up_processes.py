@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from quarry.up_processes import PID_FILE, Recorded, process_start_time, write_pid_file
+from quarry.state_directory import UP_PID_FILE as PID_FILE
+from quarry.up_processes import Recorded, process_start_time, write_pid_file
 from tests.free_ports import free_port_base
 from tests.polling import eventually
 from tests.quarry_cluster import QuarryCluster, quarry_cluster

@@ -28,7 +28,6 @@ import pytest
 
 from enroll_service.enroll_secrets import KIND_CREATED, SecretPolicy, SecretRecord
 from enroll_service.store import SERVICE_SCHEMA, NewNode, NodeFilter, NodeStore
-from gateway.tls_bootstrap import ensure_certificates
 from protos.v1 import (
     config_pb2,
     config_pb2_grpc,
@@ -37,6 +36,7 @@ from protos.v1 import (
     enroll_pb2,
     enroll_pb2_grpc,
 )
+from quarry.gateway_certificates import ensure_certificates
 from quarry.grpc_runtime import sync_channel
 from quarry.service_database import open_service_database
 from quarry.settings import PORT_OFFSETS, Settings

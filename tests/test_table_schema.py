@@ -9,6 +9,7 @@ constraints, check definitions, pg_indexes and sequences.
 
 from __future__ import annotations
 
+import importlib
 import re
 import sqlite3
 import time
@@ -17,15 +18,23 @@ from typing import Any
 
 import pytest
 
-from quarry.migrate_command import service_schemas
 from quarry.schema_migrations import split_statements
-from quarry.service_database import STATEFUL_SERVICES, migrate_service
+from quarry.service_database import STATEFUL_SERVICES, ServiceSchema, migrate_service
+from quarry.service_entry import SERVICE_PACKAGES
 from quarry.settings import Settings
 from quarry.state_database import POSTGRESQL, SQLITE, StateDatabase, open_state_database
 from quarry.table_schema import INTEGER, SERIAL, TEXT, Column, Index, Table
 from tests import schema_reference
 from tests.conftest import STATE_BACKENDS
 from tests.postgres_server import fresh_database
+
+
+def service_schemas() -> dict[str, ServiceSchema]:
+    """Each stateful service's schema, by the service it names, as its entry point applies
+    it (`python -m PACKAGE migrate`, which `quarry migrate` runs; quarry/ imports none)."""
+    mains = [importlib.import_module(f"{SERVICE_PACKAGES[s]}.__main__") for s in STATEFUL_SERVICES]
+    return {main.SERVICE_SCHEMA.service: main.SERVICE_SCHEMA for main in mains}
+
 
 # --- what each database says about its tables -------------------------------------------
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.tls_bootstrap import TlsFiles, ensure_certificates
+from quarry.gateway_certificates import TlsFiles, ensure_certificates
 from tests.free_ports import free_port_base
 from tests.polling import eventually
 from tests.service_processes import ServiceProcess

@@ -1,8 +1,9 @@
 """Carve settings: where carves live, how large they may be, how long they may take.
 
 They are read from QUARRY_CARVE_* variables here rather than in quarry/settings.py, so
-carving keeps its settings beside the code that uses them; the state directory comes
-from the shared Settings.
+carving keeps its settings beside the code that uses them; where carves live
+(QUARRY_CARVE_DIR, else state_dir/carves) is the state directory's
+(quarry/state_directory.py), since `quarry carve` reads them there too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quarry.settings import Settings
+from quarry.state_directory import carve_dir
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -58,7 +60,7 @@ ENV_FIELDS = {
 def carve_limits(settings: Settings, environ: Mapping[str, str] | None = None) -> CarveLimits:
     """Defaults, overridden by QUARRY_CARVE_* variables; QUARRY_CARVE_DIR moves the store."""
     env = os.environ if environ is None else environ
-    directory = Path(env.get("QUARRY_CARVE_DIR") or settings.state_dir / "carves")
+    directory = carve_dir(settings, env)
     values: dict[str, object] = {}
     for variable, (name, kind) in ENV_FIELDS.items():
         raw = env.get(variable)

@@ -22,8 +22,8 @@ import time
 from prometheus_client import Counter, Gauge, Histogram
 
 from gateway.carving.limits import CarveLimits, carve_limits
-from gateway.carving.store import RECEIVING, Carve, CarveRejected, CarveStore
 from gateway.node_cache import NodeIdentity
+from quarry.carve_store import RECEIVING, Carve, CarveRejected, CarveStore
 from quarry.settings import Settings
 
 log = logging.getLogger(__name__)

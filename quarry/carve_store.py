@@ -1,6 +1,9 @@
 """The local-disk carve store: one data file per carve, and a SQLite index of progress.
 
-Layout under the carve directory (default state_dir/carves):
+The gateway writes it (gateway/carving/sessions.py applies osquery's requests to it) and
+`quarry carve` reads it, so it lives below both, in the state layer
+(docs/adr/0008-file-carving.md). Layout under the carve directory (default
+state_dir/carves, or QUARRY_CARVE_DIR: quarry/state_directory.py):
 
     index.sqlite3        one row per carve session, one row per block received
     <session_id>.carve   the carve's bytes: each block is written at its own offset

@@ -1,9 +1,12 @@
-"""A local CA and server certificate, made on first start when none is configured.
+"""The gateway's certificate files: a local CA and server certificate, made on first start
+when none is configured.
 
 osquery always verifies the server (`--tls_server_certs`, no opt-out in release
 builds), so `make run` must hand it a CA it can pin. The files live under
-state_dir/tls/ and are reused on later starts; ECDSA P-256 keeps handshakes cheap and
-matches osquery's ECDHE-only cipher list.
+state_dir/tls/ (quarry/state_directory.py) and are reused on later starts; ECDSA P-256
+keeps handshakes cheap and matches osquery's ECDHE-only cipher list. They are key
+material of the state directory, used by the gateway (its TLS) and by the CLI (`quarry
+up`, `quarry flags`, `quarry tls client-cert`), so they live below both.
 
 The CA key is kept (ca.key, owner-only) so the same CA can issue client certificates:
 `issue_client_certificate` makes one for osquery's `--tls_client_cert` and
@@ -27,6 +30,8 @@ from quarry.certificate_authority import (
     signed_certificate,
 )
 from quarry.file_writes import write_atomically
+from quarry.settings import Settings
+from quarry.state_directory import gateway_tls_dir
 
 VALIDITY = datetime.timedelta(days=825)  # the longest server lifetime clients accept
 CA_KEY_NAME = "ca.key"
@@ -37,6 +42,13 @@ class TlsFiles:
     ca_cert: Path
     cert: Path
     key: Path
+
+
+def tls_files(settings: Settings) -> TlsFiles:
+    """The configured certificate, or the local CA's (created on first start)."""
+    if settings.tls_cert and settings.tls_key:
+        return TlsFiles(Path(settings.tls_ca), Path(settings.tls_cert), Path(settings.tls_key))
+    return ensure_certificates(gateway_tls_dir(settings), [settings.public_host])
 
 
 def ensure_certificates(tls_dir: Path, hostnames: list[str]) -> TlsFiles:
