@@ -1,8 +1,8 @@
 """The EnrollService gRPC servicer: translates messages and calls the rules.
 
 Enrollment is in enrollment.py, the nodes in node_admin.py, enroll secrets in
-secret_admin.py, admin tokens and the audit log in admin_token_service.py, the node
-change feed (WatchNodes) in node_feed.py.
+secret_admin.py, admin tokens in token_admin.py (their RPCs, with the audit log's, in
+admin_token_service.py), the node change feed (WatchNodes) in node_feed.py.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from enroll_service.node_identity import ClonePolicy
 from enroll_service.node_messages import certificate_from_json, node_message
 from enroll_service.secret_admin import NewSecret, SecretAdmin
 from enroll_service.store import NodeFilter, NodeStore
+from enroll_service.token_admin import TokenAdmin
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
 from quarry.change_log import ChangeLog
 from quarry.settings import Settings
@@ -33,6 +34,7 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
     def __init__(self, settings: Settings, store: NodeStore, tokens: AdminTokenStore) -> None:
         self._store = store
         self._tokens = tokens
+        self._token_admin = TokenAdmin(tokens)
         self._feed = NodeFeed(store)
         self._clones = CloneWatch(ClonePolicy.from_settings(settings), store)
         self._enrollment = Enrollment(settings, store, self.changes, self._clones)

@@ -286,14 +286,28 @@ class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler  # an unknown method: gRPC answers UNIMPLEMENTED itself
         method = handler_call_details.method
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_measured_unary(handler.unary_unary, method))
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_measured_stream(handler.unary_stream, method))
-        return handler
+        return _wrapped(
+            handler,
+            lambda behavior: _measured_unary(behavior, method),
+            lambda behavior: _measured_stream(behavior, method),
+        )
+
+
+Wrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _wrapped(
+    handler: grpc.RpcMethodHandler | None, unary: Wrapper, stream: Wrapper
+) -> grpc.RpcMethodHandler | None:
+    """The handler with its unary-unary or unary-stream behaviour wrapped."""
+    if handler is None:
+        return handler  # an unknown method: gRPC answers UNIMPLEMENTED itself
+    if handler.unary_unary is not None:
+        return handler._replace(unary_unary=unary(handler.unary_unary))
+    if handler.unary_stream is not None:
+        return handler._replace(unary_stream=stream(handler.unary_stream))
+    return handler
 
 
 def _measured_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
@@ -361,13 +375,7 @@ class RefusalInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_answering_unary(handler.unary_unary))
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_answering_stream(handler.unary_stream))
-        return handler
+        return _wrapped(handler, _answering_unary, _answering_stream)
 
 
 def _answering_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
@@ -537,17 +545,13 @@ class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method not in ADMIN_METHODS:
+        if method not in ADMIN_METHODS:
             return handler
-        if handler.unary_unary is not None:
-            return handler._replace(
-                unary_unary=_guarded_unary(handler.unary_unary, method, self._gate)
-            )
-        if handler.unary_stream is not None:
-            return handler._replace(
-                unary_stream=_guarded_stream(handler.unary_stream, method, self._gate)
-            )
-        return handler
+        return _wrapped(
+            handler,
+            lambda behavior: _guarded_unary(behavior, method, self._gate),
+            lambda behavior: _guarded_stream(behavior, method, self._gate),
+        )
 
 
 async def _admit_or_abort(
