@@ -10,7 +10,7 @@ from config_service.label_evaluator import LabelEvaluator
 from config_service.service import ConfigServicer
 from config_service.store import ConfigStore
 from protos.v1 import config_pb2_grpc
-from quarry.service_process import ServiceProcess, run_service
+from quarry.service_process import ServiceParts, run_service
 from quarry.settings import Settings
 from quarry.state_database import StateDatabase
 
@@ -24,11 +24,11 @@ def main(settings: Settings) -> None:
 
 async def serve(settings: Settings) -> None:
     await run_service(
-        settings, "config", settings.config_port, lambda database: _process(settings, database)
+        settings, "config", settings.config_port, lambda database: _parts(settings, database)
     )
 
 
-def _process(settings: Settings, database: StateDatabase) -> ServiceProcess:
+def _parts(settings: Settings, database: StateDatabase) -> ServiceParts:
     store = ConfigStore(database)
     directory = FleetDirectory(settings.service_addr("enroll"))
     servicer = ConfigServicer(store, directory)
@@ -41,7 +41,7 @@ def _process(settings: Settings, database: StateDatabase) -> ServiceProcess:
         forget_labels_except=servicer.forget_labels_except,
         leads=lambda: database.holds_lead(LABEL_EVALUATION_LOCK_KEY),
     )
-    return ServiceProcess(
+    return ServiceParts(
         register=lambda s: config_pb2_grpc.add_ConfigServiceServicer_to_server(servicer, s),
         changes=servicer.changes,
         close_watches=servicer.close_watches,

@@ -10,7 +10,7 @@ from distributed_service.node_directory import NodeDirectory
 from distributed_service.service import DistributedServicer
 from distributed_service.store import CampaignStore
 from protos.v1 import distributed_pb2_grpc
-from quarry.service_process import ServiceProcess, run_service
+from quarry.service_process import ServiceParts, run_service
 from quarry.settings import Settings
 from quarry.state_database import StateDatabase
 
@@ -24,16 +24,16 @@ async def serve(settings: Settings) -> None:
         settings,
         "distributed",
         settings.distributed_port,
-        lambda database: _process(settings, database),
+        lambda database: _parts(settings, database),
     )
 
 
-def _process(settings: Settings, database: StateDatabase) -> ServiceProcess:
+def _parts(settings: Settings, database: StateDatabase) -> ServiceParts:
     nodes = NodeDirectory(settings.service_addr("enroll"), settings.service_addr("config"))
     servicer = DistributedServicer(
         CampaignStore(database), nodes, default_ttl_s=settings.live_query_ttl_s
     )
-    return ServiceProcess(
+    return ServiceParts(
         register=lambda s: distributed_pb2_grpc.add_DistributedServiceServicer_to_server(
             servicer, s
         ),

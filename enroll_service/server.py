@@ -15,7 +15,7 @@ from enroll_service.service import EnrollServicer
 from enroll_service.shared_secret import ensure_secret_file
 from enroll_service.store import NodeStore
 from protos.v1 import enroll_pb2_grpc
-from quarry.service_process import ServiceProcess, run_service
+from quarry.service_process import ServiceParts, run_service
 from quarry.settings import Settings
 from quarry.state_database import StateDatabase
 
@@ -36,15 +36,15 @@ async def serve(settings: Settings) -> None:
     if not settings.enroll_secret:
         log.info("enroll secret read from %s", secret_path)
     await run_service(
-        settings, "enroll", settings.enroll_port, lambda database: _process(settings, database)
+        settings, "enroll", settings.enroll_port, lambda database: _parts(settings, database)
     )
 
 
-def _process(settings: Settings, database: StateDatabase) -> ServiceProcess:
+def _parts(settings: Settings, database: StateDatabase) -> ServiceParts:
     tokens = AdminTokenStore(database)
     bootstrap_root_token(settings, tokens)
     servicer = EnrollServicer(settings, NodeStore(database), tokens)
-    return ServiceProcess(
+    return ServiceParts(
         register=lambda s: enroll_pb2_grpc.add_EnrollServiceServicer_to_server(servicer, s),
         changes=servicer.changes,
         close_watches=servicer.close_watches,

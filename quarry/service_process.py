@@ -3,7 +3,7 @@
 Each of them runs the same process: its /metrics endpoint, its database (opened and
 migrated), the relay of its change outbox (quarry/change_log.py), its gRPC server (health,
 metrics and admin interceptors: quarry/grpc_runtime.py), its own background loops, then,
-once signalled, an orderly stop. A service says only what it runs, as a ServiceProcess
+once signalled, an orderly stop. A service says only what it runs, as a ServiceParts
 built from its open database.
 """
 
@@ -33,7 +33,7 @@ SHUTDOWN_GRACE_S = 1.0
 
 
 @dataclass(frozen=True)
-class ServiceProcess:
+class ServiceParts:
     """What one service runs besides the plumbing every service shares."""
 
     # Adds the service's servicer to the gRPC server.
@@ -56,31 +56,31 @@ async def run_service(
     settings: Settings,
     name: str,
     port: int,
-    build: Callable[[StateDatabase], ServiceProcess],
+    build: Callable[[StateDatabase], ServiceParts],
 ) -> None:
     """Run service `name` on port until signalled, then stop it in order."""
     start_metrics_endpoint(settings, name)
     database = open_service_database(settings, name)
-    process = build(database)
-    process.changes.start_position()
-    tasks = [asyncio.create_task(process.changes.relay_forever())]
+    parts = build(database)
+    parts.changes.start_position()
+    tasks = [asyncio.create_task(parts.changes.relay_forever())]
     server = await serve_grpc(
         f"{settings.bind_host}:{port}",
-        process.register,
+        parts.register,
         name,
-        token_authority=process.token_authority,
+        token_authority=parts.token_authority,
     )
-    tasks += [asyncio.create_task(loop()) for loop in process.loops]
+    tasks += [asyncio.create_task(loop()) for loop in parts.loops]
     await until_signalled()
     log.info("shutting down")
     for task in reversed(tasks):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    process.close_watches()
-    for finish in process.finish:
+    parts.close_watches()
+    for finish in parts.finish:
         await finish()
     await server.stop(SHUTDOWN_GRACE_S)
-    for close in process.close:
+    for close in parts.close:
         await close()
     database.close()
