@@ -1,28 +1,21 @@
-"""Process entry point of the config service: metrics, gRPC, the label loop, until signalled."""
+"""Process entry point of the config service: its parts and the label loop, run by
+quarry/service_process.py."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 
 from config_service.fleet_directory import FleetDirectory
 from config_service.label_evaluator import LabelEvaluator
 from config_service.service import ConfigServicer
 from config_service.store import SERVICE_SCHEMA, ConfigStore
 from protos.v1 import config_pb2_grpc
-from quarry.grpc_runtime import serve_grpc
-from quarry.metrics_endpoint import start_metrics_endpoint
-from quarry.service_database import open_service_database
+from quarry.service_process import ServiceParts, run_service
 from quarry.settings import Settings
-from quarry.shutdown import until_signalled
-
-log = logging.getLogger(__name__)
+from quarry.state_database import StateDatabase
 
 # Replicas on PostgreSQL: the one holding this lock evaluates the labels.
 LABEL_EVALUATION_LOCK_KEY = 0x717561727279_12
-# In-flight calls get this long to finish on shutdown.
-SHUTDOWN_GRACE_S = 1.0
 
 
 def main(settings: Settings) -> None:
@@ -30,13 +23,15 @@ def main(settings: Settings) -> None:
 
 
 async def serve(settings: Settings) -> None:
-    start_metrics_endpoint(settings, "config")
-    database = open_service_database(settings, SERVICE_SCHEMA)
+    await run_service(
+        settings, SERVICE_SCHEMA, settings.config_port, lambda database: _parts(settings, database)
+    )
+
+
+def _parts(settings: Settings, database: StateDatabase) -> ServiceParts:
     store = ConfigStore(database)
     directory = FleetDirectory(settings.service_addr("enroll"))
     servicer = ConfigServicer(store, directory)
-    servicer.changes.start_position()
-    relay = asyncio.create_task(servicer.changes.relay_forever())
     labels = LabelEvaluator(
         store,
         directory,
@@ -46,20 +41,10 @@ async def serve(settings: Settings) -> None:
         forget_labels_except=servicer.forget_labels_except,
         leads=lambda: database.holds_lead(LABEL_EVALUATION_LOCK_KEY),
     )
-    server = await serve_grpc(
-        f"{settings.bind_host}:{settings.config_port}",
-        lambda s: config_pb2_grpc.add_ConfigServiceServicer_to_server(servicer, s),
-        "config",
+    return ServiceParts(
+        register=lambda s: config_pb2_grpc.add_ConfigServiceServicer_to_server(servicer, s),
+        changes=servicer.changes,
+        close_watches=servicer.close_watches,
+        loops=[labels.run],
+        close=[labels.close, directory.close],
     )
-    label_loop = asyncio.create_task(labels.run())
-    await until_signalled()
-    log.info("shutting down")
-    for task in (label_loop, relay):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    servicer.close_watches()
-    await server.stop(SHUTDOWN_GRACE_S)
-    await labels.close()
-    await directory.close()
-    database.close()

@@ -144,7 +144,10 @@ def serving_caller(principal: Principal) -> Iterator[None]:
 
 
 class Refused(Exception):
-    """A call turned away before it ran: the gRPC code and a one-line reason."""
+    """A call turned away: the gRPC code and a one-line reason.
+
+    Raised by the admin gate before a call runs, and by a service's rules while it runs
+    (every server answers those with the code: quarry/grpc_runtime.py)."""
 
     def __init__(
         self, code: grpc.StatusCode, message: str, principal: Principal | None = None

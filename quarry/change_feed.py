@@ -4,16 +4,18 @@ Services push every state change (a node enrolled, a config version, a live quer
 opened) to a ChangeFeed; each gRPC server-streaming Watch call subscribes, sends its
 snapshot, then relays what the feed delivers. Subscribing *before* reading the
 snapshot means no change can fall between the two; events must therefore be
-idempotent for the receiver (an upsert seen twice is harmless).
+idempotent for the receiver (an upsert seen twice is harmless). `watch` is that
+stream, written once for every service's Watch RPC.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import contextmanager
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -61,6 +63,30 @@ class ChangeFeed(Generic[T]):
             yield _drain(queue)
         finally:
             self._queues.discard(queue)
+
+
+class OpenStreams(Protocol):
+    """A gauge of the open watch streams (prometheus_client's Gauge)."""
+
+    def track_inprogress(self) -> contextlib.AbstractContextManager[object]: ...
+
+
+async def watch(
+    feed: ChangeFeed[T],
+    snapshot: Callable[[], Iterable[T]],
+    open_streams: OpenStreams | None = None,
+) -> AsyncIterator[T]:
+    """A Watch RPC's messages: every event of snapshot(), then each change the feed
+    delivers, until the feed closes (or the caller goes away).
+
+    It subscribes before calling snapshot(), so no change can fall between the two.
+    open_streams counts the stream as open for as long as it lasts."""
+    counted = open_streams.track_inprogress() if open_streams else contextlib.nullcontext()
+    with counted, feed.subscribe() as live:
+        for event in snapshot():
+            yield event
+        async for event in live:
+            yield event
 
 
 class _Signal(enum.Enum):

@@ -1,5 +1,8 @@
 """gRPC plumbing shared by the services and their clients: servers, channels, retries.
 
+Every server answers a Refused (quarry/admin_auth.py) raised by a servicer or the rules
+it calls with that exception's status code and message, so the rules need no gRPC context.
+
 Every server and every async channel made here is measured by an interceptor: calls by
 method and status code, latency per method, and calls in flight (open watch streams
 included), as quarry_grpc_server_* and quarry_grpc_client_* metrics. The method is the
@@ -150,7 +153,9 @@ async def serve_grpc(
     gate = AdminGate(token_authority, name, service_token(settings))
     server = grpc.aio.server(
         options=SERVER_OPTIONS,
-        interceptors=[ServerMetricsInterceptor(), AdminAuthInterceptor(gate)],
+        # The first is outermost: the refusal is an aborted call by the time the others
+        # see its end, so metrics and the audit log record its status code.
+        interceptors=[ServerMetricsInterceptor(), AdminAuthInterceptor(gate), RefusalInterceptor()],
     )
     register(server)
     add_health_service(server)
@@ -281,14 +286,28 @@ class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler  # an unknown method: gRPC answers UNIMPLEMENTED itself
         method = handler_call_details.method
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_measured_unary(handler.unary_unary, method))
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_measured_stream(handler.unary_stream, method))
-        return handler
+        return _wrapped(
+            handler,
+            lambda behavior: _measured_unary(behavior, method),
+            lambda behavior: _measured_stream(behavior, method),
+        )
+
+
+Wrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _wrapped(
+    handler: grpc.RpcMethodHandler | None, unary: Wrapper, stream: Wrapper
+) -> grpc.RpcMethodHandler | None:
+    """The handler with its unary-unary or unary-stream behaviour wrapped."""
+    if handler is None:
+        return handler  # an unknown method: gRPC answers UNIMPLEMENTED itself
+    if handler.unary_unary is not None:
+        return handler._replace(unary_unary=unary(handler.unary_unary))
+    if handler.unary_stream is not None:
+        return handler._replace(unary_stream=stream(handler.unary_stream))
+    return handler
 
 
 def _measured_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
@@ -345,6 +364,44 @@ def _servicer_code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) 
     if isinstance(code, int):  # some grpcio versions hand back the number
         return next((c for c in grpc.StatusCode if c.value[0] == code), default)
     return default
+
+
+class RefusalInterceptor(grpc.aio.ServerInterceptor):
+    """Answers a Refused raised while a handler runs with its status code and message."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        return _wrapped(handler, _answering_unary, _answering_stream)
+
+
+def _answering_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def answering(request: object, context: grpc.aio.ServicerContext) -> object:
+        try:
+            response = behavior(request, context)
+            if inspect.isawaitable(response):
+                response = await response
+            return response
+        except Refused as refused:
+            await context.abort(refused.code, refused.message)
+
+    return answering
+
+
+def _answering_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def answering(
+        request: object, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[object]:
+        try:
+            async for message in behavior(request, context):
+                yield message
+        except Refused as refused:
+            await context.abort(refused.code, refused.message)
+
+    return answering
 
 
 # --- client side ----------------------------------------------------------------------
@@ -488,17 +545,13 @@ class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method not in ADMIN_METHODS:
+        if method not in ADMIN_METHODS:
             return handler
-        if handler.unary_unary is not None:
-            return handler._replace(
-                unary_unary=_guarded_unary(handler.unary_unary, method, self._gate)
-            )
-        if handler.unary_stream is not None:
-            return handler._replace(
-                unary_stream=_guarded_stream(handler.unary_stream, method, self._gate)
-            )
-        return handler
+        return _wrapped(
+            handler,
+            lambda behavior: _guarded_unary(behavior, method, self._gate),
+            lambda behavior: _guarded_stream(behavior, method, self._gate),
+        )
 
 
 async def _admit_or_abort(

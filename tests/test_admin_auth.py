@@ -244,3 +244,43 @@ def test_the_hot_path_needs_no_token(cluster: QuarryCluster) -> None:
     assert key and config is not None
     hosts = [n["host_identifier"] for n in cluster.cli_json("node", "list")]
     assert profile.hardware_uuid.lower() in hosts
+
+
+# (command, method, service, status code, what the error says)
+REFUSED_CALLS = [
+    (
+        ("node", "approve", "no-such-node"),
+        "ApproveNode",
+        "enroll",
+        "NOT_FOUND",
+        "no node with id, node key or host identifier 'no-such-node'",
+    ),
+    (
+        ("config", "rollout", "promote"),
+        "PromoteRollout",
+        "config",
+        "FAILED_PRECONDITION",
+        "no rollout in progress",
+    ),
+    (
+        ("query", "cancel", "q_no_such_campaign"),
+        "CancelCampaign",
+        "distributed",
+        "NOT_FOUND",
+        "no campaign with id 'q_no_such_campaign'",
+    ),
+]
+
+
+def test_a_call_each_service_refuses_is_answered_and_audited_with_its_code(
+    cluster: QuarryCluster,
+) -> None:
+    for command, _, _, _, message in REFUSED_CALLS:
+        refused = cluster.cli(*command, check=False)
+        assert refused.returncode == 1 and message in refused.stderr, refused
+    outcomes = {
+        (e["method"].rsplit("/", 1)[-1], e["service"]): e["outcome"]
+        for e in audit(cluster, "--token", "root")
+    }
+    for _, method, service, code, _ in REFUSED_CALLS:
+        assert outcomes.get((method, service)) == code, (method, outcomes)

@@ -1,0 +1,140 @@
+"""The nodes, one at a time: the gateways' key lookups and check-ins, and the admin's
+list, show, approve, reject and revoke (docs/enrollment.md).
+
+An approval or revocation is announced on the node feed in the transaction that makes it,
+so every gateway serves or refuses the node at once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from enroll_service import metrics
+from enroll_service.clone_watch import CloneWatch
+from enroll_service.node_feed import FEED, Event
+from enroll_service.node_messages import node_message
+from enroll_service.store import STATUS_CONDITIONS, NodeFilter, NodeRecord, NodeStore
+from quarry.admin_auth import Refused
+from quarry.change_log import ChangeLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What ShowNode tells of one node."""
+
+    record: NodeRecord
+    host_details_json: str
+    certificate_json: str
+    recent_enrollments: int
+    suspected_clone: bool
+
+
+class NodeAdmin:
+    def __init__(self, store: NodeStore, changes: ChangeLog, clones: CloneWatch) -> None:
+        self._store = store
+        self._changes = changes
+        self._clones = clones
+
+    def by_key(self, node_key: str) -> NodeRecord | None:
+        """The node holding this key, compared in constant time; None if none or revoked."""
+        record = self._store.by_key(node_key) if node_key else None
+        if (
+            record is None
+            or record.revoked
+            or not hmac.compare_digest(record.node_key.encode(), node_key.encode())
+        ):
+            metrics.NODE_LOOKUPS.labels("not_found").inc()
+            return None
+        metrics.NODE_LOOKUPS.labels("found").inc()
+        return record
+
+    def record_checkins(self, seen: Sequence[tuple[str, int]]) -> int:
+        recorded = self._store.record_checkins(seen)
+        metrics.CHECKINS.inc(len(seen))
+        return recorded
+
+    def list(self, node_filter: NodeFilter, suspected_clones: bool) -> list[NodeRecord]:
+        if node_filter.status and node_filter.status not in STATUS_CONDITIONS:
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"status must be one of {', '.join(STATUS_CONDITIONS)}; got {node_filter.status!r}",
+            )
+        records = self._store.list_nodes(node_filter)
+        if suspected_clones:
+            suspected = self._clones.suspected_identities()
+            records = [record for record in records if record.identity in suspected]
+        return records
+
+    def show(self, ref: str) -> NodeView:
+        record = self.named(ref)
+        history = self._clones.history(record.identity, int(time.time()))
+        details_json, certificate_json = self._store.host_details(record.node_id)
+        return NodeView(
+            record,
+            details_json,
+            certificate_json,
+            recent_enrollments=history.count,
+            suspected_clone=self._clones.policy.suspected_clone(history),
+        )
+
+    async def approve(self, ref: str) -> NodeRecord:
+        record = self.named(ref)
+        if record.revoked:
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"node {record.node_id} is revoked; it must enroll again to be approved",
+            )
+        if not record.pending:
+            return record
+        with self._changes.recording() as announce:
+            approved = self._store.approve(record.node_id, int(time.time()))
+            node = node_message(approved)
+            announce(FEED, Event(kind=Event.UPSERT, node=node, revision=approved.revision))
+        await self._changes.settled()
+        log.info("node %s (%r) approved", approved.node_id, approved.host_identifier)
+        return approved
+
+    async def reject(self, ref: str) -> NodeRecord:
+        record = self.named(ref)
+        if record.revoked:
+            return record
+        if not record.pending:
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"node {record.node_id} is not pending approval; revoke it instead",
+            )
+        return await self._revoke(record, "rejected")
+
+    async def revoke(self, ref: str) -> NodeRecord:
+        return await self._revoke(self.named(ref), "revoked")
+
+    async def _revoke(self, record: NodeRecord, verb: str) -> NodeRecord:
+        with self._changes.recording() as announce:
+            revoked = self._store.revoke(record.node_id)
+            node = node_message(revoked)
+            announce(FEED, Event(kind=Event.REMOVE, node=node, revision=revoked.revision))
+        await self._changes.settled()
+        metrics.REVOCATIONS.inc()
+        metrics.VALID_NODES.set(self._store.valid_count)
+        log.info("node %s (%r) %s", revoked.node_id, revoked.host_identifier, verb)
+        return revoked
+
+    def named(self, ref: str) -> NodeRecord:
+        """The node with this id, node key or host identifier."""
+        if not ref:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "name a node")
+        record = self._store.find(ref)
+        if record is None:
+            raise Refused(
+                grpc.StatusCode.NOT_FOUND,
+                f"no node with id, node key or host identifier {ref!r}",
+            )
+        return record
