@@ -10,7 +10,7 @@ connections", has the measurements). What one idle connection holds:
   until the connection closes (only the pages a read touched are resident), two memory
   BIOs and a few objects;
 - uvicorn's HTTP protocol object, which also keeps the last request's scope (its headers,
-  Starlette's routing entries), its request/response cycle and that cycle's event.
+  and what the app adds to it), its request/response cycle and that cycle's event.
 
 Two things here cut what is ours to cut:
 
