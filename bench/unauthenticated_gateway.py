@@ -21,12 +21,11 @@ import os
 from typing import Any
 
 import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
 
 from gateway import app as gateway_app
 from gateway import osquery_api
 from gateway import server as gateway_server
+from gateway.asgi import GatewayApp, Request
 from gateway.gateway_state import GatewayState
 from gateway.node_cache import NodeIdentity
 from quarry.process_logging import setup_logging
@@ -60,7 +59,7 @@ def skip_authentication(node: NodeIdentity):
     return authenticate
 
 
-def create_app() -> Starlette:
+def create_app() -> GatewayApp:
     """uvicorn's factory, run in every worker: patch, then build the gateway's own app."""
     osquery_api.authenticate = skip_authentication(fixed_node())
     return gateway_app.create_app()

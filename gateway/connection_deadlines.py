@@ -7,6 +7,10 @@ a time (slowloris). `HeadDeadlineProtocol` is the gateway's HTTP protocol class
 when a request begins, cancelled once its headers are complete; when it fires the
 connection is closed. The body has its own deadline, in gateway/request_body.py.
 
+Nearly every osquery request arrives with its whole head in one read, so the timer of a
+request is armed only when a read ends with the head still incomplete: a request whose
+head came at once costs no timer (docs/performance.md, "The gateway's cost per request").
+
 The callbacks are those of uvicorn's httptools protocol, the one uvicorn picks when
 httptools is installed (a Quarry dependency through uvicorn[standard]).
 """
@@ -30,21 +34,30 @@ def head_timeout_s() -> float:
 
 
 class HeadDeadlineProtocol(ClientCertificateProtocol):
-    __slots__ = ("_head_deadline",)  # no instance dictionary (gateway/idle_connections.py)
+    # No instance dictionary (gateway/idle_connections.py).
+    __slots__ = ("_head_deadline", "_head_pending")
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self._head_deadline: asyncio.TimerHandle | None = None
+        self._head_pending = False  # a request began and its headers are not complete
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_head_deadline()
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head_pending and self._head_deadline is None:
+            self._arm_head_deadline()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm_head_deadline()
+        self._cancel_head_deadline()  # the connection's: the request's own starts now
+        self._head_pending = True
 
     def on_headers_complete(self) -> None:
+        self._head_pending = False
         self._cancel_head_deadline()
         super().on_headers_complete()
 

@@ -10,7 +10,7 @@ connections", has the measurements). What one idle connection holds:
   until the connection closes (only the pages a read touched are resident), two memory
   BIOs and a few objects;
 - uvicorn's HTTP protocol object, which also keeps the last request's scope (its headers,
-  Starlette's routing entries), its request/response cycle and that cycle's event.
+  and what the app adds to it), its request/response cycle and that cycle's event.
 
 Two things here cut what is ours to cut:
 
@@ -21,6 +21,11 @@ sharing its keys with the class's other instances and costs 1.5 KB of its own); 
 keeps pipelined requests and flow-control waiters in lists rather than deques (a deque
 costs about 600 bytes even when empty; pipelining is rare, and a connection's writer
 waits alone).
+
+The same protocol also writes each answer in one piece (`OneWriteCycle`): uvicorn writes
+a response's head when the app starts it and its body when the app sends it, which over
+TLS is two records and two send(2) calls per answer; held back and written with the
+body, the head costs neither (docs/performance.md, "The gateway's cost per request").
 
 `map_large_buffers_separately` pins glibc's mmap threshold at 256 KiB. By default glibc
 raises that threshold the first time such a block is freed, after which every
@@ -35,8 +40,9 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,53 @@ class _Pipeline(list):
         self.insert(0, item)
 
 
+class _HeldHead:
+    """Stands in for the transport while uvicorn writes a response's head."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+class OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle, writing the head of a response with its body.
+
+    uvicorn's own `send` still does all the work (headers checked, keep-alive, lengths);
+    only its write of the head is held until the body comes. A body of known length goes
+    out in the same write; a chunked body, or none (HEAD), after the head as before.
+    """
+
+    held_head = b""
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start" and not self.response_started:
+            transport, held = self.transport, _HeldHead()
+            self.transport = held  # type: ignore[assignment]
+            try:
+                await super().send(message)
+            finally:
+                self.transport = transport
+            self.held_head = held.data
+            return
+        head, self.held_head = self.held_head, b""
+        if head:
+            if (
+                message["type"] == "http.response.body"
+                and self.chunked_encoding is False
+                and self.scope["method"] != "HEAD"
+            ):
+                # Counted like the body, so uvicorn's length checks stay exact.
+                self.expected_content_length += len(head)
+                message = {**message, "body": head + message.get("body", b"")}
+            elif not self.disconnected:
+                self.transport.write(head)
+        await super().send(message)
+
+
 class LeanHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, keeping no per-request state while idle."""
 
@@ -89,6 +142,13 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         # asyncio.Event's waiters: append, iterate, remove; a list does all three.
         self.flow._is_writable_event._waiters = []  # type: ignore[attr-defined]
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        # The cycle uvicorn just made (its task has not run yet); not a finished one kept
+        # by an upgrade request, which returns early.
+        if type(self.cycle) is RequestResponseCycle:
+            self.cycle.__class__ = OneWriteCycle
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -20,11 +20,9 @@ from collections.abc import Awaitable, Callable
 import grpc
 import orjson
 from prometheus_client import Counter
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from gateway import client_certificates, metrics
+from gateway.asgi import Answer, Endpoint, Request
 from gateway.carving.limits import carve_limits
 from gateway.carving.sessions import carving_for
 from gateway.gateway_state import GatewayState
@@ -59,11 +57,9 @@ class Refusal(Exception):
         self.outcome, self.body, self.status = outcome, body, status
 
 
-def json_response(body: dict | bytes, status: int = 200, close: bool = False) -> Response:
+def json_response(body: dict | bytes, status: int = 200, close: bool = False) -> Answer:
     """A JSON answer; `close` ends the connection after it (the rest of the body is unread)."""
-    content = body if isinstance(body, bytes) else orjson.dumps(body)
-    headers = {"connection": "close"} if close else None
-    return Response(content, status_code=status, headers=headers, media_type="application/json")
+    return Answer(body if isinstance(body, bytes) else orjson.dumps(body), status, close)
 
 
 def error(message: str, status: int = 500) -> Refusal:
@@ -73,7 +69,7 @@ def error(message: str, status: int = 500) -> Refusal:
 # --- enroll ---------------------------------------------------------------------------
 
 
-async def enroll(request: Request, state: GatewayState, body: dict) -> Response:
+async def enroll(request: Request, state: GatewayState, body: dict) -> Answer:
     key_name = state.settings.enroll_secret_key
     secret = body.get(key_name)
     if not isinstance(secret, str) or not secret:
@@ -90,7 +86,7 @@ async def enroll(request: Request, state: GatewayState, body: dict) -> Response:
                 host_identifier=_text(body.get("host_identifier")),
                 platform_type=_text(body.get("platform_type")),
                 host_details_json=orjson.dumps(details).decode() if details else "",
-                remote_addr=request.client.host if request.client else "",
+                remote_addr=request.client[0] if request.client else "",
                 client_certificate=_client_certificate(request),
             )
         )
@@ -131,7 +127,7 @@ def _client_certificate(request: Request) -> enroll_pb2.ClientCertificate | None
 # --- config ---------------------------------------------------------------------------
 
 
-async def config(request: Request, state: GatewayState, body: dict) -> Response:
+async def config(request: Request, state: GatewayState, body: dict) -> Answer:
     """The node's own config: composed for its group (platform, tags, labels) from memory."""
     node = await authenticate(request, state, body)
     if node.pending:
@@ -147,7 +143,7 @@ async def config(request: Request, state: GatewayState, body: dict) -> Response:
 # --- logger ---------------------------------------------------------------------------
 
 
-async def log_batch(request: Request, state: GatewayState, body: dict) -> Response:
+async def log_batch(request: Request, state: GatewayState, body: dict) -> Answer:
     node = await authenticate(request, state, body)
     log_type = body.get("log_type")
     kind = LOG_KINDS.get(log_type) if isinstance(log_type, str) else None
@@ -201,7 +197,7 @@ async def store_logs(
 # --- distributed ----------------------------------------------------------------------
 
 
-async def distributed_read(request: Request, state: GatewayState, body: dict) -> Response:
+async def distributed_read(request: Request, state: GatewayState, body: dict) -> Answer:
     """The node's pending live queries (and their discovery gates), from memory.
 
     `accelerate` makes osquery read again within seconds while it has work, so answers
@@ -223,7 +219,7 @@ async def distributed_read(request: Request, state: GatewayState, body: dict) ->
     return json_response(answer)
 
 
-async def distributed_write(request: Request, state: GatewayState, body: dict) -> Response:
+async def distributed_write(request: Request, state: GatewayState, body: dict) -> Answer:
     node = await authenticate(request, state, body)
     rows_by_campaign = _rows_by_campaign(body)
     answers = [
@@ -321,7 +317,7 @@ def _answer(body: dict, node: NodeIdentity, campaign_id: str, rows: int) -> dist
 # --- carving (issue 11) ----------------------------------------------------------------
 
 
-async def carve_begin(request: Request, state: GatewayState, body: dict) -> Response:
+async def carve_begin(request: Request, state: GatewayState, body: dict) -> Answer:
     """Open a carve session; osquery reads only `session_id` (no session: the carve fails)."""
     node = await authenticate(request, state, body)
     if node.pending:
@@ -333,7 +329,7 @@ async def carve_begin(request: Request, state: GatewayState, body: dict) -> Resp
     return json_response({"session_id": carve.session_id})
 
 
-async def carve_block(request: Request, state: GatewayState, body: dict) -> Response:
+async def carve_block(request: Request, state: GatewayState, body: dict) -> Answer:
     """Store one block; the session id is its credential (the body has no node key).
 
     osquery ignores this answer's content, so an error here is for people reading logs
@@ -374,7 +370,7 @@ async def authenticate(request: Request, state: GatewayState, body: dict) -> Nod
     return node
 
 
-Handler = Callable[[Request, GatewayState, dict], Awaitable[Response]]
+Handler = Callable[[Request, GatewayState, dict], Awaitable[Answer]]
 # The most bytes an endpoint's body may have on the wire, from the settings.
 BodyLimit = Callable[[Settings], int]
 
@@ -394,9 +390,7 @@ def default_body_limit(settings: Settings) -> int:
     return settings.request_max_bytes_log
 
 
-def endpoint(
-    name: str, handler: Handler, body_limit: BodyLimit | None = None
-) -> Callable[[Request], Awaitable[Response]]:
+def endpoint(name: str, handler: Handler, body_limit: BodyLimit | None = None) -> Endpoint:
     """Wrap a handler: read the body within limits, turn refusals into JSON, count and time it.
 
     `body_limit` defaults to BODY_LIMITS[name], else default_body_limit.
@@ -417,9 +411,9 @@ def endpoint(
             state.body_limits[name] = limits
         return limits
 
-    async def serve(request: Request) -> Response:
+    async def serve(request: Request) -> Answer:
         started = time.perf_counter()
-        state: GatewayState = request.app.state.gateway
+        state: GatewayState = request.state
         outcome = "ok"
         try:
             response = await _handle(request, state, handler, limits_for(state))
@@ -449,7 +443,7 @@ def endpoint(
 
 async def _handle(
     request: Request, state: GatewayState, handler: Handler, limits: BodyLimits
-) -> Response:
+) -> Answer:
     body = await read_json_object(request, limits)
     try:
         return await handler(request, state, body)
@@ -483,12 +477,13 @@ ENDPOINTS: dict[str, tuple[Handler, tuple[str, ...]]] = {
 }
 
 
-def routes() -> list[Route]:
-    return [
-        Route(path, endpoint(name, handler), methods=["POST", "GET"])
+def routes() -> dict[str, Endpoint]:
+    """Each path osquery may call, and its endpoint (GET and POST: osquery sends POST)."""
+    return {
+        path: endpoint(name, handler)
         for name, (handler, paths) in ENDPOINTS.items()
         for path in paths
-    ]
+    }
 
 
 def _dict(value: object) -> dict:

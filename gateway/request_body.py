@@ -24,8 +24,8 @@ import zlib
 from dataclasses import dataclass
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
 
+from gateway.asgi import Request
 from quarry.settings import Settings
 
 # Refusal reasons: the label values of quarry_gateway_refused_requests_total.
@@ -133,25 +133,38 @@ async def read_body(request: Request, limits: BodyLimits) -> bytes:
     if _declared_length(request) > limits.max_bytes:
         raise _too_large(limits.max_bytes)
     inflater = GzipInflater(limits.max_decompressed_bytes) if encoding == "gzip" else None
+    if body_received(request):
+        # No deadline to arm (see body_received): one message holds the whole body.
+        raw, _ = await _next_piece(request, limits, 0)
+        return inflater.feed(raw) + inflater.finish() if inflater else raw
     parts: list[bytes] = []
     received = 0
-    deadline = None if body_received(request) else limits.timeout_s
     try:
-        async with asyncio.timeout(deadline):
-            async for chunk in request.stream():
+        async with asyncio.timeout(limits.timeout_s):
+            more = True
+            while more:
+                chunk, more = await _next_piece(request, limits, received)
                 received += len(chunk)
-                if received > limits.max_bytes:
-                    raise _too_large(limits.max_bytes)
                 parts.append(inflater.feed(chunk) if inflater else chunk)
     except TimeoutError:
         raise BadRequest(
             f"request body not received within {limits.timeout_s:g} s", BODY_TIMEOUT, 408, True
         ) from None
-    except ClientDisconnect:
-        raise BadRequest("client disconnected mid-body", DISCONNECTED, 400, True) from None
     if inflater:
         parts.append(inflater.finish())
     return b"".join(parts)
+
+
+async def _next_piece(request: Request, limits: BodyLimits, received: int) -> tuple[bytes, bool]:
+    """The next piece of the body from ASGI's receive, counted against the limit; whether
+    more follows."""
+    message = await request.receive()
+    if message["type"] == "http.disconnect":
+        raise BadRequest("client disconnected mid-body", DISCONNECTED, 400, True)
+    chunk: bytes = message.get("body", b"")
+    if received + len(chunk) > limits.max_bytes:
+        raise _too_large(limits.max_bytes)
+    return chunk, message.get("more_body", False)
 
 
 def body_received(request: Request) -> bool:
