@@ -12,6 +12,15 @@ handshake under way and every later one then switch to the newest context, so a
 renewed certificate is served from the next connection on; open connections keep
 theirs. A reload that fails (a half-written file, a key that does not match) keeps
 the previous certificate and is logged once per change of the files.
+
+No TLS 1.3 session tickets: osquery makes a new OpenSSL context for every connection
+(`Client::encryptConnection`, osquery/remote/http_client.cpp) and never offers a session
+back, so a ticket is never used. Each one costs the server a random nonce, an HMAC and an
+encryption of the session, the client a decryption and a parse, and both a record on the
+wire: about a sixth of the server's OpenSSL work per handshake (docs/performance.md,
+"Enrollment storms"). A client that does resume just makes a full handshake. TLS 1.2
+tickets stay as OpenSSL has them: turning them off would make OpenSSL keep every TLS 1.2
+session in its server-side cache instead.
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ def server_context(policy: TlsPolicy) -> ssl.SSLContext:
     # No renegotiation, no compression (OpenSSL 3 defaults, stated for the reader).
     context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
     context.load_cert_chain(policy.cert, policy.key)
+    context.num_tickets = 0  # TLS 1.3: osquery never resumes (module docstring)
     if policy.client_ca:
         context.load_verify_locations(cafile=policy.client_ca)
         context.verify_mode = (

@@ -1,7 +1,9 @@
 """The gateway's TLS policy, checked with real handshakes against a real gateway process.
 
 TLS 1.0 and 1.1 are refused, 1.2 and 1.3 accepted; TLS 1.2 suites outside osquery's
-cipher list are refused. The certificate files are then replaced by a certificate
+cipher list are refused, and osquery's own client settings handshake at both versions.
+The gateway issues no TLS 1.3 session tickets (osquery never resumes a session). The
+certificate files are then replaced by a certificate
 from a new CA: new connections get it without a restart, while a connection opened
 before keeps working. A certificate that does not match its key is not loaded.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from gateway.tls_bootstrap import TlsFiles, ensure_certificates
+from tests.emulator.http_client import osquery_ssl_context
 from tests.free_ports import free_port_base
 from tests.polling import eventually
 from tests.service_processes import ServiceProcess
@@ -132,6 +135,32 @@ def test_tls_1_2_suites_outside_osquerys_list_are_refused(gateway: Gateway) -> N
     assert handshake(gateway, client_context(ca, tls12, "ECDHE-ECDSA-AES256-GCM-SHA384")) == (
         "TLSv1.2"
     )
+
+
+@pytest.mark.parametrize("maximum", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_osquerys_client_settings_handshake(gateway: Gateway, maximum: ssl.TLSVersion) -> None:
+    context = osquery_ssl_context(gateway.first.ca_cert)  # osquery's cipher list, TLS 1.2+
+    context.maximum_version = maximum
+    with (
+        socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock,
+        context.wrap_socket(sock, server_hostname="localhost") as tls,
+    ):
+        assert healthz(tls).startswith(b"HTTP/1.1 ")  # no services here: 503 is an answer
+        assert tls.version() == ("TLSv1.3" if maximum == ssl.TLSVersion.TLSv1_3 else "TLSv1.2")
+        assert tls.cipher()[0] in ("TLS_AES_256_GCM_SHA384", "ECDHE-ECDSA-AES256-GCM-SHA384")
+
+
+def test_no_tls_1_3_session_tickets(gateway: Gateway) -> None:
+    context = client_context(gateway.first.ca_cert, ssl.TLSVersion.TLSv1_3)
+    with (
+        socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock,
+        context.wrap_socket(sock, server_hostname="localhost") as tls,
+    ):
+        # A server's tickets follow its handshake, so they arrive before this answer.
+        assert healthz(tls).startswith(b"HTTP/1.1 ")  # no services here: 503 is an answer
+        assert tls.session is not None and tls.version() == "TLSv1.3"
+        assert not tls.session.has_ticket
+        assert tls.session.ticket_lifetime_hint == 0
 
 
 def test_a_replaced_certificate_is_served_to_new_connections_without_a_restart(
