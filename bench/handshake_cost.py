@@ -8,9 +8,11 @@ the difference between the two gateway CPU figures (utime + stime of the gateway
 and its workers, from /proc) is what the connection itself costs: TCP accept, the TLS
 handshake and the connection's set-up and teardown in the gateway.
 
-    python -m bench.handshake_cost --state-dir S --port-base P [--connections 2000]
+    python -m bench.handshake_cost --gateway S:P [--gateway S2:P2] [--rounds 10]
 
-The client runs in this process and its CPU is reported separately; it does not count.
+With two gateways (say, two builds side by side) the rounds alternate between them, so a
+machine whose load drifts weighs on both alike. The client runs in this process and its
+CPU is reported separately; it does not count.
 Figures and what they mean: docs/performance.md, "Enrollment storms".
 """
 
@@ -22,7 +24,7 @@ import json
 import os
 import ssl
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.enrollment_storm import run_loop
@@ -39,17 +41,33 @@ BODY = b'{"node_key":"handshake-cost-no-such-node"}'
 KEEP_ALIVE_CONNECTIONS = 4
 
 
-@dataclass(frozen=True)
+@dataclass
 class HandshakeCost:
-    connections: int
-    tls_version: str
-    cipher: str
-    session_tickets_received: int  # by the last connection's client
-    fresh_gateway_cpu_ms: float  # connect + handshake + one POST, per connection
-    keep_alive_gateway_cpu_ms: float  # one POST on an open connection
-    per_handshake_gateway_cpu_ms: float  # the difference
-    fresh_client_cpu_ms: float
-    fresh_wall_s: float
+    """Totals over every round for one gateway; per-connection figures derived."""
+
+    gateway: str
+    connections: int = 0
+    fresh_gateway_cpu_s: float = 0.0  # connect + handshake + one POST each
+    keep_alive_gateway_cpu_s: float = 0.0  # as many POSTs on open connections
+    fresh_client_cpu_s: float = 0.0
+    negotiated: tuple[str, str, int] = ("", "", 0)  # version, cipher, tickets received
+
+    def report(self) -> dict[str, object]:
+        n = max(self.connections, 1)
+        fresh_ms = self.fresh_gateway_cpu_s * 1000 / n
+        keep_alive_ms = self.keep_alive_gateway_cpu_s * 1000 / n
+        version, cipher, tickets = self.negotiated
+        return {
+            "gateway": self.gateway,
+            "connections": self.connections,
+            "tls_version": version,
+            "cipher": cipher,
+            "session_ticket_received": bool(tickets),
+            "fresh_gateway_cpu_ms": round(fresh_ms, 3),
+            "keep_alive_gateway_cpu_ms": round(keep_alive_ms, 3),
+            "per_handshake_gateway_cpu_ms": round(fresh_ms - keep_alive_ms, 3),
+            "fresh_client_cpu_ms": round(self.fresh_client_cpu_s * 1000 / n, 3),
+        }
 
 
 def gateway_cpu_s(pid: int) -> float:
@@ -98,54 +116,60 @@ async def keep_alive_posts(gateway: Gateway, context: ssl.SSLContext, count: int
         for _ in range(n):
             await one_post(connection, gateway)
 
-    share = count // KEEP_ALIVE_CONNECTIONS
-    await asyncio.gather(*(posts(connection, share) for connection in connections))
+    share, extra = divmod(count, KEEP_ALIVE_CONNECTIONS)
+    await asyncio.gather(
+        *(posts(connection, share + (i < extra)) for i, connection in enumerate(connections))
+    )
     for connection in connections:
         connection.close()
 
 
-def measure(gateway: Gateway, count: int, concurrency: int) -> HandshakeCost:
-    raise_open_file_limit(concurrency + 100)
+def one_round(gateway: Gateway, cost: HandshakeCost, count: int, concurrency: int) -> None:
     context = osquery_ssl_context(gateway.ca_file)
-    run_loop(fresh_connections(gateway, context, 50, concurrency))  # warm up
+    cpu_before, client_before = gateway_cpu_s(gateway.pid), time.process_time()
+    cost.negotiated = run_loop(fresh_connections(gateway, context, count, concurrency))
+    cpu_between = gateway_cpu_s(gateway.pid)
+    cost.fresh_client_cpu_s += time.process_time() - client_before
+    run_loop(keep_alive_posts(gateway, context, count))
+    cost.keep_alive_gateway_cpu_s += gateway_cpu_s(gateway.pid) - cpu_between
+    cost.fresh_gateway_cpu_s += cpu_between - cpu_before
+    cost.connections += count
 
-    cpu_before, client_before, wall_before = (
-        gateway_cpu_s(gateway.pid),
-        time.process_time(),
-        time.perf_counter(),
-    )
-    version, cipher, tickets = run_loop(fresh_connections(gateway, context, count, concurrency))
-    fresh_s = gateway_cpu_s(gateway.pid) - cpu_before
-    client_s, wall_s = time.process_time() - client_before, time.perf_counter() - wall_before
 
-    posts = count // KEEP_ALIVE_CONNECTIONS * KEEP_ALIVE_CONNECTIONS
-    cpu_before = gateway_cpu_s(gateway.pid)
-    run_loop(keep_alive_posts(gateway, context, posts))
-    keep_alive_s = gateway_cpu_s(gateway.pid) - cpu_before
-
-    fresh_ms, keep_alive_ms = fresh_s * 1000 / count, keep_alive_s * 1000 / posts
-    return HandshakeCost(
-        connections=count,
-        tls_version=version,
-        cipher=cipher,
-        session_tickets_received=tickets,
-        fresh_gateway_cpu_ms=round(fresh_ms, 3),
-        keep_alive_gateway_cpu_ms=round(keep_alive_ms, 3),
-        per_handshake_gateway_cpu_ms=round(fresh_ms - keep_alive_ms, 3),
-        fresh_client_cpu_ms=round(client_s * 1000 / count, 3),
-        fresh_wall_s=round(wall_s, 3),
-    )
+def measure(
+    gateways: dict[str, Gateway], rounds: int, per_round: int, concurrency: int
+) -> list[HandshakeCost]:
+    """Rounds alternate between the gateways (A B, B A, ...): drift hits them alike."""
+    raise_open_file_limit(concurrency + 100)
+    costs = {name: HandshakeCost(name) for name in gateways}
+    for name, gateway in gateways.items():  # warm up
+        one_round(gateway, HandshakeCost(name), 50, concurrency)
+    order = list(gateways)
+    for index in range(rounds):
+        for name in order if index % 2 == 0 else reversed(order):
+            one_round(gateways[name], costs[name], per_round, concurrency)
+    return list(costs.values())
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.handshake_cost", description=__doc__)
-    parser.add_argument("--state-dir", type=Path, required=True, help="a running `quarry up`")
-    parser.add_argument("--port-base", type=int, required=True, help="its QUARRY_PORT_BASE")
-    parser.add_argument("--connections", type=int, default=2000)
+    parser.add_argument(
+        "--gateway",
+        action="append",
+        required=True,
+        metavar="STATE_DIR:PORT_BASE",
+        help="a running `quarry up`; give two to compare them round by round",
+    )
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=400, help="per round and gateway")
     parser.add_argument("--concurrency", type=int, default=20, help="connections in flight")
     args = parser.parse_args(argv)
-    gateway = gateway_of(args.state_dir, args.port_base)
-    print(json.dumps(asdict(measure(gateway, args.connections, args.concurrency)), indent=2))
+    gateways = {}
+    for spec in args.gateway:
+        state_dir, _, port_base = spec.rpartition(":")
+        gateways[spec] = gateway_of(Path(state_dir), int(port_base))
+    costs = measure(gateways, args.rounds, args.connections, args.concurrency)
+    print(json.dumps([cost.report() for cost in costs], indent=2))
 
 
 if __name__ == "__main__":
