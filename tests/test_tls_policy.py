@@ -5,7 +5,8 @@ cipher list are refused, and osquery's own client settings handshake at both ver
 The gateway issues no TLS 1.3 session tickets (osquery never resumes a session). The
 certificate files are then replaced by a certificate
 from a new CA: new connections get it without a restart, while a connection opened
-before keeps working. A certificate that does not match its key is not loaded.
+before keeps working; the files are looked at once a second at most. A certificate that
+does not match its key is not loaded.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway import tls_policy
 from gateway.tls_bootstrap import TlsFiles, ensure_certificates
+from gateway.tls_policy import ReloadingContext, TlsPolicy
 from tests.emulator.http_client import osquery_ssl_context
 from tests.free_ports import free_port_base
 from tests.polling import eventually
@@ -199,3 +202,26 @@ def test_a_certificate_that_does_not_match_its_key_is_not_loaded(gateway: Gatewa
 
 def _with(gateway: Gateway, files: TlsFiles) -> str:
     return handshake(gateway, client_context(files.ca_cert))
+
+
+def test_the_certificate_files_are_looked_at_once_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = ensure_certificates(tmp_path / "first-ca", ["localhost"])
+    second = ensure_certificates(tmp_path / "second-ca", ["localhost"])
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = live / "server.pem", live / "server.key"
+    shutil.copy(first.cert, cert)
+    shutil.copy(first.key, key)
+    now = [1000.0]
+    monkeypatch.setattr(tls_policy.time, "monotonic", lambda: now[0])
+    reloading = ReloadingContext(TlsPolicy(cert=str(cert), key=str(key)))
+    shutil.copy(second.key, key)
+    shutil.copy(second.cert, cert)
+    now[0] += tls_policy.CHECK_INTERVAL_S / 2
+    assert reloading.reload_if_changed() is reloading.front  # not looked at yet
+    now[0] += tls_policy.CHECK_INTERVAL_S / 2
+    reloaded = reloading.reload_if_changed()
+    assert reloaded is not reloading.front
+    assert reloading.reload_if_changed() is reloaded
