@@ -44,6 +44,10 @@ class PeerCertificate:
 
 _by_peer: dict[PeerAddress, PeerCertificate] = {}
 
+# Bound once: looking a labelled child up costs a lock and a dict on every connection.
+_ACCEPTED = metrics.TLS_CONNECTIONS.labels("accepted")
+_ESTABLISHED = metrics.TLS_CONNECTIONS.labels("established")
+
 
 def certificate_of(peer: PeerAddress | None) -> PeerCertificate | None:
     """The verified client certificate of the connection from `peer`, if it sent one."""
@@ -101,11 +105,11 @@ class ClientCertificateProtocol(LeanHttpToolsProtocol):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
-        metrics.TLS_CONNECTIONS.labels("accepted").inc()
+        _ACCEPTED.inc()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        metrics.TLS_CONNECTIONS.labels("established").inc()
+        _ESTABLISHED.inc()
         metrics.OPEN_CONNECTIONS.inc()
         certificate = _peer_certificate(transport)
         if certificate is not None and self.client is not None:

@@ -7,11 +7,21 @@ default (shared/osquery-protocol.md §2.2): ECDHE key exchange and AEAD ciphers.
 Certificates are reloaded without a restart. uvicorn builds one SSLContext per worker
 through `uvicorn_context_factory`; that context's SNI callback runs on every client
 hello (with or without a server name), checks whether the certificate or key file
-changed on disk (a stat of each), and if so builds a fresh context from them. The
-handshake under way and every later one then switch to the newest context, so a
-renewed certificate is served from the next connection on; open connections keep
-theirs. A reload that fails (a half-written file, a key that does not match) keeps
+changed on disk (a stat of each, at most once a second: during an enrollment storm the
+stats were a visible part of each handshake), and if so builds a fresh context from
+them. The handshake under way and every later one then switch to the newest context, so
+a renewed certificate is served within a second of its files changing; open connections
+keep theirs. A reload that fails (a half-written file, a key that does not match) keeps
 the previous certificate and is logged once per change of the files.
+
+No TLS 1.3 session tickets: osquery makes a new OpenSSL context for every connection
+(`Client::encryptConnection`, osquery/remote/http_client.cpp) and never offers a session
+back, so a ticket is never used. Each one costs the server a random nonce, an HMAC and an
+encryption of the session, the client a decryption and a parse, and both a record on the
+wire: OpenSSL's handshake went from 41% to 31% of the gateway's busy time without them
+(docs/performance.md, "Enrollment storms"). A client that does resume just makes a full
+handshake. TLS 1.2 tickets stay as OpenSSL has them: turning them off would make OpenSSL
+keep every TLS 1.2 session in its server-side cache instead.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -32,6 +43,7 @@ log = logging.getLogger(__name__)
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 FileStamp = tuple[int, int, int]  # inode, size, modification time (ns)
+CHECK_INTERVAL_S = 1.0  # how often a handshake looks at the certificate files
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ def server_context(policy: TlsPolicy) -> ssl.SSLContext:
     # No renegotiation, no compression (OpenSSL 3 defaults, stated for the reader).
     context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
     context.load_cert_chain(policy.cert, policy.key)
+    context.num_tickets = 0  # TLS 1.3: osquery never resumes (module docstring)
     if policy.client_ca:
         context.load_verify_locations(cafile=policy.client_ca)
         context.verify_mode = (
@@ -84,6 +97,7 @@ class ReloadingContext:
         self._policy = policy
         self._lock = threading.Lock()  # handshakes may run in more than one thread
         self._stamp = self._files_stamp()
+        self._next_check = time.monotonic() + CHECK_INTERVAL_S
         self.front = server_context(policy)
         self.front.sni_callback = self._on_client_hello
         self._current = self.front
@@ -107,7 +121,15 @@ class ReloadingContext:
             ssl_object.context = current
 
     def reload_if_changed(self) -> ssl.SSLContext:
-        """The newest context, rebuilt first when the certificate or key file changed."""
+        """The newest context, rebuilt first when the certificate or key file changed.
+
+        The files are looked at once per CHECK_INTERVAL_S at most; between looks the
+        current context is returned as it is.
+        """
+        now = time.monotonic()
+        if now < self._next_check:
+            return self._current
+        self._next_check = now + CHECK_INTERVAL_S
         stamp = self._files_stamp()
         if stamp == self._stamp:
             return self._current

@@ -1,9 +1,12 @@
 """The gateway's TLS policy, checked with real handshakes against a real gateway process.
 
 TLS 1.0 and 1.1 are refused, 1.2 and 1.3 accepted; TLS 1.2 suites outside osquery's
-cipher list are refused. The certificate files are then replaced by a certificate
+cipher list are refused, and osquery's own client settings handshake at both versions.
+The gateway issues no TLS 1.3 session tickets (osquery never resumes a session). The
+certificate files are then replaced by a certificate
 from a new CA: new connections get it without a restart, while a connection opened
-before keeps working. A certificate that does not match its key is not loaded.
+before keeps working; the files are looked at once a second at most. A certificate that
+does not match its key is not loaded.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway import tls_policy
 from quarry.gateway_certificates import TlsFiles, ensure_certificates
+from gateway.tls_policy import ReloadingContext, TlsPolicy
+from tests.emulator.http_client import osquery_ssl_context
 from tests.free_ports import free_port_base
 from tests.polling import eventually
 from tests.service_processes import ServiceProcess
@@ -134,6 +140,32 @@ def test_tls_1_2_suites_outside_osquerys_list_are_refused(gateway: Gateway) -> N
     )
 
 
+@pytest.mark.parametrize("maximum", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_osquerys_client_settings_handshake(gateway: Gateway, maximum: ssl.TLSVersion) -> None:
+    context = osquery_ssl_context(gateway.first.ca_cert)  # osquery's cipher list, TLS 1.2+
+    context.maximum_version = maximum
+    with (
+        socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock,
+        context.wrap_socket(sock, server_hostname="localhost") as tls,
+    ):
+        assert healthz(tls).startswith(b"HTTP/1.1 ")  # no services here: 503 is an answer
+        assert tls.version() == ("TLSv1.3" if maximum == ssl.TLSVersion.TLSv1_3 else "TLSv1.2")
+        assert tls.cipher()[0] in ("TLS_AES_256_GCM_SHA384", "ECDHE-ECDSA-AES256-GCM-SHA384")
+
+
+def test_no_tls_1_3_session_tickets(gateway: Gateway) -> None:
+    context = client_context(gateway.first.ca_cert, ssl.TLSVersion.TLSv1_3)
+    with (
+        socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock,
+        context.wrap_socket(sock, server_hostname="localhost") as tls,
+    ):
+        # A server's tickets follow its handshake, so they arrive before this answer.
+        assert healthz(tls).startswith(b"HTTP/1.1 ")  # no services here: 503 is an answer
+        assert tls.session is not None and tls.version() == "TLSv1.3"
+        assert not tls.session.has_ticket
+        assert tls.session.ticket_lifetime_hint == 0
+
+
 def test_a_replaced_certificate_is_served_to_new_connections_without_a_restart(
     gateway: Gateway,
 ) -> None:
@@ -170,3 +202,26 @@ def test_a_certificate_that_does_not_match_its_key_is_not_loaded(gateway: Gatewa
 
 def _with(gateway: Gateway, files: TlsFiles) -> str:
     return handshake(gateway, client_context(files.ca_cert))
+
+
+def test_the_certificate_files_are_looked_at_once_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = ensure_certificates(tmp_path / "first-ca", ["localhost"])
+    second = ensure_certificates(tmp_path / "second-ca", ["localhost"])
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = live / "server.pem", live / "server.key"
+    shutil.copy(first.cert, cert)
+    shutil.copy(first.key, key)
+    now = [1000.0]
+    monkeypatch.setattr(tls_policy.time, "monotonic", lambda: now[0])
+    reloading = ReloadingContext(TlsPolicy(cert=str(cert), key=str(key)))
+    shutil.copy(second.key, key)
+    shutil.copy(second.cert, cert)
+    now[0] += tls_policy.CHECK_INTERVAL_S / 2
+    assert reloading.reload_if_changed() is reloading.front  # not looked at yet
+    now[0] += tls_policy.CHECK_INTERVAL_S / 2
+    reloaded = reloading.reload_if_changed()
+    assert reloaded is not reloading.front
+    assert reloading.reload_if_changed() is reloaded
