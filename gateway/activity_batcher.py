@@ -83,6 +83,11 @@ class ActivityBatcher:
 
     async def _flush_activity(self) -> None:
         if not self._deliveries and not self._answers:
+            # A write that carried no answer (osquery sends `queries: {}`) waits for nothing.
+            waiters, self._answer_waiters = self._answer_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
             return
         deliveries, self._deliveries = self._deliveries, {}
         answers, self._answers = self._answers, []

@@ -428,6 +428,19 @@ def test_random_bodies_always_get_a_json_object_and_no_server_error(
     assert_still_serving(cluster)
 
 
+def test_a_distributed_write_with_no_answers_is_answered_at_once(cluster: QuarryCluster) -> None:
+    """`queries: {}` carries no answer to record: the write must not wait for one (it used
+    to wait until some other node's delivery flushed, past the client's timeout)."""
+    context = ssl.create_default_context(cafile=str(cluster.ca_cert))
+    with httpx.Client(base_url=f"https://{cluster.gateway}", verify=context, timeout=5) as http:
+        for _ in range(3):
+            response = http.post(
+                "/api/v1/osquery/distributed/write",
+                content=orjson.dumps({"node_key": node_key(cluster), "queries": {}}),
+            )
+            assert response.json() == {}
+
+
 # --- bounded fuzz of the decoding functions, in-process ------------------------------------
 
 LIMITS = BodyLimits(
