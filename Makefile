@@ -26,7 +26,7 @@ test: $(STAMP)
 
 ## make protos: regenerate protos/v1/*_pb2*.py from protos/v1/*.proto.
 protos: $(STAMP)
-	$(PY) -m quarry.protos_codegen
+	$(PY) -m quarry.cli.protos_codegen
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

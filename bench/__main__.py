@@ -46,7 +46,7 @@ from bench.saturation import SaturationTarget, run_saturation
 from bench.visibility_latency import measure_visibility, rows_per_counter
 from bench.workloads import WORKLOADS, Workload, measure_workload, osquery_config
 from protos.v1 import logs_pb2_grpc
-from quarry.gateway_certificates import TlsFiles
+from quarry.encryption.gateway_certificates import TlsFiles
 from tests.emulator import HostProfile, OsqueryNode, log_records, osquery_ssl_context
 from tests.emulator.http_client import ServerAddress
 from tests.quarry_cluster import QuarryCluster, quarry_cluster

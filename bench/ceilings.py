@@ -33,7 +33,7 @@ from ingest_service.log_rows import RESULT_COLUMNS, RESULTS_TABLE, Row, flatten_
 from ingest_service.log_store import DATABASE
 from ingest_service.schema import RESULTS, create_table, is_modern
 from protos.v1 import logs_pb2
-from quarry.gateway_certificates import TlsFiles
+from quarry.encryption.gateway_certificates import TlsFiles
 from tests.emulator import HostProfile, log_records
 from tests.emulator.http_client import ServerAddress, osquery_ssl_context
 

@@ -43,7 +43,7 @@ from bench.process_costs import (
     process_tree,
     read_rss_bytes,
 )
-from quarry.settings import Settings
+from quarry.runtime.settings import Settings
 from tests.emulator import osquery_ssl_context
 from tests.emulator.http_client import HttpConnection, ServerAddress, osquery_headers
 from tests.quarry_cluster import quarry_cluster

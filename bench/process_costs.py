@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quarry.service_entry import service_of
+from quarry.serving.service_entry import service_of
 
 PROC = Path("/proc")
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -250,7 +250,7 @@ def rss_per_10k_hosts(rss_bytes: int, hosts: int) -> float:
 def find_quarry_service_pids(supervisor_pid: int) -> dict[str, int]:
     """The service processes a `quarry up` started: {"gateway": pid, ...}.
 
-    Each runs as `python -m PACKAGE` (quarry/service_entry.py), a direct child of the
+    Each runs as `python -m PACKAGE` (quarry/serving/service_entry.py), a direct child of the
     supervisor.
     """
     services = {}

@@ -28,8 +28,8 @@ from gateway import server as gateway_server
 from gateway.asgi import GatewayApp, Request
 from gateway.gateway_state import GatewayState
 from gateway.node_cache import NodeIdentity
-from quarry.process_logging import setup_logging
-from quarry.settings import Settings
+from quarry.runtime.process_logging import setup_logging
+from quarry.runtime.settings import Settings
 
 FIXED_NODE_ENV = "BENCH_FIXED_NODE"  # JSON of NodeIdentity's fields
 GATEWAY_APP = "gateway.app:create_app"

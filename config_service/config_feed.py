@@ -15,8 +15,8 @@ from config_service.rollout import rollout_message
 from config_service.store import ConfigStore
 from osquery_config.state import Label
 from protos.v1 import config_pb2
-from quarry.change_feed import ChangeFeed, watch
-from quarry.change_log import ChangeLog, protobuf_feed
+from quarry.state.change_feed import ChangeFeed, watch
+from quarry.state.change_log import ChangeLog, protobuf_feed
 
 FEED = "config"
 

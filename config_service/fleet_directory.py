@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import grpc
 
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
-from quarry.grpc_runtime import aio_channel
+from quarry.serving.grpc_runtime import aio_channel
 
 LIST_TIMEOUT_S = 30.0
 

@@ -23,7 +23,7 @@ from config_service.store import ConfigStore
 from osquery_config.state import Label
 from osquery_config.targeting import platform_family, platform_matches
 from protos.v1 import distributed_pb2, distributed_pb2_grpc
-from quarry.grpc_runtime import aio_channel
+from quarry.serving.grpc_runtime import aio_channel
 
 log = logging.getLogger(__name__)
 

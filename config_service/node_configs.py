@@ -14,7 +14,7 @@ from osquery_config.composition import compose, config_hash, osquery_info_hash
 from osquery_config.rollout import gets_candidate
 from osquery_config.targeting import group_of
 from protos.v1 import config_pb2
-from quarry.admin_auth import Refused
+from quarry.access.admin_auth import Refused
 
 # What a node waiting for approval receives: nothing to run.
 PENDING_CONFIG_JSON = "{}"

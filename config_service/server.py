@@ -1,5 +1,5 @@
 """Process entry point of the config service: its parts and the label loop, run by
-quarry/service_process.py."""
+quarry/serving/service_process.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from config_service.label_evaluator import LabelEvaluator
 from config_service.service import ConfigServicer
 from config_service.store import SERVICE_SCHEMA, ConfigStore
 from protos.v1 import config_pb2_grpc
-from quarry.service_process import ServiceParts, run_service
-from quarry.settings import Settings
-from quarry.state_database import StateDatabase
+from quarry.runtime.settings import Settings
+from quarry.serving.service_process import ServiceParts, run_service
+from quarry.state.database import StateDatabase
 
 # Replicas on PostgreSQL: the one holding this lock evaluates the labels.
 LABEL_EVALUATION_LOCK_KEY = 0x717561727279_12

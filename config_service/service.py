@@ -20,7 +20,7 @@ from config_service.state_changes import Canary, StateChanges
 from config_service.store import ConfigFetch, ConfigStore
 from osquery_config.state import Label
 from protos.v1 import config_pb2, config_pb2_grpc
-from quarry.change_log import ChangeLog
+from quarry.state.change_log import ChangeLog
 
 
 class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):

@@ -26,8 +26,8 @@ from osquery_config.rollout import nodes_for_count
 from osquery_config.state import InvalidState, State
 from osquery_config.validation import parse_config_json, validate_state
 from protos.v1 import config_pb2
-from quarry.admin_auth import Refused
-from quarry.change_log import ChangeLog
+from quarry.access.admin_auth import Refused
+from quarry.state.change_log import ChangeLog
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The live version is a pointer, not simply the newest row: a staged rollout stores its
 candidate as a version that is not live yet, and an aborted candidate stays in the
 history. All SQL of the service lives here, behind ConfigStore, in SQL that SQLite and
-PostgreSQL both run (quarry/state_database.py).
+PostgreSQL both run (quarry/state/database.py).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from osquery_config.state import DEFAULT_STATE, State
-from quarry.schema_migrations import Migration
-from quarry.service_database import SchemaComponent, ServiceSchema
-from quarry.state_database import SQLITE, Queryable, StateDatabase, StateStore, Transaction
-from quarry.table_schema import INTEGER, TEXT, Column, Table
+from quarry.state.database import SQLITE, Queryable, StateDatabase, StateStore, Transaction
+from quarry.state.migrations import Migration
+from quarry.state.service_database import SchemaComponent, ServiceSchema
+from quarry.state.table_schema import INTEGER, TEXT, Column, Table
 
 CONFIG_VERSIONS = Table(
     "config_versions",

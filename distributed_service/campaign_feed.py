@@ -23,9 +23,9 @@ from distributed_service.store import (
     HostRecord,
 )
 from protos.v1 import distributed_pb2
-from quarry.admin_auth import Refused
-from quarry.change_feed import ChangeFeed, watch
-from quarry.change_log import ChangeLog, Feed, Record, protobuf_feed
+from quarry.access.admin_auth import Refused
+from quarry.state.change_feed import ChangeFeed, watch
+from quarry.state.change_log import ChangeLog, Feed, Record, protobuf_feed
 
 # A campaign's progress stream ends when no host is left in these states.
 WAITING_STATES = (TARGETED, DELIVERED)

@@ -19,8 +19,8 @@ from distributed_service.store import (
     CampaignStore,
     HostRecord,
 )
-from quarry.admin_auth import Refused
-from quarry.change_log import ChangeLog
+from quarry.access.admin_auth import Refused
+from quarry.state.change_log import ChangeLog
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from distributed_service.targeting import (
 )
 from osquery_config.targeting import FAMILIES
 from protos.v1 import distributed_pb2
-from quarry.admin_auth import Refused
-from quarry.change_log import ChangeLog
+from quarry.access.admin_auth import Refused
+from quarry.state.change_log import ChangeLog
 
 log = logging.getLogger(__name__)
 

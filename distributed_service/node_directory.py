@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from distributed_service.targeting import TargetNode
 from protos.v1 import config_pb2, config_pb2_grpc, enroll_pb2, enroll_pb2_grpc
-from quarry.grpc_runtime import aio_channel
+from quarry.serving.grpc_runtime import aio_channel
 
 LIST_TIMEOUT_S = 30.0
 

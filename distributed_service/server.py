@@ -1,5 +1,5 @@
 """Process entry point of the distributed service: its parts and the expiry loop, run by
-quarry/service_process.py."""
+quarry/serving/service_process.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from distributed_service.node_directory import NodeDirectory
 from distributed_service.service import DistributedServicer
 from distributed_service.store import SERVICE_SCHEMA, CampaignStore
 from protos.v1 import distributed_pb2_grpc
-from quarry.service_process import ServiceParts, run_service
-from quarry.settings import Settings
-from quarry.state_database import StateDatabase
+from quarry.runtime.settings import Settings
+from quarry.serving.service_process import ServiceParts, run_service
+from quarry.state.database import StateDatabase
 
 
 def main(settings: Settings) -> None:

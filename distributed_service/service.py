@@ -23,7 +23,7 @@ from distributed_service.messages import (
 from distributed_service.node_directory import NodeDirectory
 from distributed_service.store import CampaignStore
 from protos.v1 import distributed_pb2, distributed_pb2_grpc
-from quarry.change_log import ChangeLog
+from quarry.state.change_log import ChangeLog
 
 
 class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):

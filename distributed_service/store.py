@@ -11,7 +11,7 @@ moves on if the host reads the campaign while it is open, or answers late. The f
 answer wins, so a re-sent distributed write changes nothing. A host that read the
 campaign and never answered (its discovery query found nothing, or it died) stays
 `delivered`. All SQL of the service lives here, behind CampaignStore, in SQL both
-backends run (quarry/state_database.py).
+backends run (quarry/state/database.py).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from quarry.schema_migrations import Migration
-from quarry.service_database import SchemaComponent, ServiceSchema
-from quarry.state_database import SQLITE, StateDatabase, StateStore, Transaction
-from quarry.table_schema import INTEGER, TEXT, Column, Index, Table
+from quarry.state.database import SQLITE, StateDatabase, StateStore, Transaction
+from quarry.state.migrations import Migration
+from quarry.state.service_database import SchemaComponent, ServiceSchema
+from quarry.state.table_schema import INTEGER, TEXT, Column, Index, Table
 
 CAMPAIGNS = Table(
     "campaigns",

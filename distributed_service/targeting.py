@@ -5,7 +5,7 @@ Targets combine as AND across kinds and OR within one kind: `--tag web --tag db
 given. The percentage shard is stable: a node is in it when the hash of campaign id and
 node id falls below the share, so re-running the same campaign id selects the same
 nodes, and the gateway decides late joiners of open campaigns with the same function
-(quarry/percentage_shard.py).
+(osquery_config/percentage_shard.py).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from osquery_config.percentage_shard import in_shard
 from osquery_config.targeting import platform_family
-from quarry.percentage_shard import in_shard
 
 # osquery's default distributed_interval is 60 s: a node unseen for two of them before
 # launch has missed at least one read it would have made, so it is reported offline.

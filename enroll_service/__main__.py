@@ -2,14 +2,14 @@
 
 `python -m enroll_service migrate [--dry-run] [--json]` applies its state's schema
 migrations instead (what `quarry migrate` runs). `quarry serve enroll` and `quarry up`
-run this (quarry/service_entry.py).
+run this (quarry/serving/service_entry.py).
 """
 
 import sys
 
 from enroll_service.server import main
 from enroll_service.store import SERVICE_SCHEMA
-from quarry.service_entry import run_entry_point
+from quarry.serving.service_entry import run_entry_point
 
 if __name__ == "__main__":
     sys.exit(run_entry_point("enroll", main, SERVICE_SCHEMA))

@@ -15,7 +15,7 @@ from protos.v1 import enroll_pb2
 class AdminTokenRpcs:
     """CreateToken, ListTokens, RevokeToken, ResolveToken, RecordAudit, ListAudit.
 
-    Who may call each is decided before they run (quarry/admin_auth.py ADMIN_METHODS).
+    Who may call each is decided before they run (quarry/access/admin_auth.py ADMIN_METHODS).
     """
 
     _tokens: AdminTokenStore

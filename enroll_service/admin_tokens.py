@@ -1,6 +1,6 @@
 """Admin API tokens and the audit log of admin calls, kept in the enroll service's database.
 
-The enroll service is the token authority of the cluster (quarry/admin_auth.py): a
+The enroll service is the token authority of the cluster (quarry/access/admin_auth.py): a
 token's SHA-256 is stored with its name and role, never the token itself, along with
 when it expires (0: never) and when it was last accepted. The audit log
 holds one row per admin call on any service: who, what, when, and the outcome.
@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from protos.v1 import enroll_pb2
-from quarry.admin_auth import (
+from quarry.access.admin_auth import (
     ADMIN,
     ROOT_TOKEN_NAME,
     Principal,
@@ -23,11 +23,11 @@ from quarry.admin_auth import (
     root_token_from_env,
     write_private_file,
 )
-from quarry.schema_migrations import Migration
-from quarry.settings import Settings
-from quarry.state_database import StateDatabase, StateStore
-from quarry.state_directory import admin_token_file
-from quarry.table_schema import INTEGER, SERIAL, TEXT, Column, Index, Table
+from quarry.runtime.settings import Settings
+from quarry.state.database import StateDatabase, StateStore
+from quarry.state.directory import admin_token_file
+from quarry.state.migrations import Migration
+from quarry.state.table_schema import INTEGER, SERIAL, TEXT, Column, Index, Table
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ from enroll_service.rate_limits import RATE_LIMITED, RATE_LIMITED_REASON, Enroll
 from enroll_service.shared_secret import current_secret, secret_matches
 from enroll_service.store import NewNode, NodeRecord, NodeStore
 from protos.v1 import enroll_pb2
-from quarry.change_log import ChangeLog
-from quarry.group_commit import GroupCommit
-from quarry.settings import Settings
+from quarry.runtime.group_commit import GroupCommit
+from quarry.runtime.settings import Settings
+from quarry.state.change_log import ChangeLog
 
 log = logging.getLogger(__name__)
 

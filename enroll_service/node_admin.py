@@ -20,8 +20,8 @@ from enroll_service.clone_watch import CloneWatch
 from enroll_service.node_feed import FEED, Event
 from enroll_service.node_messages import node_message
 from enroll_service.store import STATUS_CONDITIONS, NodeFilter, NodeRecord, NodeStore
-from quarry.admin_auth import Refused
-from quarry.change_log import ChangeLog
+from quarry.access.admin_auth import Refused
+from quarry.state.change_log import ChangeLog
 
 log = logging.getLogger(__name__)
 

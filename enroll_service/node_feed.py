@@ -12,8 +12,8 @@ from enroll_service import metrics
 from enroll_service.node_messages import node_message
 from enroll_service.store import NodeStore
 from protos.v1 import enroll_pb2
-from quarry.change_feed import ChangeFeed, watch
-from quarry.change_log import ChangeLog, protobuf_feed
+from quarry.state.change_feed import ChangeFeed, watch
+from quarry.state.change_log import ChangeLog, protobuf_feed
 
 Event = enroll_pb2.NodeEvent
 FEED = "nodes"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from enroll_service.host_details import HostFacts
 from protos.v1 import enroll_pb2
-from quarry.settings import Settings
+from quarry.runtime.settings import Settings
 
 HOST_IDENTITY_SOURCES = ("system_info.uuid", "hardware_serial", "host_identifier")
 CERT_IDENTITY_SOURCES = ("", "subject", "san", "fingerprint")

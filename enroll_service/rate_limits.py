@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from quarry.settings import Settings
+from quarry.runtime.settings import Settings
 
 RATE_LIMITED = "rate_limited"
 RATE_LIMITED_REASON = "enrollment rate limit exceeded; retry later"

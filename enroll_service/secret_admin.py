@@ -28,8 +28,8 @@ from enroll_service.enroll_secrets import (
 from enroll_service.shared_secret import current_secret
 from enroll_service.store import NodeStore
 from protos.v1 import enroll_pb2
-from quarry.admin_auth import Refused
-from quarry.settings import Settings
+from quarry.access.admin_auth import Refused
+from quarry.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Process entry point of the enroll service: its parts, run by quarry/service_process.py."""
+"""Process entry point of the enroll service: its parts, run by quarry.serving.service_process."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from enroll_service.node_identity import check_identity_settings
 from enroll_service.service import EnrollServicer
 from enroll_service.store import SERVICE_SCHEMA, NodeStore
 from protos.v1 import enroll_pb2_grpc
-from quarry.service_process import ServiceParts, run_service
-from quarry.settings import Settings
-from quarry.state_database import StateDatabase
-from quarry.state_directory import ensure_enroll_secret_file
+from quarry.runtime.settings import Settings
+from quarry.serving.service_process import ServiceParts, run_service
+from quarry.state.database import StateDatabase
+from quarry.state.directory import ensure_enroll_secret_file
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from enroll_service.secret_admin import NewSecret, SecretAdmin
 from enroll_service.store import NodeFilter, NodeStore
 from enroll_service.token_admin import TokenAdmin
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
-from quarry.change_log import ChangeLog
-from quarry.settings import Settings
+from quarry.runtime.settings import Settings
+from quarry.state.change_log import ChangeLog
 
 
 class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):

@@ -1,7 +1,7 @@
 """The shared enroll secret every osquery node presents to enroll.
 
 It comes from QUARRY_ENROLL_SECRET when set, otherwise from a file (by default
-`state_dir/enroll_secret`, made by quarry/state_directory.py before the service starts)
+`state_dir/enroll_secret`, made by quarry/state/directory.py before the service starts)
 that osquery's --enroll_secret_path can point at too.
 The file is re-read for every enrollment call (once per group a gateway sends), so
 rotating it needs no restart.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hmac
 
-from quarry.settings import Settings
-from quarry.state_directory import enroll_secret_file
+from quarry.runtime.settings import Settings
+from quarry.state.directory import enroll_secret_file
 
 
 def current_secret(settings: Settings) -> str:

@@ -3,7 +3,7 @@
 One row per machine (per identity) holds its current node key: re-enrollment replaces
 the key in that row, so an old key stops working the moment a new one is issued and a
 machine never appears twice. All SQL of the service lives here, behind NodeStore, in
-SQL both backends run (quarry/state_database.py); writers are serialized, so several
+SQL both backends run (quarry/state/database.py); writers are serialized, so several
 replicas sharing PostgreSQL never lose an update.
 """
 
@@ -21,9 +21,7 @@ from enroll_service.enroll_secrets import (
     SecretRecord,
 )
 from enroll_service.node_identity import EnrollmentHistory
-from quarry.schema_migrations import Migration
-from quarry.service_database import SchemaComponent, ServiceSchema
-from quarry.state_database import (
+from quarry.state.database import (
     POSTGRESQL,
     SQLITE,
     Queryable,
@@ -31,7 +29,9 @@ from quarry.state_database import (
     StateStore,
     Transaction,
 )
-from quarry.table_schema import INTEGER, TEXT, Column, Index, Table
+from quarry.state.migrations import Migration
+from quarry.state.service_database import SchemaComponent, ServiceSchema
+from quarry.state.table_schema import INTEGER, TEXT, Column, Index, Table
 
 NODES = Table(
     "nodes",

@@ -1,6 +1,6 @@
 """The admin of admin tokens: create (a name, a role, a lifetime), list and revoke.
 
-Who may call each is decided before they run (quarry/admin_auth.py ADMIN_METHODS); a
+Who may call each is decided before they run (quarry/access/admin_auth.py ADMIN_METHODS); a
 token's value is shown once, when it is made, and only its hash is stored
 (enroll_service/admin_tokens.py).
 """
@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import grpc
 
 from enroll_service.admin_tokens import AdminTokenStore, TokenRecord
-from quarry.admin_auth import ROLES, ROOT_TOKEN_NAME, Refused, new_token_value, root_token_from_env
+from quarry.access.admin_auth import (
+    ROLES,
+    ROOT_TOKEN_NAME,
+    Refused,
+    new_token_value,
+    root_token_from_env,
+)
 
 TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 

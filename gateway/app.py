@@ -10,9 +10,9 @@ from gateway import osquery_api
 from gateway.asgi import Answer, GatewayApp, Request
 from gateway.gateway_state import GatewayState
 from gateway.idle_connections import map_large_buffers_separately
-from quarry.garbage_collection import tune_for_throughput
-from quarry.process_logging import setup_logging
-from quarry.settings import Settings
+from quarry.runtime.garbage_collection import tune_for_throughput
+from quarry.runtime.process_logging import setup_logging
+from quarry.runtime.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> GatewayApp:

@@ -25,7 +25,7 @@ from osquery_config.rollout import gets_candidate
 from osquery_config.state import DEFAULT_STATE, State
 from osquery_config.targeting import NodeFacts, NodeGroup, group_of, node_tags_for
 from protos.v1 import config_pb2, config_pb2_grpc
-from quarry.grpc_runtime import run_forever_with_reconnect
+from quarry.serving.grpc_runtime import run_forever_with_reconnect
 
 log = logging.getLogger(__name__)
 

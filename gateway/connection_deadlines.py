@@ -21,7 +21,7 @@ import asyncio
 from functools import cache
 
 from gateway.client_certificates import ClientCertificateProtocol
-from quarry.settings import Settings
+from quarry.runtime.settings import Settings
 
 # Import string for uvicorn.run(http=...): it re-imports the class in every worker.
 PROTOCOL_IMPORT_STRING = "gateway.connection_deadlines:HeadDeadlineProtocol"

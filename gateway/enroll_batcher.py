@@ -10,7 +10,7 @@ RecordCheckins, the watch stream): docs/enrollment.md, "Enrollment storms".
 from __future__ import annotations
 
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
-from quarry.group_commit import GroupCommit
+from quarry.runtime.group_commit import GroupCommit
 
 MAX_GROUP = 250
 MAX_WAITING = 5000

@@ -17,9 +17,9 @@ from gateway.log_forwarder import LogForwarder
 from gateway.node_cache import NodeCache
 from gateway.request_body import BodyLimits
 from protos.v1 import config_pb2_grpc, distributed_pb2_grpc, enroll_pb2_grpc
-from quarry.grpc_runtime import aio_channel
-from quarry.settings import Settings
-from quarry.zmq_curve import client_keys
+from quarry.encryption.zmq_curve import client_keys
+from quarry.runtime.settings import Settings
+from quarry.serving.grpc_runtime import aio_channel
 
 log = logging.getLogger(__name__)
 

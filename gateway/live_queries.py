@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 from gateway import metrics
 from gateway.node_cache import NodeIdentity
+from osquery_config.percentage_shard import in_shard
 from osquery_config.targeting import platform_family
 from protos.v1 import distributed_pb2, distributed_pb2_grpc
-from quarry.grpc_runtime import run_forever_with_reconnect
-from quarry.percentage_shard import in_shard
+from quarry.serving.grpc_runtime import run_forever_with_reconnect
 
 log = logging.getLogger(__name__)
 

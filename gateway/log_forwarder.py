@@ -11,7 +11,7 @@ node, and adding or removing a replica moves only that replica's share
 the next replica in that batch's order, marked `failover` so that replica checks
 ClickHouse before inserting it (docs/adr/0005-ingest-replicas.md).
 
-With QUARRY_ZMQ_CURVE on each DEALER is a CURVE client (quarry/zmq_curve.py): a batch is
+With QUARRY_ZMQ_CURVE on each DEALER is a CURVE client (quarry/encryption/zmq_curve.py): a batch is
 encrypted, and a gateway whose key ingest does not accept never completes the handshake,
 so IMMEDIATE refuses the batch and osquery gets an error answer, as for a replica that is
 down. ZeroMQ never retries a handshake that ingest refused, so a monitor on each DEALER
@@ -40,7 +40,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from gateway import metrics
 from protos.v1 import logs_pb2
-from quarry.zmq_curve import CurveKeys, secure_dealer
+from quarry.encryption.zmq_curve import CurveKeys, secure_dealer
 
 log = logging.getLogger(__name__)
 

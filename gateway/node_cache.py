@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from gateway import metrics
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
-from quarry.grpc_runtime import run_forever_with_reconnect
+from quarry.serving.grpc_runtime import run_forever_with_reconnect
 
 log = logging.getLogger(__name__)
 

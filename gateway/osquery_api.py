@@ -37,8 +37,8 @@ from gateway.request_body import (
     too_deep_to_forward,
 )
 from protos.v1 import distributed_pb2, enroll_pb2, logs_pb2
-from quarry.carve_store import CarveRejected
-from quarry.settings import Settings
+from quarry.runtime.settings import Settings
+from quarry.state.carve_store import CarveRejected
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import orjson
 
 from gateway.asgi import Request
-from quarry.settings import Settings
+from quarry.runtime.settings import Settings
 
 # Refusal reasons: the label values of quarry_gateway_refused_requests_total.
 BODY_TOO_LARGE = "body_too_large"

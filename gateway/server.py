@@ -9,10 +9,10 @@ import uvicorn
 
 from gateway.connection_deadlines import PROTOCOL_IMPORT_STRING
 from gateway.tls_policy import TlsPolicy, context_factory_for
-from quarry.gateway_certificates import TlsFiles, tls_files
-from quarry.metrics_endpoint import prepare_multiprocess_metrics, start_metrics_endpoint
-from quarry.settings import Settings
-from quarry.state_directory import gateway_metrics_dir
+from quarry.encryption.gateway_certificates import TlsFiles, tls_files
+from quarry.runtime.metrics_endpoint import prepare_multiprocess_metrics, start_metrics_endpoint
+from quarry.runtime.settings import Settings
+from quarry.state.directory import gateway_metrics_dir
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from functools import partial
 from typing import Any
 
 from gateway import metrics
-from quarry.settings import Settings
+from quarry.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from ingest_service.schema import (
     is_modern,
     local_table,
 )
-from quarry.clickhouse_sql import sql_string
+from quarry.runtime.clickhouse_sql import sql_string
 
 log = logging.getLogger(__name__)
 

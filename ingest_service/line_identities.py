@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 from ingest_service.spool import Position, Spool
 from protos.v1 import logs_pb2
-from quarry.file_writes import write_atomically
+from quarry.runtime.file_writes import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from quarry.clickhouse_sql import sql_string
-from quarry.settings import Settings
+from quarry.runtime.clickhouse_sql import sql_string
+from quarry.runtime.settings import Settings
 
 DATABASE = "quarry"
 

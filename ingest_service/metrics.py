@@ -1,4 +1,4 @@
-"""Prometheus metrics of the ingest service (served on /metrics by quarry.metrics_endpoint)."""
+"""Prometheus metrics of ingest (served on /metrics by quarry.runtime.metrics_endpoint)."""
 
 from __future__ import annotations
 

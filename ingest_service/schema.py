@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
-from quarry.settings import Settings
+from quarry.runtime.settings import Settings
 
 # mapFromArrays arrived in 23.3; TTL in 19.6. Before 23.3 Map was experimental or missing.
 MODERN_MIN_VERSION = (23, 3)

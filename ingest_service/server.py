@@ -35,18 +35,18 @@ from ingest_service.schema import retention_days
 from ingest_service.service import LogStoreService
 from ingest_service.spool import Spool
 from protos.v1 import logs_pb2, logs_pb2_grpc
-from quarry.grpc_runtime import serve_grpc
-from quarry.metrics_endpoint import start_metrics_endpoint
-from quarry.settings import Settings
-from quarry.shutdown import until_signalled
-from quarry.state_directory import spool_dir
-from quarry.zmq_curve import (
+from quarry.encryption.zmq_curve import (
     CurveKeys,
     reload_authorized_clients,
     secure_router,
     server_keys,
     start_authenticator,
 )
+from quarry.runtime.metrics_endpoint import start_metrics_endpoint
+from quarry.runtime.settings import Settings
+from quarry.runtime.shutdown import until_signalled
+from quarry.serving.grpc_runtime import serve_grpc
+from quarry.state.directory import spool_dir
 
 log = logging.getLogger(__name__)
 

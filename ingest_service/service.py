@@ -17,7 +17,7 @@ import orjson
 
 from ingest_service.log_store import QueryResult, ReadOnlyRefused
 from protos.v1 import logs_pb2, logs_pb2_grpc
-from quarry.admin_auth import ADMIN, current_caller
+from quarry.access.admin_auth import ADMIN, current_caller
 
 log = logging.getLogger(__name__)
 

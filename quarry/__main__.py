@@ -2,6 +2,6 @@
 
 import sys
 
-from quarry.cli import main
+from quarry.cli.main import main
 
 sys.exit(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import socket
 
-from quarry.settings import PORT_OFFSETS
+from quarry.runtime.settings import PORT_OFFSETS
 
 # Every port one base uses: the service ports, and the metrics ports above them.
 PORT_SPAN = max(PORT_OFFSETS.values()) + 10

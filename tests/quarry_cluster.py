@@ -21,10 +21,10 @@ from pathlib import Path
 
 import grpc
 
-from quarry.admin_auth import service_token
-from quarry.grpc_runtime import aio_channel, sync_channel
-from quarry.service_entry import service_of
-from quarry.settings import Settings
+from quarry.access.admin_auth import service_token
+from quarry.runtime.settings import Settings
+from quarry.serving.grpc_runtime import aio_channel, sync_channel
+from quarry.serving.service_entry import service_of
 from tests.free_ports import free_port_base
 
 READY_LINE = "Quarry is running."

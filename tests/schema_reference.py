@@ -1,4 +1,4 @@
-"""The DDL the stores ran before their tables were described once (quarry/table_schema.py),
+"""The DDL the stores ran before their tables were described once (quarry/state/table_schema.py),
 copied from Quarry as of commit 74da9fe: the reference tests/test_table_schema.py checks
 the rendered tables against, so databases made by earlier versions keep matching.
 

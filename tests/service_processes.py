@@ -17,9 +17,9 @@ from pathlib import Path
 
 import grpc
 
-from quarry.admin_auth import service_token
-from quarry.grpc_runtime import sync_channel
-from quarry.settings import Settings
+from quarry.access.admin_auth import service_token
+from quarry.runtime.settings import Settings
+from quarry.serving.grpc_runtime import sync_channel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0

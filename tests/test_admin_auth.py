@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from protos.v1 import enroll_pb2
-from quarry.admin_auth import ADMIN_METHODS, request_summary
+from quarry.access.admin_auth import ADMIN_METHODS, request_summary
 from tests.emulator import HostProfile, OsqueryNode
 from tests.polling import eventually
 from tests.quarry_cluster import QuarryCluster, quarry_cluster

@@ -28,19 +28,19 @@ from enroll_service.admin_tokens import (
 )
 from enroll_service.store import SERVICE_SCHEMA
 from protos.v1 import config_pb2, config_pb2_grpc, enroll_pb2
-from quarry.admin_auth import (
+from quarry.access.admin_auth import (
     ANONYMOUS_AUDIT_PER_MINUTE,
     AdminGate,
     Refused,
     hash_token,
     new_token_value,
 )
-from quarry.audit_delivery import AuditDelivery
-from quarry.grpc_runtime import sync_channel
-from quarry.schema_migrations import migrate
-from quarry.service_database import open_service_database
-from quarry.settings import Settings
-from quarry.state_database import StateDatabase, open_state_database
+from quarry.access.audit_delivery import AuditDelivery
+from quarry.runtime.settings import Settings
+from quarry.serving.grpc_runtime import sync_channel
+from quarry.state.database import StateDatabase, open_state_database
+from quarry.state.migrations import migrate
+from quarry.state.service_database import open_service_database
 from tests.conftest import STATE_BACKENDS
 from tests.free_ports import free_port_base
 from tests.polling import eventually

@@ -46,7 +46,7 @@ from bench.process_costs import (
 from bench.saturation import SaturationResult, SaturationTarget, run_saturation
 from ingest_service.clickhouse_server_store import client_url
 from ingest_service.log_rows import RESULT_COLUMNS
-from quarry.gateway_certificates import TlsFiles, ensure_certificates
+from quarry.encryption.gateway_certificates import TlsFiles, ensure_certificates
 from tests.emulator.http_client import ServerAddress, osquery_ssl_context
 from tests.free_ports import free_port_base
 from tests.quarry_cluster import QuarryCluster, quarry_cluster

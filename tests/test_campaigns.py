@@ -19,9 +19,9 @@ import pytest
 
 from gateway.live_queries import CampaignIndex, OpenCampaign
 from gateway.node_cache import NodeIdentity
+from osquery_config.percentage_shard import in_shard
 from protos.v1 import distributed_pb2, distributed_pb2_grpc
-from quarry.grpc_runtime import sync_channel
-from quarry.percentage_shard import in_shard
+from quarry.serving.grpc_runtime import sync_channel
 from tests.emulator import HostProfile, OsqueryNode
 from tests.emulator.node import ACCELERATED_INTERVAL_S, DistributedRound, QueryResult
 from tests.polling import eventually

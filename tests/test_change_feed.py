@@ -1,4 +1,4 @@
-"""quarry/change_feed.py alone: a Watch stream's snapshot, then its live changes."""
+"""quarry/state/change_feed.py alone: a Watch stream's snapshot, then its live changes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from quarry.change_feed import ChangeFeed, watch
+from quarry.state.change_feed import ChangeFeed, watch
 
 T = TypeVar("T")
 

@@ -15,11 +15,11 @@ import pytest
 from cryptography import x509
 
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
-from quarry.cli import build_parser
-from quarry.cli_output import proto_to_json, utc_iso
-from quarry.enrollment_commands import parse_duration, parse_expiry
-from quarry.gateway_certificates import ensure_certificates
-from quarry.grpc_runtime import sync_channel
+from quarry.cli.commands.enrollment import parse_duration, parse_expiry
+from quarry.cli.main import build_parser
+from quarry.encryption.gateway_certificates import ensure_certificates
+from quarry.runtime.command_output import proto_to_json, utc_iso
+from quarry.serving.grpc_runtime import sync_channel
 from tests.free_ports import free_port_base
 from tests.service_processes import ServiceProcess
 

@@ -25,7 +25,7 @@ import yaml
 
 from osquery_config.rollout import rollout_bucket
 from osquery_config.state import State
-from quarry.cli import build_parser
+from quarry.cli.main import build_parser
 from tests.emulator import HostProfile, OsqueryNode
 from tests.polling import eventually
 from tests.quarry_cluster import QuarryCluster, quarry_cluster

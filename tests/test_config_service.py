@@ -26,7 +26,7 @@ from protos.v1 import (
     enroll_pb2,
     enroll_pb2_grpc,
 )
-from quarry.grpc_runtime import sync_channel
+from quarry.serving.grpc_runtime import sync_channel
 from tests.free_ports import free_port_base
 from tests.polling import eventually
 from tests.service_processes import ServiceProcess

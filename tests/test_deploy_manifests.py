@@ -26,8 +26,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from quarry.cli import build_parser
-from quarry.settings import ENV_PREFIX, PORT_OFFSETS, SERVICES, Settings
+from quarry.cli.main import build_parser
+from quarry.runtime.settings import ENV_PREFIX, PORT_OFFSETS, SERVICES, Settings
 from tests.free_ports import free_port_base
 from tests.polling import eventually
 from tests.service_processes import REPO_ROOT, ServiceProcess

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from quarry.gateway_certificates import TlsFiles, ensure_certificates
+from quarry.encryption.gateway_certificates import TlsFiles, ensure_certificates
 from tests.emulator import (
     OSQUERY_DOC_ENDPOINTS,
     HostProfile,

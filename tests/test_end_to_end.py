@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from clickhouse_driver import Client
 
-from quarry.clickhouse_sql import sql_string
+from quarry.runtime.clickhouse_sql import sql_string
 from tests.emulator import (
     FLEET_ENDPOINTS,
     OSQUERY_DOC_ENDPOINTS,

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from quarry.clickhouse_sql import sql_string
+from quarry.runtime.clickhouse_sql import sql_string
 from tests.emulator import HostProfile, LogBuffer, OsqueryNode, log_records
 from tests.lossy_proxy import LossyProxy
 from tests.polling import eventually

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from quarry.clickhouse_sql import sql_string
-from quarry.grpc_runtime import RECONNECT_BACKOFF_MAX_S
+from quarry.runtime.clickhouse_sql import sql_string
+from quarry.serving.grpc_runtime import RECONNECT_BACKOFF_MAX_S
 from tests.emulator import HostProfile, LogBuffer, OsqueryNode, QueryResult, log_records
 from tests.polling import eventually
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
@@ -181,7 +181,7 @@ def test_enrolled_nodes_carry_on_while_enroll_is_down_and_new_nodes_enroll_after
 
 
 # A restarted service is used again within gRPC's bounded reconnect back-off (at most
-# quarry/grpc_runtime.py's RECONNECT_BACKOFF_MAX_S between attempts) plus this margin.
+# quarry/serving/grpc_runtime.py's RECONNECT_BACKOFF_MAX_S between attempts) plus this margin.
 FOUND_AGAIN_WITHIN_S = RECONNECT_BACKOFF_MAX_S + 2.0
 # Long enough for gRPC's default back-off (1 s growing by 1.6x, attempts about 16 s and
 # 26 s into an outage) to leave a gap of several seconds after the restart.

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from gateway.client_certificates import parse_certificate
 from gateway.node_cache import NodeCache
 from protos.v1 import distributed_pb2, distributed_pb2_grpc, enroll_pb2, enroll_pb2_grpc
-from quarry.gateway_certificates import ensure_certificates, issue_client_certificate
-from quarry.grpc_runtime import sync_channel
+from quarry.encryption.gateway_certificates import ensure_certificates, issue_client_certificate
+from quarry.serving.grpc_runtime import sync_channel
 from tests.emulator import HostProfile, OsqueryNode
 from tests.emulator.response import INVALID_NODE_KEY
 from tests.free_ports import free_port_base

@@ -1,10 +1,10 @@
-"""quarry/group_commit.py alone: who joins which group, in what order, and failures."""
+"""quarry/runtime/group_commit.py alone: who joins which group, in what order, and failures."""
 
 from __future__ import annotations
 
 import asyncio
 
-from quarry.group_commit import GroupCommit
+from quarry.runtime.group_commit import GroupCommit
 
 
 class Recorder:

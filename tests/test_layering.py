@@ -1,6 +1,6 @@
 """The layering rule of docs/architecture.md: quarry/ (the layer below the services)
 imports no service package, directly or by name through importlib; the CLI reaches a
-service over gRPC or by running its process (quarry/service_entry.py)."""
+service over gRPC or by running its process (quarry/serving/service_entry.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from quarry.service_entry import SERVICE_PACKAGES, service_of
+from quarry.serving.service_entry import SERVICE_PACKAGES, service_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE_PACKAGE_NAMES = frozenset(SERVICE_PACKAGES.values())
@@ -28,11 +28,50 @@ def imported_modules(path: Path) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("path", sorted((REPO_ROOT / "quarry").glob("*.py")), ids=lambda p: p.name)
+QUARRY_MODULES = sorted((REPO_ROOT / "quarry").rglob("*.py"))
+# quarry/'s layers, lowest first (docs/architecture.md): a module imports from its own
+# layer or lower ones; the command line (cli) is the top and nothing below imports it.
+LAYERS = ["runtime", "state", "access", "encryption", "serving", "cli"]
+LAYER_RANK = {"runtime": 0, "state": 1, "access": 2, "encryption": 2, "serving": 3, "cli": 4}
+
+
+def _name(path: Path) -> str:
+    return str(path.relative_to(REPO_ROOT))
+
+
+@pytest.mark.parametrize("path", QUARRY_MODULES, ids=_name)
 def test_quarry_imports_no_service(path: Path) -> None:
     modules = imported_modules(path)
     assert [m for m in modules if m.split(".")[0] in SERVICE_PACKAGE_NAMES] == []
     assert "importlib" not in modules
+
+
+def _layer(parts: list[str]) -> str | None:
+    """The layer of a module path under quarry/ (None for quarry/__init__ and __main__)."""
+    return parts[1] if len(parts) > 2 and parts[1] in LAYER_RANK else None
+
+
+@pytest.mark.parametrize("path", QUARRY_MODULES, ids=_name)
+def test_a_quarry_layer_imports_only_itself_and_lower_layers(path: Path) -> None:
+    own = _layer(list(path.relative_to(REPO_ROOT).with_suffix("").parts))
+    if own is None:
+        return
+    upward = [
+        module
+        for module in imported_modules(path)
+        if module.startswith("quarry.")
+        and (layer := _layer(module.split("."))) is not None
+        and LAYER_RANK[layer] > LAYER_RANK[own]
+    ]
+    assert upward == [], f"{_name(path)} ({own}) imports a higher layer"
+
+
+def test_every_quarry_module_is_in_a_layer() -> None:
+    loose = [p.name for p in (REPO_ROOT / "quarry").glob("*.py")]
+    assert sorted(loose) == ["__init__.py", "__main__.py"]
+    assert sorted(
+        p.name for p in (REPO_ROOT / "quarry").iterdir() if p.is_dir() and p.name != "__pycache__"
+    ) == sorted(LAYERS)
 
 
 def test_each_service_package_is_its_own_entry_point() -> None:

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
-from quarry.clickhouse_sql import sql_string
-from quarry.settings import Settings
+from quarry.runtime.clickhouse_sql import sql_string
+from quarry.runtime.settings import Settings
 from tests.emulator import HostProfile, OsqueryNode, log_records
 from tests.emulator.node import MAX_LOG_LINE_BYTES, LogRecord
 from tests.quarry_cluster import QuarryCluster, quarry_cluster

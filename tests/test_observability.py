@@ -33,8 +33,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quarry import local_prometheus
-from quarry.settings import SERVICES, Settings
+from quarry.cli import local_prometheus
+from quarry.runtime.settings import SERVICES, Settings
 from tests.emulator import HostProfile, OsqueryNode, log_records
 from tests.free_ports import free_port_base
 from tests.polling import eventually

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quarry.protos_codegen import PROTO_DIR, generate_to_temp
+from quarry.cli.protos_codegen import PROTO_DIR, generate_to_temp
 
 
 def test_generated_code_is_current() -> None:

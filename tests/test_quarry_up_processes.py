@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from quarry.state_directory import UP_PID_FILE as PID_FILE
-from quarry.up_processes import Recorded, process_start_time, write_pid_file
+from quarry.cli.up_processes import Recorded, process_start_time, write_pid_file
+from quarry.state.directory import UP_PID_FILE as PID_FILE
 from tests.free_ports import free_port_base
 from tests.polling import eventually
 from tests.quarry_cluster import QuarryCluster, quarry_cluster

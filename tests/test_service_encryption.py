@@ -30,9 +30,9 @@ import zmq
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.v1 import logs_pb2
-from quarry.grpc_runtime import sync_channel
-from quarry.internal_tls import ensure_shared_certificate
-from quarry.zmq_curve import CurveKeys, create_key_pair, secure_dealer
+from quarry.encryption.internal_tls import ensure_shared_certificate
+from quarry.encryption.zmq_curve import CurveKeys, create_key_pair, secure_dealer
+from quarry.serving.grpc_runtime import sync_channel
 from tests.emulator import HostProfile, OsqueryNode, log_records
 from tests.free_ports import free_port_base
 from tests.polling import eventually

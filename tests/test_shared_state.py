@@ -36,10 +36,10 @@ from protos.v1 import (
     enroll_pb2,
     enroll_pb2_grpc,
 )
-from quarry.gateway_certificates import ensure_certificates
-from quarry.grpc_runtime import sync_channel
-from quarry.service_database import open_service_database
-from quarry.settings import PORT_OFFSETS, Settings
+from quarry.encryption.gateway_certificates import ensure_certificates
+from quarry.runtime.settings import PORT_OFFSETS, Settings
+from quarry.serving.grpc_runtime import sync_channel
+from quarry.state.service_database import open_service_database
 from tests.emulator import HostProfile, OsqueryNode
 from tests.emulator.response import INVALID_NODE_KEY
 from tests.free_ports import free_port_base

@@ -20,8 +20,8 @@ import grpc
 import pytest
 
 from protos.v1 import enroll_pb2, enroll_pb2_grpc, logs_pb2, logs_pb2_grpc
-from quarry.admin_auth import ADMIN, OPERATOR, READ_ONLY
-from quarry.grpc_runtime import sync_channel
+from quarry.access.admin_auth import ADMIN, OPERATOR, READ_ONLY
+from quarry.serving.grpc_runtime import sync_channel
 from tests.free_ports import free_port_base
 from tests.polling import eventually
 from tests.service_processes import REPO_ROOT, ServiceProcess

@@ -1,4 +1,4 @@
-"""The state tables described once (quarry/table_schema.py) create the same tables as the
+"""The state tables described once (quarry/state/table_schema.py) create the same tables as the
 DDL the stores wrote out per dialect before (tests/schema_reference.py), on SQLite and on
 a real PostgreSQL; a database made by that DDL is already up to date for the new code.
 
@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from quarry.schema_migrations import split_statements
-from quarry.service_database import STATEFUL_SERVICES, ServiceSchema, migrate_service
-from quarry.service_entry import SERVICE_PACKAGES
-from quarry.settings import Settings
-from quarry.state_database import POSTGRESQL, SQLITE, StateDatabase, open_state_database
-from quarry.table_schema import INTEGER, SERIAL, TEXT, Column, Index, Table
+from quarry.runtime.settings import Settings
+from quarry.serving.service_entry import SERVICE_PACKAGES
+from quarry.state.database import POSTGRESQL, SQLITE, StateDatabase, open_state_database
+from quarry.state.migrations import split_statements
+from quarry.state.service_database import STATEFUL_SERVICES, ServiceSchema, migrate_service
+from quarry.state.table_schema import INTEGER, SERIAL, TEXT, Column, Index, Table
 from tests import schema_reference
 from tests.conftest import STATE_BACKENDS
 from tests.postgres_server import fresh_database

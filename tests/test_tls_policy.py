@@ -24,7 +24,7 @@ import pytest
 
 from gateway import tls_policy
 from gateway.tls_policy import ReloadingContext, TlsPolicy
-from quarry.gateway_certificates import TlsFiles, ensure_certificates
+from quarry.encryption.gateway_certificates import TlsFiles, ensure_certificates
 from tests.emulator.http_client import osquery_ssl_context
 from tests.free_ports import free_port_base
 from tests.polling import eventually

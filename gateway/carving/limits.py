@@ -1,9 +1,9 @@
 """Carve settings: where carves live, how large they may be, how long they may take.
 
-They are read from QUARRY_CARVE_* variables here rather than in quarry/settings.py, so
+They are read from QUARRY_CARVE_* variables here rather than in quarry/runtime/settings.py, so
 carving keeps its settings beside the code that uses them; where carves live
 (QUARRY_CARVE_DIR, else state_dir/carves) is the state directory's
-(quarry/state_directory.py), since `quarry carve` reads them there too.
+(quarry/state/directory.py), since `quarry carve` reads them there too.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from quarry.settings import Settings
-from quarry.state_directory import carve_dir
+from quarry.runtime.settings import Settings
+from quarry.state.directory import carve_dir
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

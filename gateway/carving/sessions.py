@@ -23,8 +23,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from gateway.carving.limits import CarveLimits, carve_limits
 from gateway.node_cache import NodeIdentity
-from quarry.carve_store import RECEIVING, Carve, CarveRejected, CarveStore
-from quarry.settings import Settings
+from quarry.runtime.settings import Settings
+from quarry.state.carve_store import RECEIVING, Carve, CarveRejected, CarveStore
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Access to the admin API: tokens, roles and the audit log."""

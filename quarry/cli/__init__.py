@@ -1,0 +1,1 @@
+"""The `quarry` command: the cluster supervisor (`quarry up`) and the admin commands."""

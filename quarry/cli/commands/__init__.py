@@ -1,0 +1,1 @@
+"""The admin commands of `quarry`, one module per command group."""

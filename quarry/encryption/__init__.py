@@ -1,0 +1,1 @@
+"""Key material: the gateway's local CA, internal TLS, ZeroMQ CURVE keys."""

@@ -1,0 +1,1 @@
+"""What every Quarry process runs on: settings, logging, metrics endpoint, shutdown, tools."""

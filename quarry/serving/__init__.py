@@ -1,0 +1,1 @@
+"""Running a service process: gRPC servers and channels, start-up, entry points."""

@@ -1,0 +1,1 @@
+"""The state layer: the state directory, the state database, migrations, changes."""
