@@ -1,8 +1,11 @@
 """The ingest process: ZeroMQ ROUTER for log batches, an fsynced spool, replay into ClickHouse,
 and the LogStore gRPC service.
 
-A batch goes: receive -> dedup -> flatten check -> spool append+fsync -> ack -> replay ->
-insert -> checkpoint (ingest_service.group_commit; ingest_service.spool for the disk format).
+A batch goes one way through one module per stage: receive and ack (here) -> parse, dedup,
+line identities, flatten, spool append+fsync (ingest_service.group_commit, with
+ingest_service.line_identities and ingest_service.spool) -> replay, insert, checkpoint
+(ingest_service.replay) -> the store (ingest_service.clickhouse_server_store or
+embedded_clickhouse_store, behind ingest_service.log_store's protocol).
 While ClickHouse is down or slow, batches are still acked once spooled, up to
 `ingest_spool_max_bytes` unreplayed; replay catches up when it is back.
 
@@ -29,7 +32,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ingest_service import line_identities, metrics
 from ingest_service.group_commit import GroupCommitter, Reply, recent_ids_from_spool
-from ingest_service.log_store import LogStore, ReadOnlyQueries, open_log_store
+from ingest_service.log_store import LogStore, ReadOnlyQueries
 from ingest_service.replay import ReplayedReads, Replayer
 from ingest_service.schema import retention_days
 from ingest_service.service import LogStoreService
@@ -98,7 +101,7 @@ async def serve(settings: Settings) -> None:
     )
 
     replaying = asyncio.create_task(replayer.run())
-    appending = asyncio.create_task(committer.run())
+    committer.start()
     receiver = asyncio.create_task(receive_batches(log_socket.router, committer))
     retention = asyncio.create_task(enforce_retention(store, retention_days()))
     log.info(
@@ -113,8 +116,7 @@ async def serve(settings: Settings) -> None:
     log.info("stopping: spooling what was received, replaying for up to %ss", REPLAY_GRACE_S)
     receiver.cancel()
     retention.cancel()
-    committer.stop()
-    await appending
+    await committer.close()
     replayer.stop(REPLAY_GRACE_S)
     await replaying
     log.info("stopped with %d batches left to replay", spool.unreplayed_records())
@@ -165,6 +167,18 @@ def open_log_socket(settings: Settings) -> LogSocket:
         ],
         closers=[lambda: refusals.close(linger=0), authenticator.stop],
     )
+
+
+def open_log_store(settings: Settings) -> LogStore:
+    """The ClickHouse server of settings.clickhouse_url, or embedded chdb when it is empty."""
+    if settings.clickhouse_url:
+        from ingest_service.clickhouse_server_store import ClickHouseServerStore
+
+        return ClickHouseServerStore(settings.clickhouse_url, settings.clickhouse_cluster)
+    # Imported only when used: chdb loads a large library.
+    from ingest_service.embedded_clickhouse_store import EmbeddedClickHouseStore
+
+    return EmbeddedClickHouseStore(settings.path("chdb"))
 
 
 def open_spool(settings: Settings) -> Spool:
@@ -250,6 +264,9 @@ def bind_router(
 
 
 async def receive_batches(router: zmq.asyncio.Socket, committer: GroupCommitter) -> None:
+    """Hand every batch to the committer as it arrives. Messages already queued are received
+    without yielding to the event loop (pyzmq reads them at once), so the batches of one
+    turn share one spool append."""
     outbox = AckOutbox(router)
     while True:
         frames = await router.recv_multipart()
@@ -258,7 +275,7 @@ async def receive_batches(router: zmq.asyncio.Socket, committer: GroupCommitter)
             continue
         peer = frames[0]
         for index in range(1, len(frames), 2):
-            await committer.submit(frames[index + 1], outbox.sender(peer, frames[index]))
+            committer.submit(frames[index + 1], outbox.sender(peer, frames[index]))
 
 
 class AckOutbox:
@@ -270,7 +287,7 @@ class AckOutbox:
         self.waiting: dict[bytes, list[bytes]] = {}
 
     def sender(self, peer: bytes, correlation_id: bytes) -> Reply:
-        async def send_ack(ack: logs_pb2.LogAck) -> None:
+        def send_ack(ack: logs_pb2.LogAck) -> None:
             if not self.waiting:
                 asyncio.get_running_loop().call_soon(self.flush)
             self.waiting.setdefault(peer, []).extend((correlation_id, ack.SerializeToString()))
