@@ -263,53 +263,89 @@ def bind_router(
     return router
 
 
+# Messages received per event-loop callback at most, so a flood cannot starve the loop.
+RECEIVE_BURST = 1_000
+
+
 async def receive_batches(router: zmq.asyncio.Socket, committer: GroupCommitter) -> None:
-    """Hand every batch to the committer as it arrives. Messages already queued are received
-    without yielding to the event loop (pyzmq reads them at once), so the batches of one
-    turn share one spool append."""
-    outbox = AckOutbox(router)
-    while True:
-        frames = await router.recv_multipart()
+    """Hand every batch to the committer as it arrives, and send the acks, until cancelled."""
+    receiver = BatchReceiver(router, committer)
+    loop = asyncio.get_running_loop()
+    loop.add_reader(receiver.fd, receiver.drain)
+    try:
+        receiver.drain()
+        await loop.create_future()
+    finally:
+        loop.remove_reader(receiver.fd)
+
+
+class BatchReceiver:
+    """The ROUTER read and written directly, from the event loop's reader callback.
+
+    pyzmq's asyncio socket costs a future, its callbacks and an event check per message; here
+    a readable ROUTER is drained with non-blocking receives, every batch of the drain joins the
+    same spool append (ingest_service/group_commit.py), and the acks of one turn leave
+    together, one message per gateway. ZeroMQ's descriptor is edge-triggered: it signals only
+    when the socket's state changes, and a send may consume that signal, so after every send
+    the socket is drained again.
+    """
+
+    def __init__(self, router: zmq.asyncio.Socket, committer: GroupCommitter) -> None:
+        # The same ZeroMQ socket, without the asyncio wrapper's futures; the wrapper is never
+        # used for receiving or sending, so the two never compete for events.
+        self.socket = zmq.Socket.shadow(router.underlying)
+        self.fd = self.socket.getsockopt(zmq.FD)
+        self.committer = committer
+        self.acks: dict[bytes, list[bytes]] = {}
+
+    def drain(self) -> None:
+        for _ in range(RECEIVE_BURST):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.received(frames)
+        # More is waiting: go on after the loop's other work.
+        asyncio.get_running_loop().call_soon(self.drain)
+
+    def received(self, frames: list[bytes]) -> None:
         if len(frames) < 3 or len(frames) % 2 == 0:
-            await reply_bad_framing(router, frames)
-            continue
+            self.reply_bad_framing(frames)
+            return
         peer = frames[0]
         for index in range(1, len(frames), 2):
-            committer.submit(frames[index + 1], outbox.sender(peer, frames[index]))
-
-
-class AckOutbox:
-    """Acks waiting to leave, per peer: sent together once the current event-loop turn ends
-    (a group's settle answers all its batches in one turn)."""
-
-    def __init__(self, router: zmq.asyncio.Socket) -> None:
-        self.router = router
-        self.waiting: dict[bytes, list[bytes]] = {}
+            self.committer.submit(frames[index + 1], self.sender(peer, frames[index]))
 
     def sender(self, peer: bytes, correlation_id: bytes) -> Reply:
+        """Queue one ack; a group's acks (settled in one turn) go to each peer in one message."""
+
         def send_ack(ack: logs_pb2.LogAck) -> None:
-            if not self.waiting:
+            if not self.acks:
                 asyncio.get_running_loop().call_soon(self.flush)
-            self.waiting.setdefault(peer, []).extend((correlation_id, ack.SerializeToString()))
+            self.acks.setdefault(peer, []).extend((correlation_id, ack.SerializeToString()))
 
         return send_ack
 
     def flush(self) -> None:
-        waiting, self.waiting = self.waiting, {}
-        for peer, frames in waiting.items():
-            try:
-                self.router.send_multipart([peer, *frames], flags=zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                # The gateway is gone or not reading: it answers osquery itself on timeout.
-                log.warning("dropped %d acks for a gateway: %s", len(frames) // 2, exc)
+        acks, self.acks = self.acks, {}
+        for peer, frames in acks.items():
+            self.send(peer, frames)
+        self.drain()
 
+    def send(self, peer: bytes, frames: list[bytes]) -> None:
+        try:
+            self.socket.send_multipart([peer, *frames], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            # The gateway is gone or not reading: it answers osquery itself on timeout.
+            log.warning("dropped %d acks for a gateway: %s", len(frames) // 2, exc)
 
-async def reply_bad_framing(router: zmq.asyncio.Socket, frames: list[bytes]) -> None:
-    log.warning("message with %d frames, expected an odd number of at least 3", len(frames))
-    correlation_id = frames[1] if len(frames) > 3 else b""
-    error = (
-        f"expected [identity, correlation id, LogBatch, ...], got {len(frames)} frames; "
-        "send [correlation id, LogBatch] pairs from a DEALER"
-    )
-    ack = logs_pb2.LogAck(ok=False, error=error)
-    await router.send_multipart([frames[0], correlation_id, ack.SerializeToString()])
+    def reply_bad_framing(self, frames: list[bytes]) -> None:
+        log.warning("message with %d frames, expected an odd number of at least 3", len(frames))
+        correlation_id = frames[1] if len(frames) > 3 else b""
+        error = (
+            f"expected [identity, correlation id, LogBatch, ...], got {len(frames)} frames; "
+            "send [correlation id, LogBatch] pairs from a DEALER"
+        )
+        ack = logs_pb2.LogAck(ok=False, error=error)
+        # Called while draining, which goes on receiving after it.
+        self.send(frames[0], [correlation_id, ack.SerializeToString()])
