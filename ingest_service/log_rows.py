@@ -158,9 +158,13 @@ class FlatBatch:
         return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
 
 
-def flatten_batch(batch: logs_pb2.LogBatch) -> FlatBatch:
-    """Rows for the table this batch's kind goes to; raises MalformedBatch."""
-    records = parse_records(batch.data_json)
+def flatten_batch(batch: logs_pb2.LogBatch, records: list[Any] | None = None) -> FlatBatch:
+    """Rows for the table this batch's kind goes to; raises MalformedBatch.
+
+    `records`: its data_json already parsed, when the caller has it.
+    """
+    if records is None:
+        records = parse_records(batch.data_json)
     common = (batch.node_id, clamp_uint(batch.received_at, UINT32_MAX), batch.batch_id)
     if batch.kind == logs_pb2.RESULT:
         return flatten_results(records, common, batch.host_identifier)

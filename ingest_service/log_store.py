@@ -1,8 +1,11 @@
-"""What the ingest service needs from a log store, and how it picks one.
+"""What the ingest service needs from a log store: the protocol both stores implement, and
+what they share.
 
 Two stores implement it: a ClickHouse server through clickhouse-driver
 (`clickhouse_server_store`) and embedded ClickHouse through chdb
-(`embedded_clickhouse_store`). Calls block; the service runs them off its event loop.
+(`embedded_clickhouse_store`); both import this module, never the other way round (the
+ingest process picks one: `open_log_store` in ingest_service/server.py). Calls block; the
+service runs them off its event loop.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from quarry.runtime.clickhouse_sql import sql_string
-from quarry.runtime.settings import Settings
 
 DATABASE = "quarry"
 
@@ -77,14 +79,3 @@ def batch_rows_sql(database: str, table: str, batch_ids: Iterable[str]) -> str:
         f"SELECT batch_id, count() FROM {database}.{table} WHERE batch_id IN ({ids}) "
         "GROUP BY batch_id"
     )
-
-
-def open_log_store(settings: Settings) -> LogStore:
-    """The ClickHouse server of settings.clickhouse_url, or embedded chdb when it is empty."""
-    if settings.clickhouse_url:
-        from ingest_service.clickhouse_server_store import ClickHouseServerStore
-
-        return ClickHouseServerStore(settings.clickhouse_url, settings.clickhouse_cluster)
-    from ingest_service.embedded_clickhouse_store import EmbeddedClickHouseStore
-
-    return EmbeddedClickHouseStore(settings.path("chdb"))

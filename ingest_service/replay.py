@@ -1,10 +1,17 @@
 """The ClickHouse side of ingest: move spooled batches into the log store, exactly once.
 
-`Replayer` reads spooled records in order, groups them until the group holds `flush_rows`
-rows or `flush_interval_s` has passed since the previous insert began, inserts one insert per
-table, then advances the spool's checkpoint. A failed insert is retried with backoff, in order,
-while the spool keeps accepting. Records that may already be in ClickHouse (found past the
-checkpoint at start-up, or after an insert that failed) are first checked: batch ids already
+A batch belongs to this module from the moment its spool append is fsynced: the receive side
+(ingest_service/group_commit.py) hands over each one once, as a `SpooledBatch` (where it was
+spooled, the batch as spooled, its rows), and never touches it again. `Replayer` keeps those in
+memory, in spool order, so a live batch is neither read back from disk nor parsed nor flattened
+again; only what it cannot hold (records found past the checkpoint at start-up, or more than
+CACHED_ROWS rows behind during a long outage) is read from the spool.
+
+It groups records until the group holds `flush_rows` rows or `flush_interval_s` has passed
+since the previous insert began, inserts one insert per table, then advances the spool's
+checkpoint. A failed insert is retried with backoff, in order, while the spool keeps accepting.
+Records that may already be in ClickHouse (found past the checkpoint at start-up, sent to this
+replica as a failover, or in a group whose insert failed) are first checked: batch ids already
 fully present are not inserted again (docs/adr/0004-spool-and-exactly-once.md).
 
 `ReplayedReads` gives `quarry sql` read-your-writes: a query waits until what was acknowledged
@@ -14,10 +21,10 @@ before it has been replayed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from ingest_service import metrics
@@ -32,12 +39,13 @@ from ingest_service.log_rows import (
     raw_batch_row,
 )
 from ingest_service.log_store import LogStore, QueryResult
-from ingest_service.spool import Position, Spool, SpoolRecord
+from ingest_service.spool import Position, Spool
 from protos.v1 import logs_pb2
 
 log = logging.getLogger(__name__)
 
-# Flattened batches kept in memory for the replayer, so a live batch is flattened only once.
+# Rows of spooled batches kept in memory for the replay; past it (a long outage) the replay
+# reads and flattens them again from disk.
 CACHED_ROWS = 500_000
 RETRY_FIRST_S = 0.1
 RETRY_CAP_S = 5.0
@@ -46,11 +54,23 @@ READ_YOUR_WRITES_WAIT_S = 5.0
 
 
 @dataclass
+class SpooledBatch:
+    """One batch just fsynced to the spool: where it starts, the batch as spooled (repeated
+    lines left out), and its rows."""
+
+    position: Position
+    next_position: Position
+    batch: logs_pb2.LogBatch
+    flat: FlatBatch
+
+
+@dataclass
 class ReplayGroup:
     """Consecutive spooled records, flattened, and where the checkpoint goes once inserted."""
 
     records: int = 0
     end: Position = field(default_factory=lambda: Position(0, 0))
+    row_count: int = 0
     rows: dict[str, list[Row]] = field(default_factory=dict)
     # Per table: (batch_id, rows it adds), to tell which batches are already present.
     batches: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
@@ -59,12 +79,15 @@ class ReplayGroup:
     # Rows of records spooled by this process (counted in Replayer.pending_rows).
     live_rows: int = 0
 
-    def add(self, record: SpoolRecord, flat: FlatBatch, batch_id: str) -> None:
+    def add(self, end: Position, batch: logs_pb2.LogBatch, flat: FlatBatch, raw: bool) -> None:
         self.records += 1
-        self.end = record.next_position
-        self.add_rows(flat.table, flat.rows, batch_id)
+        self.end = end
+        self.add_rows(flat.table, flat.rows, batch.batch_id)
+        if raw:
+            self.add_rows(RAW_TABLE, [raw_batch_row(batch)], batch.batch_id)
 
     def add_rows(self, table: str, rows: list[Row], batch_id: str) -> None:
+        self.row_count += len(rows)
         self.rows.setdefault(table, []).extend(rows)
         self.batches.setdefault(table, []).append((batch_id, len(rows)))
 
@@ -93,13 +116,21 @@ class Replayer:
         self.schema_ready = False
         # Records before this were spooled by an earlier process and may be in ClickHouse.
         self.uncertain_before = spool.end_position()
-        self.startup_backlog = spool.unreplayed_records()
-        # Shared by the event loop (spooled) and the worker thread (read_group).
-        self.flats_lock = threading.Lock()
-        self.flats: dict[Position, FlatBatch] = {}
-        self.cached_rows = 0
+        # Records past the checkpoint, by what this replayer was told (the spool's own count
+        # moves in its appending thread before the batches are handed over).
+        self.unreplayed = spool.unreplayed_records()
+        # The batches handed over, in spool order; the records between the checkpoint and the
+        # first of them are on disk only while `on_disk` (read from the spool, up to `end`
+        # when none is queued). `generation` changes whenever the queue is dropped.
+        self.queued: deque[SpooledBatch] = deque()
+        self.queued_rows = 0
+        self.on_disk = self.unreplayed > 0
+        self.end = self.uncertain_before
+        self.generation = 0
         self.pending_rows = 0
         self.wake = asyncio.Event()
+        # Waiting with nothing to replay: the next handed-over batch must wake it.
+        self.idle = False
         self.stopping = False
         self.give_up_at = float("inf")
         self.last_flush = time.monotonic()
@@ -109,27 +140,29 @@ class Replayer:
         self.reader_waiting = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def spooled(self, entries: list[tuple[Position, FlatBatch]]) -> None:
-        """Batches were just appended: keep their rows at hand and wake the replay."""
-        for position, flat in entries:
-            self.pending_rows += len(flat.rows)
-            self.cache_flat(position, flat)
+    def spooled(self, batches: list[SpooledBatch]) -> None:
+        """Batches were just fsynced, in spool order: they are the replay's now.
+
+        Wakes the replay only when a group is due, not for every batch.
+        """
+        for spooled in batches:
+            rows = len(spooled.flat.rows)
+            self.pending_rows += rows
+            if self.queued_rows + rows > CACHED_ROWS:
+                # Too far behind: these rows, and those queued before them, wait on disk.
+                self.queued.clear()
+                self.queued_rows = 0
+                self.generation += 1
+                self.on_disk = True
+            if rows <= CACHED_ROWS:
+                self.queued.append(spooled)
+                self.queued_rows += rows
+        self.unreplayed += len(batches)
+        if batches:
+            self.end = batches[-1].next_position
         metrics.PENDING_ROWS.set(self.pending_rows)
-        self.wake.set()
-
-    def cache_flat(self, position: Position, flat: FlatBatch) -> None:
-        with self.flats_lock:
-            # Past the cap (a long outage) the replay flattens again from disk instead.
-            if self.cached_rows + len(flat.rows) <= CACHED_ROWS:
-                self.flats[position] = flat
-                self.cached_rows += len(flat.rows)
-
-    def cached_flat(self, position: Position) -> FlatBatch | None:
-        with self.flats_lock:
-            flat = self.flats.pop(position, None)
-            if flat is not None:
-                self.cached_rows -= len(flat.rows)
-            return flat
+        if self.idle or self.pending_rows >= self.flush_rows:
+            self.wake.set()
 
     def stop(self, grace_s: float) -> None:
         """Replay what it can within grace_s, then let run() return (the rest waits on disk)."""
@@ -143,30 +176,24 @@ class Replayer:
             await self.wait_for_group()
             if self.out_of_time():
                 return
-            if not self.spool.unreplayed_records():
+            if not self.unreplayed:
                 if self.stopping:
                     return
-                self.startup_backlog = 0
                 continue
             self.last_flush = time.monotonic()
             self.reader_waiting.clear()
-            group = await asyncio.to_thread(self.read_group)
+            group = await self.read_group()
+            if not group.records:
+                continue
             if not await self.insert_until_stored(group):
                 return
             await asyncio.to_thread(self.spool.commit, group.end, group.records)
             self.replayed_group(group)
 
     def replayed_group(self, group: ReplayGroup) -> None:
-        self.startup_backlog = max(0, self.startup_backlog - group.records)
-        # May go below zero for a moment: replay can read a record before spooled() counts it.
+        self.unreplayed -= group.records
         self.pending_rows -= group.live_rows
         metrics.PENDING_ROWS.set(max(0, self.pending_rows))
-        with self.flats_lock:
-            # Records replayed before spooled() cached them: drop them (oldest first).
-            for position in list(self.flats):
-                if position >= group.end:
-                    break
-                self.cached_rows -= len(self.flats.pop(position).rows)
         with self.replayed:
             self.replayed.notify_all()
 
@@ -174,38 +201,68 @@ class Replayer:
         return self.stopping and time.monotonic() >= self.give_up_at
 
     async def wait_for_group(self) -> None:
+        """Until a group is due: a backlog on disk, `flush_rows` rows, a reader waiting, or
+        `flush_interval_s` since the last insert began with something to replay."""
+        loop = asyncio.get_running_loop()
         while not self.stopping:
-            if self.spool.unreplayed_records() and (
-                self.startup_backlog
-                or self.pending_rows >= self.flush_rows
-                or self.reader_waiting.is_set()
+            if self.unreplayed and (
+                self.on_disk or self.pending_rows >= self.flush_rows or self.reader_waiting.is_set()
             ):
                 return
-            timeout = None
-            if self.spool.unreplayed_records():
-                timeout = self.last_flush + self.flush_interval_s - time.monotonic()
-                if timeout <= 0:
+            timer = None
+            if self.unreplayed:
+                delay = self.last_flush + self.flush_interval_s - time.monotonic()
+                if delay <= 0:
                     return
+                timer = loop.call_later(delay, self.wake.set)
+            self.idle = not self.unreplayed
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout)
+            await self.wake.wait()
+            self.idle = False
+            if timer is not None:
+                timer.cancel()
 
-    def read_group(self) -> ReplayGroup:
+    async def read_group(self) -> ReplayGroup:
+        """The next group: what is on disk only first (read in a worker thread), then the
+        queued batches that follow it."""
         group = ReplayGroup()
-        for record in self.spool.read_from(self.spool.checkpoint):
-            batch = logs_pb2.LogBatch.FromString(record.payload)
-            flat = self.cached_flat(record.position) or self.flatten(batch)
-            group.add(record, flat, batch.batch_id)
-            if self.keep_raw_batches:
-                group.add_rows(RAW_TABLE, [raw_batch_row(batch)], batch.batch_id)
+        generation = self.generation
+        head = self.queued[0] if self.queued else None
+        if self.on_disk:
+            end = head.position if head is not None else self.end
+            if not await asyncio.to_thread(self.read_disk, group, end):
+                return group
+            if generation != self.generation:
+                # The queue was dropped meanwhile: what followed `end` is on disk now.
+                return group
+            self.on_disk = False
+        while self.queued and group.row_count < self.flush_rows:
+            spooled = self.queued.popleft()
+            self.queued_rows -= len(spooled.flat.rows)
+            group.add(spooled.next_position, spooled.batch, spooled.flat, self.keep_raw_batches)
             # A failover batch may also be in its first-choice replica's spool (ADR 0005).
+            if spooled.batch.failover:
+                group.uncertain = True
+            else:
+                group.live_rows += len(spooled.flat.rows)
+        return group
+
+    def read_disk(self, group: ReplayGroup, end: Position) -> bool:
+        """Add the spooled records from the checkpoint up to `end` (in a worker thread);
+        False when the group filled up before `end`."""
+        for record in self.spool.read_from(self.spool.checkpoint):
+            if record.position >= end:
+                return True
+            if group.row_count >= self.flush_rows:
+                return False
+            batch = logs_pb2.LogBatch.FromString(record.payload)
+            flat = self.flatten(batch)
+            group.add(record.next_position, batch, flat, self.keep_raw_batches)
             if record.position < self.uncertain_before or batch.failover:
                 group.uncertain = True
             else:
                 group.live_rows += len(flat.rows)
-            if sum(map(len, group.rows.values())) >= self.flush_rows:
-                break
-        return group
+        return True
 
     def flatten(self, batch: logs_pb2.LogBatch) -> FlatBatch:
         try:
@@ -253,7 +310,7 @@ class Replayer:
                 return True
             if self.out_of_time():
                 return False
-            # Not woken by new batches: each spool append sets `wake`.
+            # Whatever is spooled meanwhile waits for the backoff step too.
             await asyncio.sleep(min(delay, max(0.0, self.give_up_at - time.monotonic())))
             delay = min(delay * 2, RETRY_CAP_S)
 

@@ -1,8 +1,11 @@
 """The ingest process: ZeroMQ ROUTER for log batches, an fsynced spool, replay into ClickHouse,
 and the LogStore gRPC service.
 
-A batch goes: receive -> dedup -> flatten check -> spool append+fsync -> ack -> replay ->
-insert -> checkpoint (ingest_service.group_commit; ingest_service.spool for the disk format).
+A batch goes one way through one module per stage: receive and ack (here) -> parse, dedup,
+line identities, flatten, spool append+fsync (ingest_service.group_commit, with
+ingest_service.line_identities and ingest_service.spool) -> replay, insert, checkpoint
+(ingest_service.replay) -> the store (ingest_service.clickhouse_server_store or
+embedded_clickhouse_store, behind ingest_service.log_store's protocol).
 While ClickHouse is down or slow, batches are still acked once spooled, up to
 `ingest_spool_max_bytes` unreplayed; replay catches up when it is back.
 
@@ -29,7 +32,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ingest_service import line_identities, metrics
 from ingest_service.group_commit import GroupCommitter, Reply, recent_ids_from_spool
-from ingest_service.log_store import LogStore, ReadOnlyQueries, open_log_store
+from ingest_service.log_store import LogStore, ReadOnlyQueries
 from ingest_service.replay import ReplayedReads, Replayer
 from ingest_service.schema import retention_days
 from ingest_service.service import LogStoreService
@@ -46,7 +49,7 @@ from quarry.runtime.metrics_endpoint import start_metrics_endpoint
 from quarry.runtime.settings import Settings
 from quarry.runtime.shutdown import until_signalled
 from quarry.serving.grpc_runtime import serve_grpc
-from quarry.state.directory import spool_dir
+from quarry.state.directory import chdb_dir, spool_dir
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ async def serve(settings: Settings) -> None:
     )
 
     replaying = asyncio.create_task(replayer.run())
-    appending = asyncio.create_task(committer.run())
+    committer.start()
     receiver = asyncio.create_task(receive_batches(log_socket.router, committer))
     retention = asyncio.create_task(enforce_retention(store, retention_days()))
     log.info(
@@ -114,8 +117,7 @@ async def serve(settings: Settings) -> None:
     log.info("stopping: spooling what was received, replaying for up to %ss", REPLAY_GRACE_S)
     receiver.cancel()
     retention.cancel()
-    committer.stop()
-    await appending
+    await committer.close()
     replayer.stop(REPLAY_GRACE_S)
     await replaying
     log.info("stopped with %d batches left to replay", spool.unreplayed_records())
@@ -166,6 +168,18 @@ def open_log_socket(settings: Settings) -> LogSocket:
         ],
         closers=[lambda: refusals.close(linger=0), authenticator.stop],
     )
+
+
+def open_log_store(settings: Settings) -> LogStore:
+    """The ClickHouse server of settings.clickhouse_url, or embedded chdb when it is empty."""
+    if settings.clickhouse_url:
+        from ingest_service.clickhouse_server_store import ClickHouseServerStore
+
+        return ClickHouseServerStore(settings.clickhouse_url, settings.clickhouse_cluster)
+    # Imported only when used: chdb loads a large library.
+    from ingest_service.embedded_clickhouse_store import EmbeddedClickHouseStore
+
+    return EmbeddedClickHouseStore(chdb_dir(settings))
 
 
 def open_spool(settings: Settings) -> Spool:
@@ -250,50 +264,89 @@ def bind_router(
     return router
 
 
+# Messages received per event-loop callback at most, so a flood cannot starve the loop.
+RECEIVE_BURST = 1_000
+
+
 async def receive_batches(router: zmq.asyncio.Socket, committer: GroupCommitter) -> None:
-    outbox = AckOutbox(router)
-    while True:
-        frames = await router.recv_multipart()
+    """Hand every batch to the committer as it arrives, and send the acks, until cancelled."""
+    receiver = BatchReceiver(router, committer)
+    loop = asyncio.get_running_loop()
+    loop.add_reader(receiver.fd, receiver.drain)
+    try:
+        receiver.drain()
+        await loop.create_future()
+    finally:
+        loop.remove_reader(receiver.fd)
+
+
+class BatchReceiver:
+    """The ROUTER read and written directly, from the event loop's reader callback.
+
+    pyzmq's asyncio socket costs a future, its callbacks and an event check per message; here
+    a readable ROUTER is drained with non-blocking receives, every batch of the drain joins the
+    same spool append (ingest_service/group_commit.py), and the acks of one turn leave
+    together, one message per gateway. ZeroMQ's descriptor is edge-triggered: it signals only
+    when the socket's state changes, and a send may consume that signal, so after every send
+    the socket is drained again.
+    """
+
+    def __init__(self, router: zmq.asyncio.Socket, committer: GroupCommitter) -> None:
+        # The same ZeroMQ socket, without the asyncio wrapper's futures; the wrapper is never
+        # used for receiving or sending, so the two never compete for events.
+        self.socket = zmq.Socket.shadow(router.underlying)
+        self.fd = self.socket.getsockopt(zmq.FD)
+        self.committer = committer
+        self.acks: dict[bytes, list[bytes]] = {}
+
+    def drain(self) -> None:
+        for _ in range(RECEIVE_BURST):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.received(frames)
+        # More is waiting: go on after the loop's other work.
+        asyncio.get_running_loop().call_soon(self.drain)
+
+    def received(self, frames: list[bytes]) -> None:
         if len(frames) < 3 or len(frames) % 2 == 0:
-            await reply_bad_framing(router, frames)
-            continue
+            self.reply_bad_framing(frames)
+            return
         peer = frames[0]
         for index in range(1, len(frames), 2):
-            await committer.submit(frames[index + 1], outbox.sender(peer, frames[index]))
-
-
-class AckOutbox:
-    """Acks waiting to leave, per peer: sent together once the current event-loop turn ends
-    (a group's settle answers all its batches in one turn)."""
-
-    def __init__(self, router: zmq.asyncio.Socket) -> None:
-        self.router = router
-        self.waiting: dict[bytes, list[bytes]] = {}
+            self.committer.submit(frames[index + 1], self.sender(peer, frames[index]))
 
     def sender(self, peer: bytes, correlation_id: bytes) -> Reply:
-        async def send_ack(ack: logs_pb2.LogAck) -> None:
-            if not self.waiting:
+        """Queue one ack; a group's acks (settled in one turn) go to each peer in one message."""
+
+        def send_ack(ack: logs_pb2.LogAck) -> None:
+            if not self.acks:
                 asyncio.get_running_loop().call_soon(self.flush)
-            self.waiting.setdefault(peer, []).extend((correlation_id, ack.SerializeToString()))
+            self.acks.setdefault(peer, []).extend((correlation_id, ack.SerializeToString()))
 
         return send_ack
 
     def flush(self) -> None:
-        waiting, self.waiting = self.waiting, {}
-        for peer, frames in waiting.items():
-            try:
-                self.router.send_multipart([peer, *frames], flags=zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                # The gateway is gone or not reading: it answers osquery itself on timeout.
-                log.warning("dropped %d acks for a gateway: %s", len(frames) // 2, exc)
+        acks, self.acks = self.acks, {}
+        for peer, frames in acks.items():
+            self.send(peer, frames)
+        self.drain()
 
+    def send(self, peer: bytes, frames: list[bytes]) -> None:
+        try:
+            self.socket.send_multipart([peer, *frames], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            # The gateway is gone or not reading: it answers osquery itself on timeout.
+            log.warning("dropped %d acks for a gateway: %s", len(frames) // 2, exc)
 
-async def reply_bad_framing(router: zmq.asyncio.Socket, frames: list[bytes]) -> None:
-    log.warning("message with %d frames, expected an odd number of at least 3", len(frames))
-    correlation_id = frames[1] if len(frames) > 3 else b""
-    error = (
-        f"expected [identity, correlation id, LogBatch, ...], got {len(frames)} frames; "
-        "send [correlation id, LogBatch] pairs from a DEALER"
-    )
-    ack = logs_pb2.LogAck(ok=False, error=error)
-    await router.send_multipart([frames[0], correlation_id, ack.SerializeToString()])
+    def reply_bad_framing(self, frames: list[bytes]) -> None:
+        log.warning("message with %d frames, expected an odd number of at least 3", len(frames))
+        correlation_id = frames[1] if len(frames) > 3 else b""
+        error = (
+            f"expected [identity, correlation id, LogBatch, ...], got {len(frames)} frames; "
+            "send [correlation id, LogBatch] pairs from a DEALER"
+        )
+        ack = logs_pb2.LogAck(ok=False, error=error)
+        # Called while draining, which goes on receiving after it.
+        self.send(frames[0], [correlation_id, ack.SerializeToString()])

@@ -368,6 +368,21 @@ def test_garbage_gets_a_clear_error_and_the_service_keeps_serving(
     assert (acks[2].ok, acks[2].rows) == (True, 2)
 
 
+def test_a_message_without_pairs_is_answered_and_the_next_one_still_read(
+    ingest: IngestProcess, dealer: zmq.Socket
+) -> None:
+    # A correlation id without its batch: an even number of frames on the ROUTER.
+    dealer.send_multipart([b"lonely01"])
+    assert dealer.poll(int(ACK_TIMEOUT_S * 1000)), "no answer to a badly framed message"
+    correlation_id, raw_ack = dealer.recv_multipart()
+    ack = logs_pb2.LogAck.FromString(raw_ack)
+    assert (correlation_id, ack.ok) == (b"", False)
+    assert "[correlation id, LogBatch] pairs" in ack.error
+    good = make_batch(logs_pb2.RESULT, EVENT_RECORDS)
+    [stored] = send_batches(dealer, [good])
+    assert (stored.ok, stored.rows) == (True, 2)
+
+
 def test_a_malformed_record_is_skipped_and_the_rest_stored(
     ingest: IngestProcess, dealer: zmq.Socket
 ) -> None:
