@@ -1,7 +1,7 @@
 """The osquery TLS API: every endpoint osqueryd calls, in one file.
 
 osquery ignores HTTP status codes and judges a response by its JSON body alone
-(shared/osquery-protocol.md §2.5, §3.1): `node_invalid: true` makes it drop its key
+(docs/osquery-protocol.md §2.5, §3.1): `node_invalid: true` makes it drop its key
 and re-enroll, any top-level `error` member makes the request fail (so osquery keeps
 its data and retries). Every answer here is therefore a JSON object; the status
 code is set for people reading logs, not for osquery.
@@ -314,7 +314,7 @@ def _answer(body: dict, node: NodeIdentity, campaign_id: str, rows: int) -> dist
     )
 
 
-# --- carving (issue 11) ----------------------------------------------------------------
+# --- carving (docs/carving.md) ---------------------------------------------------------
 
 
 async def carve_begin(request: Request, state: GatewayState, body: dict) -> Answer:

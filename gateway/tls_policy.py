@@ -1,7 +1,7 @@
 """The gateway's TLS server context: versions, ciphers, client certificates, and reload.
 
 TLS 1.2 and 1.3 only (1.3 only if asked), with osquery's own TLS 1.2 cipher list by
-default (shared/osquery-protocol.md §2.2): ECDHE key exchange and AEAD ciphers. TLS
+default (docs/osquery-protocol.md §2.2): ECDHE key exchange and AEAD ciphers. TLS
 1.3 suites are OpenSSL's defaults, all AEAD; Python cannot narrow them.
 
 Certificates are reloaded without a restart. uvicorn builds one SSLContext per worker

@@ -1,8 +1,9 @@
 """Enroll secrets, node identity, clones and approval: the enroll service as a real process,
 on SQLite and on PostgreSQL (the state_env fixture).
 
-Each rule of issue 5 is driven over real gRPC against `quarry serve enroll`; a refused
-enrollment is checked to have changed nothing (the secret's count, the node list).
+Each enrollment rule (docs/enrollment.md) is driven over real gRPC against `quarry serve
+enroll`; a refused enrollment is checked to have changed nothing (the secret's count, the
+node list).
 """
 
 from __future__ import annotations

@@ -548,7 +548,7 @@ def test_empty_state_renders_an_empty_config_and_default_state_the_built_in_one(
 
 
 def test_osquery_config_hash_test_vector() -> None:
-    # osquery/plugins/config/tests/tls_config_tests.cpp (protocol doc section 5.2).
+    # osquery/plugins/config/tests/tls_config_tests.cpp (docs/osquery-protocol.md §5.2).
     response = (
         '{"schedule":{"tls_proc":{"query":"select * from processes","interval":1}},'
         '"node_invalid":false,"node":true}'

@@ -1,4 +1,4 @@
-"""osquery's carve requests applied to the carve store (shared/osquery-protocol.md §10).
+"""osquery's carve requests applied to the carve store (docs/osquery-protocol.md §10).
 
 A start request (authenticated by node key) opens a session within the limits and
 answers its `session_id`; continue requests carry only that session id, one base64

@@ -130,7 +130,7 @@ class Settings:
     admin_token: str = ""
     service_token: str = ""
 
-    # Hardening (issue 10); docs/security.md explains each limit.
+    # Hardening: docs/security.md explains each limit.
     # Request bodies as received (compressed when gzip), per endpoint: Fleet's defaults.
     request_max_bytes_log: int = 10 << 20
     request_max_bytes_distributed_write: int = 5 << 20
@@ -176,7 +176,7 @@ class Settings:
     zmq_curve: bool = False
     zmq_curve_dir: str = ""
 
-    # Shared state (issue 9, docs/deploy.md): a postgresql:// URL makes the enroll, config
+    # Shared state (docs/deploy.md, ADR 0009): a postgresql:// URL makes the enroll, config
     # and distributed services keep their state there, so any number of replicas of each
     # share it; empty: one SQLite file per service in state_dir.
     database_url: str = ""

@@ -1,6 +1,6 @@
 """An osquery client emulator: stands in for osqueryd, which cannot run here.
 
-It speaks osquery's TLS remote protocol exactly as /work/shared/osquery-protocol.md
+It speaks osquery's TLS remote protocol exactly as docs/osquery-protocol.md
 describes it (headers and their order, body key order, gzip bytes, retries, transparent
 resend, node_invalid handling), over asyncio, so one process can emulate thousands of hosts.
 
