@@ -16,7 +16,7 @@ from pathlib import Path
 from quarry.runtime.settings import SERVICES, Settings
 
 BINARY_CANDIDATES = ("prometheus", "/usr/bin/prometheus")
-RULES_FILE = Path(__file__).resolve().parent.parent / "deploy/prometheus/rules/quarry-alerts.yml"
+RULES_FILE = Path(__file__).resolve().parents[2] / "deploy/prometheus/rules/quarry-alerts.yml"
 
 
 def find_binary() -> str | None:
