@@ -174,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     still buffered cannot fail again, and exit.
     """
     try:
-        code = _run(argv)
+        try:
+            code = _run(argv)
+        except SystemExit:  # argparse's --help, --version and usage errors
+            sys.stdout.flush()
+            raise
         sys.stdout.flush()
         return code
     except BrokenPipeError:
