@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.osquery_api import routes
 from tests.emulator import HostProfile, OsqueryNode
 from tests.emulator.tables import QueryOutcome, TableExecutor
 from tests.free_ports import free_port_base
@@ -54,6 +55,14 @@ def without_ports(cluster: QuarryCluster) -> dict[str, str]:
     env = {k: v for k, v in cluster.env().items() if k != "QUARRY_PORT_BASE"}
     del env["QUARRY_STATE_DIR"]
     return env
+
+
+def new_node(cluster: QuarryCluster, number: int) -> OsqueryNode:
+    profile = HostProfile.make(number, seed=cluster.port_base)
+    return OsqueryNode(
+        server=cluster.gateway, ca_file=cluster.ca_cert, enroll_secret=cluster.enroll_secret,
+        profile=profile, host_identifier=profile.hardware_uuid.lower(), retry_time_scale=0,
+    )  # fmt: skip
 
 
 def one_line(stderr: str) -> str:
@@ -158,6 +167,29 @@ def test_a_mistyped_state_directory_is_one_line_and_creates_nothing(
     assert not wrong.exists()
 
 
+# --- quarry flags -------------------------------------------------------------------------
+
+
+def test_flags_say_what_the_config_does_and_what_carving_needs(cluster: QuarryCluster) -> None:
+    flags = dict(
+        line.removeprefix("--").split("=", 1) for line in cluster.cli("flags").stdout.splitlines()
+    )
+    node = new_node(cluster, 3)
+
+    async def fetch() -> dict:
+        async with node:
+            return await node.fetch_config() or {}
+
+    options = asyncio.run(fetch())["options"]  # the built-in config, which wins over flags
+    assert flags["distributed_interval"] == str(options["distributed_interval"])
+    assert flags["logger_tls_period"] == str(options["logger_tls_period"])
+    assert flags["disable_carver"] == "false"
+    assert int(flags["carver_block_size"]) <= 2 * 1024 * 1024  # QUARRY_CARVE_MAX_BLOCK_BYTES
+    paths = set(routes())
+    for endpoint in ("carver_start_endpoint", "carver_continue_endpoint"):
+        assert flags[endpoint] in paths
+
+
 # --- output closed early -------------------------------------------------------------------
 
 
@@ -205,11 +237,7 @@ def test_carve_start_waits_for_the_first_carve_ever_with_progress(
     cluster: QuarryCluster,
 ) -> None:
     assert not (cluster.state_dir / "carves" / "index.sqlite3").exists()  # a fresh install
-    profile = HostProfile.make(1, seed=cluster.port_base)
-    node = OsqueryNode(
-        server=cluster.gateway, ca_file=cluster.ca_cert, enroll_secret=cluster.enroll_secret,
-        profile=profile, host_identifier=profile.hardware_uuid.lower(), retry_time_scale=0,
-    )  # fmt: skip
+    node = new_node(cluster, 1)
     asyncio.run(_enroll(node))
     node_id = next(
         n["node_id"]
@@ -306,11 +334,7 @@ def test_shutdown_stops_the_gateway_first_and_records_its_last_check_ins(
     cluster: QuarryCluster,
 ) -> None:
     """Runs last: it stops the module's cluster."""
-    profile = HostProfile.make(2, seed=cluster.port_base)
-    node = OsqueryNode(
-        server=cluster.gateway, ca_file=cluster.ca_cert, enroll_secret=cluster.enroll_secret,
-        profile=profile, host_identifier=profile.hardware_uuid.lower(), retry_time_scale=0,
-    )  # fmt: skip
+    node = new_node(cluster, 2)
 
     async def check_in() -> None:
         async with node:
