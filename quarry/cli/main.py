@@ -120,6 +120,15 @@ MAKES_STATE = {
     encryption.curve_authorize,
     migrate.migrate,  # says itself what it needs (QUARRY_DATABASE_URL needs no directory)
 }
+# Commands that read the state directory's own files even when QUARRY_ADMIN_TOKEN is given.
+READS_STATE_FILES = {
+    admin.flags,
+    admin.tls_client_cert,
+    carves.carve_start,
+    carves.carve_list,
+    carves.carve_show,
+    carves.carve_get,
+}
 
 
 def package_version() -> str:
@@ -145,7 +154,7 @@ def missing_state_dir(settings: Settings, args: argparse.Namespace) -> str | Non
     """Why an admin command cannot run from this state directory, or None."""
     if args.handler in MAKES_STATE or settings.state_dir.is_dir():
         return None
-    if os.environ.get("QUARRY_ADMIN_TOKEN") and args.handler not in admin.LOCAL_STATE:
+    if os.environ.get("QUARRY_ADMIN_TOKEN") and args.handler not in READS_STATE_FILES:
         return None  # the token is given, and the services are found by their addresses
     return (
         f"no state directory {Path(settings.state_dir).resolve()}: run this where `quarry up`"

@@ -175,7 +175,3 @@ def tls_client_cert(settings: Settings, args: argparse.Namespace) -> int:
         print(f"osquery: --tls_client_cert={cert} --tls_client_key={key}", file=sys.stderr)
     return 0
 
-
-# Admin commands that read the state directory's own files even when QUARRY_ADMIN_TOKEN is
-# given (quarry/cli/main.py refuses them a state directory that does not exist).
-LOCAL_STATE = {flags, tls_client_cert}
