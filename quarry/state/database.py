@@ -215,7 +215,12 @@ class SqliteDatabase:
         """
         copy = cls(Path(":memory:"))
         if path.exists():
-            source = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            # With no -wal file beside it (no process has it open) the file is read as
+            # immutable, which makes no -wal and -shm files; otherwise read-only, through
+            # the WAL that holds its latest transactions.
+            wal = path.with_name(path.name + "-wal")
+            mode = "mode=ro" if wal.exists() else "immutable=1"
+            source = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
             try:
                 source.backup(copy._db)
             finally:
