@@ -190,6 +190,18 @@ def test_flags_say_what_the_config_does_and_what_carving_needs(cluster: QuarryCl
         assert flags[endpoint] in paths
 
 
+def test_an_unreachable_service_is_named_once_with_its_address(tmp_path: Path) -> None:
+    base = free_port_base()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUARRY_")}
+    result = quarry_in(env, "--state-dir", str(tmp_path), "--port-base", str(base), "node", "list")
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert line.startswith(
+        f"quarry node: UNAVAILABLE: cannot reach 127.0.0.1:{base + 1} (Connection refused);"
+    ), line
+    assert "failed to connect" not in line.lower()
+
+
 # --- output closed early -------------------------------------------------------------------
 
 

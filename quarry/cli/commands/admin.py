@@ -51,16 +51,28 @@ def call_rpc(method: Callable[..., Any], request: Message) -> Any:
         raise CommandError(rpc_error_line(exc)) from exc
 
 
+# gRPC's text for a refused connection says it twice: "failed to connect to all addresses;
+# last error: UNKNOWN: ipv4:127.0.0.1:50051: Failed to connect to remote host: Connection
+# refused". The address and the reason are what a person needs.
+UNREACHABLE = re.compile(
+    r"failed to connect to all addresses; last error: \w+: (?:ipv[46]:)?(?P<address>\S+:\d+):"
+    r" (?:Failed to connect to remote host: )?(?P<reason>.+)$"
+)
+
+
 def rpc_error_line(exc: grpc.RpcError) -> str:
     """One line for a failed call; an unreachable service gets the likely reasons."""
     details = " ".join((exc.details() or "").split())
-    line = f"{exc.code().name}: {details}"
-    if exc.code() == grpc.StatusCode.UNAVAILABLE:
-        line += (
-            " (is the service running? If it requires mutual TLS, the CLI needs "
-            "QUARRY_INTERNAL_TLS=on and the internal certificate; docs/security.md)"
-        )
-    return line
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return f"{exc.code().name}: {details}"
+    unreachable = UNREACHABLE.match(details)
+    if unreachable:
+        details = f"cannot reach {unreachable['address']} ({unreachable['reason']})"
+    return (
+        f"UNAVAILABLE: {details}; is the service running, and is this its --state-dir or"
+        " --port-base? If it requires mutual TLS, the CLI needs QUARRY_INTERNAL_TLS=on and"
+        " the internal certificate (docs/security.md)"
+    )
 
 
 # --- sql ------------------------------------------------------------------------------
@@ -174,4 +186,3 @@ def tls_client_cert(settings: Settings, args: argparse.Namespace) -> int:
         print(f"certificate {cert}\nkey         {key}")
         print(f"osquery: --tls_client_cert={cert} --tls_client_key={key}", file=sys.stderr)
     return 0
-
