@@ -3,7 +3,8 @@
 Only an admin's SQL may change the store. Anyone else's (read-only and operator tokens,
 and Quarry's own processes with the service token) runs read-only in ClickHouse itself
 (`readonly = 1`), and a statement ClickHouse refuses there is answered PERMISSION_DENIED,
-which the audit log records as the call's outcome (docs/security.md).
+which the audit log records as the call's outcome (docs/security.md). One statement per
+request (quarry/runtime/sql_text.py says why); errors are ClickHouse's message on one line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import orjson
 from ingest_service.log_store import QueryResult, ReadOnlyRefused
 from protos.v1 import logs_pb2, logs_pb2_grpc
 from quarry.access.admin_auth import ADMIN, current_caller
+from quarry.runtime.sql_text import error_line, statements
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,9 @@ class LogStoreService(logs_pb2_grpc.LogStoreServicer):
         caller = current_caller()
         may_write = caller is not None and caller.role == ADMIN
         store = self.writable if may_write else self.read_only
+        count = len(statements(request.sql))
+        if count != 1:
+            return logs_pb2.SqlResponse(error=_statement_count_error(count))
         try:
             result = await asyncio.to_thread(store.query, request.sql)
         except ReadOnlyRefused as refused:
@@ -50,12 +55,23 @@ class LogStoreService(logs_pb2_grpc.LogStoreServicer):
             raise  # abort raises; this line only tells readers and type checkers so
         except Exception as exc:
             # A bad query is the caller's mistake, not an RPC failure: return the message.
-            return logs_pb2.SqlResponse(error=str(exc))
+            return logs_pb2.SqlResponse(error=error_line(str(exc)))
+        rows = result.rows[: request.max_rows] if request.max_rows else result.rows
         return logs_pb2.SqlResponse(
             columns=result.columns,
             types=result.types,
-            rows_json=[json_row(row) for row in result.rows],
+            rows_json=[json_row(row) for row in rows],
+            total_rows=len(result.rows),
         )
+
+
+def _statement_count_error(count: int) -> str:
+    if count == 0:
+        return "no statement to run"
+    return (
+        f"{count} statements: quarry sql runs one statement at a time; "
+        "run each with its own quarry sql"
+    )
 
 
 def json_row(row: list[Any]) -> str:

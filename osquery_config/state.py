@@ -339,8 +339,13 @@ def _canonical_value(value: object, where: str) -> object:
     raise InvalidState(f"{where}: {value!r} is not a JSON value (quote it to make it a string)")
 
 
+# The options every node gets until a config says otherwise; `quarry flags` prints the same
+# values, since a config's options override osquery's flags.
+DEFAULT_OPTIONS = {"distributed_interval": 60, "logger_tls_period": 10}
+
+
 def _default_config() -> dict:
-    return {"options": {"distributed_interval": 60, "logger_tls_period": 10}, "schedule": {}}
+    return {"options": dict(DEFAULT_OPTIONS), "schedule": {}}
 
 
 # What every node gets before anything was ever applied; every component agrees on it.

@@ -454,6 +454,20 @@ def test_quarry_migrate_applies_each_migration_once(
     assert {component for component, _ in only_config} <= {"config", "config.changes"}
 
 
+def test_a_dry_run_on_sqlite_writes_nothing(tmp_path: Path) -> None:
+    """Neither a file for a state not made yet, nor anything in an existing one (not even
+    the migration history table)."""
+    pending = statuses(quarry_migrate(tmp_path, {}, "--dry-run"))
+    assert set(pending.values()) == {"pending"}
+    assert list(tmp_path.iterdir()) == []
+
+    quarry_migrate(tmp_path, {})
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    again = statuses(quarry_migrate(tmp_path, {}, "--dry-run"))
+    assert again == {step: "already applied" for step in pending}
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
 def test_replicas_starting_together_migrate_once(postgres_url: str, tmp_path: Path) -> None:
     env = {"QUARRY_DATABASE_URL": fresh_database(postgres_url)}
     runs = [

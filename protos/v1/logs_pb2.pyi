@@ -63,19 +63,23 @@ class LogAck(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., rows: _Optional[int] = ..., duplicate: _Optional[bool] = ..., lines_already_stored: _Optional[int] = ...) -> None: ...
 
 class SqlRequest(_message.Message):
-    __slots__ = ("sql",)
+    __slots__ = ("sql", "max_rows")
     SQL_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
     sql: str
-    def __init__(self, sql: _Optional[str] = ...) -> None: ...
+    max_rows: int
+    def __init__(self, sql: _Optional[str] = ..., max_rows: _Optional[int] = ...) -> None: ...
 
 class SqlResponse(_message.Message):
-    __slots__ = ("columns", "types", "rows_json", "error")
+    __slots__ = ("columns", "types", "rows_json", "error", "total_rows")
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     TYPES_FIELD_NUMBER: _ClassVar[int]
     ROWS_JSON_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ROWS_FIELD_NUMBER: _ClassVar[int]
     columns: _containers.RepeatedScalarFieldContainer[str]
     types: _containers.RepeatedScalarFieldContainer[str]
     rows_json: _containers.RepeatedScalarFieldContainer[str]
     error: str
-    def __init__(self, columns: _Optional[_Iterable[str]] = ..., types: _Optional[_Iterable[str]] = ..., rows_json: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ...) -> None: ...
+    total_rows: int
+    def __init__(self, columns: _Optional[_Iterable[str]] = ..., types: _Optional[_Iterable[str]] = ..., rows_json: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ..., total_rows: _Optional[int] = ...) -> None: ...

@@ -1,7 +1,10 @@
 """The `quarry` command: run the cluster, run one service, administer a running one.
 
 Settings come from QUARRY_* environment variables; the global options below set the
-most common ones for this command and every process it starts.
+most common ones for this command and every process it starts. An admin command given
+only `--state-dir` finds the cluster where that state directory's `quarry up` recorded it
+(quarry/cli/cluster_record.py). Output closed early (`| head`) ends the command quietly
+with exit code 141, as a process killed by SIGPIPE shows in the shell (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -10,8 +13,11 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import NoReturn
 
+from quarry.cli.cluster_record import apply_record
 from quarry.cli.commands import (
     admin,
     carves,
@@ -28,6 +34,7 @@ from quarry.serving.service_entry import service_command
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quarry", description="Quarry, an osquery fleet server.")
+    parser.add_argument("--version", action="version", version=f"quarry {package_version()}")
     parser.add_argument(
         "--state-dir",
         help="where state, certificates and secrets live (QUARRY_STATE_DIR, default ./.quarry)",
@@ -64,8 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run one service (what a Kubernetes pod runs)")
     serve.add_argument("service", choices=SERVICES)
 
-    cmd = _admin(sub, "sql", "query the log store (ClickHouse or the embedded one)", admin.sql)
-    cmd.add_argument("sql", help='e.g. "SELECT count() FROM quarry.results"')
+    admin.add_sql_command(sub, _admin)
 
     config.add_config_commands(sub, _admin)
     enrollment.add_secret_commands(sub, _admin)
@@ -100,6 +106,39 @@ def _admin(sub, name: str, help_text: str, handler: Callable) -> argparse.Argume
     return cmd
 
 
+# Exit code when the output was closed early (`quarry ... | head`): 128 + SIGPIPE, what a
+# shell shows for a program SIGPIPE ended (`yes | head`), so `set -o pipefail` scripts see
+# the same as with any other command.
+EXIT_BROKEN_PIPE = 141
+# Commands that make files in a state directory that may not exist yet; every other admin
+# command reads a running cluster's, so a mistyped --state-dir is a one-line error.
+MAKES_STATE = {
+    encryption.internal_init,
+    encryption.internal_issue,
+    encryption.curve_init,
+    encryption.curve_add_client,
+    encryption.curve_authorize,
+    migrate.migrate,  # says itself what it needs (QUARRY_DATABASE_URL needs no directory)
+}
+# Commands that read the state directory's own files even when QUARRY_ADMIN_TOKEN is given.
+READS_STATE_FILES = {
+    admin.flags,
+    admin.tls_client_cert,
+    carves.carve_start,
+    carves.carve_list,
+    carves.carve_show,
+    carves.carve_get,
+}
+
+
+def package_version() -> str:
+    # The installed distribution's metadata (pyproject.toml's version), not a constant here.
+    try:
+        return version("quarry")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _apply_global_options(args: argparse.Namespace) -> None:
     if args.state_dir:
         os.environ["QUARRY_STATE_DIR"] = args.state_dir
@@ -107,6 +146,20 @@ def _apply_global_options(args: argparse.Namespace) -> None:
         os.environ["QUARRY_PORT_BASE"] = str(args.port_base)
     if args.clickhouse_url is not None:
         os.environ["QUARRY_CLICKHOUSE_URL"] = args.clickhouse_url
+    if args.command not in ("up", "serve"):
+        apply_record(Settings.from_env().state_dir)
+
+
+def missing_state_dir(settings: Settings, args: argparse.Namespace) -> str | None:
+    """Why an admin command cannot run from this state directory, or None."""
+    if args.handler in MAKES_STATE or settings.state_dir.is_dir():
+        return None
+    if os.environ.get("QUARRY_ADMIN_TOKEN") and args.handler not in READS_STATE_FILES:
+        return None  # the token is given, and the services are found by their addresses
+    return (
+        f"no state directory {Path(settings.state_dir).resolve()}: run this where `quarry up`"
+        " runs, or give its --state-dir (QUARRY_STATE_DIR)"
+    )
 
 
 def serve(service: str) -> NoReturn:
@@ -123,6 +176,27 @@ def serve(service: str) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a closed output (`| head`) ends it quietly, never with a traceback.
+
+    What Python's documentation recommends for SIGPIPE (library/signal.html, "Note on
+    SIGPIPE"): point stdout at /dev/null, so the interpreter's final flush of what is
+    still buffered cannot fail again, and exit.
+    """
+    try:
+        try:
+            code = _run(argv)
+        except SystemExit:  # argparse's --help, --version and usage errors
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _apply_global_options(args)
     settings = Settings.from_env()
@@ -137,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_cluster(settings, prometheus=prometheus)
     if args.command == "serve":
         serve(args.service)
+    problem = missing_state_dir(settings, args)
+    if problem:
+        print(f"quarry {args.command}: {problem}", file=sys.stderr)
+        return 1
     try:
         return args.handler(settings, args)
     except admin.CommandError as exc:

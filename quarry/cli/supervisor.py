@@ -24,10 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quarry.cli import local_prometheus
+from quarry.cli.cluster_record import PORT_BASE_ENV, write_record
 from quarry.cli.osquery_flags import osquery_flags, write_flagfile
 from quarry.cli.up_processes import (
     Recorded,
     die_with_parent,
+    hold_lock,
+    lock_holder,
     read_pid_file,
     record,
     stop_processes,
@@ -44,6 +47,7 @@ from quarry.state.directory import (
     internal_tls_dir,
     osquery_flags_file,
     prometheus_dir,
+    up_lock_file,
     up_pid_file,
     zmq_curve_dir,
 )
@@ -51,6 +55,7 @@ from quarry.state.directory import (
 SUPERVISOR = "quarry up"  # the supervisor's own entry in the pid file
 READY_TIMEOUT_S = 60.0
 RESTART_BACKOFF_MAX_S = 30.0
+STOP_TIMEOUT_S = 15.0  # each child's, after SIGTERM, before SIGKILL
 
 
 @dataclass(frozen=True)
@@ -105,11 +110,17 @@ def prometheus_child(settings: Settings, options: PrometheusOptions, out) -> Chi
 def run_cluster(
     settings: Settings, out=sys.stdout, prometheus: PrometheusOptions | None = None
 ) -> int:
+    # Before anything else, so a second `quarry up` starts nothing (quarry/cli/up_processes.py).
+    lock_path = up_lock_file(settings)
+    if hold_lock(lock_path) is None:
+        print(already_running(settings, lock_holder(lock_path)), file=out, flush=True)
+        return 1
     pid_file = up_pid_file(settings)
     refusal = take_over_state_dir(settings, pid_file, out)
     if refusal:
         print(refusal, file=out, flush=True)
         return 1
+    write_pid_file(pid_file, [record(SUPERVISOR, os.getpid())])
     secret_path = ensure_enroll_secret_file(settings)
     ca_path = tls_files(settings).ca_cert
     ensure_encryption_keys(settings)
@@ -121,7 +132,9 @@ def run_cluster(
     refusal = ports_in_use(children, settings.bind_host)
     if refusal:
         print(refusal, file=out, flush=True)
+        pid_file.unlink(missing_ok=True)
         return 1
+    write_record(settings, os.environ.get(PORT_BASE_ENV), os.getpid())
     preexec = die_with_parent()
 
     def start(child: Child) -> None:
@@ -158,10 +171,7 @@ def take_over_state_dir(settings: Settings, pid_file: Path, out) -> str | None:
     recorded = read_pid_file(pid_file)
     supervisor = next((p for p in recorded if p.name == SUPERVISOR), None)
     if supervisor is not None and supervisor.alive():
-        return (
-            f"quarry up: already running on {settings.state_dir} (pid {supervisor.pid}); "
-            f"stop it (Ctrl-C, or kill {supervisor.pid}) or use another --state-dir"
-        )
+        return already_running(settings, supervisor.pid)
     leftovers = [p for p in recorded if p.alive()]
     if leftovers:
         listed = ", ".join(f"{p.name} (pid {p.pid})" for p in leftovers)
@@ -172,6 +182,16 @@ def take_over_state_dir(settings: Settings, pid_file: Path, out) -> str | None:
         )
         stop_processes(leftovers)
     return None
+
+
+def already_running(settings: Settings, pid: int | None) -> str:
+    """The one line refusing a second `quarry up` on a state directory."""
+    if pid is None:
+        return f"quarry up: already running on {settings.state_dir}; use another --state-dir"
+    return (
+        f"quarry up: already running on {settings.state_dir} (pid {pid}); "
+        f"stop it (Ctrl-C, or kill {pid}) or use another --state-dir"
+    )
 
 
 def ports_in_use(children: list[Child], host: str) -> str | None:
@@ -264,13 +284,19 @@ def _supervise(children: list[Child], start: Callable[[Child], None], out) -> No
 
 
 def _stop_all(children: list[Child]) -> None:
-    running = [c.process for c in reversed(children) if c.process and c.process.poll() is None]
-    for process in running:  # the gateway first, so nothing new arrives while others stop
+    """Stop the children in reverse start order, each gone before the next is asked.
+
+    The reverse of the dependency order: the gateway first, and only once it has exited
+    the services it writes to as it drains (its last check-ins go to enroll, its last log
+    batches to ingest), so none of them is gone while it still needs them.
+    """
+    for child in reversed(children):
+        process = child.process
+        if process is None or process.poll() is not None:
+            continue
         process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for process in running:
         try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            process.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

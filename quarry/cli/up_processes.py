@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import signal
@@ -67,6 +68,37 @@ def read_pid_file(path: Path) -> list[Recorded]:
         return [Recorded(**entry) for entry in json.loads(path.read_text())]
     except (OSError, ValueError, TypeError):
         return []
+
+
+def hold_lock(path: Path) -> int | None:
+    """Take the exclusive lock on path for the life of this process and write our pid in
+    it; None when another process holds it.
+
+    flock is atomic and the kernel drops it when the holder dies however it dies, so two
+    `quarry up` started at the same moment cannot both pass (the pid file alone is read,
+    then written much later, after the certificates are made). The descriptor is not
+    inherited (Python opens files non-inheritable), so children never hold the lock.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def lock_holder(path: Path, wait_s: float = 2.0) -> int | None:
+    """The pid written in a held lock file (the holder writes it just after locking)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            return int(path.read_text().strip())
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
 
 
 def stop_processes(processes: list[Recorded]) -> None:

@@ -20,6 +20,31 @@ def emit_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+def emit_once(value: str, fields: dict[str, Any] | None = None) -> None:
+    """A value shown only this once (an enroll secret, a token), written and flushed before
+    the command does anything else that could fail.
+
+    Alone on its line, or with `fields` as one JSON object whose first key is "value", so
+    even `| head -3` keeps it. When the output is already closed the value is lost: say so
+    on stderr, then let the BrokenPipeError end the command (quarry/cli/main.py).
+    """
+    if fields is None:
+        text = value + "\n"
+    else:
+        ordered = {"value": value, **{k: fields[k] for k in sorted(fields) if k != "value"}}
+        text = json.dumps(ordered, indent=2, default=str) + "\n"
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        print(
+            "quarry: the output closed before the value, shown only once, was written:"
+            " it is lost; make a new one",
+            file=sys.stderr,
+        )
+        raise
+
+
 def emit_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [len(c) for c in columns]

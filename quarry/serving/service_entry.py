@@ -86,7 +86,7 @@ def migrate_own_state(settings: Settings, schema: ServiceSchema, dry_run: bool, 
     unreachable. With json, one JSON object on stdout and nothing on stderr."""
     service = schema.service
     try:
-        database = open_state_database(settings, service)
+        database = open_state_database(settings, service, read_only=dry_run)
     except DatabaseUnavailable as exc:
         if json:
             emit_json({"error": str(exc)})

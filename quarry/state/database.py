@@ -110,8 +110,16 @@ class DatabaseUnavailable(Exception):
     """PostgreSQL could not be reached (at start, or by `quarry migrate`)."""
 
 
-def open_state_database(settings: Settings, service: str) -> StateDatabase:
-    """PostgreSQL when QUARRY_DATABASE_URL is set, else SQLite state_dir/<service>.sqlite3."""
+def open_state_database(settings: Settings, service: str, read_only: bool = False) -> StateDatabase:
+    """PostgreSQL when QUARRY_DATABASE_URL is set, else SQLite state_dir/<service>.sqlite3.
+
+    read_only (a dry run): SQLite is read into an in-memory copy, so neither the file nor
+    the state directory is created or written.
+    """
+    if read_only and not settings.database_url:
+        if not settings.state_dir.is_dir():
+            raise DatabaseUnavailable(f"no state directory {settings.state_dir.resolve()}")
+        return SqliteDatabase.copy_in_memory(state_database_file(settings, service))
     if settings.database_url:
         if not settings.database_url.startswith(("postgresql://", "postgres://")):
             raise DatabaseUnavailable(
@@ -198,8 +206,30 @@ class SqliteDatabase:
                 self._open = None
         _run_after_commit(state.after)
 
+    @classmethod
+    def copy_in_memory(cls, path: Path) -> SqliteDatabase:
+        """An in-memory copy of the database in path (empty when there is no such file).
+
+        What a dry run reads: whatever it does to the copy (the migration history table
+        it creates), the file is only read, and a missing one is not created.
+        """
+        copy = cls(Path(":memory:"))
+        if path.exists():
+            # With no -wal file beside it (no process has it open) the file is read as
+            # immutable, which makes no -wal and -shm files; otherwise read-only, through
+            # the WAL that holds its latest transactions.
+            wal = path.with_name(path.name + "-wal")
+            mode = "mode=ro" if wal.exists() else "immutable=1"
+            source = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
+            try:
+                source.backup(copy._db)
+            finally:
+                source.close()
+        copy.path = path
+        return copy
+
     def describe(self) -> str:
-        return f"SQLite {self.path}"
+        return f"SQLite {self.path}" + ("" if self.path.exists() else " (not created yet)")
 
     def holds_lead(self, lock_key: int) -> bool:
         return True  # one process owns the file

@@ -35,6 +35,11 @@ its files through the functions below, never by naming a path itself.
                             -> QUARRY_CLICKHOUSE_URL (a server instead)
     gateway-metrics/        Prometheus multiprocess files, with QUARRY_GATEWAY_WORKERS > 1
     quarry-up.pids          the processes of the running `quarry up` (quarry/cli/up_processes.py)
+    quarry-up.lock          held (flock) by the running `quarry up`, so a second one on the
+                            same state directory is refused even while the first starts
+    cluster.json            where the `quarry up` on this directory listens (its port base,
+                            ports, hosts), so admin commands find it with --state-dir alone
+                            (quarry/cli/cluster_record.py)
     osquery.flags           the flags that connect a node, written by `quarry up`
     prometheus/             `quarry up --with-prometheus`: its configuration and data
                             (quarry/cli/local_prometheus.py)
@@ -68,6 +73,8 @@ SPOOL_DIR = "spool"
 CHDB_DIR = "chdb"
 GATEWAY_METRICS_DIR = "gateway-metrics"
 UP_PID_FILE = "quarry-up.pids"
+UP_LOCK_FILE = "quarry-up.lock"
+CLUSTER_FILE = "cluster.json"
 OSQUERY_FLAGS_FILE = "osquery.flags"
 PROMETHEUS_DIR = "prometheus"
 
@@ -162,6 +169,14 @@ def gateway_metrics_dir(settings: Settings) -> Path:
 
 def up_pid_file(settings: Settings) -> Path:
     return settings.path(UP_PID_FILE)
+
+
+def up_lock_file(settings: Settings) -> Path:
+    return settings.path(UP_LOCK_FILE)
+
+
+def cluster_record_file(settings: Settings) -> Path:
+    return settings.path(CLUSTER_FILE)
 
 
 def osquery_flags_file(settings: Settings) -> Path:

@@ -28,6 +28,7 @@ from quarry.state.directory import carve_dir
 
 COPY_CHUNK_BYTES = 1024 * 1024
 POLL_INTERVAL_S = 0.5
+WAIT_LINE_EVERY_S = 10.0  # off a terminal, a waiting line this often (on one, each poll)
 BAR_WIDTH = 30
 
 
@@ -36,12 +37,14 @@ def add_carve_commands(sub: argparse._SubParsersAction, admin: Callable) -> None
     carve_sub = carve.add_subparsers(dest="carve_command", required=True, metavar="ACTION")
     cmd = admin(carve_sub, "start", "carve PATH from NODE and follow the upload", carve_start)
     cmd.add_argument("node", help="the node id (see `quarry nodes list`)")
-    cmd.add_argument("path", help="file path on the host; % and _ make it a LIKE pattern")
+    # argparse formats help text with %: a literal one is written %%.
+    cmd.add_argument("path", help="file path on the host; %% and _ make it a LIKE pattern")
     cmd.add_argument(
         "--timeout",
         type=float,
         default=900.0,
-        help="seconds to follow it (osquery starts carves on the next minute; default 900)",
+        help="seconds to wait for the node's answer and the upload, with progress on stderr"
+        " (osquery starts a carve at the next minute; default 900)",
     )
     cmd.add_argument(
         "--no-wait", action="store_true", help="print the live query id and return at once"
@@ -86,7 +89,7 @@ def carve_start(settings: Settings, args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     carve_id = _carve_id_from_answer(settings, campaign.campaign_id, deadline)
     progress(f"the host scheduled carve {carve_id}; osquery uploads it on the next minute")
-    carve = _follow_upload(_open_store(settings), carve_id, deadline)
+    carve = _follow_upload(settings, carve_id, deadline)
     _print_started(args, campaign.campaign_id, carve)
     if carve.status != COMPLETE:
         raise CommandError(f"carve {carve_id} is {carve.status}, not complete")
@@ -109,20 +112,38 @@ def _carve_id_from_answer(settings: Settings, campaign_id: str, deadline: float)
     return carve_ids[0]
 
 
-def _follow_upload(store: CarveStore, carve_id: str, deadline: float) -> Carve:
-    """Show the upload's progress until the carve completes, expires or time is up."""
-    carve = store.find(carve_id)
+def _follow_upload(settings: Settings, carve_id: str, deadline: float) -> Carve:
+    """Show the upload's progress until the carve completes, expires or time is up.
+
+    Until osquery's start request arrives (at the next minute) there is no carve to show,
+    and on a fresh install no carve store yet (the gateway makes it then): a waiting line,
+    rewritten in place on a terminal, counts the seconds.
+    """
+    started = time.monotonic()
+    carve, store, shown_wait = None, None, -WAIT_LINE_EVERY_S
     while time.monotonic() < deadline:
-        carve = store.find(carve_id)
+        store = store or _existing_store(settings)
+        carve = store.find(carve_id) if store else None
         if carve is not None:
             progress(progress_bar(carve))
             if carve.status != RECEIVING:
                 break
+        else:
+            waited = time.monotonic() - started
+            if sys.stderr.isatty() or waited - shown_wait >= WAIT_LINE_EVERY_S:
+                shown_wait = waited
+                progress(
+                    f"waiting for the host to start uploading carve {carve_id}:"
+                    f" {waited:.0f} s of {deadline - started:.0f} s (--timeout)"
+                )
         time.sleep(POLL_INTERVAL_S)
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     if carve is None:
-        raise CommandError(f"carve {carve_id} did not start uploading in time")
+        raise CommandError(
+            f"carve {carve_id} did not start uploading within --timeout: osquery starts it at"
+            " the next minute; is the node still online? Follow it with `quarry carve list`"
+        )
     return carve
 
 
@@ -154,7 +175,8 @@ def _print_started(args: argparse.Namespace, campaign_id: str, carve: Carve | No
 
 
 def carve_list(settings: Settings, args: argparse.Namespace) -> int:
-    carves = _open_store(settings).list()
+    store = _existing_store(settings)  # none yet: no carve was ever started
+    carves = store.list() if store else []
     if args.json:
         emit_json([carve.to_json() for carve in carves])
         return 0
@@ -269,12 +291,20 @@ def _zstd_writer(output: _CountingWriter):
 
 
 def _open_store(settings: Settings) -> CarveStore:
+    store = _existing_store(settings)
+    if store is None:
+        raise CommandError(
+            f"no carves at {carve_dir(settings)}: none was started yet, or this is not where"
+            " the gateway's state directory is (QUARRY_STATE_DIR or QUARRY_CARVE_DIR)"
+        )
+    return store
+
+
+def _existing_store(settings: Settings) -> CarveStore | None:
+    """The carve store, unless the gateway has not made it yet (reading never makes it)."""
     directory = carve_dir(settings)
     if not (directory / "index.sqlite3").exists():
-        raise CommandError(
-            f"no carves at {directory}: run this where the gateway's state directory is"
-            " (QUARRY_STATE_DIR or QUARRY_CARVE_DIR)"
-        )
+        return None
     return CarveStore(directory)
 
 

@@ -15,8 +15,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
-from quarry.cli.commands.admin import call_rpc, enroll_stub
-from quarry.runtime.command_output import emit_json, emit_table, proto_to_json, utc_iso
+from quarry.cli.commands.admin import CommandError, call_rpc, enroll_stub
+from quarry.runtime.command_output import (
+    emit_json,
+    emit_once,
+    emit_table,
+    proto_to_json,
+    utc_iso,
+)
 from quarry.runtime.settings import Settings
 
 AddCommand = Callable[..., argparse.ArgumentParser]
@@ -163,10 +169,9 @@ def secret_create(settings: Settings, args: argparse.Namespace) -> int:
     )
     created = call_rpc(enroll_stub(settings).CreateSecret, request)
     if args.json:
-        emit_json(proto_to_json(created.secret) | {"value": created.value})
+        emit_once(created.value, proto_to_json(created.secret))
         return 0
-    _note(f"created enroll secret {_describe_secret(created.secret)}")
-    _print_value_once(created.value)
+    _print_value_once(created.value, f"created enroll secret {_describe_secret(created.secret)}")
     return 0
 
 
@@ -208,15 +213,21 @@ def secret_rotate(settings: Settings, args: argparse.Namespace) -> int:
     stub = enroll_stub(settings)
     request = enroll_pb2.RotateSecretRequest(secret=args.secret, grace_seconds=args.grace)
     created = call_rpc(stub.RotateSecret, request)
-    old_until = _old_value_expiry(stub, created.secret) or int(time.time()) + args.grace
+    # The new value exists only in this reply: nothing between here and its printing may
+    # fail, so when the old value's expiry cannot be read it is the one asked for.
+    try:
+        old_until = _old_value_expiry(stub, created.secret)
+    except CommandError:
+        old_until = 0
+    old_until = old_until or int(time.time()) + args.grace
     if args.json:
-        emit_json(
-            proto_to_json(created.secret) | {"value": created.value, "old_expires_at": old_until}
-        )
+        emit_once(created.value, proto_to_json(created.secret) | {"old_expires_at": old_until})
         return 0
-    _note(f"rotated enroll secret {_describe_secret(created.secret)}")
-    _note(f"the old value keeps working until {utc_iso(old_until)}; roll the new one out first")
-    _print_value_once(created.value)
+    _print_value_once(
+        created.value,
+        f"rotated enroll secret {_describe_secret(created.secret)}\n"
+        f"the old value keeps working until {utc_iso(old_until)}; roll the new one out first",
+    )
     return 0
 
 
@@ -231,10 +242,11 @@ def _old_value_expiry(stub: enroll_pb2_grpc.EnrollServiceStub, new: enroll_pb2.E
     return max(older, default=0)
 
 
-def _print_value_once(value: str) -> None:
+def _print_value_once(value: str, what_happened: str) -> None:
     # The value alone on stdout, so `quarry secret create NAME > file` writes a secret
-    # file osquery can read; the explanation goes to stderr.
-    print(value)
+    # file osquery can read; the explanation goes to stderr, after it.
+    emit_once(value)
+    _note(what_happened)
     _note(
         "This value is shown only now: Quarry stores only its hash and cannot show it again.\n"
         "Put it in a file on each host (mode 0600) and point osqueryd at it:\n"

@@ -50,6 +50,12 @@ def add_migrate_command(sub: argparse._SubParsersAction, add: AddCommand) -> Non
 
 
 def migrate(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.database_url and not settings.state_dir.is_dir():
+        # Never made here: a mistyped --state-dir would become a new, empty state.
+        raise CommandError(
+            f"no state directory {settings.state_dir.resolve()}: give the --state-dir"
+            " (QUARRY_STATE_DIR) the services use, or QUARRY_DATABASE_URL"
+        )
     steps: list[dict] = []
     for service in args.service or STATEFUL_SERVICES:
         report = migrate_one(settings, service, args.dry_run)

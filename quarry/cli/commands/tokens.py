@@ -17,7 +17,7 @@ from protos.v1 import enroll_pb2
 from quarry.access.admin_auth import ROLES
 from quarry.cli.commands.admin import call_rpc, enroll_stub
 from quarry.cli.commands.enrollment import DURATION_PATTERN, parse_duration
-from quarry.runtime.command_output import emit_json, emit_table, proto_to_json, utc_iso
+from quarry.runtime.command_output import emit_json, emit_once, emit_table, proto_to_json, utc_iso
 from quarry.runtime.settings import Settings
 
 AddCommand = Callable[..., argparse.ArgumentParser]
@@ -92,15 +92,15 @@ def token_create(settings: Settings, args: argparse.Namespace) -> int:
     )
     created = call_rpc(enroll_stub(settings).CreateToken, request)
     if args.json:
-        emit_json(proto_to_json(created.token) | {"value": created.value})
+        emit_once(created.value, proto_to_json(created.token))
         return 0
     expires = utc_iso(created.token.expires_at, "never")
     print(
         f"created token {created.token.name} ({created.token.role}), expires: {expires}",
         file=sys.stderr,
     )
-    print("its value, shown this once (QUARRY_ADMIN_TOKEN=...):", file=sys.stderr)
-    print(created.value)
+    print("its value, shown this once (QUARRY_ADMIN_TOKEN=...):", file=sys.stderr, flush=True)
+    emit_once(created.value)
     return 0
 
 
