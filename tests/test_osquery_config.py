@@ -344,11 +344,19 @@ def test_group_keeps_only_what_some_block_targets() -> None:
     assert NodeGroup("").describe() == "unknown-platform"
 
 
-def test_block_applies_on_any_target_kind() -> None:
-    mixed = block("m", {}, tags=["prod"], platforms=["windows"])
-    assert block_applies(mixed, linux(tags=("prod",)))
-    assert block_applies(mixed, NodeGroup("windows"))
-    assert not block_applies(mixed, linux(tags=("dev",)))
+def test_block_applies_when_every_kind_matches_and_any_target_within_one() -> None:
+    mixed = block("m", {}, tags=["prod", "staging"], platforms=["windows"])
+    assert block_applies(mixed, NodeGroup("windows", frozenset({"prod"})))
+    assert block_applies(mixed, NodeGroup("windows", frozenset({"staging", "x"})))
+    assert not block_applies(mixed, linux(tags=("prod",)))
+    assert not block_applies(mixed, NodeGroup("windows"))
+    assert block_applies(block("a", {}, all=True), NodeGroup(""))
+    narrowed = block("n", {}, all=True, labels=["x"])
+    assert block_applies(narrowed, linux(labels=("x",)))
+    assert not block_applies(narrowed, linux())
+    pinned = block("p", {}, nodes=["n1"], platforms=["linux"])
+    assert block_applies(pinned, linux(node_id="n1"))
+    assert not block_applies(pinned, NodeGroup("darwin", node_id="n1"))
 
 
 # --- composition ---------------------------------------------------------------------------
@@ -617,7 +625,11 @@ def test_yaml_state_parses_into_blocks_labels_and_tags(tmp_path: Path) -> None:
         Label("docker-hosts", "SELECT 1 FROM processes WHERE name = 'dockerd'", 300, ("linux",)),
     )
     assert state.node_tags == {"web-01": ("prod", "web")}
-    assert validate_state(state) == []
+    # The docs' example combines two kinds: both must match now, and apply says so.
+    assert validate_state(state) == [
+        "block 'linux-prod': targets combine platforms and tags: a node must match each of"
+        " them (AND); Quarry before 0.2 applied the block when any matched (OR)"
+    ]
 
 
 def test_json_round_trip_is_canonical(tmp_path: Path) -> None:
