@@ -338,7 +338,7 @@ def _refuse_repeated(origin: str, repeated: list[tuple[int, str]]) -> None:
             *(
                 f"{origin}: line {line}: key {key!r} is repeated in one mapping"
                 " (only one value would be kept)"
-                for line, key in repeated
+                for line, key in sorted(repeated)
             )
         )
 
