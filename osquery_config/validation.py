@@ -6,7 +6,7 @@ big, too deep, an `error` key). Both are mistakes an operator wants to hear abou
 once, so every one of them is refused at apply time with the reason, all of them in one
 answer (not only the first). What osquery merely ignores without harm (an unknown
 top-level key, a CLI-only flag) and a block whose targets combine kinds (they meant OR
-before Quarry 0.2, AND now) are warnings.
+in earlier Quarry versions, AND now) are warnings.
 """
 
 from __future__ import annotations
@@ -172,7 +172,8 @@ def _check_block(block: Block, known_labels: set[str]) -> tuple[list[str], list[
     if len(kinds) > 1:
         warnings.append(
             f"block {block.name!r}: targets combine {' and '.join(kinds)}: a node must match"
-            " each of them (AND); Quarry before 0.2 applied the block when any matched (OR)"
+            " each of them (AND); earlier Quarry versions applied the block when any"
+            " matched (OR)"
         )
     for key in RESERVED_TOP_LEVEL:
         if key in config:

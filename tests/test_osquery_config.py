@@ -638,7 +638,7 @@ def test_yaml_state_parses_into_blocks_labels_and_tags(tmp_path: Path) -> None:
     # The docs' example combines two kinds: both must match now, and apply says so.
     assert validate_state(state) == [
         "block 'linux-prod': targets combine platforms and tags: a node must match each of"
-        " them (AND); Quarry before 0.2 applied the block when any matched (OR)"
+        " them (AND); earlier Quarry versions applied the block when any matched (OR)"
     ]
 
 
@@ -895,5 +895,5 @@ def test_a_block_combining_kinds_is_warned_about() -> None:
     state = state_of(block("b", {}, platforms=["linux"], tags=["prod"]), block("a", {}))
     assert validate_state(state) == [
         "block 'b': targets combine platforms and tags: a node must match each of them (AND);"
-        " Quarry before 0.2 applied the block when any matched (OR)"
+        " earlier Quarry versions applied the block when any matched (OR)"
     ]
