@@ -76,11 +76,15 @@ class NodeAdmin:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"status must be one of {', '.join(STATUS_CONDITIONS)}; got {node_filter.status!r}",
             )
-        # A tag is matched here, as every targeting matches it (osquery_config.targeting):
-        # the node's secret tags and the live config's node_tags alike.
-        records = self._store.list_nodes(dataclasses.replace(node_filter, tag=""))
-        if node_filter.tag:
-            wanted = Selection.of(tags=[node_filter.tag])
+        # Tag and platform are matched here, as every targeting matches them
+        # (osquery_config.targeting, ADR 0013): the secret's tags and the live config's
+        # node_tags alike; a platform family (linux) or the platform itself (ubuntu).
+        records = self._store.list_nodes(dataclasses.replace(node_filter, tag="", platform=""))
+        if node_filter.tag or node_filter.platform:
+            wanted = Selection.of(
+                tags=[node_filter.tag] if node_filter.tag else [],
+                platforms=[node_filter.platform] if node_filter.platform else [],
+            )
             records = [r for r in records if wanted.matches(r.platform, self._tags_of(r))]
         if suspected_clones:
             suspected = self._clones.suspected_identities()

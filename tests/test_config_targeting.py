@@ -115,6 +115,10 @@ def test_config_targets_and_live_queries_combine_kinds_the_same_way(
 
     report = live_query(cluster, "--tag", "prod", "--platform", "linux")
     assert [h["host_identifier"] for h in report["hosts"]] == [linux_prod.host_identifier]
+    # And the node list, with a family or the platform itself.
+    for platform in ("linux", linux_prod.profile.platform):
+        listed = cluster.cli_json("node", "list", "--tag", "prod", "--platform", platform)
+        assert [n["host_identifier"] for n in listed] == [linux_prod.host_identifier]  # type: ignore[union-attr]
     for made in (linux_prod, linux_plain, mac_prod):
         cluster.cli("node", "revoke", made.host_identifier)
 
