@@ -45,6 +45,9 @@ class ConfigTags:
         await run_forever_with_reconnect("config node_tags", self._watch_once)
 
     async def _watch_once(self) -> None:
+        # The config service may start after this one (`quarry up` starts enroll first):
+        # wait for it quietly rather than log a refused stream.
+        await self._channel.channel_ready()
         async for event in self._stub.WatchConfig(config_pb2.WatchConfigRequest()):
             if event.HasField("live"):
                 self._take(event.live.state_json, event.live.version)
