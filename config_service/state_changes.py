@@ -254,5 +254,8 @@ class StateChanges:
 def _invalid(author: str, problem: Exception) -> Refused:
     """The refusal of an invalid state, counted and logged."""
     metrics.APPLIES.labels("invalid").inc()
-    log.warning("state from %r refused: %s", author, problem)
-    return Refused(grpc.StatusCode.INVALID_ARGUMENT, f"invalid state: {problem}")
+    # Every problem found, on one line (a status message is one line for the CLI).
+    problems = getattr(problem, "problems", None) or (str(problem),)
+    message = "; ".join(problems)
+    log.warning("state from %r refused: %s", author, message)
+    return Refused(grpc.StatusCode.INVALID_ARGUMENT, f"invalid state: {message}")

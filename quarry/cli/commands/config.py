@@ -359,13 +359,14 @@ def config_rollback(settings: Settings, args: argparse.Namespace) -> int:
 
 def config_set(settings: Settings, args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    # Checked here first, so that every problem is named at once, one a line.
+    try:
+        state = State.single_block(parse_config_json(text))
+        validate_state(state)
+    except InvalidState as exc:
+        raise _problems(exc) from exc
     if args.dry_run:
-        # The same state `set` stores (one block, "default", for every node), applied dry.
-        try:
-            state = State.single_block(parse_config_json(text))
-            validate_state(state)
-        except InvalidState as exc:
-            raise _problems(exc) from exc
+        # The state `set` stores (one block, "default", for every node), applied dry.
         dry = argparse.Namespace(**vars(args), canary=None, canary_count=None)
         return _apply_state(settings, dry, state)
     doc = call_rpc(
