@@ -100,6 +100,23 @@ def _collect(problems: list[str], prefix: str, check: Callable[[], object]) -> N
         problems.extend(prefix + problem for problem in exc.problems)
 
 
+def combined_targets_warnings(state: State) -> list[str]:
+    """A warning for each block whose targets combine kinds: they meant OR in earlier
+    Quarry versions and mean AND now (docs/config.md, "Upgrade notes")."""
+    return [w for block in state.blocks for w in _combined_targets_warning(block)]
+
+
+def _combined_targets_warning(block: Block) -> list[str]:
+    kinds = combined_kinds(block.targets)
+    if len(kinds) < 2:
+        return []
+    return [
+        f"block {block.name!r}: targets combine {' and '.join(kinds)}: a node must match"
+        " each of them (AND); earlier Quarry versions applied the block when any"
+        " matched (OR)"
+    ]
+
+
 def _check_node_tags(node: str, state: State) -> None:
     tags = state.node_tags[node]
     if not node.strip():
@@ -168,13 +185,7 @@ def _check_block(block: Block, known_labels: set[str]) -> tuple[list[str], list[
     warnings: list[str] = []
     config = block.config
     _collect(problems, "", lambda: _check_targets(block, known_labels))
-    kinds = combined_kinds(block.targets)
-    if len(kinds) > 1:
-        warnings.append(
-            f"block {block.name!r}: targets combine {' and '.join(kinds)}: a node must match"
-            " each of them (AND); earlier Quarry versions applied the block when any"
-            " matched (OR)"
-        )
+    warnings.extend(_combined_targets_warning(block))
     for key in RESERVED_TOP_LEVEL:
         if key in config:
             problems.append(f"top-level key {key!r} is reserved by osquery's TLS protocol")
