@@ -218,11 +218,7 @@ def read_state_files(paths: Iterable[Path]) -> StateFiles:
     """
     problems: list[str] = []
     documents = []
-    try:
-        files = _expand(paths)
-    except InvalidState as exc:
-        raise InvalidState(*exc.problems) from None
-    for path in files:
+    for path in _expand(paths):
         try:
             documents.append((_read_file(path), path.name))
         except InvalidState as exc:

@@ -129,7 +129,6 @@ def add_config_commands(sub: argparse._SubParsersAction, add: AddCommand) -> Non
         action="store_true",
         help="print what would change per node group; change nothing",
     )
-    cmd.add_argument("--comment", default="config set", help="why: recorded with the version")
     _add_author(cmd)
 
     rollout = actions.add_parser("rollout", help="the staged rollout in progress")
@@ -367,7 +366,7 @@ def config_set(settings: Settings, args: argparse.Namespace) -> int:
         raise _problems(exc) from exc
     if args.dry_run:
         # The state `set` stores (one block, "default", for every node), applied dry.
-        dry = argparse.Namespace(**vars(args), canary=None, canary_count=None)
+        dry = argparse.Namespace(**vars(args), comment="config set", canary=None, canary_count=None)
         return _apply_state(settings, dry, state)
     doc = call_rpc(
         config_stub(settings).SetConfig,
