@@ -65,7 +65,9 @@ def fleet_node(node: enroll_pb2.Node) -> FleetNode:
         node_id=node.node_id,
         host_identifier=node.host_identifier,
         platform=node.platform,
-        tags=frozenset(node.tags),
+        # The secret's tags: the config's node_tags are added per state composed (a
+        # rollout's candidate may give others than the live state).
+        tags=frozenset(node.secret_tags),
         pending=node.pending,
         revoked=node.revoked,
     )

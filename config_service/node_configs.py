@@ -12,7 +12,7 @@ from config_service.rollout import rollout_message
 from config_service.store import ConfigFetch, ConfigStore
 from osquery_config.composition import compose, config_hash, osquery_info_hash
 from osquery_config.rollout import gets_candidate
-from osquery_config.targeting import group_of
+from osquery_config.targeting import group_of, node_tags_for
 from protos.v1 import config_pb2
 from quarry.access.admin_auth import Refused
 
@@ -36,7 +36,9 @@ class NodeConfigs:
                 sha1=config_hash(PENDING_CONFIG_JSON),
                 version=live.version,
                 pending=True,
-                tags=sorted(node.tags),
+                tags=sorted(
+                    node.tags | node_tags_for(live.state, node.node_id, node.host_identifier)
+                ),
             )
         rollout = self._store.rollout()
         chosen = live

@@ -41,6 +41,20 @@ def node_facts(
     )
 
 
+def unknown_node_tags(state: State, nodes: Iterable[FleetNode]) -> list[str]:
+    """A warning for each node_tags entry no active node has as its id or host identifier
+    (a typo, or a host not enrolled yet: the tags apply once one is)."""
+    known = set()
+    for node in nodes:
+        known.update((node.node_id, node.host_identifier))
+    return [
+        f"node_tags: no active node has id or host identifier {name!r}"
+        " (its tags apply once such a node enrolls)"
+        for name in state.node_tags
+        if name not in known
+    ]
+
+
 def fleet_groups(
     state: State, nodes: Iterable[FleetNode], memberships: Mapping[str, frozenset[str]]
 ) -> Counter[NodeGroup]:

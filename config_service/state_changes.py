@@ -19,7 +19,12 @@ from config_service import metrics
 from config_service.config_feed import FEED
 from config_service.fleet_directory import FleetDirectory, FleetNode
 from config_service.messages import global_config, version_message
-from config_service.node_groups import check_groups, fleet_groups, group_changes
+from config_service.node_groups import (
+    check_groups,
+    fleet_groups,
+    group_changes,
+    unknown_node_tags,
+)
 from config_service.rollout import InvalidCanary, check_canary, rollout_message
 from config_service.store import ConfigStore, RolloutInProgress, StateVersion, sha256_hex
 from osquery_config.rollout import nodes_for_count
@@ -112,9 +117,12 @@ class StateChanges:
         nodes, warnings = await self._nodes_for_checks(need_nodes=canary.count > 0)
         if nodes is None:
             raise Refused(grpc.StatusCode.UNAVAILABLE, warnings[0])
+        fleet_known = not warnings  # the enroll service answered: its nodes are the fleet
         memberships = self._store.memberships()
         try:
             warnings += validate_state(state)
+            if fleet_known:
+                warnings += unknown_node_tags(state, nodes)
             conflicts = check_groups(state, fleet_groups(state, nodes, memberships))
         except InvalidState as exc:
             raise _invalid(author, exc) from exc
@@ -246,5 +254,8 @@ class StateChanges:
 def _invalid(author: str, problem: Exception) -> Refused:
     """The refusal of an invalid state, counted and logged."""
     metrics.APPLIES.labels("invalid").inc()
-    log.warning("state from %r refused: %s", author, problem)
-    return Refused(grpc.StatusCode.INVALID_ARGUMENT, f"invalid state: {problem}")
+    # Every problem found, on one line (a status message is one line for the CLI).
+    problems = getattr(problem, "problems", None) or (str(problem),)
+    message = "; ".join(problems)
+    log.warning("state from %r refused: %s", author, message)
+    return Refused(grpc.StatusCode.INVALID_ARGUMENT, f"invalid state: {message}")

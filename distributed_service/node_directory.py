@@ -35,6 +35,7 @@ class NodeDirectory:
                 host_identifier=node.host_identifier,
                 platform=node.platform,
                 osquery_version=node.osquery_version,
+                # Every tag: the secret's and the live config's node_tags (ADR 0013).
                 tags=frozenset(node.tags),
                 # A node that enrolled and never checked in since was seen enrolling.
                 last_seen_at=max(node.last_seen_at, node.enrolled_at),

@@ -1,9 +1,11 @@
 """Which enrolled nodes a campaign targets at launch, and which of them count as offline.
 
 Targets combine as AND across kinds and OR within one kind: `--tag web --tag db
---platform linux` is "linux nodes tagged web or db". Explicit node ids are taken as
-given. The percentage shard is stable: a node is in it when the hash of campaign id and
-node id falls below the share, so re-running the same campaign id selects the same
+--platform linux` is "linux nodes tagged web or db", the one targeting model config
+blocks and node lists share (osquery_config.targeting.Selection). A node's tags are its
+secret's and the live config's node_tags. Explicit node ids are taken as given. The
+percentage shard is stable: a node is in it when the hash of campaign id and node id
+falls below the share, so re-running the same campaign id selects the same
 nodes, and the gateway decides late joiners of open campaigns with the same function
 (osquery_config/percentage_shard.py).
 """
@@ -15,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from osquery_config.percentage_shard import in_shard
-from osquery_config.targeting import platform_family
+from osquery_config.targeting import Selection
 
 # osquery's default distributed_interval is 60 s: a node unseen for two of them before
 # launch has missed at least one read it would have made, so it is reported offline.
@@ -61,11 +63,9 @@ def version_tuple(version: str) -> tuple[int, ...]:
 
 def matches(node: TargetNode, targets: Targets, labels_of: Mapping[str, frozenset[str]]) -> bool:
     """Whether a node is selected, percentage shard aside."""
-    if targets.tags and not targets.tags & node.tags:
-        return False
-    if targets.platforms and platform_family(node.platform) not in targets.platforms:
-        return False
-    if targets.labels and not targets.labels & labels_of.get(node.node_id, frozenset()):
+    selection = Selection(tags=targets.tags, platforms=targets.platforms, labels=targets.labels)
+    labels = labels_of.get(node.node_id, frozenset())
+    if not selection.matches(node.platform, node.tags, labels):
         return False
     if not targets.min_osquery_version:
         return True

@@ -143,19 +143,23 @@ class Enrollment:
         secret = secrets_seen.found[key]
         if secret is None:
             return Refusal(INVALID_SECRET, "invalid_secret")
+        details_json, facts = parse_host_details(request.host_details_json)
+        host_identifier = request.host_identifier or facts.hostname or facts.hardware_uuid
+        identity = self._identity(request, host_identifier, facts)
         state = secret.state(now)
+        # A quota counts machines: one the secret already counted may re-enroll with it.
+        if state == EXHAUSTED and self._store.knows_machine(secret.secret_id, identity):
+            state = ACTIVE
         if state != ACTIVE:
             return Refusal(*SECRET_REFUSALS[state])
         if not self._rate_limits.secret_allows(secret.secret_id, request.remote_addr):
             return Refusal(RATE_LIMITED_REASON, RATE_LIMITED)
-        details_json, facts = parse_host_details(request.host_details_json)
-        host_identifier = request.host_identifier or facts.hostname or facts.hardware_uuid
         return Attempt(
             request=request,
             secret=secret,
             now=now,
             host_identifier=host_identifier,
-            identity=self._identity(request, host_identifier, facts),
+            identity=identity,
             details_json=details_json,
             facts=facts,
         )

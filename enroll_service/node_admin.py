@@ -7,10 +7,11 @@ so every gateway serves or refuses the node at once.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -20,6 +21,7 @@ from enroll_service.clone_watch import CloneWatch
 from enroll_service.node_feed import FEED, Event
 from enroll_service.node_messages import node_message
 from enroll_service.store import STATUS_CONDITIONS, NodeFilter, NodeRecord, NodeStore
+from osquery_config.targeting import Selection
 from quarry.access.admin_auth import Refused
 from quarry.state.change_log import ChangeLog
 
@@ -38,10 +40,17 @@ class NodeView:
 
 
 class NodeAdmin:
-    def __init__(self, store: NodeStore, changes: ChangeLog, clones: CloneWatch) -> None:
+    def __init__(
+        self,
+        store: NodeStore,
+        changes: ChangeLog,
+        clones: CloneWatch,
+        tags_of: Callable[[NodeRecord], frozenset[str]] = lambda record: frozenset(record.tags),
+    ) -> None:
         self._store = store
         self._changes = changes
         self._clones = clones
+        self._tags_of = tags_of
 
     def by_key(self, node_key: str) -> NodeRecord | None:
         """The node holding this key, compared in constant time; None if none or revoked."""
@@ -67,7 +76,16 @@ class NodeAdmin:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"status must be one of {', '.join(STATUS_CONDITIONS)}; got {node_filter.status!r}",
             )
-        records = self._store.list_nodes(node_filter)
+        # Tag and platform are matched here, as every targeting matches them
+        # (osquery_config.targeting, ADR 0013): the secret's tags and the live config's
+        # node_tags alike; a platform family (linux) or the platform itself (ubuntu).
+        records = self._store.list_nodes(dataclasses.replace(node_filter, tag="", platform=""))
+        if node_filter.tag or node_filter.platform:
+            wanted = Selection.of(
+                tags=[node_filter.tag] if node_filter.tag else [],
+                platforms=[node_filter.platform] if node_filter.platform else [],
+            )
+            records = [r for r in records if wanted.matches(r.platform, self._tags_of(r))]
         if suspected_clones:
             suspected = self._clones.suspected_identities()
             records = [record for record in records if record.identity in suspected]

@@ -9,7 +9,10 @@ from enroll_service.store import NodeRecord
 from protos.v1 import enroll_pb2
 
 
-def node_message(record: NodeRecord) -> enroll_pb2.Node:
+def node_message(record: NodeRecord, tags: frozenset[str] | None = None) -> enroll_pb2.Node:
+    """The node as a message; `tags` every tag it has (ListNodes, ShowNode), by default
+    its secret's alone (what the gateways' feed carries: they add the config's node_tags
+    from the config they hold)."""
     return enroll_pb2.Node(
         node_id=record.node_id,
         node_key=record.node_key,
@@ -22,7 +25,8 @@ def node_message(record: NodeRecord) -> enroll_pb2.Node:
         revoked=record.revoked,
         found=True,
         hostname=record.hostname,
-        tags=record.tags,
+        tags=record.tags if tags is None else sorted(tags),
+        secret_tags=record.tags,
         group=record.group,
         pending=record.pending,
         identity=record.identity,

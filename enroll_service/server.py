@@ -10,6 +10,7 @@ from enroll_service.admin_tokens import (
     LocalTokenAuthority,
     bootstrap_root_token,
 )
+from enroll_service.config_tags import ConfigTags
 from enroll_service.node_identity import check_identity_settings
 from enroll_service.service import EnrollServicer
 from enroll_service.store import SERVICE_SCHEMA, NodeStore
@@ -43,13 +44,15 @@ async def serve(settings: Settings) -> None:
 def _parts(settings: Settings, database: StateDatabase) -> ServiceParts:
     tokens = AdminTokenStore(database)
     bootstrap_root_token(settings, tokens)
-    servicer = EnrollServicer(settings, NodeStore(database), tokens)
+    config_tags = ConfigTags(settings.service_addr("config"))
+    servicer = EnrollServicer(settings, NodeStore(database), tokens, config_tags)
     return ServiceParts(
         register=lambda s: enroll_pb2_grpc.add_EnrollServiceServicer_to_server(servicer, s),
         changes=servicer.changes,
         close_watches=servicer.close_watches,
-        loops=[lambda: _refresh_gauges(servicer)],
+        loops=[lambda: _refresh_gauges(servicer), config_tags.run],
         finish=[servicer.close],
+        close=[config_tags.close],
         token_authority=LocalTokenAuthority(tokens),
     )
 

@@ -15,6 +15,7 @@ import grpc
 from enroll_service.admin_token_service import AdminTokenRpcs
 from enroll_service.admin_tokens import AdminTokenStore
 from enroll_service.clone_watch import CloneWatch
+from enroll_service.config_tags import ConfigTags
 from enroll_service.enroll_secrets import secret_message
 from enroll_service.enrollment import Enrollment
 from enroll_service.gauges import refresh_gauges
@@ -23,7 +24,7 @@ from enroll_service.node_feed import NodeFeed
 from enroll_service.node_identity import ClonePolicy
 from enroll_service.node_messages import certificate_from_json, node_message
 from enroll_service.secret_admin import NewSecret, SecretAdmin
-from enroll_service.store import NodeFilter, NodeStore
+from enroll_service.store import NodeFilter, NodeRecord, NodeStore
 from enroll_service.token_admin import TokenAdmin
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
 from quarry.runtime.settings import Settings
@@ -31,14 +32,21 @@ from quarry.state.change_log import ChangeLog
 
 
 class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
-    def __init__(self, settings: Settings, store: NodeStore, tokens: AdminTokenStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: NodeStore,
+        tokens: AdminTokenStore,
+        config_tags: ConfigTags | None = None,
+    ) -> None:
         self._store = store
+        self._config_tags = config_tags
         self._tokens = tokens
         self._token_admin = TokenAdmin(tokens)
         self._feed = NodeFeed(store)
         self._clones = CloneWatch(ClonePolicy.from_settings(settings), store)
         self._enrollment = Enrollment(settings, store, self.changes, self._clones)
-        self._nodes = NodeAdmin(store, self.changes, self._clones)
+        self._nodes = NodeAdmin(store, self.changes, self._clones, self._tags_of)
         self._secrets = SecretAdmin(settings, store, self.refresh_gauges)
         self._secrets.sync_shared_secret()
         self.refresh_gauges()
@@ -53,6 +61,12 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
 
     async def close(self) -> None:
         await self._enrollment.close()
+
+    def _tags_of(self, record: NodeRecord) -> frozenset[str]:
+        """Every tag of the node: its secret's and the live config's node_tags."""
+        if self._config_tags is None:
+            return frozenset(record.tags)
+        return frozenset(record.tags) | self._config_tags.of(record.node_id, record.host_identifier)
 
     def refresh_gauges(self) -> None:
         refresh_gauges(self._store, self._clones)
@@ -102,14 +116,16 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
             secret_name=request.secret_name,
         )
         records = self._nodes.list(node_filter, request.suspected_clones)
-        return enroll_pb2.ListNodesResponse(nodes=[node_message(record) for record in records])
+        return enroll_pb2.ListNodesResponse(
+            nodes=[node_message(record, self._tags_of(record)) for record in records]
+        )
 
     async def ShowNode(
         self, request: enroll_pb2.NodeRef, context: grpc.aio.ServicerContext
     ) -> enroll_pb2.NodeDetails:
         view = self._nodes.show(request.node)
         return enroll_pb2.NodeDetails(
-            node=node_message(view.record),
+            node=node_message(view.record, self._tags_of(view.record)),
             host_details_json=view.host_details_json,
             recent_enrollments=view.recent_enrollments,
             suspected_clone=view.suspected_clone,

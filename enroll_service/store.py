@@ -106,6 +106,26 @@ ENROLLMENTS = Table(
     ),
 )
 
+# The machines (identities) that enrolled with each secret: a quota counts machines, so a
+# machine re-enrolling with the secret it used before uses none of it (docs/enrollment.md).
+SECRET_MACHINES = Table(
+    "secret_machines",
+    (
+        Column("secret_id", TEXT, since=3),
+        Column("identity", TEXT, since=3),
+        Column("first_enrolled_at", INTEGER, since=3),
+    ),
+    primary_key=("secret_id", "identity"),
+)
+# Machines already enrolled with a secret before machines were counted: their
+# re-enrollments must not count either. Counts already made stay (never lowered, so a
+# one-time secret used once stays used).
+BACKFILL_SECRET_MACHINES = """
+INSERT INTO secret_machines (secret_id, identity, first_enrolled_at)
+SELECT secret_id, identity, MIN(first_enrolled_at) FROM nodes
+WHERE secret_id <> '' AND identity <> '' GROUP BY secret_id, identity
+"""
+
 # Columns added to `nodes` before migrations were versioned: an SQLite file made by an
 # older Quarry gets them by ALTER TABLE when it is migrated.
 ADDED_NODE_COLUMNS = (
@@ -152,6 +172,12 @@ MIGRATIONS = (
         python=_upgrade_unversioned_nodes,
     ),
     Migration(2, "nodes by identity and by revision", tables=(NODES,)),
+    Migration(
+        3,
+        "the machines enrolled with each secret",
+        tables=(SECRET_MACHINES,),
+        sql=BACKFILL_SECRET_MACHINES,
+    ),
 )
 # The enroll database: the nodes, and the admin tokens beside them.
 SERVICE_SCHEMA = ServiceSchema(
@@ -395,7 +421,7 @@ class NodeStore(StateStore):
         """
         try:
             with self._transaction() as db:
-                if not self._count_use_of_secret(db, secret.secret_id, now):
+                if not self._count_use_of_secret(db, secret.secret_id, new.identity, now):
                     raise _SecretUsedUp
                 previous = self._select_one(
                     db, "identity = ? ORDER BY enrolled_at DESC", new.identity
@@ -420,18 +446,47 @@ class NodeStore(StateStore):
             newly_valid=not still_valid,
         )
 
+    def knows_machine(self, secret_id: str, identity: str) -> bool:
+        """Whether this machine enrolled with this secret before (it counts once)."""
+        return self._machine_known(self._db, secret_id, identity)
+
     @staticmethod
-    def _count_use_of_secret(db: Transaction, secret_id: str, now: int) -> bool:
-        """One more enrollment on the secret, if it is still usable; False if not."""
+    def _machine_known(db: Queryable, secret_id: str, identity: str) -> bool:
+        row = db.execute(
+            "SELECT 1 FROM secret_machines WHERE secret_id = ? AND identity = ?",
+            (secret_id, identity),
+        ).fetchone()
+        return row is not None
+
+    def _count_use_of_secret(
+        self, db: Transaction, secret_id: str, identity: str, now: int
+    ) -> bool:
+        """The secret's use by this machine, if it is still usable; False if not.
+
+        A machine the secret already counted re-enrolls within its quota (or one-time
+        use); a new machine takes one more of it.
+        """
+        usable = "secret_id = ? AND revoked_at = 0 AND (expires_at = 0 OR expires_at > ?)"
+        if self._machine_known(db, secret_id, identity):
+            cursor = db.execute(
+                f"UPDATE enroll_secrets SET last_used_at = ? WHERE {usable}",
+                (now, secret_id, now),
+            )
+            return cursor.rowcount == 1
         cursor = db.execute(
             "UPDATE enroll_secrets SET enrollments = enrollments + 1, last_used_at = ?"
-            " WHERE secret_id = ? AND revoked_at = 0"
-            " AND (expires_at = 0 OR expires_at > ?)"
+            f" WHERE {usable}"
             " AND (max_enrollments = 0 OR enrollments < max_enrollments)"
             " AND (one_time = 0 OR enrollments = 0)",
             (now, secret_id, now),
         )
-        return cursor.rowcount == 1
+        if cursor.rowcount != 1:
+            return False
+        db.execute(
+            "INSERT INTO secret_machines (secret_id, identity, first_enrolled_at) VALUES (?, ?, ?)",
+            (secret_id, identity, now),
+        )
+        return True
 
     def _upsert_node(
         self, db: Transaction, node_id: str, new: NewNode, secret: SecretRecord, now: int

@@ -70,6 +70,14 @@ class ConfigCache:
     def labels_of(self, node_id: str) -> frozenset[str]:
         return self._labels.get(node_id, NO_LABELS)
 
+    def tags_of(self, node: NodeIdentity) -> frozenset[str]:
+        """Every tag of the node for live queries: its secret's and the live config's
+        node_tags (a rollout's candidate gives its node_tags to configs only)."""
+        tags = frozenset(node.tags)
+        if self.live is None or not self.live.state.node_tags:
+            return tags
+        return tags | node_tags_for(self.live.state, node.node_id, node.host_identifier)
+
     # --- serving ----------------------------------------------------------------------
 
     def config_for(self, node: NodeIdentity) -> ServedConfig | None:

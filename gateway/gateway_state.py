@@ -49,15 +49,16 @@ class GatewayState:
         distributed_ch = aio_channel(settings.service_addr("distributed"))
         enroll_stub = enroll_pb2_grpc.EnrollServiceStub(enroll_ch)
         distributed_stub = distributed_pb2_grpc.DistributedServiceStub(distributed_ch)
+        config = ConfigCache(
+            config_pb2_grpc.ConfigServiceStub(config_ch), settings.checkin_flush_interval_s
+        )
         return cls(
             settings=settings,
             enroll_stub=enroll_stub,
             enrollments=EnrollBatcher(enroll_stub),
             nodes=NodeCache(enroll_stub),
-            config=ConfigCache(
-                config_pb2_grpc.ConfigServiceStub(config_ch), settings.checkin_flush_interval_s
-            ),
-            live_queries=LiveQueries(distributed_stub),
+            config=config,
+            live_queries=LiveQueries(distributed_stub, config.tags_of),
             activity=ActivityBatcher(
                 enroll_stub, distributed_stub, settings.checkin_flush_interval_s
             ),

@@ -10,7 +10,8 @@ Campaigns are indexed by what selects them, so a read looks only at the campaign
 can concern its node, never at every campaign: campaigns for explicit nodes (node ids,
 labels and minimum versions were resolved into node ids at launch) by node id; open
 campaigns (all, tags, platforms; decided here, so nodes that enroll or come back later
-still get them) by their first tag, else platform family, else "everyone".
+still get them) by their first tag, else platform family, else "everyone". A node's tags
+are its secret's and those the live config's node_tags give it (ADR 0013).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway import metrics
 from gateway.node_cache import NodeIdentity
 from osquery_config.percentage_shard import in_shard
-from osquery_config.targeting import platform_family
+from osquery_config.targeting import Selection, platform_family
 from protos.v1 import distributed_pb2, distributed_pb2_grpc
 from quarry.serving.grpc_runtime import run_forever_with_reconnect
 
@@ -46,6 +48,11 @@ class OpenCampaign:
     # Closed targeting: exactly these nodes.
     node_ids: frozenset[str]
     answered: set[str] = field(default_factory=set)
+    selection: Selection = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The targeting every component shares: AND across kinds, any within one.
+        self.selection = Selection(tags=self.tags, platforms=self.platforms)
 
     def index_keys(self) -> list[str]:
         if not self.is_open:
@@ -56,15 +63,14 @@ class OpenCampaign:
             return [f"family:{p}" for p in self.platforms]
         return ["everyone"]
 
-    def wanted_by(self, node: NodeIdentity, family: str, now: float) -> bool:
+    def wanted_by(self, node: NodeIdentity, family: str, tags: frozenset[str], now: float) -> bool:
+        """`tags`: every tag of the node (its secret's and the live config's node_tags)."""
         if now >= self.expires_at or node.node_id in self.answered:
             return False
         if not self.is_open:
             return node.node_id in self.node_ids
-        return (
-            (not self.tags or not self.tags.isdisjoint(node.tags))
-            and (not self.platforms or family in self.platforms)
-            and in_shard(self.campaign_id, node.node_id, self.percent)
+        return self.selection.matches(family, tags) and in_shard(
+            self.campaign_id, node.node_id, self.percent
         )
 
 
@@ -92,19 +98,32 @@ class CampaignIndex:
                 if not ids:
                     del self._by_key[key]
 
-    def candidates(self, node: NodeIdentity, family: str) -> set[str]:
-        """Ids of the campaigns that can concern this node (a superset of its pending ones)."""
+    def candidates(
+        self, node: NodeIdentity, family: str, tags: frozenset[str] | None = None
+    ) -> set[str]:
+        """Ids of the campaigns that can concern this node (a superset of its pending ones);
+        `tags`: every tag of the node (by default its secret's)."""
         keys = ["everyone", f"node:{node.node_id}", f"family:{family}"]
-        keys.extend(f"tag:{tag}" for tag in node.tags)
+        keys.extend(f"tag:{tag}" for tag in (node.tags if tags is None else tags))
         found: set[str] = set()
         for key in keys:
             found.update(self._by_key.get(key, ()))
         return found
 
 
+def secret_tags(node: NodeIdentity) -> frozenset[str]:
+    return frozenset(node.tags)
+
+
 class LiveQueries:
-    def __init__(self, stub: distributed_pb2_grpc.DistributedServiceStub) -> None:
+    def __init__(
+        self,
+        stub: distributed_pb2_grpc.DistributedServiceStub,
+        tags_of: Callable[[NodeIdentity], frozenset[str]] = secret_tags,
+    ) -> None:
+        """`tags_of`: every tag of a node (the config cache adds the live node_tags)."""
         self._stub = stub
+        self._tags_of = tags_of
         self._index = CampaignIndex()
         self.synced = asyncio.Event()
 
@@ -114,8 +133,9 @@ class LiveQueries:
             return []
         now = time.time()
         family = platform_family(node.platform)
-        found = (self._index.by_id[i] for i in self._index.candidates(node, family))
-        return [c for c in found if c.wanted_by(node, family, now)]
+        tags = self._tags_of(node)
+        found = (self._index.by_id[i] for i in self._index.candidates(node, family, tags))
+        return [c for c in found if c.wanted_by(node, family, tags, now)]
 
     def mark_answered(self, campaign_id: str, node_id: str) -> None:
         campaign = self._index.by_id.get(campaign_id)

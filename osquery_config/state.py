@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,7 +24,12 @@ STATE_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 class InvalidState(ValueError):
-    """The state would be refused or partly ignored by osquery; the message says where and why."""
+    """The state would be refused or partly ignored by osquery: every problem found, each
+    saying where and why (str() gives them one a line)."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(problems))
 
 
 @dataclass(frozen=True)
@@ -113,31 +119,12 @@ class State:
     @classmethod
     def from_files(cls, paths: Iterable[Path]) -> State:
         """Parse YAML/JSON files (a directory means its state files, sorted by name)."""
-        documents = [(_read_file(path), path.name) for path in _expand(paths)]
-        return cls.from_documents(documents)
+        return read_state_files(paths).state
 
     @classmethod
     def from_documents(cls, documents: Iterable[tuple[object, str]]) -> State:
         """Merge parsed documents (each named for messages); a name defined twice is an error."""
-        blocks: dict[str, Block] = {}
-        labels: dict[str, Label] = {}
-        node_tags: dict[str, tuple[str, ...]] = {}
-        origins: dict[tuple[str, str], str] = {}
-        for document, origin in documents:
-            for section, name, value in _entries(document, origin):
-                if (section, name) in origins:
-                    first = origins[(section, name)]
-                    raise InvalidState(
-                        f"{_SINGULAR[section]} {name!r} is defined twice ({first} and {origin})"
-                    )
-                origins[(section, name)] = origin
-                if section == "blocks":
-                    blocks[name] = _parse_block(name, value, origin)
-                elif section == "labels":
-                    labels[name] = _parse_label(name, value, origin)
-                else:
-                    node_tags[name] = _string_tuple(value, f"{origin}: node_tags of {name!r}")
-        return cls(tuple(blocks.values()), tuple(labels.values()), node_tags)
+        return _merge_documents(documents).state
 
     def to_document(self) -> dict[str, object]:
         """The state as plain data, the shape the files and the JSON share."""
@@ -156,20 +143,41 @@ class State:
             self.to_document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
         )
 
-    def export_files(self, directory: Path) -> list[Path]:
-        """Write blocks.yaml, labels.yaml, node_tags.yaml (non-empty ones) for `apply` to read."""
+    def export_files(self, directory: Path, replace: bool = False) -> Export:
+        """Write blocks.yaml, labels.yaml, node_tags.yaml (the non-empty ones) so that
+        `apply -f directory` reads back exactly this state.
+
+        An earlier export's files of sections now empty are removed. Any other state file
+        in the directory would be read beside them (a block defined twice, or an old one
+        kept): it is removed with `replace`, else InvalidState names it and nothing is
+        written.
+        """
+        own = {f"{section}.yaml" for section in SECTIONS}
+        others = [p for p in _state_files_in(directory) if p.name not in own]
+        if others and not replace:
+            names = ", ".join(p.name for p in others)
+            raise InvalidState(
+                f"{directory}: `config apply` would also read {names} there; export into an"
+                " empty directory, or pass --replace to remove them"
+            )
         directory.mkdir(parents=True, exist_ok=True)
-        written = []
+        written, removed = [], []
         for section, content in self.to_document().items():
-            if not content:
-                continue
             path = directory / f"{section}.yaml"
+            if not content:
+                if path.exists():
+                    path.unlink()
+                    removed.append(path)
+                continue
             text = yaml.safe_dump(
                 {section: content}, sort_keys=True, allow_unicode=True, default_flow_style=False
             )
             path.write_text(text, encoding="utf-8")
             written.append(path)
-        return written
+        for path in others:
+            path.unlink()
+            removed.append(path)
+        return Export(written, removed)
 
     @cached_property
     def targeted_tags(self) -> frozenset[str]:
@@ -187,11 +195,89 @@ class State:
 _SINGULAR = {"blocks": "block", "labels": "label", "node_tags": "node_tags entry"}
 
 
+class Export(list[Path]):
+    """The files export_files wrote (the list itself), and those it removed."""
+
+    def __init__(self, written: list[Path], removed: list[Path]) -> None:
+        super().__init__(written)
+        self.removed = removed
+
+
+@dataclass(frozen=True)
+class StateFiles:
+    """A state read from files, and the file each block, label and node_tags entry is in."""
+
+    state: State
+    origins: dict[tuple[str, str], str]
+
+
+def read_state_files(paths: Iterable[Path]) -> StateFiles:
+    """Parse YAML/JSON files (a directory means its state files, sorted by name).
+
+    Raises InvalidState naming every problem of every file, each with its file.
+    """
+    problems: list[str] = []
+    documents = []
+    for path in _expand(paths):
+        try:
+            documents.append((_read_file(path), path.name))
+        except InvalidState as exc:
+            problems.extend(exc.problems)
+    try:
+        merged = _merge_documents(documents)
+    except InvalidState as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise InvalidState(*problems)
+    return merged
+
+
+def _merge_documents(documents: Iterable[tuple[object, str]]) -> StateFiles:
+    """Merge parsed documents; InvalidState names every problem of every entry."""
+    blocks: dict[str, Block] = {}
+    labels: dict[str, Label] = {}
+    node_tags: dict[str, tuple[str, ...]] = {}
+    origins: dict[tuple[str, str], str] = {}
+    found: list[str] = []
+    for document, origin in documents:
+        try:
+            entries = list(_entries(document, origin))
+        except InvalidState as exc:
+            found.extend(exc.problems)
+            continue
+        for section, name, value in entries:
+            if (section, name) in origins:
+                first = origins[(section, name)]
+                found.append(
+                    f"{_SINGULAR[section]} {name!r} is defined twice ({first} and {origin})"
+                )
+                continue
+            origins[(section, name)] = origin
+            try:
+                if section == "blocks":
+                    blocks[name] = _parse_block(name, value, origin)
+                elif section == "labels":
+                    labels[name] = _parse_label(name, value, origin)
+                else:
+                    node_tags[name] = _string_tuple(value, f"{origin}: node_tags of {name!r}")
+            except InvalidState as exc:
+                found.extend(exc.problems)
+    if found:
+        raise InvalidState(*found)
+    return StateFiles(State(tuple(blocks.values()), tuple(labels.values()), node_tags), origins)
+
+
+def _state_files_in(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in STATE_FILE_SUFFIXES)
+
+
 def _expand(paths: Iterable[Path]) -> list[Path]:
     files = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in STATE_FILE_SUFFIXES)
+            found = _state_files_in(path)
             if not found:
                 raise InvalidState(f"{path}: no .yaml, .yml or .json files in this directory")
             files.extend(found)
@@ -211,22 +297,78 @@ def _read_file(path: Path) -> object:
         raise InvalidState(f"{path.name}: not UTF-8 text") from None
     if path.suffix.lower() == ".json":
         return _parse_json(text, path.name)
+    loader = _StateLoader(text)
     try:
-        return yaml.safe_load(text)
+        document = loader.get_single_data()
     except yaml.YAMLError as exc:
         raise InvalidState(f"{path.name}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    _refuse_repeated(path.name, loader.repeated)
+    return document
+
+
+class _StateLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, noting each mapping key repeated in one mapping (YAML itself
+    would silently keep the last value)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.repeated: list[tuple[int, str]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                self.repeated.append((key_node.start_mark.line + 1, key_node.value))
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _refuse_repeated(origin: str, repeated: list[tuple[int, str]]) -> None:
+    if repeated:
+        raise InvalidState(
+            *(
+                f"{origin}: line {line}: key {key!r} is repeated in one mapping"
+                " (only one value would be kept)"
+                for line, key in sorted(repeated)
+            )
+        )
 
 
 def _parse_json(text: str, origin: str) -> object:
     def refuse_constant(name: str) -> object:
         raise InvalidState(f"{origin}: {name} is not valid JSON")
 
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                repeated.append(key)
+            seen.add(key)
+        return dict(items)
+
     try:
-        return json.loads(text, parse_constant=refuse_constant)
+        document = json.loads(text, parse_constant=refuse_constant, object_pairs_hook=pairs)
     except json.JSONDecodeError as exc:
         raise InvalidState(f"{origin}: not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidState(f"{origin}: nested too deeply") from None
+    _refuse_repeated(origin, [(_line_of_repeat(text, key), key) for key in repeated])
+    return document
+
+
+def _line_of_repeat(text: str, key: str) -> int:
+    """The line of the second `"key":` in the text (JSON's parser gives no positions)."""
+    pattern = re.compile(re.escape(json.dumps(key)) + r"\s*:")
+    matches = list(pattern.finditer(text))
+    at = matches[1].start() if len(matches) > 1 else (matches[0].start() if matches else 0)
+    return text.count("\n", 0, at) + 1
 
 
 def _entries(document: object, origin: str) -> Iterable[tuple[str, str, object]]:

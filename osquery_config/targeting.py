@@ -1,4 +1,10 @@
-"""Which blocks apply to a node, and which nodes share one rendered config (a node group).
+"""The one targeting model (config blocks, live queries, node lists), which blocks apply to
+a node, and which nodes share one rendered config (a node group).
+
+Targets combine as AND across kinds and any within one kind: `{platforms: [linux],
+tags: [prod, staging]}` is "Linux nodes tagged prod or staging" (Selection.matches, the
+only definition; docs/config.md, "Targeting"). A node's tags are its enroll secret's and
+those the live config's `node_tags` gives it (node_tags_for; ADR 0013).
 
 A node's config depends only on its platform family and on the tags, labels and node id
 that some block actually targets. Reducing a node to those facts (its NodeGroup) lets the
@@ -7,9 +13,10 @@ gateway render each distinct config once and serve it to every node of the group
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from osquery_config.state import Block, State
+from osquery_config.state import Block, State, Targets
 
 FAMILIES = ("linux", "darwin", "windows", "freebsd")
 POSIX_FAMILIES = frozenset({"linux", "darwin", "freebsd"})
@@ -48,6 +55,58 @@ def platform_matches(query_platform: str, family: str) -> bool:
     if family in wanted:  # osquery matches substrings: "linux,darwin" names both
         return True
     return family == "linux" and ("ubuntu" in wanted or "centos" in wanted)
+
+
+def platform_selected(wanted: str, platform: str) -> bool:
+    """Whether a node's os_version.platform is what a platform filter names: its family
+    (`linux`) or the platform itself (`ubuntu`)."""
+    name = wanted.strip().lower()
+    return name == platform.strip().lower() or name == platform_family(platform)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What targets ask of a node, kind by kind; an empty kind asks nothing.
+
+    AND across kinds, any within one kind. `platforms` holds families or platform names
+    (platform_selected); `nodes` node ids.
+    """
+
+    tags: frozenset[str] = frozenset()
+    platforms: frozenset[str] = frozenset()
+    labels: frozenset[str] = frozenset()
+    nodes: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(
+        cls,
+        tags: Iterable[str] = (),
+        platforms: Iterable[str] = (),
+        labels: Iterable[str] = (),
+        nodes: Iterable[str] = (),
+    ) -> Selection:
+        return cls(frozenset(tags), frozenset(platforms), frozenset(labels), frozenset(nodes))
+
+    @classmethod
+    def of_targets(cls, targets: Targets) -> Selection:
+        """A config block's targets (`all: true` asks nothing of its own)."""
+        return cls.of(targets.tags, targets.platforms, targets.labels, targets.nodes)
+
+    def matches(
+        self,
+        platform: str,
+        tags: frozenset[str],
+        labels: frozenset[str] = frozenset(),
+        node_id: str = "",
+    ) -> bool:
+        """Whether a node (its os_version.platform or family, every tag it has, its
+        labels, its id) is selected."""
+        return (
+            (not self.nodes or node_id in self.nodes)
+            and (not self.platforms or any(platform_selected(p, platform) for p in self.platforms))
+            and (not self.tags or not self.tags.isdisjoint(tags))
+            and (not self.labels or not self.labels.isdisjoint(labels))
+        )
 
 
 @dataclass(frozen=True)
@@ -101,15 +160,21 @@ def group_of(state: State, facts: NodeFacts) -> NodeGroup:
 
 
 def block_applies(block: Block, group: NodeGroup) -> bool:
-    """Any target of any kind matching is enough."""
-    targets = block.targets
-    return (
-        targets.all
-        or group.family in targets.platforms
-        or (group.node_id != "" and group.node_id in targets.nodes)
-        or not group.tags.isdisjoint(targets.tags)
-        or not group.labels.isdisjoint(targets.labels)
+    """Every kind the block targets matches the group (AND), any target within a kind.
+
+    A group keeps only the tags, labels and node id some block targets, which is all a
+    block can ask about, so the answer is the same for every node of the group.
+    """
+    return Selection.of_targets(block.targets).matches(
+        group.family, group.tags, group.labels, group.node_id
     )
+
+
+def combined_kinds(targets: Targets) -> list[str]:
+    """The kinds a block's targets combine (two or more: they must all match)."""
+    kinds = ["all"] if targets.all else []
+    kinds += [kind for kind in ("platforms", "tags", "labels", "nodes") if getattr(targets, kind)]
+    return kinds
 
 
 def specificity(block: Block) -> int:

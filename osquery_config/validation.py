@@ -3,16 +3,19 @@
 osquery silently skips much of what it dislikes (a query without SQL, an interval out
 of range, a reserved query name) and refuses a whole config for a few things (too
 big, too deep, an `error` key). Both are mistakes an operator wants to hear about at
-once, so every one of them is refused at apply time with the reason. What osquery merely
-ignores without harm (an unknown top-level key, a CLI-only flag) is a warning.
+once, so every one of them is refused at apply time with the reason, all of them in one
+answer (not only the first). What osquery merely ignores without harm (an unknown
+top-level key, a CLI-only flag) and a block whose targets combine kinds (they meant OR
+in earlier Quarry versions, AND now) are warnings.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 
 from osquery_config.state import Block, InvalidState, Label, State
-from osquery_config.targeting import FAMILIES
+from osquery_config.targeting import FAMILIES, combined_kinds
 
 # osquery ≤ 5.23.1 refuses configs above 1 MiB (4 MiB at HEAD); we hold the older line.
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -60,18 +63,66 @@ CLI_ONLY_FLAGS = frozenset(
 )  # fmt: skip
 
 
-def validate_state(state: State) -> list[str]:
-    """Raise InvalidState for what osquery would skip or fail on; return the warnings."""
+def validate_state(state: State, origins: Mapping[tuple[str, str], str] | None = None) -> list[str]:
+    """Raise InvalidState naming every problem (what osquery would skip or fail on), each
+    with its block or label, and its file when `origins` ((section, name) -> file name)
+    is given; return the warnings."""
+    origins = origins or {}
+
+    def where(section: str, name: str) -> str:
+        origin = origins.get((section, name))
+        return f"{origin}: " if origin else ""
+
     known_labels = {label.name for label in state.labels}
+    problems: list[str] = []
     warnings: list[str] = []
     for label in state.labels:
-        _check_label(label)
+        _collect(problems, where("labels", label.name), lambda label=label: _check_label(label))
     for block in state.blocks:
-        try:
-            warnings.extend(_check_block(block, known_labels))
-        except InvalidState as exc:
-            raise InvalidState(f"block {block.name!r}: {exc}") from None
+        prefix = f"{where('blocks', block.name)}block {block.name!r}: "
+        block_problems, block_warnings = _check_block(block, known_labels)
+        problems.extend(prefix + problem for problem in block_problems)
+        warnings.extend(where("blocks", block.name) + w for w in block_warnings)
+    for node in state.node_tags:
+        _collect(
+            problems, where("node_tags", node), lambda node=node: _check_node_tags(node, state)
+        )
+    if problems:
+        raise InvalidState(*problems)
     return warnings
+
+
+def _collect(problems: list[str], prefix: str, check: Callable[[], object]) -> None:
+    """Run one check; what it refuses joins `problems` and the checking goes on."""
+    try:
+        check()
+    except InvalidState as exc:
+        problems.extend(prefix + problem for problem in exc.problems)
+
+
+def combined_targets_warnings(state: State) -> list[str]:
+    """A warning for each block whose targets combine kinds: they meant OR in earlier
+    Quarry versions and mean AND now (docs/config.md, "Upgrade notes")."""
+    return [w for block in state.blocks for w in _combined_targets_warning(block)]
+
+
+def _combined_targets_warning(block: Block) -> list[str]:
+    kinds = combined_kinds(block.targets)
+    if len(kinds) < 2:
+        return []
+    return [
+        f"block {block.name!r}: targets combine {' and '.join(kinds)}: a node must match"
+        " each of them (AND); earlier Quarry versions applied the block when any"
+        " matched (OR)"
+    ]
+
+
+def _check_node_tags(node: str, state: State) -> None:
+    tags = state.node_tags[node]
+    if not node.strip():
+        raise InvalidState("node_tags: a node id or host identifier must not be empty")
+    if not all(tag.strip() for tag in tags):
+        raise InvalidState(f"node_tags of {node!r}: tags must not be empty")
 
 
 def check_rendered(config_json: str) -> None:
@@ -127,28 +178,44 @@ def _check_label(label: Label) -> None:
     _check_platforms(f"label {label.name!r}", label.platforms)
 
 
-def _check_block(block: Block, known_labels: set[str]) -> list[str]:
-    """Errors are raised without the block's name; validate_state adds it."""
-    _check_targets(block, known_labels)
+def _check_block(block: Block, known_labels: set[str]) -> tuple[list[str], list[str]]:
+    """The block's problems (each check on its own, so every one is reported) and
+    warnings, without the block's name; validate_state adds it."""
+    problems: list[str] = []
+    warnings: list[str] = []
     config = block.config
+    _collect(problems, "", lambda: _check_targets(block, known_labels))
+    warnings.extend(_combined_targets_warning(block))
     for key in RESERVED_TOP_LEVEL:
         if key in config:
-            raise InvalidState(f"top-level key {key!r} is reserved by osquery's TLS protocol")
+            problems.append(f"top-level key {key!r} is reserved by osquery's TLS protocol")
     if _depth(config) >= MAX_DEPTH:
-        raise InvalidState(f"the config is nested {MAX_DEPTH} levels deep or more")
-    warnings = []
+        problems.append(f"the config is nested {MAX_DEPTH} levels deep or more")
+        return problems, warnings
+    well_typed = set()
     for key, value in config.items():
         expected = KNOWN_KEYS.get(key)
         if expected is None:
             warnings.append(f"block {block.name!r}: unknown key {key!r} (osquery ignores it)")
         elif not isinstance(value, expected):
             kind = "an object" if expected is dict else "a list"
-            raise InvalidState(f"{key!r} must be {kind}; osquery ignores it otherwise")
-    warnings.extend(f"block {block.name!r}: {w}" for w in _check_options(config.get("options")))
-    _check_queries("schedule", config.get("schedule"), name_prefix="")
-    _check_packs(config.get("packs"))
-    _check_decorators(config.get("decorators"))
-    return warnings
+            problems.append(f"{key!r} must be {kind}; osquery ignores it otherwise")
+        else:
+            well_typed.add(key)
+    if "options" in well_typed:
+        options = config["options"]
+        for name in options:
+            _collect(problems, "", lambda name=name: _check_option_value(name, options[name]))
+        warnings.extend(f"block {block.name!r}: {w}" for w in _cli_only_warnings(options))
+    if "schedule" in well_typed:
+        for name, query in config["schedule"].items():
+            _collect(problems, "", lambda n=name, q=query: _check_query("schedule", n, q, n))
+    if "packs" in well_typed:
+        for name, pack in config["packs"].items():
+            _collect(problems, "", lambda n=name, p=pack: _check_pack(n, p))
+    if "decorators" in well_typed:
+        _collect(problems, "", lambda: _check_decorators(config["decorators"]))
+    return problems, warnings
 
 
 def _check_targets(block: Block, known_labels: set[str]) -> None:
@@ -171,17 +238,12 @@ def _check_platforms(where: str, platforms: tuple[str, ...]) -> None:
             )
 
 
-def _check_options(options: object) -> list[str]:
-    if options is None:
-        return []
-    if not isinstance(options, dict):
-        raise InvalidState("'options' must be an object of flag names to values")
-    warnings = []
-    for name, value in options.items():
-        _check_option_value(name, value)
-        if name in CLI_ONLY_FLAGS:
-            warnings.append(f"option {name!r} is command-line only (osquery ignores it here)")
-    return warnings
+def _cli_only_warnings(options: dict) -> list[str]:
+    return [
+        f"option {name!r} is command-line only (osquery ignores it here)"
+        for name in options
+        if name in CLI_ONLY_FLAGS
+    ]
 
 
 def _check_option_value(name: str, value: object) -> None:
@@ -198,39 +260,40 @@ def _check_option_value(name: str, value: object) -> None:
         raise InvalidState(f"option {name!r} must be a whole number of 0 or more, not {value!r}")
 
 
-def _check_packs(packs: object) -> None:
-    if packs is None:
-        return
-    if not isinstance(packs, dict):
-        raise InvalidState("'packs' must be an object of pack names to packs")
-    for pack_name, pack in packs.items():
-        if isinstance(pack, str):
-            raise InvalidState(
-                f"pack {pack_name!r} is a string; osquery's TLS config plugin ignores"
-                " string-valued packs, inline the pack as an object"
-            )
-        if not isinstance(pack, dict):
-            raise InvalidState(f"pack {pack_name!r} must be an object")
-        discovery = pack.get("discovery", [])
-        if not isinstance(discovery, list) or not all(isinstance(q, str) for q in discovery):
-            raise InvalidState(f"pack {pack_name!r}: 'discovery' must be a list of SQL strings")
-        # osquery names pack queries pack_<pack>_<query> (default --pack_delimiter).
-        _check_queries(f"pack {pack_name!r}", pack.get("queries"), name_prefix=f"pack_{pack_name}_")
-
-
-def _check_queries(where: str, queries: object, name_prefix: str) -> None:
+def _check_pack(pack_name: str, pack: object) -> None:
+    if isinstance(pack, str):
+        raise InvalidState(
+            f"pack {pack_name!r} is a string; osquery's TLS config plugin ignores"
+            " string-valued packs, inline the pack as an object"
+        )
+    if not isinstance(pack, dict):
+        raise InvalidState(f"pack {pack_name!r} must be an object")
+    discovery = pack.get("discovery", [])
+    if not isinstance(discovery, list) or not all(isinstance(q, str) for q in discovery):
+        raise InvalidState(f"pack {pack_name!r}: 'discovery' must be a list of SQL strings")
+    queries = pack.get("queries")
     if queries is None:
         return
+    where = f"pack {pack_name!r}"
     if not isinstance(queries, dict):
         raise InvalidState(f"{where} queries must be an object of query names to queries")
+    problems: list[str] = []
     for name, query in queries.items():
-        _check_query_name(where, name, name_prefix + name)
-        if not isinstance(query, dict):
-            raise InvalidState(f"{where} query {name!r} must be an object")
-        if not isinstance(query.get("query"), str) or not query["query"].strip():
-            raise InvalidState(f"{where} query {name!r} needs a non-empty string 'query'")
-        if "interval" in query:
-            _check_interval(where, name, query["interval"])
+        # osquery names pack queries pack_<pack>_<query> (default --pack_delimiter).
+        stored = f"pack_{pack_name}_{name}"
+        _collect(problems, "", lambda n=name, q=query, s=stored: _check_query(where, n, q, s))
+    if problems:
+        raise InvalidState(*problems)
+
+
+def _check_query(where: str, name: str, query: object, stored_name: str) -> None:
+    _check_query_name(where, name, stored_name)
+    if not isinstance(query, dict):
+        raise InvalidState(f"{where} query {name!r} must be an object")
+    if not isinstance(query.get("query"), str) or not query["query"].strip():
+        raise InvalidState(f"{where} query {name!r} needs a non-empty string 'query'")
+    if "interval" in query:
+        _check_interval(where, name, query["interval"])
 
 
 def _check_query_name(where: str, name: str, stored_name: str) -> None:

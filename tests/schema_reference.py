@@ -139,6 +139,18 @@ CREATE TABLE IF NOT EXISTS enrollments (
 CREATE INDEX IF NOT EXISTS enrollments_by_identity ON enrollments (identity, enrolled_at);
 CREATE INDEX IF NOT EXISTS enrollments_by_time ON enrollments (enrolled_at)
 """
+# Migration 3: the machines each secret counted (a quota counts machines).
+SECRET_MACHINES = """
+CREATE TABLE IF NOT EXISTS secret_machines (
+    secret_id TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    first_enrolled_at INTEGER NOT NULL,
+    PRIMARY KEY (secret_id, identity)
+);
+INSERT INTO secret_machines (secret_id, identity, first_enrolled_at)
+SELECT secret_id, identity, MIN(first_enrolled_at) FROM nodes
+WHERE secret_id <> '' AND identity <> '' GROUP BY secret_id, identity
+"""
 NODE_INDEXES = (
     "CREATE INDEX IF NOT EXISTS nodes_by_identity ON nodes (identity, enrolled_at);"
     " CREATE INDEX IF NOT EXISTS nodes_by_revision ON nodes (revision)"
@@ -360,6 +372,12 @@ REFERENCE["enroll"] += [
                 ENROLL_POSTGRESQL,
             ),
             (2, "nodes by identity and by revision", NODE_INDEXES, NODE_INDEXES),
+            (
+                3,
+                "the machines enrolled with each secret",
+                SECRET_MACHINES,
+                SECRET_MACHINES.replace("INTEGER", "BIGINT"),
+            ),
         ],
     ),
     (

@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -20,8 +21,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from enroll_service.store import MIGRATIONS, SERVICE_SCHEMA, NewNode, NodeStore
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
+from quarry.runtime.settings import Settings
 from quarry.serving.grpc_runtime import sync_channel
+from quarry.state.database import open_state_database
+from quarry.state.service_database import SchemaComponent, ServiceSchema, migrate_service
 from tests.free_ports import free_port_base
 from tests.service_processes import ServiceProcess
 from tests.test_services_grpc import StreamReader, is_snapshot_done
@@ -241,9 +246,10 @@ def test_a_secret_with_a_quota_is_exhausted(service, enroll) -> None:
     enrolled(enroll, "quota-a", secret=created.value)
     enrolled(enroll, "quota-b", secret=created.value)
     assert_refused(service, "enroll secret exhausted", "secret_exhausted", "quota-c", created.value)
-    # A re-enrollment uses the quota too.
-    assert_refused(service, "enroll secret exhausted", "secret_exhausted", "quota-a", created.value)
-    assert secrets_by_id(enroll)[created.secret.secret_id].state == "exhausted"
+    # The quota counts machines: one the secret counted re-enrolls without using more.
+    enrolled(enroll, "quota-a", secret=created.value)
+    counted = secrets_by_id(enroll)[created.secret.secret_id]
+    assert (counted.state, counted.enrollments) == ("exhausted", 2)
 
 
 def test_a_one_time_secret_enrolls_once(service, enroll) -> None:
@@ -739,3 +745,55 @@ def test_a_nodes_table_from_the_previous_version_is_upgraded(tmp_path: Path) -> 
     # Opening the upgraded database again changes nothing.
     with EnrollService(state_dir) as service:
         assert [n.node_id for n in nodes(service.stub)] == ["node-old"]
+
+
+def test_machines_enrolled_before_the_quota_counted_machines_re_enroll_within_it(
+    tmp_path: Path,
+) -> None:
+    """A database from before migration 3: its nodes become the machines their secrets
+    counted, so their re-enrollments after the upgrade take none of the quota."""
+    settings = Settings(state_dir=tmp_path)
+    database = open_state_database(settings, "enroll")
+    try:
+        before = ServiceSchema("enroll", (SchemaComponent("enroll.nodes", MIGRATIONS[:2]),))
+        migrate_service(database, before)
+        with database.transaction() as tx:
+            tx.execute(
+                "INSERT INTO enroll_secrets (secret_id, kind, name, tags_json, secret_group,"
+                " created_at, expires_at, max_enrollments, enrollments, one_time,"
+                " requires_approval, allows_reenrollment_after_revocation)"
+                " VALUES ('s1', 'created', 'old', '[]', '', 1, 0, 1, 1, 0, 0, 0)"
+            )
+            tx.execute(
+                "INSERT INTO nodes (node_id, node_key, host_identifier, hardware_uuid,"
+                " platform_type, platform, osquery_version, hostname, host_details_json,"
+                " enrolled_at, last_seen_at, revision, identity, secret_id, secret_name)"
+                " VALUES ('n1', 'k1', 'h1', '', '', '', '', '', '{}', 1, 1, 1, 'm1', 's1', 'old')"
+            )
+        migrate_service(database, SERVICE_SCHEMA)
+        store = NodeStore(database)
+        assert store.knows_machine("s1", "m1") and not store.knows_machine("s1", "m2")
+        [secret] = store.secrets_by_ref("s1")
+        assert secret.state(2) == "exhausted"
+        again = store.enroll(replace(NEW_NODE_TEMPLATE, identity="m1"), secret, now=3)
+        assert again is not None and again.node.node_id == "n1"
+        assert store.enroll(replace(NEW_NODE_TEMPLATE, identity="m2"), secret, now=4) is None
+        assert store.secrets_by_ref("s1")[0].enrollments == 1
+    finally:
+        database.close()
+
+
+NEW_NODE_TEMPLATE = NewNode(
+    node_key="key",
+    identity="",
+    host_identifier="host",
+    hardware_uuid="",
+    hardware_serial="",
+    platform_type="",
+    platform="ubuntu",
+    osquery_version="5.12.1",
+    hostname="host",
+    host_details_json="{}",
+    client_certificate_json="",
+    pending=False,
+)

@@ -153,6 +153,28 @@ def test_a_secret_stops_at_its_quota(cluster: QuarryCluster) -> None:
     assert refusal(nodes[2]) == "enroll secret exhausted"
 
 
+def test_a_quota_counts_machines_not_their_re_enrollments(cluster: QuarryCluster) -> None:
+    # Six hosts restart and re-enroll (twice each, as osquery does after losing its key):
+    # they are still six machines of the eight the quota allows.
+    secret = create_secret(cluster, "quota-8", "--max-enrollments", "8")
+    hosts = [new_node(cluster, secret) for _ in range(6)]
+    for _ in range(2):
+        assert all(enroll(host) for host in hosts)
+    assert secret_named(cluster, "quota-8")["enrollments"] == 6
+
+    newcomers = [new_node(cluster, secret) for _ in range(3)]
+    assert [bool(enroll(node)) for node in newcomers] == [True, True, False]
+    assert refusal(newcomers[2]) == "enroll secret exhausted"
+    # Used up, the secret still lets the machines it counted back in.
+    assert secret_named(cluster, "quota-8")["state"] == "exhausted"
+    assert enroll(hosts[0]) and enroll(newcomers[0])
+    assert secret_named(cluster, "quota-8")["enrollments"] == 8
+
+    listed = cluster.cli("secret", "list", "--all").stdout
+    assert "machines" in listed.splitlines()[0]
+    assert any("quota-8" in line and "8/8" in line for line in listed.splitlines())
+
+
 def enroll_at_once(nodes: list[OsqueryNode]) -> list[str]:
     """Every node enrolls at the same moment (a data-centre reboot); their keys, or ""."""
 

@@ -12,15 +12,25 @@ import yaml
 from osquery_config.composition import compose, config_hash, osquery_info_hash
 from osquery_config.diff import diff_states
 from osquery_config.rollout import gets_candidate, nodes_for_count, rollout_bucket
-from osquery_config.state import DEFAULT_STATE, Block, InvalidState, Label, State, Targets
+from osquery_config.state import (
+    DEFAULT_STATE,
+    Block,
+    InvalidState,
+    Label,
+    State,
+    Targets,
+    read_state_files,
+)
 from osquery_config.targeting import (
     NodeFacts,
     NodeGroup,
+    Selection,
     block_applies,
     group_of,
     node_tags_for,
     platform_family,
     platform_matches,
+    platform_selected,
 )
 from osquery_config.validation import (
     MAX_CONFIG_BYTES,
@@ -344,11 +354,19 @@ def test_group_keeps_only_what_some_block_targets() -> None:
     assert NodeGroup("").describe() == "unknown-platform"
 
 
-def test_block_applies_on_any_target_kind() -> None:
-    mixed = block("m", {}, tags=["prod"], platforms=["windows"])
-    assert block_applies(mixed, linux(tags=("prod",)))
-    assert block_applies(mixed, NodeGroup("windows"))
-    assert not block_applies(mixed, linux(tags=("dev",)))
+def test_block_applies_when_every_kind_matches_and_any_target_within_one() -> None:
+    mixed = block("m", {}, tags=["prod", "staging"], platforms=["windows"])
+    assert block_applies(mixed, NodeGroup("windows", frozenset({"prod"})))
+    assert block_applies(mixed, NodeGroup("windows", frozenset({"staging", "x"})))
+    assert not block_applies(mixed, linux(tags=("prod",)))
+    assert not block_applies(mixed, NodeGroup("windows"))
+    assert block_applies(block("a", {}, all=True), NodeGroup(""))
+    narrowed = block("n", {}, all=True, labels=["x"])
+    assert block_applies(narrowed, linux(labels=("x",)))
+    assert not block_applies(narrowed, linux())
+    pinned = block("p", {}, nodes=["n1"], platforms=["linux"])
+    assert block_applies(pinned, linux(node_id="n1"))
+    assert not block_applies(pinned, NodeGroup("darwin", node_id="n1"))
 
 
 # --- composition ---------------------------------------------------------------------------
@@ -617,7 +635,11 @@ def test_yaml_state_parses_into_blocks_labels_and_tags(tmp_path: Path) -> None:
         Label("docker-hosts", "SELECT 1 FROM processes WHERE name = 'dockerd'", 300, ("linux",)),
     )
     assert state.node_tags == {"web-01": ("prod", "web")}
-    assert validate_state(state) == []
+    # The docs' example combines two kinds: both must match now, and apply says so.
+    assert validate_state(state) == [
+        "block 'linux-prod': targets combine platforms and tags: a node must match each of"
+        " them (AND); earlier Quarry versions applied the block when any matched (OR)"
+    ]
 
 
 def test_json_round_trip_is_canonical(tmp_path: Path) -> None:
@@ -772,3 +794,106 @@ def test_a_count_picks_the_lowest_buckets() -> None:
     cutoff = max(rollout_bucket(n, 4) for n in picked)
     assert all(rollout_bucket(n, 4) >= cutoff for n in set(nodes) - set(picked))
     assert nodes_for_count(reversed(nodes), 4, 5) == picked
+
+
+# --- one targeting model, every problem at once, the tree as files -------------------------
+
+
+def test_a_selection_ands_kinds_and_ors_within_one() -> None:
+    web_or_db_on_linux = Selection.of(tags=["web", "db"], platforms=["linux"])
+    assert web_or_db_on_linux.matches("ubuntu", frozenset({"db"}))
+    assert not web_or_db_on_linux.matches("darwin", frozenset({"db"}))
+    assert not web_or_db_on_linux.matches("ubuntu", frozenset({"cache"}))
+    assert Selection().matches("", frozenset())
+    labelled = Selection.of(labels=["docker"], nodes=["n1"])
+    assert labelled.matches("", frozenset(), frozenset({"docker"}), "n1")
+    assert not labelled.matches("", frozenset(), frozenset({"docker"}), "n2")
+
+
+def test_a_platform_filter_takes_the_family_or_the_platform_itself() -> None:
+    assert platform_selected("linux", "ubuntu") and platform_selected("ubuntu", "ubuntu")
+    assert platform_selected("Linux", "rhel") and not platform_selected("rhel", "ubuntu")
+    assert not platform_selected("linux", "")
+
+
+def test_every_problem_is_reported_at_once_with_its_file(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", "blocks:\n  one: {targets: {}, config: {}}\n")
+    write(
+        tmp_path / "b.yaml",
+        "blocks:\n  two:\n    targets: {all: true}\n    config:\n"
+        "      schedule: {q: {query: ''}, r: {query: 'SELECT 1', interval: 0}}\n"
+        "      options: {x: null}\n",
+    )
+    files = read_state_files([tmp_path])
+    assert files.origins[("blocks", "two")] == "b.yaml"
+    with pytest.raises(InvalidState) as caught:
+        validate_state(files.state, files.origins)
+    assert list(caught.value.problems) == [
+        "a.yaml: block 'one': has no targets (set all: true, or some tags, platforms, nodes"
+        " or labels)",
+        "b.yaml: block 'two': option 'x' is null; osquery skips it",
+        "b.yaml: block 'two': schedule query 'q' needs a non-empty string 'query'",
+        "b.yaml: block 'two': schedule query 'r': interval 0 is outside 1..604800 seconds",
+    ]
+
+
+def test_parse_problems_of_every_file_are_reported_at_once(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", "blocks:\n  x: {targets: {all: true}, colour: red}\n")
+    write(tmp_path / "b.yaml", "labels: [not, a, mapping]\n")
+    write(tmp_path / "c.yaml", "blocks:\n  x: {targets: {all: true}}\n")
+    with pytest.raises(InvalidState) as caught:
+        read_state_files([tmp_path])
+    assert len(caught.value.problems) == 3
+    assert "a.yaml: block 'x': unknown field 'colour'" in caught.value.problems[0]
+    assert caught.value.problems[1] == "b.yaml: 'labels' must be a mapping of names"
+    assert "defined twice (a.yaml and c.yaml)" in caught.value.problems[2]
+
+
+def test_a_repeated_key_names_its_file_line_and_key(tmp_path: Path) -> None:
+    write(
+        tmp_path / "s.yaml",
+        "blocks:\n  b:\n    targets: {all: true}\n    config:\n"
+        "      options: {a: 1, a: 2}\n  b: {targets: {all: true}}\n",
+    )
+    with pytest.raises(InvalidState) as caught:
+        State.from_files([tmp_path / "s.yaml"])
+    assert list(caught.value.problems) == [
+        "s.yaml: line 5: key 'a' is repeated in one mapping (only one value would be kept)",
+        "s.yaml: line 6: key 'b' is repeated in one mapping (only one value would be kept)",
+    ]
+    write(tmp_path / "j.json", '{"blocks": {\n "b": {},\n "b": {}}}')
+    with pytest.raises(InvalidState, match=r"^j\.json: line 3: key 'b' is repeated"):
+        State.from_files([tmp_path / "j.json"])
+    # YAML merge keys are not repeats.
+    write(tmp_path / "m.yaml", "blocks:\n  b: &t {targets: {all: true}}\n  c: {<<: *t}\n")
+    assert [b.name for b in State.from_files([tmp_path / "m.yaml"]).blocks] == ["b", "c"]
+
+
+def test_export_over_an_older_export_leaves_no_stale_file(tmp_path: Path) -> None:
+    with_labels = state_of(
+        block("base", {}), labels=(Label("x", "SELECT 1", 60),), node_tags={"h": ("t",)}
+    )
+    with_labels.export_files(tmp_path)
+    exported = DEFAULT_STATE.export_files(tmp_path)
+    assert sorted(p.name for p in exported.removed) == ["labels.yaml", "node_tags.yaml"]
+    assert State.from_files([tmp_path]) == DEFAULT_STATE
+
+
+def test_export_refuses_a_directory_with_other_state_files_unless_told(tmp_path: Path) -> None:
+    write(tmp_path / "packs.yaml", "blocks:\n  default: {targets: {all: true}}\n")
+    write(tmp_path / "README.md", "not a state file")
+    with pytest.raises(InvalidState, match=r"packs\.yaml"):
+        DEFAULT_STATE.export_files(tmp_path)
+    assert not (tmp_path / "blocks.yaml").exists()
+    exported = DEFAULT_STATE.export_files(tmp_path, replace=True)
+    assert [p.name for p in exported.removed] == ["packs.yaml"]
+    assert (tmp_path / "README.md").exists()
+    assert State.from_files([tmp_path]) == DEFAULT_STATE
+
+
+def test_a_block_combining_kinds_is_warned_about() -> None:
+    state = state_of(block("b", {}, platforms=["linux"], tags=["prod"]), block("a", {}))
+    assert validate_state(state) == [
+        "block 'b': targets combine platforms and tags: a node must match each of them (AND);"
+        " earlier Quarry versions applied the block when any matched (OR)"
+    ]

@@ -58,7 +58,7 @@ class EnrollResponse(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., node_key: _Optional[str] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("node_id", "node_key", "host_identifier", "platform", "platform_type", "osquery_version", "enrolled_at", "last_seen_at", "revoked", "found", "hostname", "tags", "group", "pending", "identity", "secret_name", "first_enrolled_at", "hardware_serial")
+    __slots__ = ("node_id", "node_key", "host_identifier", "platform", "platform_type", "osquery_version", "enrolled_at", "last_seen_at", "revoked", "found", "hostname", "tags", "group", "pending", "identity", "secret_name", "first_enrolled_at", "hardware_serial", "secret_tags")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_KEY_FIELD_NUMBER: _ClassVar[int]
     HOST_IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class Node(_message.Message):
     SECRET_NAME_FIELD_NUMBER: _ClassVar[int]
     FIRST_ENROLLED_AT_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    SECRET_TAGS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     node_key: str
     host_identifier: str
@@ -95,7 +96,8 @@ class Node(_message.Message):
     secret_name: str
     first_enrolled_at: int
     hardware_serial: str
-    def __init__(self, node_id: _Optional[str] = ..., node_key: _Optional[str] = ..., host_identifier: _Optional[str] = ..., platform: _Optional[str] = ..., platform_type: _Optional[str] = ..., osquery_version: _Optional[str] = ..., enrolled_at: _Optional[int] = ..., last_seen_at: _Optional[int] = ..., revoked: _Optional[bool] = ..., found: _Optional[bool] = ..., hostname: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., group: _Optional[str] = ..., pending: _Optional[bool] = ..., identity: _Optional[str] = ..., secret_name: _Optional[str] = ..., first_enrolled_at: _Optional[int] = ..., hardware_serial: _Optional[str] = ...) -> None: ...
+    secret_tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., node_key: _Optional[str] = ..., host_identifier: _Optional[str] = ..., platform: _Optional[str] = ..., platform_type: _Optional[str] = ..., osquery_version: _Optional[str] = ..., enrolled_at: _Optional[int] = ..., last_seen_at: _Optional[int] = ..., revoked: _Optional[bool] = ..., found: _Optional[bool] = ..., hostname: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., group: _Optional[str] = ..., pending: _Optional[bool] = ..., identity: _Optional[str] = ..., secret_name: _Optional[str] = ..., first_enrolled_at: _Optional[int] = ..., hardware_serial: _Optional[str] = ..., secret_tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NodeDetails(_message.Message):
     __slots__ = ("node", "host_details_json", "recent_enrollments", "suspected_clone", "client_certificate")

@@ -17,9 +17,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from osquery_config.state import InvalidState, State
+from osquery_config.state import InvalidState, State, read_state_files
+from osquery_config.validation import parse_config_json, validate_state
 from protos.v1 import config_pb2, config_pb2_grpc, enroll_pb2
 from quarry.cli.commands.admin import CommandError, call_rpc, enroll_stub
+from quarry.cli.commands.get import add_get_command
 from quarry.runtime.command_output import emit_json, emit_table, proto_to_json, utc_iso
 from quarry.runtime.settings import Settings
 from quarry.serving.grpc_runtime import sync_channel
@@ -47,7 +49,8 @@ def parse_node_count(text: str) -> int:
 
 
 def add_config_commands(sub: argparse._SubParsersAction, add: AddCommand) -> None:
-    """`quarry config ...`; `add` is cli._admin (adds --json)."""
+    """`quarry config ...` and `quarry get`; `add` is cli._admin (adds --json)."""
+    add_get_command(sub, add)
     config = sub.add_parser("config", help="the osquery config served to nodes")
     actions = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
 
@@ -94,6 +97,11 @@ def add_config_commands(sub: argparse._SubParsersAction, add: AddCommand) -> Non
     )
     cmd.add_argument("-o", "--out-dir", required=True, help="the directory to write into")
     cmd.add_argument("--version", type=int, default=0, help="an earlier version (default: live)")
+    cmd.add_argument(
+        "--replace",
+        action="store_true",
+        help="remove the other state files of the directory (apply would read them too)",
+    )
 
     cmd = add(
         actions,
@@ -116,6 +124,11 @@ def add_config_commands(sub: argparse._SubParsersAction, add: AddCommand) -> Non
         config_set,
     )
     cmd.add_argument("-f", "--file", required=True, help="JSON config file, or - for stdin")
+    cmd.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would change per node group; change nothing",
+    )
     _add_author(cmd)
 
     rollout = actions.add_parser("rollout", help="the staged rollout in progress")
@@ -142,6 +155,10 @@ def config_stub(settings: Settings) -> config_pb2_grpc.ConfigServiceStub:
 
 def config_apply(settings: Settings, args: argparse.Namespace) -> int:
     state = read_state(args.file)
+    return _apply_state(settings, args, state)
+
+
+def _apply_state(settings: Settings, args: argparse.Namespace, state: State) -> int:
     request = config_pb2.ApplyStateRequest(
         state_json=state.to_json(),
         author=args.author,
@@ -163,11 +180,24 @@ def config_apply(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def read_state(paths: list[str]) -> State:
-    """The state the files describe; a parse error names its file."""
+    """The state the files describe, checked here first so that every problem is named
+    with its file and key at once (the config service checks it again, against the fleet)."""
     try:
-        return State.from_files([Path(p) for p in paths])
+        files = read_state_files([Path(p) for p in paths])
+        validate_state(files.state, files.origins)
     except InvalidState as exc:
-        raise CommandError(one_line(str(exc))) from exc
+        raise _problems(exc) from exc
+    return files.state
+
+
+def _problems(exc: InvalidState) -> CommandError:
+    """Every problem on its own line of standard error; the error itself sums them up."""
+    problems = [one_line(problem) for problem in exc.problems] or [one_line(str(exc))]
+    if len(problems) == 1:
+        return CommandError(problems[0])
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return CommandError(f"{len(problems)} problems in the state; nothing was applied")
 
 
 def one_line(message: str) -> str:
@@ -209,13 +239,24 @@ def config_export(settings: Settings, args: argparse.Namespace) -> int:
     stub = config_stub(settings)
     exported = call_rpc(stub.ExportState, config_pb2.ExportStateRequest(version=args.version))
     state = State.from_json(exported.state_json)
-    written = state.export_files(Path(args.out_dir))
+    try:
+        written = state.export_files(Path(args.out_dir), replace=args.replace)
+    except InvalidState as exc:
+        raise CommandError(str(exc)) from exc
     if args.json:
-        emit_json({"version": exported.version, "files": [str(p) for p in written]})
+        emit_json(
+            {
+                "version": exported.version,
+                "files": [str(p) for p in written],
+                "removed": [str(p) for p in written.removed],
+            }
+        )
     else:
         print(f"version {exported.version} written to {args.out_dir}:")
         for path in written:
             print(f"  {path}")
+        for path in written.removed:
+            print(f"  removed {path}")
     return 0
 
 
@@ -317,6 +358,16 @@ def config_rollback(settings: Settings, args: argparse.Namespace) -> int:
 
 def config_set(settings: Settings, args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    # Checked here first, so that every problem is named at once, one a line.
+    try:
+        state = State.single_block(parse_config_json(text))
+        validate_state(state)
+    except InvalidState as exc:
+        raise _problems(exc) from exc
+    if args.dry_run:
+        # The state `set` stores (one block, "default", for every node), applied dry.
+        dry = argparse.Namespace(**vars(args), comment="config set", canary=None, canary_count=None)
+        return _apply_state(settings, dry, state)
     doc = call_rpc(
         config_stub(settings).SetConfig,
         config_pb2.SetConfigRequest(config_json=text, author=args.author),

@@ -95,9 +95,15 @@ def add_secret_commands(sub: argparse._SubParsersAction, add: AddCommand) -> Non
         help="stop accepting it at a UTC time (2026-12-31T00:00Z) or after 30s/15m/12h/7d",
     )
     cmd.add_argument(
-        "--max-enrollments", type=parse_quota, default=0, metavar="N", help="quota of enrollments"
+        "--max-enrollments",
+        type=parse_quota,
+        default=0,
+        metavar="N",
+        help="quota of machines: N distinct hosts may enroll (re-enrolling counts once)",
     )
-    cmd.add_argument("--one-time", action="store_true", help="valid for a single enrollment")
+    cmd.add_argument(
+        "--one-time", action="store_true", help="valid for a single machine (it may re-enroll)"
+    )
     cmd.add_argument(
         "--require-approval",
         action="store_true",
@@ -194,7 +200,8 @@ def secret_list(settings: Settings, args: argparse.Namespace) -> int:
         )
         for s in secrets
     ]
-    columns = ["name", "id", "tags", "group", "state", "enrolled", "last_used", "expires"]
+    # A quota counts machines (identities): a re-enrolling machine counts once.
+    columns = ["name", "id", "tags", "group", "state", "machines", "last_used", "expires"]
     emit_table(columns, rows)
     return 0
 
