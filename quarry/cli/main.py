@@ -22,7 +22,7 @@ from quarry.cli.commands import (
     queries,
     tokens,
 )
-from quarry.runtime.settings import SERVICES, Settings
+from quarry.runtime.settings import PROCESSES, Settings
 from quarry.serving.service_entry import service_command
 
 
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between that Prometheus's scrapes (default 15)",
     )
     serve = sub.add_parser("serve", help="run one service (what a Kubernetes pod runs)")
-    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("service", choices=PROCESSES)
 
     cmd = _admin(sub, "sql", "query the log store (ClickHouse or the embedded one)", admin.sql)
     cmd.add_argument("sql", help='e.g. "SELECT count() FROM quarry.results"')
