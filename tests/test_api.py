@@ -511,3 +511,11 @@ def test_the_api_serves_https_only(cluster: QuarryCluster) -> None:
     port = cluster.port_base + PORT_OFFSETS["api_port"]
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://localhost:{port}/api/v1/hosts", timeout=5)
+
+
+def test_a_refused_precondition_is_a_409_with_the_services_reason(admin: Api, fleet: Fleet) -> None:
+    active = fleet.nodes[2].host_identifier
+    response = admin.request("POST", f"/api/v1/hosts/{active}/reject")
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["code"] == "failed_precondition" and "not pending" in error["message"]
