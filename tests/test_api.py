@@ -219,7 +219,22 @@ def test_every_route_works_as_admin(
     )
     labels = call("GET", "/api/v1/labels")
     assert [label["name"] for label in labels["items"]] == ["all-linux"]
-    call("GET", "/api/v1/labels/{label}/hosts", path={"label": "all-linux"})
+    members = eventually(
+        lambda: (
+            (got := call("GET", "/api/v1/labels/{label}/hosts", path={"label": "all-linux"}))[
+                "total"
+            ]
+            == FLEET_SIZE
+            and got
+        )
+    )
+    assert {h["host_identifier"] for h in members["items"]} == {
+        n.host_identifier for n in fleet.nodes
+    }
+    in_label = call(
+        "GET", "/api/v1/hosts", params={"label": "all-linux", "q": node.profile.hostname}
+    )
+    assert [h["host_identifier"] for h in in_label["items"]] == [node.host_identifier]
 
     # Live queries.
     started = call(
