@@ -28,7 +28,7 @@ from quarry.cli.commands import (
     queries,
     tokens,
 )
-from quarry.runtime.settings import SERVICES, Settings
+from quarry.runtime.settings import PROCESSES, Settings
 from quarry.serving.service_entry import service_command
 
 
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between that Prometheus's scrapes (default 15)",
     )
     serve = sub.add_parser("serve", help="run one service (what a Kubernetes pod runs)")
-    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("service", choices=PROCESSES)
 
     admin.add_sql_command(sub, _admin)
 

@@ -39,7 +39,7 @@ from quarry.cli.up_processes import (
 from quarry.encryption.gateway_certificates import tls_files
 from quarry.encryption.internal_tls import ensure_shared_certificate
 from quarry.encryption.zmq_curve import ensure_curve_keys
-from quarry.runtime.settings import SERVICES, Settings
+from quarry.runtime.settings import PROCESSES, SERVICES, Settings
 from quarry.serving.service_entry import service_command
 from quarry.state.directory import (
     chdb_dir,
@@ -125,7 +125,7 @@ def run_cluster(
     ca_path = tls_files(settings).ca_cert
     ensure_encryption_keys(settings)
     env = {**os.environ, **settings.to_env()}
-    children = [service_child(settings, name) for name in SERVICES]
+    children = [service_child(settings, name) for name in PROCESSES]
     if prometheus is not None:
         extra = prometheus_child(settings, prometheus, out)
         children.extend([extra] if extra else [])
@@ -319,6 +319,8 @@ def _print_banner(
         f"  ingest            zmq tcp://{host}:{settings.ingest_zmq_port}, "
         f"grpc {host}:{settings.ingest_port}",
         f"  log store         {store}",
+        f"  REST API          https://{settings.public_host}:{settings.api_port}/api/v1   "
+        "(docs/api.md)",
         encryption_line(settings),
         "  metrics           " + ", ".join(f"{s} :{settings.metrics_port(s)}" for s in SERVICES),
         *(

@@ -22,6 +22,7 @@ PORT_OFFSETS = {
     "distributed_port": 3,
     "ingest_port": 4,
     "ingest_zmq_port": 5,
+    "api_port": 6,
     "metrics_port_base": 10,
 }
 
@@ -47,6 +48,8 @@ class Settings:
     distributed_port: int = 50053
     ingest_port: int = 50054
     ingest_zmq_port: int = 50055
+    # The REST API (docs/api.md): HTTPS with the gateway's certificate, never osquery's port.
+    api_port: int = 8444
     # Each process serves /metrics on metrics_port_base + its index in SERVICES.
     metrics_port_base: int = 9400
 
@@ -241,6 +244,9 @@ class Settings:
 
 # Start order matters: the gateway comes last, once what it watches is up.
 SERVICES = ("enroll", "config", "distributed", "ingest", "gateway")
+# Every process `quarry serve` runs and `quarry up` starts, in start order: the services, then
+# the REST API, a client of them all (docs/adr/0014-rest-api-over-grpc.md).
+PROCESSES = (*SERVICES, "api")
 
 
 def _convert(type_name: object, raw: str) -> object:

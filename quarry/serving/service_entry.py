@@ -28,6 +28,7 @@ SERVICE_PACKAGES = {
     "config": "config_service",
     "distributed": "distributed_service",
     "ingest": "ingest_service",
+    "api": "api_service",
 }
 
 

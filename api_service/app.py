@@ -1,0 +1,70 @@
+"""The API's ASGI application: every endpoint, the OpenAPI document, errors as JSON.
+
+Built so the web console can be served by the same process later: the API lives under
+/api/v1 and leaves every other path free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from api_service import access, config, hosts, queries
+from api_service.backends import Backends
+from api_service.errors import (
+    ApiError,
+    api_error_handler,
+    http_error_handler,
+    unexpected_error_handler,
+)
+from api_service.openapi import openapi_document
+from api_service.routing import Endpoint
+from quarry.runtime.settings import Settings
+
+API_VERSION = "1"
+OPENAPI_PATH = "/api/v1/openapi.json"
+ENDPOINTS: list[Endpoint] = [
+    *hosts.ENDPOINTS,
+    *queries.ENDPOINTS,
+    *config.ENDPOINTS,
+    *access.ENDPOINTS,
+]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    held: dict[str, Backends] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Channels belong to the event loop that serves requests: made here, not before.
+        held["backends"] = Backends.connect(settings)
+        try:
+            yield
+        finally:
+            await held["backends"].close()
+
+    document = openapi_document(ENDPOINTS, API_VERSION)
+
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(document)
+
+    routes = [
+        Route(OPENAPI_PATH, openapi, methods=["GET"], name="openapi"),
+        *(endpoint.route(lambda: held["backends"]) for endpoint in ENDPOINTS),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: api_error_handler,
+            HTTPException: http_error_handler,
+            Exception: unexpected_error_handler,
+        },
+    )
