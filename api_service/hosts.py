@@ -7,11 +7,10 @@ caller types reaches SQL or a shell (docs/api.md, "Hosts").
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
-from api_service.backends import call
+from api_service.backends import call, stream
 from api_service.errors import ApiError
 from api_service.json_messages import message_json
 from api_service.routing import Call, Endpoint, Param, page
@@ -19,8 +18,6 @@ from api_service.schemas import Schema, message_schema, page_of
 from protos.v1 import config_pb2, enroll_pb2
 
 NODE_STATUSES = ("active", "pending", "revoked")
-# Label membership comes from the config service one node at a time; so many at once.
-LABEL_LOOKUPS_IN_FLIGHT = 16
 
 HOST: Schema = message_schema(
     enroll_pb2.Node.DESCRIPTOR,
@@ -62,24 +59,28 @@ def matches_search(node: enroll_pb2.Node, text: str) -> bool:
     )
 
 
-async def node_labels(call_: Call, node_id: str) -> list[str]:
-    reply = await call(
-        call_.backends.config.NodeConfig,
-        config_pb2.NodeConfigRequest(node_id=node_id),
-        call_.token,
+async def label_memberships(call_: Call) -> dict[str, set[str]]:
+    """Every node's labels, from the first event of the config service's WatchConfig
+    stream (its snapshot carries every membership): one call for the whole fleet.
+
+    WatchConfig is the gateways' feed, not an admin call; callers reach this only after an
+    admin call made with their token (ListNodes) was allowed and audited, so the caller's
+    role is checked as for any read (docs/adr/0013-rest-api-over-grpc.md).
+    """
+    events = await stream(
+        call_.backends.config.WatchConfig, config_pb2.WatchConfigRequest(), call_.token
     )
-    return list(reply.labels)
+    try:
+        async for event in events:
+            return {m.node_id: set(m.labels) for m in event.memberships}
+        return {}
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
 
 
 async def nodes_in_label(call_: Call, nodes: list[enroll_pb2.Node], label: str) -> list:
-    gate = asyncio.Semaphore(LABEL_LOOKUPS_IN_FLIGHT)
-
-    async def member(node: enroll_pb2.Node) -> bool:
-        async with gate:
-            return label in await node_labels(call_, node.node_id)
-
-    found = await asyncio.gather(*(member(node) for node in nodes))
-    return [node for node, inside in zip(nodes, found, strict=True) if inside]
+    memberships = await label_memberships(call_)
+    return [node for node in nodes if label in memberships.get(node.node_id, ())]
 
 
 async def filtered_nodes(call_: Call) -> list[enroll_pb2.Node]:

@@ -29,6 +29,7 @@ def iso_time(unix_seconds: float) -> str | None:
 
 def parse_time(text: str) -> float:
     """Unix seconds from ISO 8601 text (a `Z` or an offset; no offset means UTC)."""
+    # An unescaped "+" of an offset arrives in a query string as a space.
     moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+", 1))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)

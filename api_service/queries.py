@@ -20,8 +20,7 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
-from api_service import backends as grpc_calls
-from api_service.backends import call
+from api_service.backends import call, sql_rows, stream
 from api_service.errors import bad_request, not_found
 from api_service.json_messages import message_json
 from api_service.routing import LIMIT, Call, Endpoint, Param, page
@@ -218,7 +217,7 @@ def rows_sql(campaign_id: str, host: str, after: tuple[str, int] | None, limit: 
 async def rows_page(
     call_: Call, campaign_id: str, host: str, after: tuple[str, int] | None, limit: int
 ) -> dict:
-    found = await grpc_calls.sql_rows(
+    found = await sql_rows(
         call_.backends, rows_sql(campaign_id, host, after, limit + 1), call_.token
     )
     items = [
@@ -269,7 +268,7 @@ async def query_events(call_: Call) -> StreamingResponse:
     await report(call_, counts_only=True)
     campaign_id = call_.params["query"]
     with_rows = call_.params["rows"]
-    progress = await grpc_calls.stream(
+    progress = await stream(
         call_.backends.distributed.WatchCampaign,
         distributed_pb2.GetCampaignRequest(campaign_id=campaign_id),
         call_.token,

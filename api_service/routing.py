@@ -22,6 +22,7 @@ from api_service.backends import Backends
 from api_service.errors import ApiError, bad_request
 from api_service.json_messages import parse_time
 from api_service.schemas import Schema
+from quarry.access.admin_auth import bearer_token
 
 # Every list is paged; a page holds at most MAX_LIMIT items (docs/api.md, "Paging").
 DEFAULT_LIMIT = 100
@@ -143,7 +144,7 @@ class Endpoint:
         async def endpoint(request: Request) -> Response:
             call = Call(
                 request,
-                bearer_token(request),
+                caller_token(request),
                 self._checked_params(request),
                 await self._checked_body(request),
                 backends(),
@@ -193,11 +194,10 @@ class Endpoint:
         return body
 
 
-def bearer_token(request: Request) -> str:
+def caller_token(request: Request) -> str:
     """The token of `Authorization: Bearer <token>`; empty when absent (the services then
     refuse the call as unauthenticated, and audit it)."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    return bearer_token(request.headers.items())
 
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {

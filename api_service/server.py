@@ -35,6 +35,8 @@ def main(settings: Settings) -> None:
         server_header=False,
         # A browser or script that forwards no header is the peer itself.
         proxy_headers=False,
+        # Open event streams must not hold a stop: `quarry up` kills what is left after 15 s.
+        timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
     config.load()

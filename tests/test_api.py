@@ -219,7 +219,22 @@ def test_every_route_works_as_admin(
     )
     labels = call("GET", "/api/v1/labels")
     assert [label["name"] for label in labels["items"]] == ["all-linux"]
-    call("GET", "/api/v1/labels/{label}/hosts", path={"label": "all-linux"})
+    members = eventually(
+        lambda: (
+            (got := call("GET", "/api/v1/labels/{label}/hosts", path={"label": "all-linux"}))[
+                "total"
+            ]
+            == FLEET_SIZE
+            and got
+        )
+    )
+    assert {h["host_identifier"] for h in members["items"]} == {
+        n.host_identifier for n in fleet.nodes
+    }
+    in_label = call(
+        "GET", "/api/v1/hosts", params={"label": "all-linux", "q": node.profile.hostname}
+    )
+    assert [h["host_identifier"] for h in in_label["items"]] == [node.host_identifier]
 
     # Live queries.
     started = call(
@@ -511,3 +526,11 @@ def test_the_api_serves_https_only(cluster: QuarryCluster) -> None:
     port = cluster.port_base + PORT_OFFSETS["api_port"]
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://localhost:{port}/api/v1/hosts", timeout=5)
+
+
+def test_a_refused_precondition_is_a_409_with_the_services_reason(admin: Api, fleet: Fleet) -> None:
+    active = fleet.nodes[2].host_identifier
+    response = admin.request("POST", f"/api/v1/hosts/{active}/reject")
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["code"] == "failed_precondition" and "not pending" in error["message"]
