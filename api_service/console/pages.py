@@ -251,8 +251,9 @@ async def _targets(page: Page, form: dict[str, str]) -> tuple[dict[str, Any], in
     chosen = [n for n in nodes if not node_ids or n.node_id in node_ids]
     chosen = [n for n in chosen if not tags or set(tags) & set(n.tags)]
     chosen = [n for n in chosen if not platforms or platform_family(n.platform) in platforms]
-    for label in labels:
-        chosen = await hosts.nodes_in_label(_as_call(page), chosen, label)
+    if labels:  # any of them, as for tags (distributed_service/targeting.py)
+        memberships = await hosts.label_memberships(_as_call(page))
+        chosen = [n for n in chosen if set(labels) & set(memberships.get(n.node_id, ()))]
     count = len(chosen)
     estimate = bool(percent)
     if percent:
