@@ -90,7 +90,7 @@ def fleet(cluster: QuarryCluster) -> Iterator[Fleet]:
         yield running
 
 
-def new_browser(tmp_path: Path) -> WebDriver:
+def new_browser(tmp_path: Path, javascript: bool = True) -> WebDriver:
     """Headless Debian chromium with its own profile; nothing is downloaded."""
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never fetch a driver
     options = webdriver.ChromeOptions()
@@ -106,6 +106,10 @@ def new_browser(tmp_path: Path) -> WebDriver:
         options.add_argument(argument)
     # The cluster's local CA is not in chromium's store; the test trusts it by this flag.
     options.accept_insecure_certs = True
+    if not javascript:
+        options.add_experimental_option(
+            "prefs", {"profile.managed_default_content_settings.javascript": 2}
+        )
     service = webdriver.ChromeService(executable_path=str(CHROMEDRIVER))
     browser = webdriver.Chrome(options=options, service=service)
     browser.implicitly_wait(0)
@@ -403,3 +407,36 @@ def test_a_change_without_the_csrf_token_is_refused(
         assert response.status_code == 403 and "__Host-quarry_session" not in response.headers.get(
             "set-cookie", ""
         )
+
+
+def test_without_javascript_every_form_still_works(
+    tmp_path: Path, console_url: str, admin_token: str, fleet: Fleet
+) -> None:
+    browser = new_browser(tmp_path / "chromium-no-js", javascript=False)
+    try:
+        log_in(browser, console_url, admin_token)
+        node = fleet.nodes[2]
+        browser.find_element(By.ID, "q").send_keys(node.profile.hostname)
+        browser.find_element(By.CSS_SELECTOR, "#host-filters button").click()
+        wait_for(browser, "#hosts-table .count", "1 host")
+        assert "counted when JavaScript is on" in _text_of(browser, f"{console_url}/queries")
+        browser.find_element(By.ID, "sql").send_keys("SELECT * FROM users")
+        browser.find_element(By.NAME, "hosts").send_keys(node.host_identifier)
+        browser.find_element(By.ID, "run").click()
+        wait_for(browser, "#live")
+        assert browser.find_element(By.ID, "live").get_attribute("data-state") is None
+        shown = eventually(
+            lambda: (
+                browser.refresh()
+                or len(browser.find_elements(By.CSS_SELECTOR, "#rows tbody tr")) == 2
+            )
+        )
+        assert shown, browser.find_element(By.TAG_NAME, "main").text
+        assert "done" in browser.find_element(By.ID, "done-state").text
+    finally:
+        browser.quit()
+
+
+def _text_of(browser: WebDriver, url: str) -> str:
+    browser.get(url)
+    return browser.find_element(By.TAG_NAME, "main").text

@@ -342,7 +342,7 @@ async def export_rows(page: Page) -> Response:
     qid = page.request.path_params["query"]
     kind = page.request.path_params["kind"]
     rows = await _rows_by_host(page, qid)
-    name = f"{qid}.{kind}"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{qid}.{kind}")  # nothing to break the header
     headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'}
     if kind == "json":
         return JSONResponse(rows, headers=headers)

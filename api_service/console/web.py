@@ -9,6 +9,7 @@ can do nothing the API cannot, and the services decide and audit every call
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from api_service.errors import ApiError, bad_request
 from api_service.json_messages import iso_time
 from api_service.routing import Call, Endpoint, check_body
 from quarry.access.admin_auth import role_allows
+
+log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -165,6 +168,8 @@ class Console:
                 return await handler(page)
             except ApiError as error:
                 return error_page(page, error)
+            except Exception:
+                return failure_page(page)
 
         return endpoint
 
@@ -196,6 +201,8 @@ class Console:
                 return await handler(page, form)
             except ApiError as error:
                 return error_page(page, error)
+            except Exception:
+                return failure_page(page)
 
         return endpoint
 
@@ -208,4 +215,15 @@ def error_page(page: Page, error: ApiError) -> HTMLResponse:
         title=titles.get(error.status, "The request failed"),
         message=error.message,
         code=error.code,
+    )
+
+
+def failure_page(page: Page) -> HTMLResponse:
+    """A bug: logged with its traceback, shown as one line (as the API's JSON answer)."""
+    log.exception("%s %s failed", page.request.method, page.request.url.path)
+    return page.render(
+        "error.html",
+        500,
+        title="The page failed",
+        message="The console failed to answer; the error is in the API process's log.",
     )
