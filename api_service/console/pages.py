@@ -26,8 +26,8 @@ from starlette.types import Receive, Scope, Send
 from api_service import access, config, hosts, queries
 from api_service.backends import call, sql_rows
 from api_service.console.sessions import (
-    IDLE_S,
     LOGIN_COOKIE,
+    MAX_AGE_S,
     SESSION_COOKIE,
     Session,
     cookie_options,
@@ -100,7 +100,8 @@ def login_routes(console: Console) -> list[Route]:
         session = Session(token, who.name, who.role, who.expires_at)
         session_id = console.sessions.start(session)
         response = redirect(_safe_next(form.get("next", "/hosts")))
-        response.set_cookie(SESSION_COOKIE, session_id, **cookie_options(IDLE_S))
+        # The server ends an idle session (IDLE_S); the cookie lives as long as the longest.
+        response.set_cookie(SESSION_COOKIE, session_id, **cookie_options(MAX_AGE_S))
         response.delete_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True)
         return response
 
