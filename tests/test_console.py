@@ -20,8 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.routing import Route
 
-from api_service.console.web import CONTENT_SECURITY_POLICY
+from api_service.console.pages import console_routes
+from api_service.console.web import CONTENT_SECURITY_POLICY, Console
 from quarry.runtime.settings import PORT_OFFSETS
 from tests.emulator import log_records
 from tests.polling import eventually
@@ -346,7 +348,41 @@ def _set_value(browser: WebDriver, element: object, text: str) -> None:
 # --- roles, injection, CSRF -----------------------------------------------------------
 
 
-def test_a_read_only_session_sees_no_change_and_is_refused_one(
+# Every change the console offers (path template, a form an admin could send).
+CHANGES = [
+    ("/hosts/{host}/{action}", {}),
+    ("/queries", {"sql": "SELECT 1"}),
+    ("/queries/{query}/cancel", {}),
+    ("/secrets", {"name": "refused"}),
+    ("/secrets/{secret}/revoke", {}),
+    ("/config/apply", {"state": "{}", "dry_run": "1"}),
+]
+OPERATOR_MAY = {"/queries", "/queries/{query}/cancel"}
+
+
+def test_every_change_of_the_console_is_in_the_refusal_tests() -> None:
+    posted = {
+        route.path
+        for route in console_routes(Console(lambda: None))  # type: ignore[arg-type, return-value]
+        if isinstance(route, Route) and "POST" in (route.methods or ())
+    }
+    assert posted - {"/login", "/logout"} == {path for path, _ in CHANGES}
+
+
+def change_paths(cluster: QuarryCluster, admin_token: str, fleet: Fleet) -> list[tuple]:
+    """(template, path, form) of each change, its path filled in for a real host, query
+    and secret; one per action for hosts."""
+    query = Api(cluster, admin_token).ok("POST", "/api/v1/queries", 201, json={"sql": "SELECT 1"})
+    values = {"host": fleet.nodes[2].host_identifier, "query": query["campaign_id"]}
+    values["secret"] = "default"
+    out = []
+    for template, form in CHANGES:
+        actions = ("approve", "reject", "revoke") if "{action}" in template else ("",)
+        out += [(template, template.format(**values, action=a), form) for a in actions]
+    return out
+
+
+def test_a_read_only_session_sees_no_change_and_is_refused_every_one(
     browser: WebDriver, console_url: str, cluster: QuarryCluster, admin_token: str, fleet: Fleet
 ) -> None:
     token = token_of_role(Api(cluster, admin_token), "read-only")
@@ -371,12 +407,7 @@ def test_a_read_only_session_sees_no_change_and_is_refused_one(
     assert browser.find_elements(By.CSS_SELECTOR, "main form") == []
     csrf = csrf_of(browser)
     with client_as(browser, console_url, cluster) as client:
-        for path, form in (
-            (f"/hosts/{host}/revoke", {}),
-            ("/queries", {"sql": "SELECT 1"}),
-            ("/config/apply", {"state": "{}", "dry_run": "1"}),
-            ("/secrets", {"name": "refused"}),
-        ):
+        for _, path, form in change_paths(cluster, admin_token, fleet):
             response = client.post(path, data={"csrf": csrf, **form})
             assert response.status_code == 403, (path, response.text)
             assert "read-only" in response.text and "may not call" in response.text, path
@@ -384,6 +415,26 @@ def test_a_read_only_session_sees_no_change_and_is_refused_one(
     assert Api(cluster, admin_token).ok("GET", f"/api/v1/hosts/{host}")["host"]["status"] == (
         "active"
     )
+
+
+def test_an_operator_session_runs_live_queries_and_is_refused_admin_changes(
+    browser: WebDriver, console_url: str, cluster: QuarryCluster, admin_token: str, fleet: Fleet
+) -> None:
+    token = token_of_role(Api(cluster, admin_token), "operator")
+    log_in(browser, console_url, token)
+    browser.get(f"{console_url}/queries")
+    assert browser.find_elements(By.ID, "launch")
+    browser.get(f"{console_url}/approvals")
+    assert browser.find_elements(By.CSS_SELECTOR, "form.create") == []
+    csrf = csrf_of(browser)
+    with client_as(browser, console_url, cluster) as client:
+        for template, path, form in change_paths(cluster, admin_token, fleet):
+            response = client.post(path, data={"csrf": csrf, **form})
+            if template in OPERATOR_MAY:
+                assert response.status_code == 303, (path, response.text)
+            else:
+                assert response.status_code == 403, (path, response.text)
+                assert "(operator) may not call" in response.text, path
 
 
 def test_a_hostname_with_html_and_script_is_shown_as_text(
