@@ -17,6 +17,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -252,6 +253,15 @@ def test_run_a_live_query_and_see_the_rows_arrive(
     tags.clear()
     tags.send_keys("linux")
     wait_for(browser, "#reach-count", str(FLEET_SIZE))
+    percent = browser.find_element(By.NAME, "percent")
+    percent.send_keys("lots")
+    wait_for(browser, "#reach-error", "percent must be a number")
+    browser.find_element(By.ID, "sql").send_keys("SELECT 1")
+    browser.find_element(By.ID, "run").click()
+    assert "percent must be a number" in wait_for(browser, "#launch-error").text  # type: ignore[attr-defined]
+    assert browser.find_element(By.ID, "sql").get_attribute("value") == "SELECT 1"  # kept
+    browser.find_element(By.NAME, "percent").clear()
+    browser.find_element(By.ID, "sql").clear()
     browser.find_element(By.ID, "sql").send_keys("SELECT * FROM users")
     browser.find_element(By.ID, "run").click()
     wait_for(browser, "#live")
@@ -449,6 +459,21 @@ def test_a_hostname_with_html_and_script_is_shown_as_text(
     assert INJECTED_HOSTNAME in wait_for(browser, "#host-name").text  # type: ignore[attr-defined]
     assert browser.title != "owned" and browser.find_elements(By.CSS_SELECTOR, "main img") == []
     assert "&lt;script&gt;" in browser.page_source
+
+
+def test_sql_injection_in_the_search_and_the_path_is_inert(
+    browser: WebDriver, console_url: str, admin_token: str, fleet: Fleet
+) -> None:
+    log_in(browser, console_url, admin_token)
+    for text in ("' OR 1=1 --", "x') UNION SELECT name FROM system.tables --"):
+        browser.get(f"{console_url}/hosts?q={quote(text, safe='')}")
+        assert wait_for(browser, "#hosts-table .count").text == "0 hosts"  # type: ignore[attr-defined]
+        assert browser.find_element(By.ID, "q").get_attribute("value") == text
+        browser.get(f"{console_url}/hosts/{quote(text, safe='')}")
+        wait_for(browser, "#error-message")
+        assert browser.find_element(By.TAG_NAME, "h1").text == "Not found"
+    browser.get(f"{console_url}/hosts")
+    wait_for(browser, "#hosts-table", f"{FLEET_SIZE}")
 
 
 def test_a_change_without_the_csrf_token_is_refused(
