@@ -112,6 +112,7 @@ def new_browser(tmp_path: Path, javascript: bool = True) -> WebDriver:
         options.add_argument(argument)
     # The cluster's local CA is not in chromium's store; the test trusts it by this flag.
     options.accept_insecure_certs = True
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP reports
     if not javascript:
         options.add_experimental_option(
             "prefs", {"profile.managed_default_content_settings.javascript": 2}
@@ -277,6 +278,13 @@ def test_run_a_live_query_and_see_the_rows_arrive(
     assert "username" in header and "uid" in header
     answered = browser.find_element(By.CSS_SELECTOR, '#counts b[data-state="answered"]')
     assert answered.text == str(FLEET_SIZE)
+    # htmx and the page's script ran under the policy without one violation.
+    violations = [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if "Content Security Policy" in entry["message"]
+    ]
+    assert violations == []
     # The hostile hostname's rows are text too; the exports hold every row.
     with client_as(browser, console_url, cluster) as client:
         as_json = client.get(f"/queries/{qid}/rows.json")

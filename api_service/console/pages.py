@@ -145,7 +145,10 @@ async def hosts_page(page: Page) -> Response:
         if found["next_offset"] is not None
         else ""
     )
-    template = "hosts_table.html" if page.request.headers.get("hx-request") else "hosts.html"
+    # htmx asks for the table alone as one types; a history restore wants the whole page.
+    headers = page.request.headers
+    fragment = headers.get("hx-request") and not headers.get("hx-history-restore-request")
+    template = "hosts_table.html" if fragment else "hosts.html"
     return page.render(
         template,
         hosts=found,

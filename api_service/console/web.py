@@ -54,6 +54,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
+    "Vary": "HX-Request",  # a page and its htmx fragment share a URL
 }
 
 ENDPOINTS: dict[Callable[..., Any], Endpoint] = {
