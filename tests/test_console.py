@@ -193,7 +193,8 @@ def test_log_in_sets_a_strict_session_cookie_and_every_page_has_the_csp(
     assert admin_token not in json.dumps(browser.get_cookies())
     assert "root (admin)" in browser.find_element(By.ID, "who").text
     with client_as(browser, console_url, cluster) as client:
-        for path in ("/hosts", "/queries", "/approvals", "/config", "/labels", "/audit", "/login"):
+        pages = ("/hosts", "/queries", "/approvals", "/config", "/labels", "/tokens", "/audit")
+        for path in (*pages, "/login"):
             response = client.get(path)
             assert response.status_code in (200, 303), (path, response.text)
             assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
@@ -374,6 +375,8 @@ CHANGES = [
     ("/secrets", {"name": "refused"}),
     ("/secrets/{secret}/revoke", {}),
     ("/config/apply", {"state": "{}", "dry_run": "1"}),
+    ("/tokens", {"name": "refused", "role": "admin"}),
+    ("/tokens/{token}/revoke", {}),
 ]
 OPERATOR_MAY = {"/queries", "/queries/{query}/cancel"}
 
@@ -393,6 +396,7 @@ def change_paths(cluster: QuarryCluster, admin_token: str, fleet: Fleet) -> list
     query = Api(cluster, admin_token).ok("POST", "/api/v1/queries", 201, json={"sql": "SELECT 1"})
     values = {"host": fleet.nodes[2].host_identifier, "query": query["campaign_id"]}
     values["secret"] = "default"
+    values["token"] = "root"
     out = []
     for template, form in CHANGES:
         actions = ("approve", "reject", "revoke") if "{action}" in template else ("",)
@@ -430,9 +434,33 @@ def test_a_read_only_session_sees_no_change_and_is_refused_every_one(
             assert response.status_code == 403, (path, response.text)
             assert "read-only" in response.text and "may not call" in response.text, path
         assert client.get("/audit").status_code == 403
+        assert client.get("/tokens").status_code == 403
     assert Api(cluster, admin_token).ok("GET", f"/api/v1/hosts/{host}")["host"]["status"] == (
         "active"
     )
+
+
+def test_an_admin_makes_a_token_and_logs_in_with_it(
+    browser: WebDriver, console_url: str, admin_token: str
+) -> None:
+    log_in(browser, console_url, admin_token)
+    browser.get(f"{console_url}/tokens")
+    form = browser.find_element(By.CSS_SELECTOR, "form.create")
+    form.find_element(By.NAME, "name").send_keys("console-alice")
+    form.find_element(By.NAME, "expires_in_hours").send_keys("soon")
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    assert "whole number of hours" in wait_for(browser, "#error-message").text  # type: ignore[attr-defined]
+    browser.get(f"{console_url}/tokens")
+    form = browser.find_element(By.CSS_SELECTOR, "form.create")
+    form.find_element(By.NAME, "name").send_keys("console-alice")
+    form.find_element(By.NAME, "expires_in_hours").send_keys("8")
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    value = wait_for(browser, "#created-token code").text  # type: ignore[attr-defined]
+    assert "console-alice" in browser.find_element(By.ID, "tokens").text
+    browser.find_element(By.CSS_SELECTOR, ".who button").click()
+    wait_for(browser, "#token")
+    log_in(browser, console_url, value)
+    assert "console-alice (read-only)" in browser.find_element(By.ID, "who").text
 
 
 def test_an_operator_session_runs_live_queries_and_is_refused_admin_changes(

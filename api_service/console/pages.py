@@ -1,5 +1,5 @@
 """The console's pages: login, hosts, a host, live queries, approvals and enroll secrets,
-config, labels, the audit log (docs/console.md).
+config, labels, API tokens, the audit log (docs/console.md).
 
 Each page is server-rendered from the API's own handlers; changes are POSTed forms that
 redirect (303) to the page showing their outcome. What a role may not do is left out of
@@ -45,6 +45,7 @@ from api_service.errors import ApiError, bad_request
 from api_service.routing import MAX_LIMIT, Call
 from osquery_config.targeting import FAMILIES, platform_family
 from protos.v1 import enroll_pb2
+from quarry.access.admin_auth import ROLES
 from quarry.runtime.clickhouse_sql import sql_string
 
 PAGE_SIZE = 100
@@ -493,6 +494,35 @@ async def apply_config(page: Page, form: dict[str, str]) -> Response:
     return await config_page(page, draft, result=result)
 
 
+# --- API tokens -----------------------------------------------------------------------
+
+
+async def tokens_page(page: Page, created: dict | None = None) -> Response:
+    tokens = await page.api(access.list_tokens, {"limit": MAX_LIMIT})
+    return page.render("tokens.html", tokens=tokens, created=created, roles=ROLES)
+
+
+async def tokens_show(page: Page) -> Response:
+    return await tokens_page(page)
+
+
+async def create_token(page: Page, form: dict[str, str]) -> Response:
+    body: dict[str, Any] = {"name": form.get("name", "").strip(), "role": form.get("role", "")}
+    hours = form.get("expires_in_hours", "").strip()
+    if hours:
+        if not re.fullmatch(r"\d{1,6}", hours):
+            raise bad_request(f"the lifetime must be a whole number of hours, not {hours!r}")
+        body["expires_in_seconds"] = int(hours) * 3600
+    created = await page.api(access.create_token, body=body)
+    return await tokens_page(page, created)
+
+
+async def revoke_token(page: Page, form: dict[str, str]) -> Response:
+    token = await page.api(access.revoke_token, {"token": page.request.path_params["token"]})
+    page.flash("ok", f"token {token['name']} revoked")
+    return redirect("/tokens")
+
+
 # --- labels and the audit log ---------------------------------------------------------
 
 
@@ -568,5 +598,8 @@ def console_routes(console: Console) -> list[BaseRoute]:
         Route("/config/apply", post(apply_config), methods=["POST"]),
         Route("/labels", get(labels_page), methods=["GET"]),
         Route("/audit", get(audit_page), methods=["GET"]),
+        Route("/tokens", get(tokens_show), methods=["GET"]),
+        Route("/tokens", post(create_token), methods=["POST"]),
+        Route("/tokens/{token}/revoke", post(revoke_token), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]

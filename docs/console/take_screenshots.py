@@ -68,7 +68,7 @@ def shoot(browser, url: str, token: str) -> None:
         lambda d: d.find_element(By.ID, "live").get_attribute("data-state") == "done"
     )
     save(browser, "live-query")
-    for page in ("approvals", "config", "labels", "audit"):
+    for page in ("approvals", "config", "labels", "tokens", "audit"):
         browser.get(f"{url}/{page}")
         save(browser, page)
 
