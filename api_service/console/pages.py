@@ -98,6 +98,7 @@ def login_routes(console: Console) -> list[Route]:
             who = await call(console.backends().enroll.WhoAmI, enroll_pb2.WhoAmIRequest(), token)
         except ApiError as error:
             return await login_form(request, f"Not logged in: {error.message}", error.status)
+        console.sessions.end(request.cookies.get(SESSION_COOKIE, ""))  # one login, one session
         session = Session(token, who.name, who.role, who.expires_at)
         session_id = console.sessions.start(session)
         response = redirect(_safe_next(form.get("next", "/hosts")))
