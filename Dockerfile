@@ -16,6 +16,7 @@ COPY enroll_service/ enroll_service/
 COPY config_service/ config_service/
 COPY distributed_service/ distributed_service/
 COPY ingest_service/ ingest_service/
+COPY api_service/ api_service/
 COPY osquery_config/ osquery_config/
 RUN /opt/quarry/bin/pip install .
 

@@ -1,7 +1,8 @@
-"""The API's ASGI application: every endpoint, the OpenAPI document, errors as JSON.
+"""The API's ASGI application: every endpoint, the OpenAPI document, errors as JSON, and
+the web console's pages beside them.
 
-Built so the web console can be served by the same process later: the API lives under
-/api/v1 and leaves every other path free.
+The API lives under /api/v1; the console (api_service/console/, docs/console.md) has every
+other path.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from starlette.routing import Route
 
 from api_service import access, config, hosts, queries
 from api_service.backends import Backends
+from api_service.console import pages as console_pages
+from api_service.console.web import Console
 from api_service.errors import (
     ApiError,
     api_error_handler,
@@ -58,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         Route(OPENAPI_PATH, openapi, methods=["GET"], name="openapi"),
         *(endpoint.route(lambda: held["backends"]) for endpoint in ENDPOINTS),
+        *console_pages.routes(Console(lambda: held["backends"])),
     ]
     return Starlette(
         routes=routes,

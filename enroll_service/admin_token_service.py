@@ -10,10 +10,11 @@ import grpc
 from enroll_service.admin_tokens import AdminTokenStore
 from enroll_service.token_admin import TokenAdmin
 from protos.v1 import enroll_pb2
+from quarry.access.admin_auth import current_caller
 
 
 class AdminTokenRpcs:
-    """CreateToken, ListTokens, RevokeToken, ResolveToken, RecordAudit, ListAudit.
+    """CreateToken, ListTokens, RevokeToken, ResolveToken, WhoAmI, RecordAudit, ListAudit.
 
     Who may call each is decided before they run (quarry/access/admin_auth.py ADMIN_METHODS).
     """
@@ -47,6 +48,18 @@ class AdminTokenRpcs:
             return enroll_pb2.AdminToken(found=False)
         return enroll_pb2.AdminToken(
             name=principal.name, role=principal.role, expires_at=principal.expires_at, found=True
+        )
+
+    async def WhoAmI(
+        self, request: enroll_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext
+    ) -> enroll_pb2.AdminToken:
+        """The caller's own token, as the admin gate admitted it (quarry/access/admin_auth.py)."""
+        caller = current_caller()
+        if caller is None:  # only reachable through the gate, which sets the caller
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no token")
+            raise AssertionError("unreachable")
+        return enroll_pb2.AdminToken(
+            name=caller.name, role=caller.role, expires_at=caller.expires_at, found=True
         )
 
     async def RecordAudit(

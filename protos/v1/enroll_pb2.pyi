@@ -335,6 +335,10 @@ class TokenRef(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ResolveTokenRequest(_message.Message):
     __slots__ = ("token_sha256",)
     TOKEN_SHA256_FIELD_NUMBER: _ClassVar[int]

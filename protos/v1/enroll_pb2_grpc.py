@@ -124,6 +124,11 @@ class EnrollServiceStub:
                 request_serializer=protos_dot_v1_dot_enroll__pb2.ResolveTokenRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_enroll__pb2.AdminToken.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/quarry.v1.EnrollService/WhoAmI',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.AdminToken.FromString,
+                _registered_method=True)
         self.RecordAudit = channel.unary_unary(
                 '/quarry.v1.EnrollService/RecordAudit',
                 request_serializer=protos_dot_v1_dot_enroll__pb2.AuditEntry.SerializeToString,
@@ -264,6 +269,14 @@ class EnrollServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """Who the caller's own token is (name, role, expiry): what the web console shows and
+        which actions it offers; any role may ask, and the call is audited like the others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RecordAudit(self, request, context):
         """The audit log of admin calls: every service records its calls here.
         """
@@ -368,6 +381,11 @@ def add_EnrollServiceServicer_to_server(servicer, server):
             'ResolveToken': grpc.unary_unary_rpc_method_handler(
                     servicer.ResolveToken,
                     request_deserializer=protos_dot_v1_dot_enroll__pb2.ResolveTokenRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.AdminToken.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.WhoAmIRequest.FromString,
                     response_serializer=protos_dot_v1_dot_enroll__pb2.AdminToken.SerializeToString,
             ),
             'RecordAudit': grpc.unary_unary_rpc_method_handler(
@@ -866,6 +884,33 @@ class EnrollService:
             target,
             '/quarry.v1.EnrollService/ResolveToken',
             protos_dot_v1_dot_enroll__pb2.ResolveTokenRequest.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.AdminToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/WhoAmI',
+            protos_dot_v1_dot_enroll__pb2.WhoAmIRequest.SerializeToString,
             protos_dot_v1_dot_enroll__pb2.AdminToken.FromString,
             options,
             channel_credentials,

@@ -82,6 +82,7 @@ ADMIN_METHODS: dict[str, str] = {
     _ENROLL + "RevokeToken": ADMIN,
     _ENROLL + "ListAudit": ADMIN,
     _ENROLL + "ResolveToken": SERVICE,
+    _ENROLL + "WhoAmI": READ_ONLY,
     _ENROLL + "RecordAudit": SERVICE,
     _CONFIG + "SetConfig": ADMIN,
     _CONFIG + "GetConfig": READ_ONLY,
