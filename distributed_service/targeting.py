@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from osquery_config.percentage_shard import in_shard
-from osquery_config.targeting import platform_family
+from osquery_config.targeting import FAMILIES, platform_selected
 
 # osquery's default distributed_interval is 60 s: a node unseen for two of them before
 # launch has missed at least one read it would have made, so it is reported offline.
@@ -47,9 +47,11 @@ class Targets:
 
     @property
     def is_open(self) -> bool:
-        """Decided per read in the gateway (it knows tags and platform, not labels or
-        versions): matching nodes that show up after launch still get the campaign."""
-        return not (self.node_ids or self.labels or self.min_osquery_version)
+        """Decided per read in the gateway (it knows tags and platform families, not
+        labels, versions or exact platform names): matching nodes that show up after
+        launch still get the campaign."""
+        exact_platforms = not self.platforms <= set(FAMILIES)
+        return not (self.node_ids or self.labels or self.min_osquery_version or exact_platforms)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -63,7 +65,8 @@ def matches(node: TargetNode, targets: Targets, labels_of: Mapping[str, frozense
     """Whether a node is selected, percentage shard aside."""
     if targets.tags and not targets.tags & node.tags:
         return False
-    if targets.platforms and platform_family(node.platform) not in targets.platforms:
+    platforms = targets.platforms
+    if platforms and not any(platform_selected(p, node.platform) for p in platforms):
         return False
     if targets.labels and not targets.labels & labels_of.get(node.node_id, frozenset()):
         return False

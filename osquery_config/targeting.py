@@ -35,6 +35,20 @@ def platform_family(platform: str) -> str:
     return OTHER_PLATFORMS.get(name, "")
 
 
+def known_platform(name: str) -> bool:
+    """Whether a name people type is a family or an os_version.platform name Quarry knows."""
+    wanted = name.strip().lower()
+    return wanted in FAMILIES or bool(platform_family(wanted))
+
+
+def platform_selected(wanted: str, platform: str) -> bool:
+    """Whether a node of this os_version.platform is selected by `wanted`, a family
+    ("linux") or an exact name ("ubuntu"): node lists and live queries take either."""
+    wanted = wanted.strip().lower()
+    name = platform.strip().lower()
+    return bool(wanted) and (wanted == name or wanted == platform_family(name))
+
+
 def platform_matches(query_platform: str, family: str) -> bool:
     """osquery's checkPlatform: would a node of this family run a query or pack with this platform?
 
