@@ -84,7 +84,7 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
             include_closed=request.include_closed,
             status=request.status,
             author=request.author,
-            include_labels=request.include_labels,
+            include_labels=not request.exclude_labels,
             limit=request.limit,
         )
         campaigns = self._store.listed(query, now=int(time.time()))

@@ -389,8 +389,8 @@ def test_naming_searching_and_listing_on_postgresql(replicas: Replicas) -> None:
         reply = distributed.ListCampaigns(request, timeout=RPC_TIMEOUT_S)
         return [c.author for c in reply.campaigns if c.author.startswith(("pg", "label pg"))]
 
-    assert listed() == ["pg-lister", "pg-lister"]
-    assert listed(include_labels=True, author="label pg") == ["label pg"]
+    assert listed(exclude_labels=True) == ["pg-lister", "pg-lister"]
+    assert listed(author="label pg") == ["label pg"]
     assert len(listed(author="pg-lister", limit=1)) == 1
     assert listed(status="cancelled") == []
 

@@ -303,7 +303,7 @@ def query_list(settings: Settings, args: argparse.Namespace) -> int:
         include_closed=True,
         status=args.status or "",
         author=args.author,
-        include_labels=args.include_labels,
+        exclude_labels=not args.include_labels,
         limit=args.limit,
     )
     campaigns = call_rpc(_stub(settings).ListCampaigns, request).campaigns
