@@ -373,7 +373,9 @@ JSON_COMMANDS: dict[str, list[str]] = {
     "node list": ["node", "list"],
     "node show": ["node", "show", "{alpha}"],
     "node approve": ["node", "approve", "{alpha}"],
+    "node revoke": ["node", "revoke", "spare-host"],  # by hostname
     "label list": ["label", "list"],
+    "label members": ["label", "members", LABEL],
     "query run": ["query", "run", "SELECT 1", "--node", "{alpha}"],
     "query show": ["query", "show", "{campaign}"],
     "query list": ["query", "list"],
@@ -396,13 +398,11 @@ JSON_COMMANDS: dict[str, list[str]] = {
     "curve list": ["--state-dir", "{tmp}/scratch", "curve", "list"],
 }  # fmt: skip
 JSON_EXEMPT = {
-    "label members": "run in test_labels_are_listed_with_their_members",
     "config set": "replaces the live config of the shared cluster",
     "config rollback": "replaces the live config of the shared cluster",
     "config rollout promote": "needs a staged rollout",
     "config rollout abort": "needs a staged rollout",
     "node reject": "needs a pending node",
-    "node revoke": "would take a node from the shared fleet",
     "carve start": "waits for an upload (--no-wait covered in the hostname tests)",
     "carve get": "needs a finished carve",
     "migrate": "needs the services stopped",
@@ -459,8 +459,9 @@ def test_every_json_command_is_run_by_the_convention_test() -> None:
 
 
 def test_every_json_output_keeps_numbers_as_numbers_and_times_as_integers(
-    cluster: QuarryCluster, fleet: Fleet, tmp_path: Path
+    cluster: QuarryCluster, fleet: Fleet, labelled: str, tmp_path: Path
 ) -> None:
+    fleet.add("spare", "linux", "spare-host", loops=False)  # for node revoke
     ran = cluster.cli("query", "run", "SELECT 1", "--node", "alpha-web-1", "--json")
     campaign = live_query_report(ran)["campaign"]["campaign_id"]
     carve = fleet.upload_carve("alpha", b"carved bytes " * 1000)
