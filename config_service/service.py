@@ -20,6 +20,7 @@ from config_service.state_changes import Canary, StateChanges
 from config_service.store import ConfigFetch, ConfigStore
 from osquery_config.state import Label
 from protos.v1 import config_pb2, config_pb2_grpc
+from quarry.access.admin_auth import Refused
 from quarry.state.change_log import ChangeLog
 
 
@@ -125,6 +126,32 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         )
         metrics.FETCHES_RECORDED.inc(recorded)
         return config_pb2.RecordConfigFetchesResponse(recorded=recorded)
+
+    # Labels
+
+    async def ListLabels(
+        self, request: config_pb2.ListLabelsRequest, context: grpc.aio.ServicerContext
+    ) -> config_pb2.ListLabelsResponse:
+        labels = sorted(self._feed.defined_labels(), key=lambda label: label.name)
+        if request.name:
+            labels = [label for label in labels if label.name == request.name]
+            if not labels:
+                raise Refused(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"unknown label {request.name!r}: `quarry label list` shows those defined",
+                )
+        return config_pb2.ListLabelsResponse(
+            labels=[
+                config_pb2.LabelInfo(
+                    name=label.name,
+                    query=label.query,
+                    interval=label.interval,
+                    platforms=label.platforms,
+                    member_node_ids=sorted(self._store.label_members(label.name)),
+                )
+                for label in labels
+            ]
+        )
 
     # Watching
 

@@ -25,7 +25,7 @@ from distributed_service.targeting import (
     is_offline,
     select,
 )
-from osquery_config.targeting import FAMILIES
+from osquery_config.targeting import FAMILIES, known_platform
 from protos.v1 import distributed_pb2
 from quarry.access.admin_auth import Refused
 from quarry.state.change_log import ChangeLog
@@ -113,13 +113,29 @@ class Launcher:
         if not targets.labels:
             return nodes, {}
         try:
-            return nodes, await self._nodes.label_memberships()
+            labels = await self._nodes.labels()
         except grpc.aio.AioRpcError as exc:
             raise Refused(
                 grpc.StatusCode.UNAVAILABLE,
                 f"cannot read label memberships from the config service at"
                 f" {self._nodes.config_addr}: {exc.code().name} {exc.details()}",
             ) from exc
+        unknown = sorted(targets.labels - labels.keys())
+        if unknown:
+            raise Refused(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown label {', '.join(unknown)}: `quarry label list` shows those defined",
+            )
+        return nodes, memberships(labels)
+
+
+def memberships(labels: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+    """node id -> its labels, from label -> its node ids."""
+    found: dict[str, set[str]] = {}
+    for label, node_ids in labels.items():
+        for node_id in node_ids:
+            found.setdefault(node_id, set()).add(label)
+    return {node_id: frozenset(names) for node_id, names in found.items()}
 
 
 def request_problem(request: distributed_pb2.StartQueryRequest) -> str:
@@ -130,9 +146,12 @@ def request_problem(request: distributed_pb2.StartQueryRequest) -> str:
         return "ttl_seconds and offline_after_seconds must be >= 0"
     if not 0 <= request.percent <= 100:
         return f"percent must be between 0 and 100, not {request.percent}"
-    unknown = sorted(set(request.platforms) - set(FAMILIES))
+    unknown = sorted(p for p in request.platforms if not known_platform(p))
     if unknown:
-        return f"unknown platform {', '.join(unknown)}: use {', '.join(FAMILIES)}"
+        return (
+            f"unknown platform {', '.join(unknown)}: use a family ({', '.join(FAMILIES)})"
+            " or an os_version.platform name (ubuntu, rhel, debian...)"
+        )
     version = request.min_osquery_version
     if version and not VERSION_PATTERN.fullmatch(version):
         return f"min_osquery_version must look like 5.12.0, not {version!r}"
@@ -143,7 +162,7 @@ def targets_of(request: distributed_pb2.StartQueryRequest) -> Targets:
     return Targets(
         node_ids=tuple(dict.fromkeys(n for n in request.node_ids if n)),
         tags=frozenset(t for t in request.tags if t),
-        platforms=frozenset(request.platforms),
+        platforms=frozenset(p.strip().lower() for p in request.platforms),
         labels=frozenset(label for label in request.labels if label),
         percent=request.percent,
         min_osquery_version=request.min_osquery_version,

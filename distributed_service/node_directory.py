@@ -1,8 +1,7 @@
 """The enrolled nodes and their label memberships, asked of the enroll and config services.
 
-Both are read once per campaign launch, never per check-in. Labels have no RPC of their
-own: the first event of ConfigService.WatchConfig carries every node's memberships, so
-a launch opens that stream, reads the first event and closes it.
+Both are read once per campaign launch, never per check-in; labels only when the
+campaign targets some (ConfigService.ListLabels: every label defined, with its members).
 """
 
 from __future__ import annotations
@@ -44,15 +43,12 @@ class NodeDirectory:
             if not node.revoked and not node.pending
         ]
 
-    async def label_memberships(self) -> dict[str, frozenset[str]]:
-        """node id -> the dynamic labels it is in now (the config service's snapshot)."""
-        stream = self._config.WatchConfig(config_pb2.WatchConfigRequest(), timeout=LIST_TIMEOUT_S)
-        try:
-            async for event in stream:
-                return {m.node_id: frozenset(m.labels) for m in event.memberships}
-        finally:
-            stream.cancel()
-        return {}
+    async def labels(self) -> dict[str, frozenset[str]]:
+        """label -> the node ids in it now, for every label defined (ConfigService)."""
+        response = await self._config.ListLabels(
+            config_pb2.ListLabelsRequest(), timeout=LIST_TIMEOUT_S
+        )
+        return {label.name: frozenset(label.member_node_ids) for label in response.labels}
 
     async def close(self) -> None:
         await self._enroll_channel.close()

@@ -21,8 +21,9 @@ from distributed_service.messages import (
     host_message,
 )
 from distributed_service.node_directory import NodeDirectory
-from distributed_service.store import CampaignStore
+from distributed_service.store import STATUS_FILTERS, CampaignQuery, CampaignStore
 from protos.v1 import distributed_pb2, distributed_pb2_grpc
+from quarry.access.admin_auth import Refused
 from quarry.state.change_log import ChangeLog
 
 
@@ -72,7 +73,21 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
     async def ListCampaigns(
         self, request: distributed_pb2.ListCampaignsRequest, context: grpc.aio.ServicerContext
     ) -> distributed_pb2.ListCampaignsResponse:
-        campaigns = self._store.campaigns(request.include_closed, now=int(time.time()))
+        if request.status and request.status not in STATUS_FILTERS:
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"status must be one of {', '.join(STATUS_FILTERS)}; got {request.status!r}",
+            )
+        if request.limit < 0:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "limit must be >= 0")
+        query = CampaignQuery(
+            include_closed=request.include_closed,
+            status=request.status,
+            author=request.author,
+            include_labels=not request.exclude_labels,
+            limit=request.limit,
+        )
+        campaigns = self._store.listed(query, now=int(time.time()))
         return distributed_pb2.ListCampaignsResponse(
             campaigns=[campaign_message(c) for c in campaigns]
         )

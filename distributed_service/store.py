@@ -108,6 +108,26 @@ HOST_COLUMNS = (
 )
 OPEN = "cancelled = 0 AND expires_at > ?"
 OPEN_C = "cancelled = 0 AND c.expires_at > ?"
+# ListCampaigns' status filter -> SQL condition, and whether it takes `now`.
+STATUS_FILTERS = {
+    "open": (OPEN, True),
+    "closed": (f"NOT ({OPEN})", True),
+    "cancelled": ("cancelled = 1", False),
+}
+# The author of the campaigns the config service starts to evaluate a label ("label
+# NAME", protos/v1/distributed.proto ListCampaignsRequest).
+LABEL_AUTHORS = "label %"
+
+
+@dataclass(frozen=True)
+class CampaignQuery:
+    """Which campaigns ListCampaigns returns (newest first)."""
+
+    include_closed: bool = False
+    status: str = ""
+    author: str = ""
+    include_labels: bool = True
+    limit: int = 0
 
 
 @dataclass(frozen=True)
@@ -232,6 +252,32 @@ class CampaignStore(StateStore):
         where, args = ("1 = 1", ()) if include_closed else (OPEN, (now,))
         rows = self._db.execute(
             f"SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE {where} ORDER BY created_at", args
+        )
+        return [_campaign(row) for row in rows]
+
+    def listed(self, query: CampaignQuery, now: int) -> list[CampaignRecord]:
+        """The campaigns a person asked for, newest first."""
+        conditions: list[str] = []
+        args: list[object] = []
+        if query.status:
+            condition, takes_now = STATUS_FILTERS[query.status]
+            conditions.append(condition)
+            args += [now] if takes_now else []
+        elif not query.include_closed:
+            conditions.append(OPEN)
+            args.append(now)
+        if query.author:
+            conditions.append("author = ?")
+            args.append(query.author)
+        if not query.include_labels:
+            conditions.append("author NOT LIKE ?")
+            args.append(LABEL_AUTHORS)
+        where = " AND ".join(conditions) or "1 = 1"
+        limit = f" LIMIT {int(query.limit)}" if query.limit > 0 else ""
+        rows = self._db.execute(
+            f"SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE {where}"
+            f" ORDER BY created_at DESC, campaign_id DESC{limit}",
+            args,
         )
         return [_campaign(row) for row in rows]
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from osquery_config.percentage_shard import in_shard
-from osquery_config.targeting import Selection
+from osquery_config.targeting import FAMILIES, Selection
 
 # osquery's default distributed_interval is 60 s: a node unseen for two of them before
 # launch has missed at least one read it would have made, so it is reported offline.
@@ -49,9 +49,11 @@ class Targets:
 
     @property
     def is_open(self) -> bool:
-        """Decided per read in the gateway (it knows tags and platform, not labels or
-        versions): matching nodes that show up after launch still get the campaign."""
-        return not (self.node_ids or self.labels or self.min_osquery_version)
+        """Decided per read in the gateway (it knows tags and platform families, not
+        labels, versions or exact platform names): matching nodes that show up after
+        launch still get the campaign."""
+        exact_platforms = not self.platforms <= set(FAMILIES)
+        return not (self.node_ids or self.labels or self.min_osquery_version or exact_platforms)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

@@ -1,5 +1,6 @@
 """The nodes, one at a time: the gateways' key lookups and check-ins, and the admin's
-list, show, approve, reject and revoke (docs/enrollment.md).
+list, show, approve, reject and revoke, and what a name a person gives means
+(docs/enrollment.md).
 
 An approval or revocation is announced on the node feed in the transaction that makes it,
 so every gateway serves or refuses the node at once.
@@ -146,13 +147,43 @@ class NodeAdmin:
         return revoked
 
     def named(self, ref: str) -> NodeRecord:
-        """The node with this id, node key or host identifier."""
+        """The node a person names by node id, node key, host identifier or hostname.
+
+        Several nodes may share a host identifier or hostname (a re-installed machine, a
+        clone): a valid one is preferred to revoked ones, two valid ones are ambiguous and
+        refused with the candidates (docs/enrollment.md, "Naming a node").
+        """
         if not ref:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "name a node")
-        record = self._store.find(ref)
-        if record is None:
+        candidates = self._store.named(ref)
+        if not candidates:
             raise Refused(
                 grpc.StatusCode.NOT_FOUND,
-                f"no node with id, node key or host identifier {ref!r}",
+                f"no node named {ref!r}: `quarry node list --search {ref}`",
             )
-        return record
+        valid = [record for record in candidates if not record.revoked]
+        if len(valid) > 1:
+            listed = "; ".join(_candidate(record) for record in valid[:MAX_CANDIDATES_SHOWN])
+            more = len(valid) - MAX_CANDIDATES_SHOWN
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{ref!r} names {len(valid)} nodes: {listed}"
+                + (f"; and {more} more" if more > 0 else "")
+                + ". Name one by its node id",
+            )
+        return (valid or candidates)[0]
+
+    def resolve(self, refs: Sequence[str]) -> list[NodeRecord]:
+        """The node each name means, in order (refused at the first unknown or ambiguous)."""
+        return [self.named(ref) for ref in refs]
+
+
+# An ambiguous name is refused with this many candidates listed at most.
+MAX_CANDIDATES_SHOWN = 10
+
+
+def _candidate(record: NodeRecord) -> str:
+    return (
+        f"{record.node_id} (host identifier {record.host_identifier!r},"
+        f" hostname {record.hostname!r}, {'pending' if record.pending else 'active'})"
+    )

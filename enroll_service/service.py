@@ -114,6 +114,7 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
             tag=request.tag,
             platform=request.platform,
             secret_name=request.secret_name,
+            search=request.search,
         )
         records = self._nodes.list(node_filter, request.suspected_clones)
         return enroll_pb2.ListNodesResponse(
@@ -131,6 +132,14 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
             suspected_clone=view.suspected_clone,
             client_certificate=certificate_from_json(view.certificate_json),
         )
+
+    async def ResolveNodes(
+        self, request: enroll_pb2.ResolveNodesRequest, context: grpc.aio.ServicerContext
+    ) -> enroll_pb2.ResolveNodesResponse:
+        nodes = [node_message(record) for record in self._nodes.resolve(list(request.refs))]
+        for node in nodes:
+            node.node_key = ""  # a credential; naming a node never needs it
+        return enroll_pb2.ResolveNodesResponse(nodes=nodes)
 
     async def RevokeNode(
         self, request: enroll_pb2.NodeRef, context: grpc.aio.ServicerContext

@@ -21,6 +21,7 @@ from enroll_service.enroll_secrets import (
     SecretRecord,
 )
 from enroll_service.node_identity import EnrollmentHistory
+from osquery_config.targeting import platform_selected
 from quarry.state.database import (
     POSTGRESQL,
     SQLITE,
@@ -207,6 +208,12 @@ SECRET_COLUMNS = (
     " allows_reenrollment_after_revocation, revoked_at"
 )
 
+# ListNodes search: a substring of the hostname, host identifier or node id.
+SEARCH_CONDITION = (
+    "(LOWER(hostname) LIKE ? ESCAPE '\\' OR LOWER(host_identifier) LIKE ? ESCAPE '\\'"
+    " OR LOWER(node_id) LIKE ? ESCAPE '\\')"
+)
+
 # ListNodes status filter -> SQL condition.
 STATUS_CONDITIONS = {
     "active": "revoked = 0 AND pending = 0",
@@ -273,6 +280,7 @@ class NodeFilter:
     tag: str = ""
     platform: str = ""
     secret_name: str = ""
+    search: str = ""
 
 
 class NodeStore(StateStore):
@@ -573,32 +581,38 @@ class NodeStore(StateStore):
         if node_filter.tag:
             conditions.append(TAG_CONDITIONS[self.database.dialect])
             values.append(node_filter.tag)
-        if node_filter.platform:
-            conditions.append("platform = ?")
-            values.append(node_filter.platform)
         if node_filter.secret_name:
             conditions.append("secret_name = ?")
             values.append(node_filter.secret_name)
+        if node_filter.search:
+            conditions.append(SEARCH_CONDITION)
+            values += [_like_pattern(node_filter.search)] * 3
         rows = self._db.execute(
             f"SELECT {NODE_COLUMNS} FROM nodes WHERE {' AND '.join(conditions)}"
             " ORDER BY first_enrolled_at, node_id",
             values,
         )
-        return [_node_record(row) for row in rows]
+        records = [_node_record(row) for row in rows]
+        if node_filter.platform:
+            # A family (linux) or an exact name (ubuntu): decided by the shared rule, not SQL.
+            records = [r for r in records if platform_selected(node_filter.platform, r.platform)]
+        return records
 
     def by_key(self, node_key: str) -> NodeRecord | None:
         return self._select_one(self._db, "node_key = ?", node_key)
 
-    def find(self, ref: str) -> NodeRecord | None:
-        """The node with this id, key or host identifier (a valid one first, then newest)."""
-        return self._find(self._db, ref)
-
-    def _find(self, db: Queryable, ref: str) -> NodeRecord | None:
-        return (
-            self._select_one(db, "node_id = ?", ref)
-            or self._select_one(db, "node_key = ?", ref)
-            or self._select_one(db, "host_identifier = ? ORDER BY revoked, enrolled_at DESC", ref)
+    def named(self, ref: str) -> list[NodeRecord]:
+        """The nodes `ref` may mean: the one with this id or key, else every node with this
+        host identifier or hostname (case-insensitive), valid ones first, then newest."""
+        exact = self._select_one(self._db, "node_id = ?", ref) or self.by_key(ref)
+        if exact is not None:
+            return [exact]
+        rows = self._db.execute(
+            f"SELECT {NODE_COLUMNS} FROM nodes WHERE host_identifier = ? OR LOWER(hostname) = ?"
+            " ORDER BY revoked, enrolled_at DESC, node_id",
+            (ref, ref.lower()),
         )
+        return [_node_record(row) for row in rows]
 
     def host_details(self, node_id: str) -> tuple[str, str]:
         """The node's host_details JSON and its client certificate JSON ('' when none)."""
@@ -646,6 +660,12 @@ class NodeStore(StateStore):
         row = db.execute(f"SELECT {NODE_COLUMNS} FROM nodes WHERE {where} LIMIT 1", (value,))
         found = row.fetchone()
         return _node_record(found) if found else None
+
+
+def _like_pattern(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, its own % and _ taken literally."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 class _SecretUsedUp(Exception):

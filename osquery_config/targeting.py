@@ -42,6 +42,20 @@ def platform_family(platform: str) -> str:
     return OTHER_PLATFORMS.get(name, "")
 
 
+def known_platform(name: str) -> bool:
+    """Whether a name people type is a family or an os_version.platform name Quarry knows."""
+    wanted = name.strip().lower()
+    return wanted in FAMILIES or bool(platform_family(wanted))
+
+
+def platform_selected(wanted: str, platform: str) -> bool:
+    """Whether a node of this os_version.platform is selected by `wanted`, a family
+    ("linux") or an exact name ("ubuntu"): node lists and live queries take either."""
+    wanted = wanted.strip().lower()
+    name = platform.strip().lower()
+    return bool(wanted) and (wanted == name or wanted == platform_family(name))
+
+
 def platform_matches(query_platform: str, family: str) -> bool:
     """osquery's checkPlatform: would a node of this family run a query or pack with this platform?
 
@@ -55,13 +69,6 @@ def platform_matches(query_platform: str, family: str) -> bool:
     if family in wanted:  # osquery matches substrings: "linux,darwin" names both
         return True
     return family == "linux" and ("ubuntu" in wanted or "centos" in wanted)
-
-
-def platform_selected(wanted: str, platform: str) -> bool:
-    """Whether a node's os_version.platform is what a platform filter names: its family
-    (`linux`) or the platform itself (`ubuntu`)."""
-    name = wanted.strip().lower()
-    return name == platform.strip().lower() or name == platform_family(platform)
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,19 @@ class QuarryCluster:
             self.process.wait()
 
 
+def live_query_report(result: subprocess.CompletedProcess[str]) -> dict:
+    """The account that ends `quarry query run --json` (JSON lines, docs/live-queries.md),
+    checked against the command's exit code: 0 every host answered, 3 some, 4 none."""
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    reports = [line for line in lines if line["type"] == "report"]
+    assert len(reports) == 1, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    counts = reports[0]["counts"]
+    answered, targeted = counts["answered"], sum(counts.values())
+    expected = 0 if answered == targeted else 3 if answered else 4
+    assert result.returncode == expected, result.stderr
+    return reports[0]
+
+
 @contextmanager
 def quarry_cluster(
     tmp_dir: Path,

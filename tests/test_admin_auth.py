@@ -253,7 +253,7 @@ REFUSED_CALLS = [
         "ApproveNode",
         "enroll",
         "NOT_FOUND",
-        "no node with id, node key or host identifier 'no-such-node'",
+        "no node named 'no-such-node': `quarry node list --search no-such-node`",
     ),
     (
         ("config", "rollout", "promote"),

@@ -271,7 +271,8 @@ def test_config_show_names_an_unknown_node(cluster: QuarryCluster) -> None:
     result = cluster.cli("config", "show", "--node", "no-such-host", check=False)
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "quarry config: no node with id or host identifier 'no-such-host'"
+        "quarry config: NOT_FOUND: no node named 'no-such-host':"
+        " `quarry node list --search no-such-host`"
     )
 
 

@@ -28,7 +28,7 @@ from quarry.runtime.clickhouse_sql import sql_string
 from quarry.serving.grpc_runtime import RECONNECT_BACKOFF_MAX_S
 from tests.emulator import HostProfile, LogBuffer, OsqueryNode, QueryResult, log_records
 from tests.polling import eventually
-from tests.quarry_cluster import QuarryCluster, quarry_cluster
+from tests.quarry_cluster import QuarryCluster, live_query_report, quarry_cluster
 
 NOW = 1_736_072_430
 RECOVERY_TIMEOUT_S = 60.0
@@ -281,18 +281,17 @@ def test_a_live_query_answer_sent_while_distributed_is_down_is_retried_and_count
     async def scenario() -> tuple[str, str, dict[str, object]]:
         async with new_node(cluster) as node:
             assert await node.get_node_key()
-            report = json.loads(
-                (
-                    await asyncio.to_thread(
-                        cluster.cli,
-                        "query",
-                        "run",
-                        "SELECT 42 AS answer;",
-                        "--timeout",
-                        "1",
-                        "--json",
-                    )
-                ).stdout
+            report = live_query_report(
+                await asyncio.to_thread(
+                    cluster.cli,
+                    "query",
+                    "run",
+                    "SELECT 42 AS answer;",
+                    "--timeout",
+                    "1",
+                    "--json",
+                    check=False,
+                )
             )
             campaign_id = report["campaign"]["campaign_id"]
             work = await until(node.distributed_read)
@@ -315,7 +314,7 @@ def test_a_live_query_answer_sent_while_distributed_is_down_is_retried_and_count
     account = cluster.cli_json("query", "show", campaign_id)
     [host_state] = [h for h in account["hosts"] if h["host_identifier"] == host]  # type: ignore[index]
     assert host_state["state"] == "ANSWERED"
-    assert host_state["row_count"] == "1"
+    assert host_state["row_count"] == 1
     literal = sql_string(campaign_id)
     rows = cluster.sql(
         f"SELECT column_values FROM quarry.distributed_results WHERE campaign_id = {literal}"

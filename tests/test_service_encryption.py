@@ -36,7 +36,7 @@ from quarry.serving.grpc_runtime import sync_channel
 from tests.emulator import HostProfile, OsqueryNode, log_records
 from tests.free_ports import free_port_base
 from tests.polling import eventually
-from tests.quarry_cluster import QuarryCluster, quarry_cluster
+from tests.quarry_cluster import QuarryCluster, live_query_report, quarry_cluster
 from tests.service_processes import ServiceProcess
 
 NOW = 1_736_072_430
@@ -144,11 +144,12 @@ async def live_query_while_checking_in(cluster: QuarryCluster, node: OsqueryNode
             "--timeout",
             "60",
             "--json",
+            check=False,
         )
     finally:
         stop.set()
         await polling
-    return json.loads(done.stdout)
+    return live_query_report(done)
 
 
 # --- gRPC: only Quarry's own certificate gets in --------------------------------------

@@ -11,6 +11,7 @@ ClickHouse) stores the live query answers. `quarry migrate` is checked on both b
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import os
@@ -348,6 +349,50 @@ def metric(process: ServiceProcess, name: str) -> float:
     port = process.settings.metrics_port(process.name)
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_naming_searching_and_listing_on_postgresql(replicas: Replicas) -> None:
+    """The SQL of node names, node search and campaign listing, on PostgreSQL."""
+    profile = HostProfile.make(next(_host_numbers), seed=replicas.one.gateway.port_base)
+    profile = dataclasses.replace(profile, hostname="Pg_Named-1")
+
+    async def enroll() -> str:
+        async with replicas.node(replicas.one, profile=profile) as node:
+            await node.get_node_key()
+            return node.host_identifier
+
+    host_identifier = asyncio.run(enroll())
+    enroll_rpc = replicas.two.enroll()
+    resolved = enroll_rpc.ResolveNodes(
+        enroll_pb2.ResolveNodesRequest(refs=["pg_named-1", host_identifier]),
+        timeout=RPC_TIMEOUT_S,
+    ).nodes
+    assert [n.host_identifier for n in resolved] == [host_identifier, host_identifier]
+    assert not resolved[0].node_key
+
+    def searched(text: str) -> list[str]:
+        request = enroll_pb2.ListNodesRequest(search=text)
+        return [n.hostname for n in enroll_rpc.ListNodes(request, timeout=RPC_TIMEOUT_S).nodes]
+
+    assert searched("G_NAMED") == ["Pg_Named-1"]
+    assert searched("pg%named") == []  # % is a character, not a wildcard
+
+    distributed = replicas.two.distributed()
+    for author in ("pg-lister", "label pg", "pg-lister"):
+        distributed.StartQuery(
+            distributed_pb2.StartQueryRequest(sql=f"SELECT '{author}'", author=author),
+            timeout=RPC_TIMEOUT_S,
+        )
+
+    def listed(**filters: object) -> list[str]:
+        request = distributed_pb2.ListCampaignsRequest(include_closed=True, **filters)
+        reply = distributed.ListCampaigns(request, timeout=RPC_TIMEOUT_S)
+        return [c.author for c in reply.campaigns if c.author.startswith(("pg", "label pg"))]
+
+    assert listed(exclude_labels=True) == ["pg-lister", "pg-lister"]
+    assert listed(author="label pg") == ["label pg"]
+    assert len(listed(author="pg-lister", limit=1)) == 1
+    assert listed(status="cancelled") == []
 
 
 def list_nodes(replicas: Replicas) -> list[enroll_pb2.Node]:

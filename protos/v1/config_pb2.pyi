@@ -239,3 +239,29 @@ class RolloutStatusResponse(_message.Message):
     running: _containers.RepeatedCompositeFieldContainer[VersionCount]
     candidate_nodes: _containers.RepeatedCompositeFieldContainer[ConfigFetch]
     def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ..., live_version: _Optional[int] = ..., running: _Optional[_Iterable[_Union[VersionCount, _Mapping]]] = ..., candidate_nodes: _Optional[_Iterable[_Union[ConfigFetch, _Mapping]]] = ...) -> None: ...
+
+class ListLabelsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class LabelInfo(_message.Message):
+    __slots__ = ("name", "query", "interval", "platforms", "member_node_ids")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    PLATFORMS_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    query: str
+    interval: int
+    platforms: _containers.RepeatedScalarFieldContainer[str]
+    member_node_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., query: _Optional[str] = ..., interval: _Optional[int] = ..., platforms: _Optional[_Iterable[str]] = ..., member_node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListLabelsResponse(_message.Message):
+    __slots__ = ("labels",)
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedCompositeFieldContainer[LabelInfo]
+    def __init__(self, labels: _Optional[_Iterable[_Union[LabelInfo, _Mapping]]] = ...) -> None: ...

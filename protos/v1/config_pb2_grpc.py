@@ -94,6 +94,11 @@ class ConfigServiceStub:
                 request_serializer=protos_dot_v1_dot_config__pb2.RolloutStatusRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_config__pb2.RolloutStatusResponse.FromString,
                 _registered_method=True)
+        self.ListLabels = channel.unary_unary(
+                '/quarry.v1.ConfigService/ListLabels',
+                request_serializer=protos_dot_v1_dot_config__pb2.ListLabelsRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_config__pb2.ListLabelsResponse.FromString,
+                _registered_method=True)
 
 
 class ConfigServiceServicer:
@@ -184,6 +189,14 @@ class ConfigServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLabels(self, request, context):
+        """The dynamic labels defined (live state and any rollout candidate), each with its
+        members now; one label when `name` is set (NOT_FOUND when it is not defined).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConfigServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -246,6 +259,11 @@ def add_ConfigServiceServicer_to_server(servicer, server):
                     servicer.RolloutStatus,
                     request_deserializer=protos_dot_v1_dot_config__pb2.RolloutStatusRequest.FromString,
                     response_serializer=protos_dot_v1_dot_config__pb2.RolloutStatusResponse.SerializeToString,
+            ),
+            'ListLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLabels,
+                    request_deserializer=protos_dot_v1_dot_config__pb2.ListLabelsRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_config__pb2.ListLabelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -572,6 +590,33 @@ class ConfigService:
             '/quarry.v1.ConfigService/RolloutStatus',
             protos_dot_v1_dot_config__pb2.RolloutStatusRequest.SerializeToString,
             protos_dot_v1_dot_config__pb2.RolloutStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.ConfigService/ListLabels',
+            protos_dot_v1_dot_config__pb2.ListLabelsRequest.SerializeToString,
+            protos_dot_v1_dot_config__pb2.ListLabelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -168,10 +168,18 @@ class CampaignProgress(_message.Message):
     def __init__(self, campaign: _Optional[_Union[Campaign, _Mapping]] = ..., counts: _Optional[_Mapping[str, int]] = ..., hosts: _Optional[_Iterable[_Union[HostState, _Mapping]]] = ..., closed: _Optional[bool] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class ListCampaignsRequest(_message.Message):
-    __slots__ = ("include_closed",)
+    __slots__ = ("include_closed", "status", "author", "exclude_labels", "limit")
     INCLUDE_CLOSED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_LABELS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     include_closed: bool
-    def __init__(self, include_closed: _Optional[bool] = ...) -> None: ...
+    status: str
+    author: str
+    exclude_labels: bool
+    limit: int
+    def __init__(self, include_closed: _Optional[bool] = ..., status: _Optional[str] = ..., author: _Optional[str] = ..., exclude_labels: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListCampaignsResponse(_message.Message):
     __slots__ = ("campaigns",)

@@ -168,18 +168,20 @@ class RecordCheckinsResponse(_message.Message):
     def __init__(self, recorded: _Optional[int] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
-    __slots__ = ("status", "tag", "platform", "secret_name", "suspected_clones")
+    __slots__ = ("status", "tag", "platform", "secret_name", "suspected_clones", "search")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TAG_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     SECRET_NAME_FIELD_NUMBER: _ClassVar[int]
     SUSPECTED_CLONES_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
     status: str
     tag: str
     platform: str
     secret_name: str
     suspected_clones: bool
-    def __init__(self, status: _Optional[str] = ..., tag: _Optional[str] = ..., platform: _Optional[str] = ..., secret_name: _Optional[str] = ..., suspected_clones: _Optional[bool] = ...) -> None: ...
+    search: str
+    def __init__(self, status: _Optional[str] = ..., tag: _Optional[str] = ..., platform: _Optional[str] = ..., secret_name: _Optional[str] = ..., suspected_clones: _Optional[bool] = ..., search: _Optional[str] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)
@@ -192,6 +194,18 @@ class NodeRef(_message.Message):
     NODE_FIELD_NUMBER: _ClassVar[int]
     node: str
     def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class ResolveNodesRequest(_message.Message):
+    __slots__ = ("refs",)
+    REFS_FIELD_NUMBER: _ClassVar[int]
+    refs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, refs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ResolveNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[Node]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
 
 class EnrollSecret(_message.Message):
     __slots__ = ("secret_id", "name", "tags", "group", "created_at", "expires_at", "max_enrollments", "enrollments", "last_used_at", "one_time", "requires_approval", "allows_reenrollment_after_revocation", "revoked_at", "state")

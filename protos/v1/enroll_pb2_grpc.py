@@ -84,6 +84,11 @@ class EnrollServiceStub:
                 request_serializer=protos_dot_v1_dot_enroll__pb2.NodeRef.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_enroll__pb2.Node.FromString,
                 _registered_method=True)
+        self.ResolveNodes = channel.unary_unary(
+                '/quarry.v1.EnrollService/ResolveNodes',
+                request_serializer=protos_dot_v1_dot_enroll__pb2.ResolveNodesRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_enroll__pb2.ResolveNodesResponse.FromString,
+                _registered_method=True)
         self.CreateSecret = channel.unary_unary(
                 '/quarry.v1.EnrollService/CreateSecret',
                 request_serializer=protos_dot_v1_dot_enroll__pb2.CreateSecretRequest.SerializeToString,
@@ -209,6 +214,15 @@ class EnrollServiceServicer:
 
     def RejectNode(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveNodes(self, request, context):
+        """The nodes these names mean, in order: each a node id, node key, host identifier or
+        hostname (docs/enrollment.md, "Naming a node"). An unknown name is NOT_FOUND, an
+        ambiguous one FAILED_PRECONDITION listing the candidates.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -342,6 +356,11 @@ def add_EnrollServiceServicer_to_server(servicer, server):
                     servicer.RejectNode,
                     request_deserializer=protos_dot_v1_dot_enroll__pb2.NodeRef.FromString,
                     response_serializer=protos_dot_v1_dot_enroll__pb2.Node.SerializeToString,
+            ),
+            'ResolveNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveNodes,
+                    request_deserializer=protos_dot_v1_dot_enroll__pb2.ResolveNodesRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_enroll__pb2.ResolveNodesResponse.SerializeToString,
             ),
             'CreateSecret': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSecret,
@@ -669,6 +688,33 @@ class EnrollService:
             '/quarry.v1.EnrollService/RejectNode',
             protos_dot_v1_dot_enroll__pb2.NodeRef.SerializeToString,
             protos_dot_v1_dot_enroll__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.EnrollService/ResolveNodes',
+            protos_dot_v1_dot_enroll__pb2.ResolveNodesRequest.SerializeToString,
+            protos_dot_v1_dot_enroll__pb2.ResolveNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,7 @@ _DISTRIBUTED = "/quarry.v1.DistributedService/"
 ADMIN_METHODS: dict[str, str] = {
     _ENROLL + "ListNodes": READ_ONLY,
     _ENROLL + "ShowNode": READ_ONLY,
+    _ENROLL + "ResolveNodes": READ_ONLY,
     _ENROLL + "RevokeNode": ADMIN,
     _ENROLL + "ApproveNode": ADMIN,
     _ENROLL + "RejectNode": ADMIN,
@@ -94,6 +95,7 @@ ADMIN_METHODS: dict[str, str] = {
     _CONFIG + "AbortRollout": ADMIN,
     _CONFIG + "NodeConfig": READ_ONLY,
     _CONFIG + "RolloutStatus": READ_ONLY,
+    _CONFIG + "ListLabels": READ_ONLY,
     _DISTRIBUTED + "StartQuery": OPERATOR,
     _DISTRIBUTED + "CancelCampaign": OPERATOR,
     _DISTRIBUTED + "GetCampaign": READ_ONLY,

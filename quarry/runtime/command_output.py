@@ -1,6 +1,11 @@
 """How admin commands print: aligned tables for people, JSON for scripts (--json).
 
-Times shown to people are UTC ISO-8601; JSON keeps unix seconds, as the services do.
+One convention for every command's JSON (docs/cli.md, "Output"): integers are JSON
+numbers (never strings, whatever protobuf's own JSON mapping does with 64-bit ones),
+every field is present (unset ones with their zero value), enums are their names, and
+times are integers: unix seconds in fields named `*_at`, milliseconds in `*_ms`. Text
+output shows times as UTC ISO 8601. emit_json and emit_json_line apply it to whatever a
+command prints, protobuf messages included.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from google.protobuf.message import Message
 
 
 def emit_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=True, default=str)
+    """One JSON document on stdout, in the convention above."""
+    json.dump(json_ready(value), sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
 
 
@@ -31,7 +37,8 @@ def emit_once(value: str, fields: dict[str, Any] | None = None) -> None:
     if fields is None:
         text = value + "\n"
     else:
-        ordered = {"value": value, **{k: fields[k] for k in sorted(fields) if k != "value"}}
+        ready = json_ready(fields)
+        ordered = {"value": value, **{k: ready[k] for k in sorted(ready) if k != "value"}}
         text = json.dumps(ordered, indent=2, default=str) + "\n"
     try:
         sys.stdout.write(text)
@@ -43,6 +50,30 @@ def emit_once(value: str, fields: dict[str, Any] | None = None) -> None:
             file=sys.stderr,
         )
         raise
+
+
+def emit_json_line(value: Any) -> None:
+    """One JSON object on one line, flushed at once (a stream a pipe reads as it comes)."""
+    sys.stdout.write(json.dumps(json_ready(value), sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def json_ready(value: Any) -> Any:
+    """`value` in the JSON convention: messages as every field, times as integers."""
+    if isinstance(value, Message):
+        return proto_to_json(value)
+    if isinstance(value, dict):
+        return {key: _time_field(key, json_ready(item)) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    return value
+
+
+def _time_field(key: object, value: Any) -> Any:
+    # Times kept as float seconds (carves) are whole seconds in JSON, like every other.
+    if isinstance(key, str) and key.endswith(("_at", "_ms")) and isinstance(value, float):
+        return int(value)
+    return value
 
 
 def emit_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -64,7 +95,8 @@ def utc_iso(unix_time: int, zero: str = "never") -> str:
 
 
 def proto_to_json(message: Message) -> dict[str, Any]:
-    """Every field of a message, unset ones included, with 64-bit integers kept as numbers.
+    """Every field of a message, unset ones included, with 64-bit integers kept as numbers,
+    maps as objects and enums as their names.
 
     (protobuf's MessageToDict writes int64 as strings and leaves out unset fields, which
     makes scripts test for both.)
@@ -76,10 +108,25 @@ def proto_to_json(message: Message) -> dict[str, Any]:
 
 
 def _field_json(field: FieldDescriptor, value: Any) -> Any:
-    is_message = field.type == FieldDescriptor.TYPE_MESSAGE
+    if _is_map(field):
+        value_field = field.message_type.fields_by_name["value"]
+        return {key: _single_json(value_field, item) for key, item in value.items()}
     if field.is_repeated:
-        return [proto_to_json(v) if is_message else v for v in value]
-    return proto_to_json(value) if is_message else value
+        return [_single_json(field, v) for v in value]
+    return _single_json(field, value)
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
+
+
+def _single_json(field: FieldDescriptor, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return proto_to_json(value)
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        known = field.enum_type.values_by_number.get(value)
+        return known.name if known else value
+    return value
 
 
 def progress(message: str) -> None:

@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 from protos.v1 import distributed_pb2, distributed_pb2_grpc
 from quarry.cli.commands.admin import CommandError, call_rpc
+from quarry.cli.commands.node_names import NODE_NAME_HELP, resolve_node
 from quarry.cli.commands.queries import follow, result_rows
 from quarry.runtime.command_output import emit_json, emit_table, progress, utc_iso
 from quarry.runtime.settings import Settings
@@ -36,7 +37,7 @@ def add_carve_commands(sub: argparse._SubParsersAction, admin: Callable) -> None
     carve = sub.add_parser("carve", help="file carves: pull files from hosts")
     carve_sub = carve.add_subparsers(dest="carve_command", required=True, metavar="ACTION")
     cmd = admin(carve_sub, "start", "carve PATH from NODE and follow the upload", carve_start)
-    cmd.add_argument("node", help="the node id (see `quarry nodes list`)")
+    cmd.add_argument("node", help=f"the node: {NODE_NAME_HELP} (see `quarry node list`)")
     # argparse formats help text with %: a literal one is written %%.
     cmd.add_argument("path", help="file path on the host; %% and _ make it a LIKE pattern")
     cmd.add_argument(
@@ -74,10 +75,11 @@ def carves_sql(path: str) -> str:
 
 def carve_start(settings: Settings, args: argparse.Namespace) -> int:
     stub = _stub(settings)
+    node_id = resolve_node(settings, args.node).node_id
     campaign = call_rpc(
         stub.StartQuery,
         distributed_pb2.StartQueryRequest(
-            sql=carves_sql(args.path), node_ids=[args.node], author="quarry carve"
+            sql=carves_sql(args.path), node_ids=[node_id], author="quarry carve"
         ),
     )
     if campaign.targeted == 0:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from osquery_config.state import InvalidState, State, read_state_files
 from osquery_config.validation import parse_config_json, validate_state
-from protos.v1 import config_pb2, config_pb2_grpc, enroll_pb2
-from quarry.cli.commands.admin import CommandError, call_rpc, enroll_stub
+from protos.v1 import config_pb2, config_pb2_grpc
+from quarry.cli.commands.admin import CommandError, call_rpc
 from quarry.cli.commands.get import add_get_command
+from quarry.cli.commands.node_names import NODE_NAME_HELP, resolve_node
 from quarry.runtime.command_output import emit_json, emit_table, proto_to_json, utc_iso
 from quarry.runtime.settings import Settings
 from quarry.serving.grpc_runtime import sync_channel
@@ -109,7 +110,7 @@ def add_config_commands(sub: argparse._SubParsersAction, add: AddCommand) -> Non
         "print the live config, or exactly what one node receives (--node)",
         config_show,
     )
-    cmd.add_argument("--node", help="a node id or host identifier")
+    cmd.add_argument("--node", help=f"a node: {NODE_NAME_HELP}")
 
     add(actions, "history", "every version of the state, newest first", config_history)
 
@@ -276,7 +277,7 @@ def config_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _show_node_config(settings: Settings, node: str, as_json: bool) -> int:
-    node_id = resolve_node_id(settings, node)
+    node_id = resolve_node(settings, node).node_id
     reply = call_rpc(
         config_stub(settings).NodeConfig, config_pb2.NodeConfigRequest(node_id=node_id)
     )
@@ -304,21 +305,6 @@ def _node_config_facts(node_id: str, reply: config_pb2.NodeConfigResponse) -> li
         ("labels", ", ".join(reply.labels) or "-"),
         *(("conflict", conflict) for conflict in reply.conflicts),
     ]
-
-
-def resolve_node_id(settings: Settings, node: str) -> str:
-    """A node id from a node id or a host identifier (the node not revoked, if several)."""
-    nodes = call_rpc(enroll_stub(settings).ListNodes, enroll_pb2.ListNodesRequest()).nodes
-    if any(n.node_id == node for n in nodes):
-        return node
-    named = [n for n in nodes if n.host_identifier == node]
-    current = [n for n in named if not n.revoked] or named
-    if not current:
-        raise CommandError(f"no node with id or host identifier {node!r}")
-    if len(current) > 1:
-        ids = ", ".join(n.node_id for n in current)
-        raise CommandError(f"several nodes have host identifier {node!r} ({ids}): pass a node id")
-    return current[0].node_id
 
 
 # --- versions -------------------------------------------------------------------------

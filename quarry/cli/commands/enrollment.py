@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
 from quarry.cli.commands.admin import CommandError, call_rpc, enroll_stub
+from quarry.cli.commands.node_names import NODE_NAME_HELP
 from quarry.runtime.command_output import (
     emit_json,
     emit_once,
@@ -145,11 +146,19 @@ def add_node_commands(sub: argparse._SubParsersAction, add: AddCommand) -> None:
     cmd = add(actions, "list", "list enrolled nodes", node_list)
     cmd.add_argument("--status", choices=NODE_STATUSES, help="only nodes in this state")
     cmd.add_argument("--tag", help="only nodes with this tag")
-    cmd.add_argument("--platform", help="only nodes of this platform, e.g. ubuntu, darwin")
+    cmd.add_argument(
+        "--platform",
+        help="only nodes of this family (linux, darwin, windows, freebsd) or os name (ubuntu)",
+    )
+    cmd.add_argument(
+        "--search",
+        metavar="TEXT",
+        help="only nodes whose hostname, host identifier or node id contains TEXT",
+    )
     cmd.add_argument("--secret", help="only nodes enrolled with the secret of this name")
     cmd.add_argument("--clones", action="store_true", help="only nodes whose identity looks cloned")
 
-    ref_help = "node id, node key or host identifier"
+    ref_help = NODE_NAME_HELP + " (an ambiguous name is refused with the candidates)"
     for name, help_text, handler in (
         ("show", "one node in detail: identity, secret, enrollments, host", node_show),
         ("approve", "let a pending node get its config and live queries", node_approve),
@@ -294,6 +303,7 @@ def node_list(settings: Settings, args: argparse.Namespace) -> int:
         platform=args.platform or "",
         secret_name=args.secret or "",
         suspected_clones=args.clones,
+        search=args.search or "",
     )
     nodes = call_rpc(enroll_stub(settings).ListNodes, request).nodes
     if args.json:
@@ -302,6 +312,7 @@ def node_list(settings: Settings, args: argparse.Namespace) -> int:
     rows = [
         (
             n.node_id,
+            n.hostname,
             n.host_identifier,
             n.platform,
             n.osquery_version,
@@ -312,7 +323,10 @@ def node_list(settings: Settings, args: argparse.Namespace) -> int:
         )
         for n in nodes
     ]
-    columns = ["node_id", "host", "platform", "osquery", "tags", "secret", "status", "last_seen"]
+    columns = [
+        "node_id", "hostname", "host_identifier", "platform", "osquery", "tags", "secret",
+        "status", "last_seen",
+    ]  # fmt: skip
     emit_table(columns, rows)
     return 0
 
@@ -411,7 +425,7 @@ def _print_node_change(node: enroll_pb2.Node, as_json: bool, what_happened: str)
     if as_json:
         emit_json(_node_json(node))
     else:
-        print(f"node {node.node_id} ({node.host_identifier}) {what_happened}")
+        print(f"node {node.node_id} ({node.hostname or node.host_identifier}) {what_happened}")
 
 
 def node_status(node: enroll_pb2.Node) -> str:

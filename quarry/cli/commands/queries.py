@@ -6,7 +6,9 @@ server stream) until every targeted host is accounted for, the campaign closes, 
 state change and progress (answered/targeted) as they arrive, and each answering host's
 rows, read from ClickHouse (quarry.distributed_results, through the log store) as soon as
 the host is reported answered: rows are stored before the answer is recorded. --rows
-adds every row to the final account instead.
+adds every row to the final account instead. With --json it writes JSON lines as they
+happen: the start, each host's state change, each row, then the account
+(docs/live-queries.md, "JSON lines"). Its exit code tells whether every host answered.
 """
 
 from __future__ import annotations
@@ -18,18 +20,46 @@ import time
 from collections.abc import Callable, Iterator
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 
 from protos.v1 import distributed_pb2, distributed_pb2_grpc, logs_pb2, logs_pb2_grpc
 from quarry.cli.commands.admin import CommandError, call_rpc, rpc_error_line
+from quarry.cli.commands.node_names import NODE_NAME_HELP, resolve_nodes
 from quarry.runtime.clickhouse_sql import sql_string
-from quarry.runtime.command_output import emit_json, emit_table, progress
+from quarry.runtime.command_output import (
+    emit_json,
+    emit_json_line,
+    emit_table,
+    progress,
+    proto_to_json,
+    utc_iso,
+)
 from quarry.runtime.settings import Settings
 from quarry.serving.grpc_runtime import sync_channel
 
 HostState = distributed_pb2.HostState
 # The order states are shown in: still waiting first, then the outcomes.
 STATE_ORDER = ("targeted", "offline", "delivered", "answered", "failed", "expired")
+
+# `quarry query run` exit codes (docs/live-queries.md, "Exit codes"); 1 is any error.
+EXIT_ALL_ANSWERED = 0
+EXIT_SOME_ANSWERED = 3
+EXIT_NONE_ANSWERED = 4
+
+CAMPAIGN_STATUSES = ("open", "closed", "cancelled")
+DEFAULT_LIST_LIMIT = 50
+
+
+def positive_seconds(text: str) -> int:
+    """A number of seconds of at least 1 (0 would silently mean the service's default)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (1 or more)")
+    return int(text)
+
+
+def limit_count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 for no limit)")
+    return int(text)
 
 
 def add_query_commands(sub: argparse._SubParsersAction, admin: Callable) -> None:
@@ -39,10 +69,14 @@ def add_query_commands(sub: argparse._SubParsersAction, admin: Callable) -> None
     cmd.add_argument("sql")
     targets = cmd.add_argument_group("targets (AND across kinds, any within one; default: all)")
     targets.add_argument("--all", action="store_true", help="every node (the default)")
-    targets.add_argument("--node", action="append", help="this node id (repeatable)")
+    targets.add_argument(
+        "--node", action="append", help=f"this node: {NODE_NAME_HELP} (repeatable)"
+    )
     targets.add_argument("--tag", action="append", help="nodes with this enroll-secret tag")
     targets.add_argument(
-        "--platform", action="append", help="nodes of this family: linux, darwin, windows, freebsd"
+        "--platform",
+        action="append",
+        help="nodes of this family (linux, darwin, windows, freebsd) or os name (ubuntu, rhel)",
     )
     targets.add_argument("--label", action="append", help="nodes in this dynamic label")
     targets.add_argument(
@@ -56,13 +90,13 @@ def add_query_commands(sub: argparse._SubParsersAction, admin: Callable) -> None
         "--ttl",
         "--window",
         dest="ttl",
-        type=int,
+        type=positive_seconds,
         default=0,
         help="seconds during which nodes checking in still get it (default 1 h)",
     )
     cmd.add_argument(
         "--offline-after",
-        type=int,
+        type=positive_seconds,
         default=0,
         help="a node unseen this many seconds before launch is offline (default 120)",
     )
@@ -72,9 +106,27 @@ def add_query_commands(sub: argparse._SubParsersAction, admin: Callable) -> None
     cmd.add_argument("--watch", action="store_true", help="print host states as they change")
     cmd.add_argument("--rows", action="store_true", help="print the rows at the end")
     cmd.add_argument("--author", default=os.environ.get("USER", ""))
+    cmd.epilog = (
+        "--json writes JSON lines as hosts answer (docs/live-queries.md). Exit code: 0 every"
+        f" targeted host answered, {EXIT_SOME_ANSWERED} some did not (failed, offline, expired,"
+        f" or no answer by --timeout), {EXIT_NONE_ANSWERED} none answered, 1 an error."
+    )
     cmd = admin(query_sub, "show", "the per-host account of a live query", query_show)
     cmd.add_argument("id")
-    admin(query_sub, "list", "live queries, newest first", query_list)
+    cmd = admin(query_sub, "list", "live queries, newest first", query_list)
+    cmd.add_argument("--status", choices=CAMPAIGN_STATUSES, help="only open, closed or cancelled")
+    cmd.add_argument("--author", default="", help="only live queries started by this author")
+    cmd.add_argument(
+        "--include-labels",
+        action="store_true",
+        help="also the live queries that evaluate dynamic labels (author 'label NAME')",
+    )
+    cmd.add_argument(
+        "--limit",
+        type=limit_count,
+        default=DEFAULT_LIST_LIMIT,
+        help=f"at most this many, the newest (default {DEFAULT_LIST_LIMIT}; 0: all)",
+    )
     cmd = admin(query_sub, "cancel", "stop handing a live query out", query_cancel)
     cmd.add_argument("id")
 
@@ -87,25 +139,42 @@ def _stub(settings: Settings) -> distributed_pb2_grpc.DistributedServiceStub:
 
 def query_run(settings: Settings, args: argparse.Namespace) -> int:
     stub = _stub(settings)
-    campaign = call_rpc(stub.StartQuery, start_request(args))
+    campaign = call_rpc(stub.StartQuery, start_request(settings, args))
     progress(f"live query {campaign.campaign_id} started for {campaign.targeted} hosts")
-    for update in follow(stub, campaign.campaign_id, args.timeout, hosts=args.watch):
+    if args.json:
+        emit_json_line({"type": "started", "campaign": campaign})
+    for update in follow(stub, campaign.campaign_id, args.timeout, hosts=args.watch or args.json):
         if args.watch:
             show_progress(update)
-            if not args.json:
-                print_new_rows(settings, campaign.campaign_id, update)
+        if args.json:
+            emit_update_lines(settings, campaign.campaign_id, update)
+        elif args.watch:
+            print_new_rows(settings, campaign.campaign_id, update)
     report = call_rpc(
         stub.GetCampaign, distributed_pb2.GetCampaignRequest(campaign_id=campaign.campaign_id)
     )
-    rows = result_rows(settings, campaign.campaign_id) if args.rows else None
-    print_report(report, args.json, rows)
-    return 0
+    if args.json:
+        emit_json_line({"type": "report", **report_json(report)})
+    else:
+        rows = result_rows(settings, campaign.campaign_id) if args.rows else None
+        print_report(report, False, rows)
+    return exit_code(report)
 
 
-def start_request(args: argparse.Namespace) -> distributed_pb2.StartQueryRequest:
+def exit_code(report: distributed_pb2.CampaignReport) -> int:
+    """0 when every targeted host answered (none targeted included), else whether some did."""
+    answered = report.counts["answered"]
+    if answered == sum(report.counts.values()):
+        return EXIT_ALL_ANSWERED
+    return EXIT_SOME_ANSWERED if answered else EXIT_NONE_ANSWERED
+
+
+def start_request(
+    settings: Settings, args: argparse.Namespace
+) -> distributed_pb2.StartQueryRequest:
     return distributed_pb2.StartQueryRequest(
         sql=args.sql,
-        node_ids=args.node or [],
+        node_ids=target_node_ids(settings, args.node or []),
         tags=args.tag or [],
         platforms=[p.lower() for p in args.platform or []],
         labels=args.label or [],
@@ -116,6 +185,18 @@ def start_request(args: argparse.Namespace) -> distributed_pb2.StartQueryRequest
         offline_after_seconds=args.offline_after,
         author=args.author,
     )
+
+
+def target_node_ids(settings: Settings, names: list[str]) -> list[str]:
+    """The node ids of the nodes named; a node that cannot answer (revoked, pending) is
+    refused rather than left to expire in the account."""
+    ids = []
+    for name, node in zip(names, resolve_nodes(settings, names), strict=True):
+        if node.revoked or node.pending:
+            why = "revoked" if node.revoked else "pending approval"
+            raise CommandError(f"node {name!r} ({node.node_id}) is {why}: it gets no live queries")
+        ids.append(node.node_id)
+    return ids
 
 
 def follow(
@@ -153,6 +234,26 @@ def show_progress(update: distributed_pb2.CampaignProgress) -> None:
         f" {counts['failed']} failed, {accounted}/{sum(counts.values())} accounted for"
         + (" (closed)" if update.closed else "")
     )
+
+
+def emit_update_lines(
+    settings: Settings, campaign_id: str, update: distributed_pb2.CampaignProgress
+) -> None:
+    """A "host" line per host state change, then a "row" line per row of the hosts that
+    answered in it (docs/live-queries.md, "JSON lines")."""
+    for host in update.hosts:
+        emit_json_line({"type": "host", "campaign_id": campaign_id, **proto_to_json(host)})
+        if host.state == HostState.ANSWERED and host.row_count:
+            for row in result_rows(settings, campaign_id, host.host_identifier):
+                emit_json_line(
+                    {
+                        "type": "row",
+                        "campaign_id": campaign_id,
+                        "node_id": host.node_id,
+                        "host_identifier": row.pop("host_identifier"),
+                        "row": row,
+                    }
+                )
 
 
 def print_new_rows(
@@ -198,18 +299,39 @@ def query_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def query_list(settings: Settings, args: argparse.Namespace) -> int:
-    reply = call_rpc(
-        _stub(settings).ListCampaigns, distributed_pb2.ListCampaignsRequest(include_closed=True)
+    request = distributed_pb2.ListCampaignsRequest(
+        include_closed=True,
+        status=args.status or "",
+        author=args.author,
+        exclude_labels=not args.include_labels,
+        limit=args.limit,
     )
+    campaigns = call_rpc(_stub(settings).ListCampaigns, request).campaigns
     if args.json:
-        emit_json([_as_dict(c) for c in reply.campaigns])
+        emit_json(list(campaigns))
         return 0
+    now = int(time.time())
     rows = [
-        (c.campaign_id, _ago(c.created_at), c.targeted, "cancelled" if c.cancelled else "", c.sql)
-        for c in reply.campaigns
+        (
+            c.campaign_id,
+            utc_iso(c.created_at),
+            c.author,
+            c.targeted,
+            campaign_status(c, now),
+            " ".join(c.sql.split()),
+        )
+        for c in campaigns
     ]
-    emit_table(["campaign", "started", "targeted", "", "sql"], rows)
+    emit_table(["campaign", "started", "author", "targeted", "status", "sql"], rows)
+    if args.limit and len(campaigns) == args.limit:
+        print(f"(the newest {args.limit}; --limit 0 for all)")
     return 0
+
+
+def campaign_status(campaign: distributed_pb2.Campaign, now: int) -> str:
+    if campaign.cancelled:
+        return "cancelled"
+    return "open" if campaign.expires_at > now else "closed"
 
 
 def query_cancel(settings: Settings, args: argparse.Namespace) -> int:
@@ -217,7 +339,7 @@ def query_cancel(settings: Settings, args: argparse.Namespace) -> int:
         _stub(settings).CancelCampaign, distributed_pb2.GetCampaignRequest(campaign_id=args.id)
     )
     if args.json:
-        emit_json(_as_dict(campaign))
+        emit_json(campaign)
     else:
         print(f"cancelled {campaign.campaign_id}")
     return 0
@@ -227,10 +349,7 @@ def print_report(
     report: distributed_pb2.CampaignReport, as_json: bool, rows: list[dict] | None = None
 ) -> None:
     if as_json:
-        document = _as_dict(report)
-        # MessageToDict leaves an empty list out; a campaign that targeted no host (a small
-        # percentage of a small fleet) still has a host list, and scripts read it.
-        document.setdefault("hosts", [])
+        document = report_json(report)
         if rows is not None:
             document["rows"] = rows
         emit_json(document)
@@ -265,15 +384,8 @@ def print_report(
         )
 
 
-def _as_dict(message) -> dict:
-    return MessageToDict(message, preserving_proto_field_name=True)
-
-
-def _ago(unix_time: int) -> str:
-    if not unix_time:
-        return "never"
-    seconds = int(time.time()) - unix_time
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{max(seconds, 0)}s ago"
+def report_json(report: distributed_pb2.CampaignReport) -> dict:
+    """The account as JSON: the campaign, every host, the counts of every state."""
+    document = proto_to_json(report)
+    document["counts"] = {state: report.counts[state] for state in STATE_ORDER} | document["counts"]
+    return document
