@@ -387,6 +387,7 @@ JSON_COMMANDS: dict[str, list[str]] = {
     "token revoke": ["token", "revoke", "json-check"],
     "audit list": ["audit", "list", "--since", "15m"],
     "flags": ["flags"],
+    "get": ["get", "secrets"],
     "tls client-cert": ["tls", "client-cert", "json-check", "-o", "{tmp}/certs"],
     # Local files only: in a scratch state directory, in this order.
     "tls internal init": ["--state-dir", "{tmp}/scratch", "tls", "internal", "init"],

@@ -23,7 +23,7 @@ import yaml
 
 from tests.emulator import HostProfile, OsqueryNode
 from tests.polling import eventually
-from tests.quarry_cluster import QuarryCluster, quarry_cluster
+from tests.quarry_cluster import QuarryCluster, live_query_report, quarry_cluster
 
 _numbers = itertools.count(1)
 BASE = {"targets": {"all": True}, "config": {"schedule": {"up": {"query": "SELECT 1"}}}}
@@ -85,8 +85,9 @@ def schedule_block(targets: dict[str, Any], query: str) -> dict[str, Any]:
 
 def live_query(cluster: QuarryCluster, *targets: str) -> dict[str, Any]:
     """Start a live query and return its report at once (the hosts it targeted)."""
-    report = cluster.cli_json("query", "run", "SELECT 1", *targets, "--timeout", "0.5")
-    return report  # type: ignore[return-value]
+    result = cluster.cli("query", "run", "SELECT 1", *targets, "--timeout", "0.5", "--json",
+                         check=False)  # fmt: skip
+    return live_query_report(result)  # JSON lines; exit 4 when none answered in time
 
 
 # --- one model: AND across kinds, any within one --------------------------------------
