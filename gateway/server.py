@@ -1,7 +1,7 @@
 """Gateway process entry point: the osquery API over HTTPS, one process or several workers.
 
 The HTTP server is the gateway's own (gateway/http_connection.py,
-docs/adr/0017-own-http-server.md) on uvloop's TLS transport; this module binds the
+docs/adr/0013-own-http-server.md) on uvloop's TLS transport; this module binds the
 listening socket once, serves /metrics, and either serves in this process
 (gateway/serving.py) or starts worker processes that share the socket (gateway/workers.py).
 """
@@ -22,7 +22,12 @@ log = logging.getLogger(__name__)
 
 
 def bind(settings: Settings) -> socket.socket:
-    """The listening socket, bound once for every worker."""
+    """The socket, bound once for every worker.
+
+    Not listening yet: each process listens once its state has started (the event loop's
+    create_server), so until the gateway can answer, connections are refused rather than
+    left waiting in the backlog, as under uvicorn.
+    """
     family = socket.AF_INET6 if ":" in settings.bind_host else socket.AF_INET
     listening = socket.socket(family, socket.SOCK_STREAM)
     listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -33,7 +38,6 @@ def bind(settings: Settings) -> socket.socket:
         raise SystemExit(
             f"gateway cannot listen on {settings.bind_host}:{settings.gateway_port}: {exc}"
         ) from exc
-    listening.listen(2048)
     listening.setblocking(False)
     listening.set_inheritable(True)
     return listening
