@@ -329,9 +329,15 @@ def test_an_idle_connection_keeps_no_request_and_closes_after_the_keep_alive_tim
         (connection,) = server.listener.sweep.connections
         assert isinstance(connection, HttpConnection)
         assert not hasattr(connection, "__dict__")
-        return [connection.request, connection.route, connection.body_parts, connection.pipeline]
+        return [
+            connection.parser,
+            connection.request,
+            connection.route,
+            connection.body_parts,
+            connection.pipeline,
+        ]
 
-    assert server.call(state) == [None, None, None, None]
+    assert server.call(state) == [None] * 5
     assert client.closed()  # the fixture's keep-alive timeout is 1 s
 
 
