@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 # The request line and headers together; osquery sends a few hundred bytes.
 MAX_HEAD_BYTES = 64 * 1024
+# What one read of decrypted data may bring; a larger body comes in several reads.
+READ_BUFFER_BYTES = 64 * 1024
 
 # What the connection is reading.
 BETWEEN = 0  # no request begun
@@ -99,6 +101,9 @@ class Listener:
         self.head_timeout_s = head_timeout_s
         self.loop = asyncio.get_running_loop()
         self.shutting_down = False
+        # Every connection's decrypted reads land here and are parsed at once
+        # (HttpConnection.buffer_updated), so one buffer serves them all.
+        self.read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
         # Requests that had to wait: held here (the loop keeps only weak references to
         # tasks) and waited for at shutdown.
         self.tasks: set[asyncio.Task] = set()
@@ -126,8 +131,14 @@ class _NotReading(Exception):
     """Raised from a parser callback to stop parsing once the connection is closing."""
 
 
-class HttpConnection(asyncio.Protocol):
-    """One TLS connection: parses its requests, serves them, writes their answers."""
+class HttpConnection(asyncio.BufferedProtocol):
+    """One TLS connection: parses its requests, serves them, writes their answers.
+
+    A buffered protocol: uvloop's TLS transport decrypts into the listener's shared buffer
+    (`get_buffer`) rather than into a new bytes object per read, which it would allocate
+    at 256 KB and shrink, an mmap, mremap and munmap per request (docs/performance.md,
+    "The gateway's own HTTP server").
+    """
 
     __slots__ = (
         "body_parts",
@@ -216,7 +227,14 @@ class HttpConnection(asyncio.Protocol):
         # A request's task runs to its end (a log batch is still stored); its answer is
         # dropped (_write).
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.listener.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.listener.read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """What the peer sent: parsed at once (the parser copies what it keeps)."""
         if self.closing:
             return
         parser = self.parser
