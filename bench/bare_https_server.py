@@ -4,7 +4,9 @@ It serves the osquery paths the benchmark saturates with the bytes Quarry would 
 there is nothing to do (`{"queries":{}}` for a distributed read, the config for a config
 fetch, `{}` for a log POST), with no authentication, no state and no other hop. Run with the
 same certificate and worker count as the gateway under test, its requests/s are what
-Starlette, uvicorn and TLS alone allow on this machine:
+Starlette, uvicorn and TLS alone allow on this machine. (The gateway no longer runs on
+uvicorn, docs/adr/0013-own-http-server.md: this is the yardstick of a common Python stack,
+which the gateway's own server can exceed.)
 
     python -m bench.bare_https_server --port P --cert C --key K [--workers N] [--config FILE]
 """
@@ -61,7 +63,7 @@ def app_from_environment() -> Starlette:
 
 
 def serve(port: int, cert: Path, key: Path, workers: int = 1, host: str = "127.0.0.1") -> None:
-    # The gateway's uvicorn settings (gateway/server.py), so only the app differs.
+    # The uvicorn settings the gateway had before it served HTTP itself.
     uvicorn.run(
         "bench.bare_https_server:app_from_environment",
         factory=True,

@@ -8,8 +8,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("quarry", "grpcio", "protobuf", "pyzmq", "starlette", "uvicorn", "chdb",
-            "clickhouse-driver", "orjson")  # fmt: skip
+PACKAGES = ("quarry", "grpcio", "protobuf", "pyzmq", "httptools", "uvloop", "starlette",
+            "uvicorn", "chdb", "clickhouse-driver", "orjson")  # fmt: skip
 
 
 def describe(clickhouse_version: str) -> dict[str, Any]:

@@ -9,8 +9,8 @@ reading the key. It exists only here; the production gateway has no way to skip 
     BENCH_FIXED_NODE='{"node_id": ..., "host_identifier": ...}' QUARRY_...=... \
         python -m bench.unauthenticated_gateway
 
-uvicorn's worker processes import the app by name, so the patch is made by this module's
-app factory, in each process that builds an app.
+Worker processes import the app factory by name (gateway/serving.py), so the patch is made
+by this module's factory, in each process that builds an app.
 """
 
 from __future__ import annotations
@@ -18,23 +18,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
-
-import uvicorn
 
 from gateway import app as gateway_app
 from gateway import osquery_api
 from gateway import server as gateway_server
-from gateway.asgi import GatewayApp, Request
 from gateway.gateway_state import GatewayState
 from gateway.node_cache import NodeIdentity
+from gateway.routing import GatewayApp, Request
 from quarry.runtime.process_logging import setup_logging
 from quarry.runtime.settings import Settings
 
 FIXED_NODE_ENV = "BENCH_FIXED_NODE"  # JSON of NodeIdentity's fields
-GATEWAY_APP = "gateway.app:create_app"
 UNAUTHENTICATED_APP = "bench.unauthenticated_gateway:create_app"
-real_uvicorn_run = uvicorn.run
 
 
 def fixed_node() -> NodeIdentity:
@@ -59,26 +54,18 @@ def skip_authentication(node: NodeIdentity):
     return authenticate
 
 
-def create_app() -> GatewayApp:
-    """uvicorn's factory, run in every worker: patch, then build the gateway's own app."""
+def create_app(settings: Settings | None = None) -> GatewayApp:
+    """The app factory, run in every gateway process: patch, then build the gateway's own."""
     osquery_api.authenticate = skip_authentication(fixed_node())
-    return gateway_app.create_app()
-
-
-def run_unauthenticated_app(app: str, **options: Any) -> None:
-    """uvicorn.run as gateway/server.py calls it, with this module's app in place of its own."""
-    if app != GATEWAY_APP:
-        raise RuntimeError(f"gateway/server.py now serves {app!r}; update {__name__}")
-    real_uvicorn_run(UNAUTHENTICATED_APP, **options)
+    return gateway_app.create_app(settings)
 
 
 def main() -> None:
     settings = Settings.from_env()
     setup_logging("gateway-unauthenticated", settings.log_level)
     fixed_node()  # a missing node fails here, not in every worker
-    # gateway/server.py's main, so TLS, workers, metrics and uvicorn options stay its own.
-    uvicorn.run = run_unauthenticated_app
-    gateway_server.main(settings)
+    # gateway/server.py's main, so TLS, workers and metrics stay its own.
+    gateway_server.main(settings, UNAUTHENTICATED_APP)
 
 
 if __name__ == "__main__":

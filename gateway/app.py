@@ -1,26 +1,19 @@
-"""The gateway's ASGI application: osquery routes, health, and start-up wiring."""
+"""The gateway's application: its routes (the osquery endpoints and /healthz), and the
+start-up and shutdown of the state they answer from."""
 
 from __future__ import annotations
-
-import logging
 
 import orjson
 
 from gateway import osquery_api
-from gateway.asgi import Answer, GatewayApp, Request
 from gateway.gateway_state import GatewayState
-from gateway.idle_connections import map_large_buffers_separately
-from quarry.runtime.garbage_collection import tune_for_throughput
-from quarry.runtime.process_logging import setup_logging
+from gateway.request_body import BadRequest, BodyLimits
+from gateway.routing import Answer, GatewayApp, Request, Route
 from quarry.runtime.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> GatewayApp:
     settings = settings or Settings.from_env()
-    if not logging.getLogger().handlers:  # a worker process uvicorn spawned
-        setup_logging("gateway", settings.log_level)
-        tune_for_throughput()
-    map_large_buffers_separately()  # each worker process, before it accepts connections
 
     async def startup() -> GatewayState:
         state = GatewayState.connect(settings)
@@ -30,16 +23,24 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     async def shutdown(state: GatewayState) -> None:
         await state.stop()
 
-    return GatewayApp({**osquery_api.routes(), "/healthz": healthz}, startup, shutdown)
+    return GatewayApp({**osquery_api.routes(), "/healthz": Healthz()}, startup, shutdown)
 
 
-async def healthz(request: Request) -> Answer:
+class Healthz(Route):
     """Ready when the caches hold their first snapshots."""
-    state: GatewayState = request.state
-    synced = {
-        "nodes": state.nodes.synced.is_set(),
-        "config": state.config.synced.is_set(),
-        "live_queries": state.live_queries.synced.is_set(),
-    }
-    ready = all(synced.values())
-    return Answer(orjson.dumps({"ok": ready, "synced": synced}), 200 if ready else 503)
+
+    def body_limits(self, state: GatewayState) -> BodyLimits:
+        return BodyLimits.from_settings(state.settings, state.settings.request_max_bytes_other)
+
+    async def serve(self, request: Request) -> Answer:
+        state: GatewayState = request.state
+        synced = {
+            "nodes": state.nodes.synced.is_set(),
+            "config": state.config.synced.is_set(),
+            "live_queries": state.live_queries.synced.is_set(),
+        }
+        ready = all(synced.values())
+        return Answer(orjson.dumps({"ok": ready, "synced": synced}), 200 if ready else 503)
+
+    def refuse(self, request: Request, refusal: BadRequest) -> Answer:
+        return Answer(orjson.dumps({"error": str(refusal)}), refusal.status, refusal.close)

@@ -21,8 +21,7 @@ import grpc
 import orjson
 from prometheus_client import Counter
 
-from gateway import client_certificates, metrics
-from gateway.asgi import Answer, Endpoint, Request
+from gateway import metrics
 from gateway.carving.limits import carve_limits
 from gateway.carving.sessions import carving_for
 from gateway.gateway_state import GatewayState
@@ -36,6 +35,7 @@ from gateway.request_body import (
     read_json_object,
     too_deep_to_forward,
 )
+from gateway.routing import Answer, Request, Route
 from protos.v1 import distributed_pb2, enroll_pb2, logs_pb2
 from quarry.runtime.settings import Settings
 from quarry.state.carve_store import CarveRejected
@@ -114,7 +114,7 @@ def _check_enroll_fields(body: dict) -> None:
 
 def _client_certificate(request: Request) -> enroll_pb2.ClientCertificate | None:
     """The certificate the client verified with on this connection, if it presented one."""
-    certificate = client_certificates.certificate_of(request.client)
+    certificate = request.certificate
     if certificate is None:
         return None
     return enroll_pb2.ClientCertificate(
@@ -390,66 +390,73 @@ def default_body_limit(settings: Settings) -> int:
     return settings.request_max_bytes_log
 
 
-def endpoint(name: str, handler: Handler, body_limit: BodyLimit | None = None) -> Endpoint:
-    """Wrap a handler: read the body within limits, turn refusals into JSON, count and time it.
+class Endpoint(Route):
+    """A handler as a route: the body read within limits, refusals as JSON, counted and timed.
 
     `body_limit` defaults to BODY_LIMITS[name], else default_body_limit.
     """
-    limit_of = body_limit or BODY_LIMITS.get(name, default_body_limit)
-    # The per-request cost matters at thousands of check-ins per second: look the labelled
-    # metrics and the limits up once, not on every request.
-    duration, request_size, response_size = (
-        metric.labels(name)
-        for metric in (metrics.REQUEST_SECONDS, metrics.REQUEST_BYTES, metrics.RESPONSE_BYTES)
-    )
-    outcomes: dict[str, Counter] = {}
 
-    def limits_for(state: GatewayState) -> BodyLimits:
-        limits = state.body_limits.get(name)
+    def __init__(self, name: str, handler: Handler, body_limit: BodyLimit | None = None) -> None:
+        self.name, self.handler = name, handler
+        self.limit_of = body_limit or BODY_LIMITS.get(name, default_body_limit)
+        # The per-request cost matters at thousands of check-ins per second: look the
+        # labelled metrics and the limits up once, not on every request.
+        self.duration, self.request_size, self.response_size = (
+            metric.labels(name)
+            for metric in (metrics.REQUEST_SECONDS, metrics.REQUEST_BYTES, metrics.RESPONSE_BYTES)
+        )
+        self.outcomes: dict[str, Counter] = {}
+
+    def body_limits(self, state: GatewayState) -> BodyLimits:
+        limits = state.body_limits.get(self.name)
         if limits is None:
-            limits = BodyLimits.from_settings(state.settings, limit_of(state.settings))
-            state.body_limits[name] = limits
+            limits = BodyLimits.from_settings(state.settings, self.limit_of(state.settings))
+            state.body_limits[self.name] = limits
         return limits
 
-    async def serve(request: Request) -> Answer:
+    async def serve(self, request: Request) -> Answer:
         started = time.perf_counter()
         state: GatewayState = request.state
         outcome = "ok"
         try:
-            response = await _handle(request, state, handler, limits_for(state))
+            response = await self._handle(request, state)
         except BadRequest as exc:
-            metrics.REFUSED_REQUESTS.labels(name, exc.reason).inc()
-            outcome = "bad_request"
-            response = json_response({"error": str(exc)}, exc.status, close=exc.close)
+            return self._refused(request, exc, started)
         except Refusal as refusal:
             if refusal.outcome == "bad_request":
-                metrics.REFUSED_REQUESTS.labels(name, BAD_FIELD).inc()
+                metrics.REFUSED_REQUESTS.labels(self.name, BAD_FIELD).inc()
             outcome, response = refusal.outcome, json_response(refusal.body, refusal.status)
         except Exception:
-            log.exception("%s failed", name)
+            log.exception("%s failed", self.name)
             outcome = "error"
             response = json_response({"error": "internal server error"}, 500)
-        counter = outcomes.get(outcome)
+        return self._count(request, outcome, response, started)
+
+    def refuse(self, request: Request, refusal: BadRequest) -> Answer:
+        return self._refused(request, refusal, time.perf_counter())
+
+    async def _handle(self, request: Request, state: GatewayState) -> Answer:
+        body = read_json_object(request, self.body_limits(state))
+        try:
+            return await self.handler(request, state, body)
+        except orjson.JSONEncodeError as exc:
+            # The handler re-serialized part of the body (data, rows, host details).
+            raise too_deep_to_forward() from exc
+
+    def _refused(self, request: Request, exc: BadRequest, started: float) -> Answer:
+        metrics.REFUSED_REQUESTS.labels(self.name, exc.reason).inc()
+        response = json_response({"error": str(exc)}, exc.status, close=exc.close)
+        return self._count(request, "bad_request", response, started)
+
+    def _count(self, request: Request, outcome: str, response: Answer, started: float) -> Answer:
+        counter = self.outcomes.get(outcome)
         if counter is None:
-            counter = outcomes[outcome] = metrics.REQUESTS.labels(name, outcome)
+            counter = self.outcomes[outcome] = metrics.REQUESTS.labels(self.name, outcome)
         counter.inc()
-        duration.observe(time.perf_counter() - started)
-        request_size.observe(_declared_size(request))
-        response_size.observe(len(response.body))
+        self.duration.observe(time.perf_counter() - started)
+        self.request_size.observe(_declared_size(request))
+        self.response_size.observe(len(response.body))
         return response
-
-    return serve
-
-
-async def _handle(
-    request: Request, state: GatewayState, handler: Handler, limits: BodyLimits
-) -> Answer:
-    body = await read_json_object(request, limits)
-    try:
-        return await handler(request, state, body)
-    except orjson.JSONEncodeError as exc:
-        # The handler re-serialized part of the body (data, rows, host details).
-        raise too_deep_to_forward() from exc
 
 
 def _declared_size(request: Request) -> int:
@@ -477,10 +484,10 @@ ENDPOINTS: dict[str, tuple[Handler, tuple[str, ...]]] = {
 }
 
 
-def routes() -> dict[str, Endpoint]:
+def routes() -> dict[str, Route]:
     """Each path osquery may call, and its endpoint (GET and POST: osquery sends POST)."""
     return {
-        path: endpoint(name, handler)
+        path: Endpoint(name, handler)
         for name, (handler, paths) in ENDPOINTS.items()
         for path in paths
     }

@@ -2,10 +2,12 @@
 
 Every limit is checked as early as it can be, so hostile input costs little:
 - the declared Content-Length before any byte is read, then the bytes actually received
-  while they arrive (chunked bodies declare nothing);
-- a gzip body is inflated while it arrives, and refused as soon as it inflates past
-  its limit, so a small bomb never fills memory;
-- the whole body must arrive within a deadline (a slow client holds nothing for long);
+  while they arrive (chunked bodies declare nothing), by the HTTP server
+  (gateway/http_connection.py) with the refusals defined here;
+- the whole body must arrive within a deadline (a slow client holds nothing for long),
+  also while it arrives;
+- a gzip body is inflated piece by piece and refused as soon as it inflates past its
+  limit, so a small bomb never fills memory;
 - the number of JSON values is bounded before parsing, by counting commas and opening
   brackets (C-speed `bytes.count`; an upper bound, since commas inside strings count too);
 - string lengths are checked after parsing, and only for bodies longer than the limit
@@ -19,13 +21,12 @@ Every refusal is a `BadRequest` with a bounded `reason` for the metric.
 
 from __future__ import annotations
 
-import asyncio
 import zlib
 from dataclasses import dataclass
 
 import orjson
 
-from gateway.asgi import Request
+from gateway.routing import Request
 from quarry.runtime.settings import Settings
 
 # Refusal reasons: the label values of quarry_gateway_refused_requests_total.
@@ -97,10 +98,10 @@ class BodyLimits:
         )
 
 
-async def read_json_object(request: Request, limits: BodyLimits) -> dict:
+def read_json_object(request: Request, limits: BodyLimits) -> dict:
     """The request body as a JSON object (gunzipped when Content-Encoding says gzip)."""
     _check_content_type(request)
-    raw = await read_body(request, limits)
+    raw = read_body(request, limits)
     if not raw.strip():
         return {}
     return parse_json_object(raw, limits)
@@ -121,8 +122,12 @@ def _check_content_type(request: Request) -> None:
         )
 
 
-async def read_body(request: Request, limits: BodyLimits) -> bytes:
-    """The body, inflated when gzip; refused once too large, too slow or not gzip after all."""
+def read_body(request: Request, limits: BodyLimits) -> bytes:
+    """The body, inflated when gzip; refused once it inflates too far or is not gzip after all.
+
+    Its size as received and its deadline were enforced while it arrived
+    (gateway/http_connection.py, with the refusals below).
+    """
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding not in ("", "identity", "gzip"):
         raise BadRequest(
@@ -130,63 +135,38 @@ async def read_body(request: Request, limits: BodyLimits) -> bytes:
             UNSUPPORTED_ENCODING,
             415,
         )
-    if _declared_length(request) > limits.max_bytes:
-        raise _too_large(limits.max_bytes)
-    inflater = GzipInflater(limits.max_decompressed_bytes) if encoding == "gzip" else None
-    if body_received(request):
-        # No deadline to arm (see body_received): one message holds the whole body.
-        raw, _ = await _next_piece(request, limits, 0)
-        return inflater.feed(raw) + inflater.finish() if inflater else raw
-    parts: list[bytes] = []
-    received = 0
+    if encoding != "gzip":
+        return request.body
+    inflater = GzipInflater(limits.max_decompressed_bytes)
+    return inflater.feed(request.body) + inflater.finish()
+
+
+# --- refusals while the body arrives (gateway/http_connection.py) ----------------------
+
+
+def declared_too_large(declared_length: str | None, limits: BodyLimits) -> BadRequest | None:
+    """The refusal of a Content-Length over the limit, before any byte of the body is read."""
+    if declared_length is None:
+        return None
     try:
-        async with asyncio.timeout(limits.timeout_s):
-            more = True
-            while more:
-                chunk, more = await _next_piece(request, limits, received)
-                received += len(chunk)
-                parts.append(inflater.feed(chunk) if inflater else chunk)
-    except TimeoutError:
-        raise BadRequest(
-            f"request body not received within {limits.timeout_s:g} s", BODY_TIMEOUT, 408, True
-        ) from None
-    if inflater:
-        parts.append(inflater.finish())
-    return b"".join(parts)
-
-
-async def _next_piece(request: Request, limits: BodyLimits, received: int) -> tuple[bytes, bool]:
-    """The next piece of the body from ASGI's receive, counted against the limit; whether
-    more follows."""
-    message = await request.receive()
-    if message["type"] == "http.disconnect":
-        raise BadRequest("client disconnected mid-body", DISCONNECTED, 400, True)
-    chunk: bytes = message.get("body", b"")
-    if received + len(chunk) > limits.max_bytes:
-        raise _too_large(limits.max_bytes)
-    return chunk, message.get("more_body", False)
-
-
-def body_received(request: Request) -> bool:
-    """Whether the server already holds the whole body, so reading it cannot stall.
-
-    Most osquery requests arrive with their body in the same packets as their head, and
-    arming a deadline costs ~5% of a check-in's CPU. uvicorn's httptools cycle (the
-    gateway's server) says so in `more_body`; any other server gets the deadline.
-    """
-    cycle = getattr(request.receive, "__self__", None)
-    return getattr(cycle, "more_body", True) is False
-
-
-def _declared_length(request: Request) -> int:
-    try:
-        return int(request.headers.get("content-length", "0"))
+        declared = int(declared_length)
     except ValueError:
-        return 0  # the HTTP parser refuses a bogus one before we get here
+        return None  # the HTTP parser refuses a bogus one before we get here
+    return too_large(limits.max_bytes) if declared > limits.max_bytes else None
 
 
-def _too_large(max_bytes: int) -> BadRequest:
+def too_large(max_bytes: int) -> BadRequest:
     return BadRequest(f"request body exceeds {max_bytes} bytes", BODY_TOO_LARGE, 413, True)
+
+
+def too_slow(limits: BodyLimits) -> BadRequest:
+    return BadRequest(
+        f"request body not received within {limits.timeout_s:g} s", BODY_TIMEOUT, 408, True
+    )
+
+
+def disconnected() -> BadRequest:
+    return BadRequest("client disconnected mid-body", DISCONNECTED, 400, True)
 
 
 class GzipInflater:

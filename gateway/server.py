@@ -1,15 +1,19 @@
-"""Gateway process entry point: uvicorn over HTTPS with the osquery API."""
+"""Gateway process entry point: the osquery API over HTTPS, one process or several workers.
+
+The HTTP server is the gateway's own (gateway/http_connection.py,
+docs/adr/0013-own-http-server.md) on uvloop's TLS transport; this module binds the
+listening socket once, serves /metrics, and either serves in this process
+(gateway/serving.py) or starts worker processes that share the socket (gateway/workers.py).
+"""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import socket
 
-import uvicorn
-
-from gateway.connection_deadlines import PROTOCOL_IMPORT_STRING
-from gateway.tls_policy import TlsPolicy, context_factory_for
-from quarry.encryption.gateway_certificates import TlsFiles, tls_files
+from gateway.serving import APP, serve
+from gateway.tls_policy import gateway_policy
+from gateway.workers import run_workers
 from quarry.runtime.metrics_endpoint import prepare_multiprocess_metrics, start_metrics_endpoint
 from quarry.runtime.settings import Settings
 from quarry.state.directory import gateway_metrics_dir
@@ -17,21 +21,37 @@ from quarry.state.directory import gateway_metrics_dir
 log = logging.getLogger(__name__)
 
 
-def tls_policy(settings: Settings, files: TlsFiles) -> TlsPolicy:
-    """Versions, ciphers and client certificates for the gateway's certificate files."""
+def bind(settings: Settings) -> socket.socket:
+    """The socket, bound once for every worker.
+
+    Not listening yet: each process listens once its state has started (the event loop's
+    create_server), so until the gateway can answer, connections are refused rather than
+    left waiting in the backlog, as under uvicorn.
+    """
+    family = socket.AF_INET6 if ":" in settings.bind_host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((settings.bind_host, settings.gateway_port))
+    except OSError as exc:
+        listening.close()
+        raise SystemExit(
+            f"gateway cannot listen on {settings.bind_host}:{settings.gateway_port}: {exc}"
+        ) from exc
+    listening.setblocking(False)
+    listening.set_inheritable(True)
+    return listening
+
+
+def main(settings: Settings, app: str = APP) -> None:
+    policy = gateway_policy(settings)
     if settings.tls_client_ca:
-        if not Path(settings.tls_client_ca).is_file():
-            raise SystemExit(f"QUARRY_TLS_CLIENT_CA: no such file {settings.tls_client_ca}")
         log.info(
             "TLS client certificates %s, verified against %s",
             "required" if settings.tls_client_cert_required else "accepted",
             settings.tls_client_ca,
         )
-    return TlsPolicy.from_settings(settings, str(files.cert), str(files.key))
-
-
-def main(settings: Settings) -> None:
-    files = tls_files(settings)
+    listening = bind(settings)
     if settings.gateway_workers > 1:
         prepare_multiprocess_metrics(gateway_metrics_dir(settings))
     start_metrics_endpoint(settings, "gateway")
@@ -42,23 +62,9 @@ def main(settings: Settings) -> None:
         settings.gateway_workers,
         "s" if settings.gateway_workers > 1 else "",
     )
-    # uvicorn.run, not Server.run: only it starts `workers` processes.
-    uvicorn.run(
-        "gateway.app:create_app",
-        factory=True,
-        host=settings.bind_host,
-        port=settings.gateway_port,
-        workers=settings.gateway_workers,
-        # TLS 1.2+, osquery's ciphers, client certificates, reload on change (tls_policy.py).
-        ssl_context_factory=context_factory_for(tls_policy(settings, files)),
-        # Registers each connection's client certificate for the enroll handler, and
-        # closes connections whose request head is too slow (connection_deadlines.py).
-        http=PROTOCOL_IMPORT_STRING,
-        # The gateway terminates TLS itself: a forwarded-for header is never the peer,
-        # and the certificate lookup needs scope["client"] to be the real connection.
-        proxy_headers=False,
-        log_config=None,
-        access_log=False,
-        timeout_keep_alive=75,  # osquery keeps one connection per plugin thread
-        server_header=False,
-    )
+    if settings.gateway_workers > 1:
+        code = run_workers(settings, listening, app)
+    else:
+        code = serve(settings, listening, policy, app)
+    if code:
+        raise SystemExit(code)

@@ -4,8 +4,8 @@ TLS 1.2 and 1.3 only (1.3 only if asked), with osquery's own TLS 1.2 cipher list
 default (docs/osquery-protocol.md §2.2): ECDHE key exchange and AEAD ciphers. TLS
 1.3 suites are OpenSSL's defaults, all AEAD; Python cannot narrow them.
 
-Certificates are reloaded without a restart. uvicorn builds one SSLContext per worker
-through `uvicorn_context_factory`; that context's SNI callback runs on every client
+Certificates are reloaded without a restart. Each gateway process builds one
+`ReloadingContext` (gateway/serving.py); its context's SNI callback runs on every client
 hello (with or without a server name), checks whether the certificate or key file
 changed on disk (a stat of each, at most once a second: during an enrollment storm the
 stats were a visible part of each handshake), and if so builds a fresh context from
@@ -32,10 +32,10 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from functools import partial
-from typing import Any
+from pathlib import Path
 
 from gateway import metrics
+from quarry.encryption.gateway_certificates import tls_files
 from quarry.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def server_context(policy: TlsPolicy) -> ssl.SSLContext:
 
 
 class ReloadingContext:
-    """The context uvicorn serves with, switching handshakes to a reloaded one on change."""
+    """The context the gateway serves with, switching handshakes to a reloaded one on change."""
 
     def __init__(self, policy: TlsPolicy) -> None:
         self._policy = policy
@@ -156,11 +156,9 @@ class ReloadingContext:
         return context
 
 
-def uvicorn_context_factory(policy: TlsPolicy, config: Any, default_factory: Any) -> ssl.SSLContext:
-    """uvicorn's ssl_context_factory: each worker process builds its own reloading context."""
-    return ReloadingContext(policy).front
-
-
-def context_factory_for(policy: TlsPolicy) -> partial[ssl.SSLContext]:
-    """What to pass as uvicorn's ssl_context_factory (picklable, for worker processes)."""
-    return partial(uvicorn_context_factory, policy)
+def gateway_policy(settings: Settings) -> TlsPolicy:
+    """The policy for the gateway's certificate files (the local CA's when none is set)."""
+    files = tls_files(settings)
+    if settings.tls_client_ca and not Path(settings.tls_client_ca).is_file():
+        raise SystemExit(f"QUARRY_TLS_CLIENT_CA: no such file {settings.tls_client_ca}")
+    return TlsPolicy.from_settings(settings, str(files.cert), str(files.key))

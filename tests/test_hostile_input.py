@@ -19,8 +19,6 @@ import itertools
 import json
 import socket
 import ssl
-import threading
-import time
 import urllib.request
 import zlib
 from collections.abc import Coroutine, Iterator
@@ -30,13 +28,8 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from gateway.request_body import (
     BAD_GZIP,
@@ -45,13 +38,11 @@ from gateway.request_body import (
     BadRequest,
     BodyLimits,
     GzipInflater,
-    body_received,
     parse_json_object,
 )
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
 from tests.emulator import HostProfile, OsqueryNode
 from tests.free_ports import free_port_base
-from tests.polling import eventually
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
 from tests.service_processes import ServiceProcess
 
@@ -223,40 +214,6 @@ def test_a_body_that_stalls_is_timed_out(cluster: QuarryCluster) -> None:
     assert answer.status == 408
     assert "not received within 1 s" in answer.json()["error"]
     assert refused(cluster, "config", "body_timeout") >= 1
-
-
-def test_the_body_deadline_is_armed_only_while_the_body_is_still_arriving() -> None:
-    """The fast path reads uvicorn's `more_body`: if uvicorn changes it, this test says so
-    (the deadline would then be armed for every request, correct but slower)."""
-
-    async def answer(request: Request) -> JSONResponse:
-        whole = body_received(request)
-        await request.body()
-        return JSONResponse({"whole": whole})
-
-    def whole_body_before_reading(port: int, *pieces: bytes) -> bool:
-        body = b"".join(pieces)
-        head = f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
-            connection.sendall(head.encode() + pieces[0])  # like osquery: head and body at once
-            for piece in pieces[1:]:
-                time.sleep(0.3)
-                connection.sendall(piece)
-            answer = connection.recv(65536)
-        return orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["whole"]
-
-    app = Starlette(routes=[Route("/", answer, methods=["POST"])])
-    port = free_port_base()
-    server = uvicorn.Server(uvicorn.Config(app, port=port, http="httptools", log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        assert eventually(lambda: server.started), "uvicorn did not start"
-        assert whole_body_before_reading(port, b'{"node_key":"k"}') is True
-        assert whole_body_before_reading(port, b'{"node_key":', b'"k"}') is False
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_a_request_head_that_never_ends_is_closed(cluster: QuarryCluster) -> None:

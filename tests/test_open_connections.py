@@ -1,5 +1,5 @@
 """Idle keep-alive connections at a real gateway: the open connections gauge, reuse, and
-the idle-connection benchmark (gateway/idle_connections.py, bench/idle_connections.py).
+the idle-connection benchmark (gateway/http_connection.py, bench/idle_connections.py).
 
 A `quarry up` with two gateway workers: the gauge is the sum of what both report, and
 the kernel spreads the connections over them. Connections are real TLS connections made
@@ -120,7 +120,7 @@ def test_the_benchmark_reports_memory_per_idle_connection(
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     assert figures["connections"] == 10
-    assert figures["gateway_processes"] >= 3  # uvicorn's parent and two workers
+    assert figures["gateway_processes"] >= 3  # the parent and two workers
     assert figures["open_connections_gauge"] == before + 11  # and its warm-up connection
     assert figures["rss_before_bytes"] > 0 and figures["rss_idle_bytes"] > 0
     assert "kb_per_connection" in figures

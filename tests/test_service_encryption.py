@@ -329,7 +329,7 @@ def test_a_gateway_with_an_unknown_key_gets_errors_until_its_key_is_authorized(
         node, refused, error, delivered_later = asyncio.run(scenario())
     finally:
         stopped = gateway.stop()
-    # Ended by SIGTERM (uvicorn re-raises it), not killed after a hang: its monitor
+    # Ended by SIGTERM (a drain, then exit 0), not killed after a hang: its monitor
     # sockets were closed with the rest, so its ZeroMQ context could end.
     assert stopped in (0, -signal.SIGTERM), gateway.log_text()
     assert refused is False
