@@ -5,7 +5,7 @@ there is nothing to do (`{"queries":{}}` for a distributed read, the config for 
 fetch, `{}` for a log POST), with no authentication, no state and no other hop. Run with the
 same certificate and worker count as the gateway under test, its requests/s are what
 Starlette, uvicorn and TLS alone allow on this machine. (The gateway no longer runs on
-uvicorn, docs/adr/0013-own-http-server.md: this is the yardstick of a common Python stack,
+uvicorn, docs/adr/0016-own-http-server.md: this is the yardstick of a common Python stack,
 which the gateway's own server can exceed.)
 
     python -m bench.bare_https_server --port P --cert C --key K [--workers N] [--config FILE]

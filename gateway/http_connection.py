@@ -1,6 +1,6 @@
 """The gateway's HTTP/1.1 server: one asyncio protocol per TLS connection, httptools' parser.
 
-Why the gateway has its own (docs/adr/0013-own-http-server.md): osquery sends each request
+Why the gateway has its own (docs/adr/0016-own-http-server.md): osquery sends each request
 alone on one of thousands of idle keep-alive connections, so what a server does per
 request and keeps per connection is most of the gateway's cost. uvicorn builds an ASGI
 scope, a cycle object, an asyncio.Event and a task for every request and re-arms a

@@ -1,7 +1,7 @@
 """Gateway process entry point: the osquery API over HTTPS, one process or several workers.
 
 The HTTP server is the gateway's own (gateway/http_connection.py,
-docs/adr/0013-own-http-server.md) on uvloop's TLS transport; this module binds the
+docs/adr/0016-own-http-server.md) on uvloop's TLS transport; this module binds the
 listening socket once, serves /metrics, and either serves in this process
 (gateway/serving.py) or starts worker processes that share the socket (gateway/workers.py).
 """
