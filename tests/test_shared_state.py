@@ -514,6 +514,23 @@ def test_a_dry_run_on_sqlite_writes_nothing(tmp_path: Path) -> None:
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
 
 
+def test_a_dry_run_on_postgresql_leaves_no_table(postgres_url: str, tmp_path: Path) -> None:
+    """Not even the migration history table: a dry run's transaction is rolled back."""
+    import psycopg
+
+    url = fresh_database(postgres_url)
+    (tmp_path / "state").mkdir()
+    pending = statuses(
+        quarry_migrate(tmp_path / "state", {"QUARRY_DATABASE_URL": url}, "--dry-run")
+    )
+    assert pending and set(pending.values()) == {"pending"}
+    with psycopg.connect(url) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchall()
+    assert tables == []
+
+
 def test_replicas_starting_together_migrate_once(postgres_url: str, tmp_path: Path) -> None:
     env = {"QUARRY_DATABASE_URL": fresh_database(postgres_url)}
     runs = [

@@ -109,7 +109,24 @@ def migrate(
     return steps
 
 
+class _DryRunDone(Exception):
+    """Ends a dry run's transaction by rolling it back: DDL is transactional on SQLite and
+    PostgreSQL alike, so even the history table a first run creates is not left behind."""
+
+    def __init__(self, step: MigrationStep) -> None:
+        self.step = step
+
+
 def _apply_one(
+    database: StateDatabase, component: str, migration: Migration, dry_run: bool
+) -> MigrationStep:
+    try:
+        return _apply_in_transaction(database, component, migration, dry_run)
+    except _DryRunDone as done:
+        return done.step
+
+
+def _apply_in_transaction(
     database: StateDatabase, component: str, migration: Migration, dry_run: bool
 ) -> MigrationStep:
     with database.transaction(lock_key=MIGRATION_LOCK_KEY) as tx:
@@ -120,9 +137,12 @@ def _apply_one(
             (component, migration.version),
         ).fetchone()
         if recorded or dry_run:
-            return MigrationStep(
+            step = MigrationStep(
                 component, migration.version, migration.name, False, bool(recorded)
             )
+            if dry_run:
+                raise _DryRunDone(step)
+            return step
         for statement in migration.statements(database.dialect):
             tx.execute(statement)
         if migration.python is not None:
