@@ -16,6 +16,8 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from quarry.runtime.command_output import message_fields
+
 
 def iso_time(unix_seconds: float) -> str | None:
     """ISO 8601 UTC text for a Unix time; None for 0 (never)."""
@@ -38,30 +40,20 @@ def parse_time(text: str) -> float:
 
 def message_json(message: Message) -> dict[str, Any]:
     """Every field of message, converted as the module docstring says."""
-    out: dict[str, Any] = {}
-    for field in message.DESCRIPTOR.fields:
-        value = getattr(message, field.name)
-        name, converted = _field(field, value)
-        out[name] = converted
-    return out
+    return message_fields(message, _leaf, _key)
 
 
-def _field(field: FieldDescriptor, value: Any) -> tuple[str, Any]:
-    if _is_map(field):
-        value_field = field.message_type.fields_by_name["value"]
-        return field.name, {k: _single(value_field, v) for k, v in value.items()}
-    if field.is_repeated:
-        return field.name, [_single(field, item) for item in value]
-    if field.name.endswith("_json") and field.type == FieldDescriptor.TYPE_STRING:
-        return field.name.removesuffix("_json"), json.loads(value) if value else None
+def _key(field: FieldDescriptor) -> str:
+    if _holds_json(field):
+        return field.name.removesuffix("_json")
+    return "at" if field.name == "at_ms" else field.name
+
+
+def _leaf(field: FieldDescriptor, value: Any) -> Any:
+    if _holds_json(field):
+        return json.loads(value) if value else None
     if field.name == "at_ms":
-        return "at", iso_time(value / 1000)
-    return field.name, _single(field, value)
-
-
-def _single(field: FieldDescriptor, value: Any) -> Any:
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return message_json(value)
+        return iso_time(value / 1000)
     if field.type == FieldDescriptor.TYPE_ENUM:
         return field.enum_type.values_by_number[value].name.lower()
     if field.name.endswith("_at") and isinstance(value, int):
@@ -69,9 +61,5 @@ def _single(field: FieldDescriptor, value: Any) -> Any:
     return value
 
 
-def _is_map(field: FieldDescriptor) -> bool:
-    return (
-        field.type == FieldDescriptor.TYPE_MESSAGE
-        and field.message_type.GetOptions().map_entry
-        and field.is_repeated
-    )
+def _holds_json(field: FieldDescriptor) -> bool:
+    return field.name.endswith("_json") and field.type == FieldDescriptor.TYPE_STRING

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,6 +94,10 @@ def utc_iso(unix_time: int, zero: str = "never") -> str:
     return datetime.fromtimestamp(unix_time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+Leaf = Callable[[FieldDescriptor, Any], Any]
+Key = Callable[[FieldDescriptor], str]
+
+
 def proto_to_json(message: Message) -> dict[str, Any]:
     """Every field of a message, unset ones included, with 64-bit integers kept as numbers,
     maps as objects and enums as their names.
@@ -101,28 +105,42 @@ def proto_to_json(message: Message) -> dict[str, Any]:
     (protobuf's MessageToDict writes int64 as strings and leaves out unset fields, which
     makes scripts test for both.)
     """
+    return message_fields(message, _cli_leaf)
+
+
+def message_fields(message: Message, leaf: Leaf, key: Key | None = None) -> dict[str, Any]:
+    """The one walk over a message's fields (every field, maps as objects, repeated ones as
+    lists, messages recursively), each scalar and enum converted by `leaf` and each field
+    named by `key` (default its own name). The CLI's convention above and the REST API's
+    (api_service/json_messages.py) differ only in those two."""
     return {
-        field.name: _field_json(field, getattr(message, field.name))
+        (key(field) if key else field.name): _field_json(
+            field, getattr(message, field.name), leaf, key
+        )
         for field in message.DESCRIPTOR.fields
     }
 
 
-def _field_json(field: FieldDescriptor, value: Any) -> Any:
+def _field_json(field: FieldDescriptor, value: Any, leaf: Leaf, key: Key | None) -> Any:
     if _is_map(field):
         value_field = field.message_type.fields_by_name["value"]
-        return {key: _single_json(value_field, item) for key, item in value.items()}
+        return {k: _single_json(value_field, item, leaf, key) for k, item in value.items()}
     if field.is_repeated:
-        return [_single_json(field, v) for v in value]
-    return _single_json(field, value)
+        return [_single_json(field, v, leaf, key) for v in value]
+    return _single_json(field, value, leaf, key)
 
 
 def _is_map(field: FieldDescriptor) -> bool:
     return field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
 
 
-def _single_json(field: FieldDescriptor, value: Any) -> Any:
+def _single_json(field: FieldDescriptor, value: Any, leaf: Leaf, key: Key | None) -> Any:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return proto_to_json(value)
+        return message_fields(value, leaf, key)
+    return leaf(field, value)
+
+
+def _cli_leaf(field: FieldDescriptor, value: Any) -> Any:
     if field.type == FieldDescriptor.TYPE_ENUM:
         known = field.enum_type.values_by_number.get(value)
         return known.name if known else value
