@@ -34,7 +34,6 @@ from bench.ceilings import (
     wait_for_port,
 )
 from bench.process_costs import (
-    QUARRY_SERVICES,
     ProcessSampler,
     cpu_s_per_host_second,
     find_clickhouse_pid,
@@ -47,6 +46,7 @@ from bench.saturation import SaturationResult, SaturationTarget, run_saturation
 from ingest_service.clickhouse_server_store import client_url
 from ingest_service.log_rows import RESULT_COLUMNS
 from quarry.encryption.gateway_certificates import TlsFiles, ensure_certificates
+from quarry.runtime.settings import PROCESSES
 from tests.emulator.http_client import ServerAddress, osquery_ssl_context
 from tests.free_ports import free_port_base
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
@@ -220,11 +220,11 @@ def test_find_clickhouse_pid_by_port(clickhouse_url: str) -> None:
         find_clickhouse_pid(port=free_tcp_port())
 
 
-def test_find_quarry_service_pids_finds_all_five_services(tmp_path: Path) -> None:
+def test_find_quarry_service_pids_finds_every_process(tmp_path: Path) -> None:
     with quarry_cluster(tmp_path) as cluster:
         assert cluster.process is not None
         pids = find_quarry_service_pids(cluster.process.pid)
-        assert set(pids) == set(QUARRY_SERVICES)
+        assert set(pids) == set(PROCESSES)  # the five services and the REST API
         for name, pid in pids.items():
             assert pid == cluster.service_pid(name)
         with ProcessSampler(pids) as sampler:
