@@ -41,8 +41,6 @@ class Size:
 
     name: str
     hosts: int
-    # Nights are quieter: the HPA may go down to this share of the maximum (at least 2).
-    gateway_min_share: float
     # enroll, config, distributed: 1 each on SQLite; more only on PostgreSQL.
     enroll: int
     config: int
@@ -57,7 +55,8 @@ class Size:
 
     @property
     def gateway_min(self) -> int:
-        return max(2, math.ceil(self.gateway_max * self.gateway_min_share))
+        # Nights are quieter: the HPA may go down to half the maximum, at least 2.
+        return max(2, math.ceil(self.gateway_max / 2))
 
     @property
     def ingest(self) -> int:
@@ -69,13 +68,14 @@ class Size:
 
 
 # Enroll's burst CPU is 0.13 core per 10,000 hosts (docs/deploy.md): at 500,000 hosts 6.5
-# cores, 7 replicas of 1 core requested plus one spare. Config and distributed were not
-# measured apart: 2 replicas for availability, 4 at 500,000 hosts.
+# cores, 7 replicas of 1 core requested plus one spare (3 below that, as overlays/large).
+# Config and distributed were not measured apart: 2 replicas for availability, 4 at
+# 500,000 hosts. Beyond 50,000 hosts all of it extrapolates what was measured.
 SIZES = (
-    Size("10k", 10_000, 0.6, 1, 1, 1, ("250m", "1"), ("256Mi", "1Gi")),
-    Size("50k", 50_000, 0.5, 3, 2, 2, ("1", "2"), ("1Gi", "2Gi")),
-    Size("100k", 100_000, 0.5, 3, 2, 2, ("1", "2"), ("1Gi", "2Gi")),
-    Size("500k", 500_000, 0.5, 8, 4, 4, ("1", "2"), ("2Gi", "4Gi")),
+    Size("10k", 10_000, 1, 1, 1, ("250m", "1"), ("256Mi", "1Gi")),
+    Size("50k", 50_000, 3, 2, 2, ("1", "2"), ("1Gi", "2Gi")),
+    Size("100k", 100_000, 3, 2, 2, ("1", "2"), ("1Gi", "2Gi")),
+    Size("500k", 500_000, 8, 4, 4, ("1", "2"), ("2Gi", "4Gi")),
 )
 
 
@@ -195,9 +195,10 @@ def size_component(size: Size) -> str:
     header = (
         f"# Size preset: up to about {size.hosts:,} osquery hosts (docs/deploy.md, 'Sizing').\n"
         f"# gateway HPA {size.gateway_min}-{size.gateway_max} "
-        f"(ceil(hosts / {HOSTS_PER_GATEWAY:,}) + 1), ingest {size.ingest} "
-        f"(max({MIN_INGEST}, ceil(hosts / {HOSTS_PER_INGEST:,}))), enroll / config / "
-        f"distributed {size.enroll} / {size.config} / {size.distributed}.\n# " + needs
+        f"(max: ceil(hosts / {HOSTS_PER_GATEWAY:,}) + 1; min: half, at least 2),\n"
+        f"# ingest {size.ingest} (max({MIN_INGEST}, ceil(hosts / {HOSTS_PER_INGEST:,}))), "
+        f"enroll / config / distributed {size.enroll} / {size.config} / {size.distributed}.\n"
+        "# " + needs
     )
     return GENERATED + header + dump(component)
 
