@@ -420,6 +420,14 @@ def test_moving_between_sizes_changes_no_immutable_statefulset_field(scratch: Pa
     }
     for name in names[1:]:
         assert fields[name] == fields["small"], name
+    # And those an existing installation has: a change here is refused on upgrade too.
+    released = {"quarry-ingest": ("Parallel", "10Gi")} | {
+        f"quarry-{s}": (None, "5Gi") for s in ("enroll", "config", "distributed")
+    }
+    for workload, (policy, size) in released.items():
+        small = fields["small"][workload]
+        claim = small["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        assert (small["podManagementPolicy"], claim) == (policy, size), workload
 
 
 def test_each_workload_has_a_disruption_budget(overlay: list[dict[str, Any]]) -> None:
