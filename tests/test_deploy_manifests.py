@@ -78,7 +78,12 @@ TOKEN_READERS = {
     "QUARRY_ADMIN_TOKEN": {"enroll", "config", "distributed", "ingest"},
 }
 # StatefulSet fields Kubernetes refuses to change on an existing one.
-IMMUTABLE_STATEFULSET_FIELDS = ("selector", "serviceName", "podManagementPolicy")
+IMMUTABLE_STATEFULSET_FIELDS = (
+    "selector",
+    "serviceName",
+    "podManagementPolicy",
+    "volumeClaimTemplates",
+)
 # Whether /livez (a route that proves the main loop turns) is in this checkout's code yet.
 LIVEZ_SERVED = any("/livez" in p.read_text() for p in (REPO_ROOT / "quarry").rglob("*.py"))
 # The manifests' encryption settings; the probe test runs the services with them.
@@ -396,15 +401,14 @@ def test_tokens_are_only_in_the_pods_that_read_them(overlay: list[dict[str, Any]
             assert variable == key
             holders[variable].add(service_of(workload))
     assert holders == TOKEN_READERS
-    assert "gateway" not in holders["QUARRY_ADMIN_TOKEN"]
+    assert not {"gateway", "api"} & (
+        holders["QUARRY_ADMIN_TOKEN"] | holders["QUARRY_SERVICE_TOKEN"]
+    )
 
 
 def immutable_fields(workload: dict[str, Any]) -> dict[str, Any]:
     """The fields of a StatefulSet that Kubernetes refuses to change on an existing one."""
-    spec = workload["spec"]
-    fields = {name: spec.get(name) for name in IMMUTABLE_STATEFULSET_FIELDS}
-    fields["volumeClaimTemplates"] = spec.get("volumeClaimTemplates")
-    return fields
+    return {name: workload["spec"].get(name) for name in IMMUTABLE_STATEFULSET_FIELDS}
 
 
 def test_moving_between_sizes_changes_no_immutable_statefulset_field(scratch: Path) -> None:
