@@ -45,6 +45,7 @@ from quarry.encryption.zmq_curve import (
     server_keys,
     start_authenticator,
 )
+from quarry.runtime.embedded_clickhouse import embedded_store_problem
 from quarry.runtime.metrics_endpoint import start_metrics_endpoint
 from quarry.runtime.settings import Settings
 from quarry.runtime.shutdown import until_signalled
@@ -176,7 +177,10 @@ def open_log_store(settings: Settings) -> LogStore:
         from ingest_service.clickhouse_server_store import ClickHouseServerStore
 
         return ClickHouseServerStore(settings.clickhouse_url, settings.clickhouse_cluster)
-    # Imported only when used: chdb loads a large library.
+    problem = embedded_store_problem(settings)
+    if problem:
+        raise SystemExit(problem)
+    # Imported only when used: chdb loads a large library, and is an extra.
     from ingest_service.embedded_clickhouse_store import EmbeddedClickHouseStore
 
     return EmbeddedClickHouseStore(chdb_dir(settings))
