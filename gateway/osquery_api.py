@@ -416,9 +416,14 @@ class Endpoint(Route):
         self.limit_of = body_limit or BODY_LIMITS.get(name, default_body_limit)
         # The per-request cost matters at thousands of check-ins per second: look the
         # labelled metrics and the limits up once, not on every request.
-        self.duration, self.request_size, self.response_size = (
+        self.duration, self.request_size, self.response_size, self.in_flight = (
             metric.labels(name)
-            for metric in (metrics.REQUEST_SECONDS, metrics.REQUEST_BYTES, metrics.RESPONSE_BYTES)
+            for metric in (
+                metrics.REQUEST_SECONDS,
+                metrics.REQUEST_BYTES,
+                metrics.RESPONSE_BYTES,
+                metrics.REQUESTS_IN_FLIGHT,
+            )
         )
         self.outcomes: dict[str, Counter] = {}
 
@@ -433,6 +438,7 @@ class Endpoint(Route):
         started = time.perf_counter()
         state: GatewayState = request.state
         outcome = "ok"
+        self.in_flight.inc()
         try:
             response = await self._handle(request, state)
         except BadRequest as exc:
@@ -445,6 +451,8 @@ class Endpoint(Route):
             log.exception("%s failed", self.name)
             outcome = "error"
             response = json_response({"error": "internal server error"}, 500)
+        finally:
+            self.in_flight.dec()
         return self._count(request, outcome, response, started)
 
     def refuse(self, request: Request, refusal: BadRequest) -> Answer:

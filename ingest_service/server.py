@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -193,7 +194,11 @@ def open_spool(settings: Settings) -> Spool:
         settings.ingest_spool_retention_s,
     )
     # Read at scrape time, so the figures are never stale.
+    limit = settings.ingest_spool_max_bytes
     metrics.SPOOL_UNREPLAYED_BYTES.set_function(spool.unreplayed_bytes)
+    metrics.SPOOL_LIMIT_BYTES.set(limit)
+    metrics.SPOOL_FULL_RATIO.set_function(lambda: spool.unreplayed_bytes() / limit if limit else 0)
+    metrics.SPOOL_DISK_FREE_BYTES.set_function(lambda: shutil.disk_usage(spool.directory).free)
     metrics.SPOOL_OLDEST_AGE_SECONDS.set_function(spool.oldest_unreplayed_age_s)
     metrics.REPLAY_LAG_BATCHES.set_function(spool.unreplayed_records)
     return spool
