@@ -54,6 +54,9 @@ class Settings:
     api_port: int = 8444
     # Each process serves /metrics on metrics_port_base + its index in SERVICES.
     metrics_port_base: int = 9400
+    # /livez on that port answers 503 once the process's event loop has not turned for this
+    # long (quarry/runtime/loop_watch.py): what a liveness probe restarts a wedged process on.
+    liveness_window_s: float = 5.0
 
     # Where each gateway finds the services (host:port); empty means bind_host:port.
     enroll_addr: str = ""
