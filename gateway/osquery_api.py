@@ -416,15 +416,11 @@ class Endpoint(Route):
         self.limit_of = body_limit or BODY_LIMITS.get(name, default_body_limit)
         # The per-request cost matters at thousands of check-ins per second: look the
         # labelled metrics and the limits up once, not on every request.
-        self.duration, self.request_size, self.response_size, self.in_flight = (
+        self.duration, self.request_size, self.response_size = (
             metric.labels(name)
-            for metric in (
-                metrics.REQUEST_SECONDS,
-                metrics.REQUEST_BYTES,
-                metrics.RESPONSE_BYTES,
-                metrics.REQUESTS_IN_FLIGHT,
-            )
+            for metric in (metrics.REQUEST_SECONDS, metrics.REQUEST_BYTES, metrics.RESPONSE_BYTES)
         )
+        metrics.requests_in_flight.setdefault(name, 0)
         self.outcomes: dict[str, Counter] = {}
 
     def body_limits(self, state: GatewayState) -> BodyLimits:
@@ -438,7 +434,8 @@ class Endpoint(Route):
         started = time.perf_counter()
         state: GatewayState = request.state
         outcome = "ok"
-        self.in_flight.inc()
+        in_flight = metrics.requests_in_flight
+        in_flight[self.name] += 1
         try:
             response = await self._handle(request, state)
         except BadRequest as exc:
@@ -452,7 +449,7 @@ class Endpoint(Route):
             outcome = "error"
             response = json_response({"error": "internal server error"}, 500)
         finally:
-            self.in_flight.dec()
+            in_flight[self.name] -= 1
         return self._count(request, outcome, response, started)
 
     def refuse(self, request: Request, refusal: BadRequest) -> Answer:

@@ -11,6 +11,8 @@ start at zero before their first event.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -24,6 +26,7 @@ import pytest
 
 from quarry.runtime.metrics_endpoint import child_pids, package_version
 from quarry.runtime.settings import SERVICES, Settings
+from tests.emulator import HostProfile, OsqueryNode, log_records
 from tests.free_ports import free_port_base
 from tests.polling import eventually
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
@@ -92,7 +95,12 @@ def _status(url: str) -> int:
 
 @pytest.fixture(scope="module")
 def workers_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuarryCluster]:
-    env = {"QUARRY_GATEWAY_WORKERS": "2", "QUARRY_LIVENESS_WINDOW_S": "2"}
+    env = {
+        "QUARRY_GATEWAY_WORKERS": "2",
+        "QUARRY_LIVENESS_WINDOW_S": "2",
+        # Long enough that a log POST waits for a stopped ingest rather than time out.
+        "QUARRY_LOG_ACK_TIMEOUT_S": "60",
+    }
     with quarry_cluster(tmp_path_factory.mktemp("liveness"), "", env) as cluster:
         yield cluster
 
@@ -164,3 +172,36 @@ def test_the_gateway_fails_livez_while_a_worker_s_loop_cannot_turn(
     finally:
         os.kill(worker, signal.SIGCONT)
     assert eventually(lambda: _status(livez) == 200), get(livez)
+
+
+def test_a_log_post_waiting_for_ingest_is_a_request_in_flight(
+    workers_cluster: QuarryCluster,
+) -> None:
+    gateway = metrics_url(workers_cluster, "gateway")
+    node = OsqueryNode(
+        server=workers_cluster.gateway,
+        ca_file=workers_cluster.ca_cert,
+        enroll_secret=workers_cluster.enroll_secret,
+        profile=HostProfile.make(1, seed=workers_cluster.port_base),
+        retry_time_scale=0,
+    )
+
+    def in_flight() -> float:
+        return sample(get(gateway)[1], 'quarry_gateway_requests_in_flight{endpoint="log"}') or 0
+
+    async def post() -> bool:
+        async with node:
+            assert await node.enroll()
+            status = log_records.status_record(node.host_identifier, 1_736_072_430, "waiting")
+            return await node.send_logs("status", [status])
+
+    ingest = workers_cluster.service_pid("ingest")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        os.kill(ingest, signal.SIGSTOP)  # the batch is sent, its ack cannot come
+        try:
+            sent = pool.submit(asyncio.run, post())
+            assert eventually(lambda: in_flight() >= 1), get(gateway)[1]
+        finally:
+            os.kill(ingest, signal.SIGCONT)
+        assert sent.result(120)  # acknowledged once ingest runs again: stored
+    assert eventually(lambda: in_flight() == 0)
