@@ -34,8 +34,9 @@ LAG = Gauge(
     "waits for this process's loop (the worst worker's, on a gateway with workers).",
     multiprocess_mode="livemax",
 )
+LAST_TURN_METRIC = "quarry_event_loop_last_turn_timestamp_seconds"
 LAST_TURN = Gauge(
-    "quarry_event_loop_last_turn_timestamp_seconds",
+    LAST_TURN_METRIC,
     "When the event loop last turned (Unix time; the oldest of the gateway's workers). "
     "/livez answers 503 when it is older than QUARRY_LIVENESS_WINDOW_S.",
     multiprocess_mode="livemin",

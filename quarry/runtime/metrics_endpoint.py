@@ -25,6 +25,7 @@ are not scraped), with python_info and the parent's python_gc_*.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import os
@@ -49,7 +50,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
-from quarry.runtime.loop_watch import LAST_TURN, last_turn
+from quarry.runtime.loop_watch import LAST_TURN_METRIC, last_turn
 from quarry.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,8 @@ def start_metrics_endpoint(settings: Settings, service: str) -> int:
     port = settings.metrics_port(service)
     workers = bool(os.environ.get(MULTIPROC_ENV))
     registry = workers_registry() if workers else REGISTRY
-    if not any(isinstance(c, BuildInfo) for c in _collectors(registry)):
-        registry.register(BuildInfo())
+    with contextlib.suppress(ValueError):  # registered by an earlier endpoint of this process
+        registry.register(BUILD_INFO)
     alive = loop_liveness(settings.liveness_window_s, workers)
     serve_in_background(settings.bind_host, port, with_health(make_wsgi_app(registry), alive))
     log.info("metrics on http://%s:%d/metrics", settings.bind_host, port)
@@ -95,10 +96,6 @@ def workers_registry() -> CollectorRegistry:
     return registry
 
 
-def _collectors(registry: CollectorRegistry) -> list[Collector]:
-    return list(registry._collector_to_names)  # no public listing
-
-
 class BuildInfo(Collector):
     """quarry_build_info{version}: always 1; the version is the installed package's."""
 
@@ -110,6 +107,9 @@ class BuildInfo(Collector):
         )
         info.add_metric([package_version()], 1)
         yield info
+
+
+BUILD_INFO = BuildInfo()
 
 
 def package_version() -> str:
@@ -182,7 +182,7 @@ def loop_liveness(window_s: float, workers: bool) -> Liveness:
 def oldest_worker_turn() -> float | None:
     """The oldest last turn among the live workers (their multiprocess files)."""
     for family in multiprocess.MultiProcessCollector(None).collect():
-        if family.name == LAST_TURN._name:
+        if family.name == LAST_TURN_METRIC:
             values = [sample.value for sample in family.samples]
             return min(values) if values else None
     return None
