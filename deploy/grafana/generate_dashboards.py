@@ -609,7 +609,7 @@ def label_variable(name: str, label: str, series: str) -> dict:
         "multi": True,
         "includeAll": True,
         "allValue": ".*",
-        "current": {"text": "All", "value": "$__all"},
+        "current": {"text": ["All"], "value": ["$__all"]},
         "sort": 1,
     }
 
