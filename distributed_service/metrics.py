@@ -2,6 +2,8 @@
 
 from prometheus_client import Counter, Gauge
 
+from distributed_service.store import ANSWERED, FAILED, STATES
+
 CAMPAIGNS_STARTED = Counter(
     "quarry_distributed_campaigns_started_total", "Live query campaigns started."
 )
@@ -38,3 +40,13 @@ PENDING_DELIVERIES = Gauge(
     "quarry_distributed_pending_deliveries",
     "Hosts of open campaigns that have not read them yet (targeted or offline).",
 )
+
+# Every bounded label value is exported from the start, at zero (docs/observability.md).
+for _reason in ("cancelled", "expired"):
+    CAMPAIGNS_CLOSED.labels(_reason)
+for _outcome in ("new", "repeat", "unknown_campaign"):
+    DELIVERIES.labels(_outcome)
+for _outcome in (ANSWERED, FAILED, "duplicate", "unknown_campaign"):
+    ANSWERS.labels(_outcome)
+for _state in STATES:
+    OPEN_CAMPAIGN_HOSTS.labels(_state)

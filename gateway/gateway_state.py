@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from gateway import metrics
 from gateway.activity_batcher import ActivityBatcher
 from gateway.config_cache import ConfigCache
 from gateway.enroll_batcher import EnrollBatcher
@@ -75,6 +76,7 @@ class GatewayState:
         self.logs.connect()
         for runner in (self.nodes, self.config, self.live_queries, self.activity, self.logs):
             self.tasks.append(asyncio.create_task(runner.run()))
+        self.tasks.append(asyncio.create_task(metrics.sample_requests_in_flight()))
         synced = [
             self.nodes.synced.wait(),
             self.config.synced.wait(),

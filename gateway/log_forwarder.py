@@ -70,6 +70,10 @@ class LogForwarder:
         }
         self._ids = itertools.count(1)
         self._pending: dict[bytes, asyncio.Future[logs_pb2.LogAck]] = {}
+        # The replica each pending batch went to, for the metrics' replica label.
+        self._sent_to: dict[bytes, str] = {}
+        for endpoint in endpoints:
+            metrics.count_acks_from(replica_label(endpoint))
         # Batches to send at the end of this event-loop turn: each with its replicas to try.
         self._outbox: list[Outgoing] = []
 
@@ -109,8 +113,9 @@ class LogForwarder:
         finally:
             self._pending.pop(corr, None)
             metrics.LOG_BATCHES_IN_FLIGHT.set(len(self._pending))
-        metrics.LOG_ACKS.labels(result).inc()
-        metrics.LOG_ACK_SECONDS.observe(time.perf_counter() - started)
+        replica = self._sent_to.pop(corr, metrics.NO_REPLICA)
+        metrics.LOG_ACKS.labels(result, replica).inc()
+        metrics.LOG_ACK_SECONDS.labels(replica).observe(time.perf_counter() - started)
         return ack
 
     def _flush(self) -> None:
@@ -132,6 +137,9 @@ class LogForwarder:
                         log.warning("sending to ingest %s failed: %s", endpoint, error)
                     outgoing.extend(self._fail_over(items))
                     continue
+                replica = replica_label(endpoint)
+                for item in items:
+                    self._sent_to[item.corr] = replica
                 metrics.LOG_BATCHES_SENT.inc(len(items))
                 metrics.LOG_BATCH_FAILOVERS.inc(sum(1 for item in items if item.attempt))
 
@@ -223,6 +231,12 @@ def replica_order(node_id: str, endpoints: list[str]) -> list[str]:
         key=lambda endpoint: hashlib.blake2b(f"{endpoint}\0{node_id}".encode()).digest(),
         reverse=True,
     )
+
+
+def replica_label(endpoint: str) -> str:
+    """An ingest replica as the metrics name it: its host:port, from QUARRY_INGEST_ZMQ_ADDRS
+    (bounded: the configured replicas)."""
+    return endpoint.removeprefix("tcp://")
 
 
 def _failed(batch: logs_pb2.LogBatch, error: str) -> logs_pb2.LogAck:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from gateway.request_body import REFUSAL_REASONS
@@ -72,7 +74,9 @@ LOG_BATCHES = Counter(
 )
 LOG_ACK_SECONDS = Histogram(
     "quarry_gateway_log_ack_duration_seconds",
-    "From sending a log batch over ZeroMQ to its acknowledgement.",
+    "From sending a log batch over ZeroMQ to its acknowledgement, by ingest replica "
+    "(host:port of QUARRY_INGEST_ZMQ_ADDRS; none: no replica was reachable).",
+    ["replica"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 LOG_BATCHES_SENT = Counter(
@@ -82,9 +86,25 @@ LOG_BATCHES_SENT = Counter(
 LOG_ACKS = Counter(
     "quarry_gateway_log_acks_total",
     "What became of each log batch sent: ok (acked, stored), error (acked with an error), "
-    "timeout (no ack within log_ack_timeout_s), unreachable (no replica connected).",
-    ["result"],
+    "timeout (no ack within log_ack_timeout_s), unreachable (no replica connected), by "
+    "ingest replica (host:port; none when unreachable).",
+    ["result", "replica"],
 )
+# The replica label of a batch that no replica took.
+NO_REPLICA = "none"
+REQUESTS_IN_FLIGHT = Gauge(
+    "quarry_gateway_requests_in_flight",
+    "osquery requests read and not yet answered, by endpoint, summed over the workers "
+    "(sampled every second).",
+    ["endpoint"],
+    multiprocess_mode="livesum",
+)
+# Counted per request in a plain dict and copied to the gauge by sample_requests_in_flight:
+# a multiprocess gauge's inc() and dec() write its file under a lock, several microseconds a
+# request on the hottest path, while a request answered without waiting is never in flight
+# at a moment the loop could sample.
+IN_FLIGHT_SAMPLE_S = 1.0
+requests_in_flight: dict[str, int] = {}
 LOG_BATCHES_IN_FLIGHT = Gauge(
     "quarry_gateway_log_batches_in_flight",
     "Log batches sent and not yet acknowledged.",
@@ -163,7 +183,27 @@ for _stage in ("accepted", "established"):
     TLS_CONNECTIONS.labels(_stage)
 for _result in ("ok", "error"):
     TLS_RELOADS.labels(_result)
-for _result in ("ok", "error", "timeout", "unreachable"):
-    LOG_ACKS.labels(_result)
+LOG_ACKS.labels("unreachable", NO_REPLICA)
+LOG_ACK_SECONDS.labels(NO_REPLICA)
+for _endpoint in ENDPOINT_NAMES:
+    REQUESTS_IN_FLIGHT.labels(_endpoint)
+    requests_in_flight[_endpoint] = 0
+
+
+async def sample_requests_in_flight() -> None:
+    """Copy the in-flight counts to their gauge every IN_FLIGHT_SAMPLE_S, for ever."""
+    while True:
+        for endpoint, count in requests_in_flight.items():
+            REQUESTS_IN_FLIGHT.labels(endpoint).set(count)
+        await asyncio.sleep(IN_FLIGHT_SAMPLE_S)
+
+
+def count_acks_from(replica: str) -> None:
+    """Export an ingest replica's ack series at zero, once the gateway knows its replicas."""
+    for result in ("ok", "error", "timeout"):
+        LOG_ACKS.labels(result, replica)
+    LOG_ACK_SECONDS.labels(replica)
+
+
 for _result in ("hit", "miss_found", "miss_unknown", "negative_hit", "empty"):
     NODE_CACHE.labels(_result)

@@ -70,10 +70,7 @@ def error(message: str, status: int = 500) -> Refusal:
 
 
 async def enroll(request: Request, state: GatewayState, body: dict) -> Answer:
-    key_name = state.settings.enroll_secret_key
-    secret = body.get(key_name)
-    if not isinstance(secret, str) or not secret:
-        secret = request.query_params.get(key_name, "")  # --tls_secret_always
+    secret = _enroll_secret(request, state.settings.enroll_secret_keys(), body)
     _check_enroll_fields(body)
     details = body.get("host_details")
     if state.enrollments.full:
@@ -100,6 +97,24 @@ async def enroll(request: Request, state: GatewayState, body: dict) -> Answer:
     state.nodes.add(reply.node, reply.node_key)
     metrics.ENROLLMENTS.labels("pending" if reply.node.pending else "ok").inc()
     return json_response({"node_key": reply.node_key})
+
+
+def _enroll_secret(request: Request, names: tuple[str, ...], body: dict) -> str:
+    """The secret under the first name present: the body first, then the URI.
+
+    osquery sends it under --tls_enroll_override (default enroll_secret) in the body, and
+    with --tls_secret_always in the query string as well (docs/osquery-protocol.md); a
+    fleet mixing both names enrolls through one gateway (docs/enrollment.md).
+    """
+    for name in names:
+        secret = body.get(name)
+        if isinstance(secret, str) and secret:
+            return secret
+    for name in names:
+        secret = request.query_params.get(name, "")
+        if secret:
+            return secret
+    return ""
 
 
 def _check_enroll_fields(body: dict) -> None:
@@ -405,6 +420,7 @@ class Endpoint(Route):
             metric.labels(name)
             for metric in (metrics.REQUEST_SECONDS, metrics.REQUEST_BYTES, metrics.RESPONSE_BYTES)
         )
+        metrics.requests_in_flight.setdefault(name, 0)
         self.outcomes: dict[str, Counter] = {}
 
     def body_limits(self, state: GatewayState) -> BodyLimits:
@@ -418,6 +434,8 @@ class Endpoint(Route):
         started = time.perf_counter()
         state: GatewayState = request.state
         outcome = "ok"
+        in_flight = metrics.requests_in_flight
+        in_flight[self.name] += 1
         try:
             response = await self._handle(request, state)
         except BadRequest as exc:
@@ -430,6 +448,8 @@ class Endpoint(Route):
             log.exception("%s failed", self.name)
             outcome = "error"
             response = json_response({"error": "internal server error"}, 500)
+        finally:
+            in_flight[self.name] -= 1
         return self._count(request, outcome, response, started)
 
     def refuse(self, request: Request, refusal: BadRequest) -> Answer:

@@ -26,6 +26,7 @@ from gateway.http_connection import Listener
 from gateway.read_buffers import map_large_buffers_separately
 from gateway.routing import GatewayApp
 from gateway.tls_policy import ReloadingContext, TlsPolicy
+from quarry.runtime.loop_watch import start_loop_watch
 from quarry.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ async def _serve(
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    start_loop_watch()  # /livez and the loop lag (quarry/runtime/loop_watch.py)
     try:
         state = await app.startup()
     except Exception:

@@ -20,6 +20,8 @@ import sys
 import time
 from types import FrameType
 
+from prometheus_client import multiprocess
+
 from gateway.serving import APP, STARTUP_FAILURE, serve
 from gateway.tls_policy import gateway_policy
 from quarry.runtime.garbage_collection import tune_for_throughput
@@ -49,6 +51,7 @@ def run_workers(settings: Settings, listening: socket.socket, app: str = APP) ->
             exit_code = worker.poll()
             if exit_code is None or stopping:
                 continue
+            forget_worker_metrics(worker.pid)
             if exit_code == STARTUP_FAILURE:
                 log.error("gateway worker %d could not start; stopping", worker.pid)
                 stopping.append(0)
@@ -62,6 +65,12 @@ def run_workers(settings: Settings, listening: socket.socket, app: str = APP) ->
     for worker in workers:
         worker.wait()
     return code
+
+
+def forget_worker_metrics(pid: int) -> None:
+    """A dead worker's gauges (connections and work in flight, its loop's last turn) leave
+    the sums, or /metrics and /livez would count a process that is gone; its counters stay."""
+    multiprocess.mark_process_dead(pid)
 
 
 def _start_worker(fd: int, app: str) -> subprocess.Popen:

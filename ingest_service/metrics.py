@@ -68,6 +68,18 @@ SPOOL_OLDEST_AGE_SECONDS = Gauge(
     "quarry_ingest_spool_oldest_record_age_seconds",
     "Age of the oldest spooled batch not yet inserted into ClickHouse (0 when caught up).",
 )
+SPOOL_FULL_RATIO = Gauge(
+    "quarry_ingest_spool_full_ratio",
+    "Unreplayed spool bytes as a share of ingest_spool_max_bytes (1: new batches are refused).",
+)
+SPOOL_LIMIT_BYTES = Gauge(
+    "quarry_ingest_spool_limit_bytes",
+    "ingest_spool_max_bytes: above this many unreplayed bytes new batches are refused.",
+)
+SPOOL_DISK_FREE_BYTES = Gauge(
+    "quarry_ingest_spool_disk_free_bytes",
+    "Free space on the file system of the spool (the ingest state directory).",
+)
 SPOOL_APPENDS = Counter(
     "quarry_ingest_spool_appends_total",
     "Batches written and fsynced to the spool.",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from quarry.encryption.zmq_curve import (
     server_keys,
     start_authenticator,
 )
+from quarry.runtime.embedded_clickhouse import embedded_store_problem
 from quarry.runtime.metrics_endpoint import start_metrics_endpoint
 from quarry.runtime.settings import Settings
 from quarry.runtime.shutdown import until_signalled
@@ -176,7 +178,10 @@ def open_log_store(settings: Settings) -> LogStore:
         from ingest_service.clickhouse_server_store import ClickHouseServerStore
 
         return ClickHouseServerStore(settings.clickhouse_url, settings.clickhouse_cluster)
-    # Imported only when used: chdb loads a large library.
+    problem = embedded_store_problem(settings)
+    if problem:
+        raise SystemExit(problem)
+    # Imported only when used: chdb loads a large library, and is an extra.
     from ingest_service.embedded_clickhouse_store import EmbeddedClickHouseStore
 
     return EmbeddedClickHouseStore(chdb_dir(settings))
@@ -189,7 +194,11 @@ def open_spool(settings: Settings) -> Spool:
         settings.ingest_spool_retention_s,
     )
     # Read at scrape time, so the figures are never stale.
+    limit = settings.ingest_spool_max_bytes
     metrics.SPOOL_UNREPLAYED_BYTES.set_function(spool.unreplayed_bytes)
+    metrics.SPOOL_LIMIT_BYTES.set(limit)
+    metrics.SPOOL_FULL_RATIO.set_function(lambda: spool.unreplayed_bytes() / limit if limit else 0)
+    metrics.SPOOL_DISK_FREE_BYTES.set_function(lambda: shutil.disk_usage(spool.directory).free)
     metrics.SPOOL_OLDEST_AGE_SECONDS.set_function(spool.oldest_unreplayed_age_s)
     metrics.REPLAY_LAG_BATCHES.set_function(spool.unreplayed_records)
     return spool

@@ -256,10 +256,48 @@ def serve_target(args: list[str]) -> str:
 
 
 def test_the_image_runs_quarry_serve_as_a_non_root_user() -> None:
-    assert dockerfile_instruction("ENTRYPOINT") == ["quarry", "serve"]
+    # tini is PID 1: it forwards signals and reaps the gateway's workers.
+    assert dockerfile_instruction("ENTRYPOINT") == ["/usr/bin/tini", "--", "quarry", "serve"]
     assert serve_target(dockerfile_instruction("CMD")) == "gateway"
     users = re.findall(r"^USER (\S+)", DOCKERFILE.read_text(), re.MULTILINE)
     assert users and users[-1].split(":")[0] not in ("0", "root")
+
+
+def test_the_image_is_reproducible_and_caches_its_dependencies() -> None:
+    text = DOCKERFILE.read_text()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.MULTILINE)
+    assert base and re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", base.group(1))
+    assert re.findall(r"^FROM (\S+)", text, re.MULTILINE) == ["${PYTHON_IMAGE}"] * 2
+    # The locked dependencies are installed, with hashes, before any source is copied.
+    lock_install = text.index("--require-hashes -r requirements.lock")
+    assert text.index("COPY requirements.lock") < lock_install < text.index("COPY quarry/")
+    assert "install --no-deps ." in text
+
+
+def test_the_lock_covers_the_core_dependencies_with_hashes_and_no_chdb() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = [
+        line
+        for line in (REPO_ROOT / "requirements.lock").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    pinned = {}
+    for line in lines:
+        requirement, _, digest = line.partition(" --hash=sha256:")
+        name, _, version = requirement.partition("==")
+        assert re.fullmatch(r"[0-9a-f]{64}", digest), line
+        pinned[canonicalize_name(name)] = version
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    for dependency in project["dependencies"]:
+        wanted = Requirement(dependency)
+        name = canonicalize_name(wanted.name)
+        assert name in pinned, f"{name} is not in requirements.lock: refresh it"
+        assert wanted.specifier.contains(pinned[name]), f"{name} {pinned[name]}: refresh the lock"
+    assert not {"chdb", "chdb-core", "pandas", "pyarrow"} & set(pinned)
 
 
 def test_every_workload_runs_its_own_quarry_serve_target(overlay: list[dict[str, Any]]) -> None:

@@ -1,10 +1,10 @@
 """Enrollment end to end: emulated osquery nodes, the real gateway, `quarry secret|node`.
 
 Every rule of docs/enrollment.md through the whole cluster started by `quarry up`: the
-secret in the body (under osquery's --tls_enroll_override name too) and in the URI
-(--tls_secret_always); named secrets with tags, expiry, quota, one-time use, revocation and
-rotation; re-enrollment of the same machine; clones and the enroll cooldown; approval; and
-node revocation. Secrets are created with the CLI, as an operator would.
+secret in the body (under osquery's default name and --tls_enroll_override names at once)
+and in the URI (--tls_secret_always); named secrets with tags, expiry, quota, one-time use,
+revocation and rotation; re-enrollment of the same machine; clones and the enroll cooldown;
+approval; and node revocation. Secrets are created with the CLI, as an operator would.
 """
 
 from __future__ import annotations
@@ -107,13 +107,30 @@ def test_a_wrong_secret_gets_a_reason_and_changes_nothing(cluster: QuarryCluster
     assert cluster.cli_json("node", "list") == before
 
 
-def test_the_secret_under_osquery_s_override_name(tmp_path: Path) -> None:
-    renamed = {"QUARRY_ENROLL_SECRET_KEY": "fleet_secret"}
+def test_hosts_with_and_without_the_override_name_enroll_together(tmp_path: Path) -> None:
+    renamed = {"QUARRY_ENROLL_SECRET_KEY": "fleet_secret, other_secret"}
     with quarry_cluster(tmp_path, "", renamed) as custom:
         secret = custom.enroll_secret
-        assert enroll(new_node(custom, secret, tls_enroll_override="fleet_secret"))
-        # Under the default name the secret is not where this server looks for it.
-        assert enroll(new_node(custom, secret)) == ""
+        mixed = [
+            new_node(custom, secret, tls_enroll_override="fleet_secret"),
+            new_node(custom, secret, tls_enroll_override="other_secret"),
+            new_node(custom, secret),  # osquery's default name, enroll_secret
+            new_node(custom, secret, tls_enroll_override="fleet_secret", tls_secret_always=True),
+        ]
+
+        async def all_at_once() -> list[str]:
+            async def one(node: OsqueryNode) -> str:
+                async with node:
+                    return await node.enroll()
+
+            return await asyncio.gather(*(one(node) for node in mixed))
+
+        keys = run(all_at_once())
+        assert all(keys) and len(set(keys)) == len(mixed)
+        # A name the gateway was not given: the secret is not where it looks for it.
+        stranger = new_node(custom, secret, tls_enroll_override="unknown_name")
+        assert enroll(stranger) == ""
+        assert refusal(stranger) == "invalid enroll secret"
 
 
 # --- named secrets: tags, lifecycle --------------------------------------------------------

@@ -2,19 +2,25 @@
 
 The JSON is committed, so Grafana needs nothing but the provisioning files; edit the panels
 here and run `python deploy/grafana/generate_dashboards.py` to regenerate it. Every
-expression uses $__rate_interval, so the dashboards fit any scrape interval.
+expression uses $__rate_interval, so the dashboards fit any scrape interval, and every
+series is narrowed to the dashboard's $job and $instance variables (both "All" by default).
+p99 panels show 0 rather than a gap while a histogram has no observations.
 tests/test_observability.py runs each expression against a real Prometheus.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DASHBOARDS_DIR = Path(__file__).parent / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
+# Added to every series of every expression: the dashboard's variables.
+SCOPE = 'job=~"$job", instance=~"$instance"'
+SERIES = re.compile(r"\b(quarry_\w+|process_\w+|up)(\{[^}]*\})?(?=[\s\[)])")
 
 
 @dataclass
@@ -40,8 +46,51 @@ def rate(metric: str, by: str = "", selector: str = "") -> str:
     return f"sum{grouping} (rate({series}[{RATE}]))"
 
 
-def p99(histogram: str, by: str) -> str:
-    return f"histogram_quantile(0.99, sum by ({by}, le) (rate({histogram}_bucket[{RATE}])))"
+def p99(histogram: str, by: str = "", selector: str = "") -> str:
+    """The 99th percentile per `by`; 0 while there is nothing to rank (histogram_quantile
+    gives NaN then, which Grafana draws as a gap)."""
+    grouping = f"{by}, le" if by else "le"
+    series = f"{{{selector}}}" if selector else ""
+    quantile = (
+        f"histogram_quantile(0.99, sum by ({grouping}) (rate({histogram}_bucket{series}[{RATE}])))"
+    )
+    zero = f"sum{f' by ({by})' if by else ''} (rate({histogram}_count{series}[{RATE}])) * 0"
+    return f"({quantile} >= 0) or ({zero})"
+
+
+def scoped(expr: str) -> str:
+    """expr with the dashboard's $job and $instance added to each series' selector."""
+
+    def narrow(match: re.Match[str]) -> str:
+        inside = (match.group(2) or "{}")[1:-1].strip()
+        return f"{match.group(1)}{{{inside + ', ' if inside else ''}{SCOPE}}}"
+
+    return SERIES.sub(narrow, expr)
+
+
+def process_row(selector: str, legend: str) -> list[Panel]:
+    """CPU, memory and event-loop lag of the processes `selector` picks, one line each."""
+    return [
+        Panel(
+            "CPU",
+            {legend: rate("process_cpu_seconds_total", "job, instance", selector)},
+            unit="percentunit",
+            description="Cores used (1 = one core); a gateway's includes its workers.",
+        ),
+        Panel(
+            "Memory (resident)",
+            {legend: f"sum by (job, instance) (process_resident_memory_bytes{{{selector}}})"},
+            unit="bytes",
+        ),
+        Panel(
+            "Event loop lag",
+            {legend: f"max by (job, instance) (quarry_event_loop_lag_seconds{{{selector}}})"},
+            unit="s",
+            description="How late the process's event loop ran a timer (worst of the last "
+            "10 s): work waiting for a busy or blocked loop. /livez fails past "
+            "QUARRY_LIVENESS_WINDOW_S.",
+        ),
+    ]
 
 
 OVERVIEW = Dashboard(
@@ -66,6 +115,12 @@ OVERVIEW = Dashboard(
                 "Services up",
                 {"{{job}}": 'sum by (job) (up{job=~"quarry-.*"})'},
                 kind="stat",
+            ),
+            Panel(
+                "Versions running",
+                {"{{version}}": "count by (version) (quarry_build_info)"},
+                kind="stat",
+                description="Processes per Quarry version: more than one during an upgrade.",
             ),
         ],
         [
@@ -99,7 +154,14 @@ OVERVIEW = Dashboard(
                 unit="s",
                 description="How far ClickHouse is behind the acknowledged logs.",
             ),
+            Panel(
+                "Ingest spool full",
+                {"{{instance}}": "max by (instance) (quarry_ingest_spool_full_ratio)"},
+                unit="percentunit",
+                description="At 100% ingest refuses new batches (QuarryIngestRefusingLogs).",
+            ),
         ],
+        process_row('job=~"quarry-.*"', "{{job}} {{instance}}"),
     ],
 )
 
@@ -152,8 +214,15 @@ GATEWAY = Dashboard(
                 unit="cps",
             ),
             Panel(
-                "Open connections",
-                {"open (idle keep-alive included)": "sum(quarry_gateway_open_connections)"},
+                "Open connections and requests in flight",
+                {
+                    "open connections (idle keep-alive included)": (
+                        "sum(quarry_gateway_open_connections)"
+                    ),
+                    "in flight {{endpoint}}": (
+                        "sum by (endpoint) (quarry_gateway_requests_in_flight)"
+                    ),
+                },
             ),
             Panel(
                 "Node key authentications",
@@ -180,10 +249,7 @@ GATEWAY = Dashboard(
             ),
             Panel(
                 "Config served (p99 size)",
-                {
-                    "p99": "histogram_quantile(0.99, sum by (le) "
-                    f"(rate(quarry_gateway_config_served_bytes_bucket[{RATE}])))"
-                },
+                {"p99": p99("quarry_gateway_config_served_bytes")},
                 unit="bytes",
             ),
         ],
@@ -192,23 +258,24 @@ GATEWAY = Dashboard(
                 "Log batches over ZeroMQ",
                 {
                     "sent": rate("quarry_gateway_log_batches_sent_total"),
-                    "ack {{result}}": rate("quarry_gateway_log_acks_total", "result"),
+                    "ack {{result}} {{replica}}": rate(
+                        "quarry_gateway_log_acks_total", "result, replica"
+                    ),
                 },
                 unit="ops",
+                description="Acks by result and ingest replica (host:port; none: unreachable).",
             ),
             Panel(
                 "Log batches in flight",
                 {"in flight": "sum(quarry_gateway_log_batches_in_flight)"},
             ),
             Panel(
-                "Acknowledgement latency p99",
-                {
-                    "p99": "histogram_quantile(0.99, sum by (le) "
-                    f"(rate(quarry_gateway_log_ack_duration_seconds_bucket[{RATE}])))"
-                },
+                "Acknowledgement latency p99 by ingest replica",
+                {"{{replica}}": p99("quarry_gateway_log_ack_duration_seconds", "replica")},
                 unit="s",
             ),
         ],
+        process_row('job="quarry-gateway"', "{{instance}}"),
     ],
 )
 
@@ -229,10 +296,7 @@ def grpc_rows(job: str) -> list[list[Panel]]:
             ),
             Panel(
                 "gRPC p99 latency by method",
-                {
-                    "{{method}}": "histogram_quantile(0.99, sum by (method, le) "
-                    f"(rate(quarry_grpc_server_call_duration_seconds_bucket{{{selector}}}[{RATE}])))"
-                },
+                {"{{method}}": p99("quarry_grpc_server_call_duration_seconds", "method", selector)},
                 unit="s",
             ),
             Panel(
@@ -242,7 +306,8 @@ def grpc_rows(job: str) -> list[list[Panel]]:
                     f"(quarry_grpc_server_calls_in_flight{{{selector}}})"
                 },
             ),
-        ]
+        ],
+        process_row(selector, "{{instance}}"),
     ]
 
 
@@ -440,11 +505,22 @@ INGEST = Dashboard(
             ),
             Panel(
                 "Spool fsync p99",
-                {
-                    "p99": "histogram_quantile(0.99, sum by (le) "
-                    f"(rate(quarry_ingest_spool_fsync_duration_seconds_bucket[{RATE}])))"
-                },
+                {"p99": p99("quarry_ingest_spool_fsync_duration_seconds")},
                 unit="s",
+            ),
+        ],
+        [
+            Panel(
+                "Spool full",
+                {"{{instance}}": "max by (instance) (quarry_ingest_spool_full_ratio)"},
+                unit="percentunit",
+                description="Unreplayed bytes as a share of QUARRY_INGEST_SPOOL_MAX_BYTES; at "
+                "100% new batches are refused until ClickHouse catches up.",
+            ),
+            Panel(
+                "Spool disk free",
+                {"{{instance}}": "min by (instance) (quarry_ingest_spool_disk_free_bytes)"},
+                unit="bytes",
             ),
         ],
         *grpc_rows("quarry-ingest"),
@@ -456,7 +532,12 @@ DASHBOARDS = (OVERVIEW, GATEWAY, ENROLL, CONFIG, DISTRIBUTED, INGEST)
 
 def panel_json(panel: Panel, panel_id: int, x: int, y: int, width: int) -> dict:
     targets = [
-        {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "refId": chr(65 + i)}
+        {
+            "datasource": DATASOURCE,
+            "expr": scoped(expr),
+            "legendFormat": legend,
+            "refId": chr(65 + i),
+        }
         for i, (legend, expr) in enumerate(panel.exprs.items())
     ]
     return {
@@ -498,7 +579,9 @@ def dashboard_json(dashboard: Dashboard) -> dict:
                     "type": "datasource",
                     "query": "prometheus",
                     "current": {"text": "Prometheus", "value": "quarry-prometheus"},
-                }
+                },
+                label_variable("job", "Job", 'up{job=~"quarry-.*"}'),
+                label_variable("instance", "Instance", 'up{job=~"quarry-.*", job=~"$job"}'),
             ]
         },
         "links": [
@@ -510,6 +593,24 @@ def dashboard_json(dashboard: Dashboard) -> dict:
             }
         ],
         "panels": panels,
+    }
+
+
+def label_variable(name: str, label: str, series: str) -> dict:
+    """A multi-value query variable over `series`' label `name`, "All" (.*) by default."""
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "query": {"query": f"label_values({series}, {name})", "refId": f"{name}-values"},
+        "definition": f"label_values({series}, {name})",
+        "refresh": 2,  # on time range change: replicas come and go
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"text": ["All"], "value": ["$__all"]},
+        "sort": 1,
     }
 
 

@@ -17,6 +17,9 @@ from quarry.runtime.settings import SERVICES, Settings
 
 BINARY_CANDIDATES = ("prometheus", "/usr/bin/prometheus")
 RULES_FILE = Path(__file__).resolve().parents[2] / "deploy/prometheus/rules/quarry-alerts.yml"
+DOCS_DIR = Path(__file__).resolve().parents[2] / "docs"
+# The external label the alert rules build their runbook_url from (docs/observability.md).
+RUNBOOK_BASE_LABEL = "quarry_runbook_base"
 
 
 def find_binary() -> str | None:
@@ -38,8 +41,12 @@ def scrape_config(
 ) -> dict:
     """Prometheus configuration scraping every Quarry process of this cluster."""
     interval = f"{scrape_interval_s:g}s"
+    scrape: dict = {"scrape_interval": interval, "evaluation_interval": interval}
+    if DOCS_DIR.is_dir():
+        # The runbooks of this source tree, as an absolute link for the alerts.
+        scrape["external_labels"] = {RUNBOOK_BASE_LABEL: DOCS_DIR.as_uri()}
     return {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "global": scrape,
         "rule_files": rule_files or [],
         "scrape_configs": [
             {

@@ -39,6 +39,7 @@ from quarry.cli.up_processes import (
 from quarry.encryption.gateway_certificates import tls_files
 from quarry.encryption.internal_tls import ensure_shared_certificate
 from quarry.encryption.zmq_curve import ensure_curve_keys
+from quarry.runtime.embedded_clickhouse import embedded_store_problem
 from quarry.runtime.settings import PROCESSES, SERVICES, Settings
 from quarry.serving.service_entry import service_command
 from quarry.state.directory import (
@@ -114,6 +115,10 @@ def run_cluster(
     lock_path = up_lock_file(settings)
     if hold_lock(lock_path) is None:
         print(already_running(settings, lock_holder(lock_path)), file=out, flush=True)
+        return 1
+    problem = embedded_store_problem(settings)
+    if problem:
+        print(f"quarry up: {problem}", file=out, flush=True)
         return 1
     pid_file = up_pid_file(settings)
     refusal = take_over_state_dir(settings, pid_file, out)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ENV_PREFIX = "QUARRY_"
+# osquery's name for the enroll request's secret key, when --tls_enroll_override is not set.
+DEFAULT_ENROLL_SECRET_KEY = "enroll_secret"
 
 # Offsets from --port-base, so a test can run a whole cluster on free ports.
 PORT_OFFSETS = {
@@ -52,6 +54,9 @@ class Settings:
     api_port: int = 8444
     # Each process serves /metrics on metrics_port_base + its index in SERVICES.
     metrics_port_base: int = 9400
+    # /livez on that port answers 503 once the process's event loop has not turned for this
+    # long (quarry/runtime/loop_watch.py): what a liveness probe restarts a wedged process on.
+    liveness_window_s: float = 5.0
 
     # Where each gateway finds the services (host:port); empty means bind_host:port.
     enroll_addr: str = ""
@@ -63,8 +68,10 @@ class Settings:
     # Shared enroll secret; empty: read or create state_dir/enroll_secret.
     enroll_secret: str = ""
     enroll_secret_file: str = ""
-    # Body key (and URI parameter) holding the secret: osquery's --tls_enroll_override.
-    enroll_secret_key: str = "enroll_secret"
+    # Body keys (and URI parameters) that may hold the secret, comma-separated: the names
+    # hosts give osquery's --tls_enroll_override. osquery's default, enroll_secret, is always
+    # accepted too, so hosts with and without the override enroll together.
+    enroll_secret_key: str = DEFAULT_ENROLL_SECRET_KEY
     # What makes two enrollments the same machine: system_info.uuid (the hardware UUID),
     # hardware_serial (system_info.hardware_serial) or host_identifier. A host without the
     # chosen fact falls back to its host_identifier.
@@ -227,6 +234,11 @@ class Settings:
     def service_addr(self, service: str) -> str:
         explicit = getattr(self, f"{service}_addr")
         return explicit or f"{self.bind_host}:{getattr(self, f'{service}_port')}"
+
+    def enroll_secret_keys(self) -> tuple[str, ...]:
+        """Where an enroll request's secret may be, in the order they are looked at."""
+        configured = (name.strip() for name in self.enroll_secret_key.split(","))
+        return tuple(dict.fromkeys([*filter(None, configured), DEFAULT_ENROLL_SECRET_KEY]))
 
     def zmq_endpoints(self) -> list[str]:
         if self.ingest_zmq_addrs:

@@ -55,6 +55,7 @@ from quarry.access.admin_auth import (
     serving_caller,
 )
 from quarry.encryption.internal_tls import internal_tls_files
+from quarry.runtime.loop_watch import start_loop_watch
 from quarry.runtime.metrics_endpoint import mark_ready
 from quarry.runtime.settings import Settings
 
@@ -157,8 +158,11 @@ async def serve_grpc(
         # see its end, so metrics and the audit log record its status code.
         interceptors=[ServerMetricsInterceptor(), AdminAuthInterceptor(gate), RefusalInterceptor()],
     )
-    register(server)
-    add_health_service(server)
+    served = _MethodRecorder(server)
+    register(served)  # type: ignore[arg-type]
+    add_health_service(served)  # type: ignore[arg-type]
+    export_server_methods(served.methods)
+    start_loop_watch()
     if _add_port(server, bind, settings) == 0:
         raise RuntimeError(f"{name}: cannot listen on {bind}")
     await server.start()
@@ -275,6 +279,33 @@ async def run_forever_with_reconnect(
 
 
 # --- server side ----------------------------------------------------------------------
+
+
+class _MethodRecorder:
+    """The server, noting each method a servicer registers (the generated add_*_to_server
+    functions call add_registered_method_handlers), so its metrics start at zero."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+        self.methods: dict[str, bool] = {}  # full method name -> unary answer (timed)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        for name, handler in handlers.items():
+            self.methods[f"/{service}/{name}"] = not handler.response_streaming
+        self._server.add_registered_method_handlers(service, handlers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+def export_server_methods(methods: dict[str, bool]) -> None:
+    """Every method's calls (code OK), in-flight gauge and, if unary, latency at zero: a
+    service's rates and panels exist before its first call (docs/observability.md)."""
+    for method, unary in methods.items():
+        SERVER_CALLS.labels(method, grpc.StatusCode.OK.name)
+        SERVER_CALLS_IN_FLIGHT.labels(method)
+        if unary:
+            SERVER_CALL_SECONDS.labels(method)
 
 
 class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
