@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api_service import access, config, hosts, queries
+from api_service import access, carves, config, hosts, queries
 from api_service.backends import Backends
 from api_service.console import pages as console_pages
 from api_service.console.web import Console
@@ -37,6 +37,7 @@ ENDPOINTS: list[Endpoint] = [
     *queries.ENDPOINTS,
     *config.ENDPOINTS,
     *access.ENDPOINTS,
+    *carves.ENDPOINTS,
 ]
 
 

@@ -41,7 +41,13 @@ def openapi_document(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
 
 
 def _operation(endpoint: Endpoint) -> dict[str, Any]:
-    media = "text/event-stream" if endpoint.event_stream else "application/json"
+    media = (
+        "text/event-stream"
+        if endpoint.event_stream
+        else "application/octet-stream"
+        if endpoint.binary
+        else "application/json"
+    )
     responses: dict[str, Any] = {
         str(endpoint.status): {
             "description": endpoint.summary,

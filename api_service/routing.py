@@ -134,6 +134,8 @@ class Endpoint:
     paged: bool = False
     status: int = 200
     event_stream: bool = False
+    # Answers bytes (application/octet-stream), e.g. a carve's archive.
+    binary: bool = False
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     @property

@@ -10,6 +10,7 @@ caller puts in search parameters stays text.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import ssl
 import threading
@@ -136,6 +137,32 @@ class Fleet:
 def fleet(cluster: QuarryCluster) -> Iterator[Fleet]:
     with Fleet(cluster, cluster.enroll_secret, FLEET_SIZE) as running:
         yield running
+
+
+CARVED = b"quarry carve test\n" * 1500  # 27 KB: four of the emulator's 8 KiB blocks
+
+
+def carve_from_a_new_host(cluster: QuarryCluster, number: int, data: bytes = CARVED) -> str:
+    """A fresh emulated host uploads data as a carve through the gateway; its session id."""
+    profile = HostProfile.make(100 + number, seed=cluster.port_base)
+
+    async def run() -> str:
+        node = OsqueryNode(
+            server=cluster.gateway,
+            ca_file=cluster.ca_cert,
+            enroll_secret=cluster.enroll_secret,
+            profile=profile,
+            host_identifier=profile.hardware_uuid.lower(),
+            retry_time_scale=0,
+        )
+        try:
+            result = await node.carve(data)
+        finally:
+            await node.aclose()
+        assert result.ok, node.last_error
+        return result.session_id
+
+    return asyncio.run(run())
 
 
 def documented_operations(document: dict) -> set[tuple[str, str]]:
@@ -285,6 +312,24 @@ def test_every_route_works_as_admin(
     )
     assert rotated["value"] and rotated["value"] != created["value"]
     call("POST", "/api/v1/secrets/{secret}/revoke", path={"secret": "api-approval"})
+
+    # Carves: listed, shown, downloaded whole (the download is bytes: not validated as JSON).
+    session = carve_from_a_new_host(cluster, 1)
+    listed = eventually(
+        lambda: (
+            (got := call("GET", "/api/v1/carves", params={"status": "complete"}))["total"] and got
+        )
+    )
+    assert [c["session_id"] for c in listed["items"]] == [session]
+    carve = call("GET", "/api/v1/carves/{carve}", path={"carve": listed["items"][0]["carve_id"]})
+    assert carve["session_id"] == session and carve["carve_size"] == len(CARVED)
+    assert carve["sha256"] == hashlib.sha256(CARVED).hexdigest() and carve["completed_at"]
+    response = admin.request("GET", f"/api/v1/carves/{session}/download")
+    assert response.status_code == 200 and response.content == CARVED
+    assert response.headers["x-carve-sha256"] == carve["sha256"]
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"].endswith('.tar"')
+    call.covered.add(("GET", "/api/v1/carves/{carve}/download"))
 
     # Tokens and the audit log.
     token = call("POST", "/api/v1/tokens", 201, json={"name": "api-short", "role": "read-only"})
@@ -450,6 +495,39 @@ def test_server_sent_events_deliver_the_rows_emulated_nodes_answer(
         if cursor is None:
             break
     assert sorted(map(json.dumps, paged)) == sorted(map(json.dumps, rows))
+
+
+def test_carve_bytes_are_for_operators_and_a_refusal_is_audited(
+    cluster: QuarryCluster, admin: Api, read_only: Api, operator: Api
+) -> None:
+    session = carve_from_a_new_host(cluster, 2, CARVED[::-1])
+    # Listing and metadata are reads; the bytes of a carved file need operator.
+    shown = eventually(
+        lambda: (
+            (got := read_only.request("GET", f"/api/v1/carves/{session}")).status_code == 200
+            and got.json()["status"] == "complete"
+        )
+    )
+    assert shown
+    assert session in {c["session_id"] for c in read_only.ok("GET", "/api/v1/carves")["items"]}
+    refused = read_only.request("GET", f"/api/v1/carves/{session}/download")
+    assert refused.status_code == 403, refused.text
+    assert "DownloadCarve" in refused.json()["error"]["message"]
+    with operator.client.stream("GET", f"/api/v1/carves/{session}/download") as response:
+        assert response.status_code == 200
+        assert b"".join(response.iter_bytes()) == CARVED[::-1]
+    entries = eventually(
+        lambda: [
+            e
+            for e in audited_refusals(admin, "api-test-read-only")
+            if e["method"].endswith("/DownloadCarve")
+        ]
+    )
+    assert entries and session[:8] in entries[0]["summary"]
+    # Unknown carves and carves not complete are clear JSON errors.
+    missing = operator.request("GET", "/api/v1/carves/nothing-here/download")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert operator.request("GET", "/api/v1/carves", params={"status": "lost"}).status_code == 400
 
 
 def test_events_of_an_unknown_query_are_a_json_404(read_only: Api) -> None:

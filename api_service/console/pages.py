@@ -1,5 +1,5 @@
 """The console's pages: login, hosts, a host, live queries, approvals and enroll secrets,
-config, labels, API tokens, the audit log (docs/console.md).
+config, labels, carves, API tokens, the audit log (docs/console.md).
 
 Each page is server-rendered from the API's own handlers; changes are POSTed forms that
 redirect (303) to the page showing their outcome. What a role may not do is left out of
@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Match, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from api_service import access, config, hosts, queries
+from api_service import access, carves, config, hosts, queries
 from api_service.backends import call, sql_rows
 from api_service.console.sessions import (
     LOGIN_COOKIE,
@@ -550,6 +550,33 @@ async def audit_page(page: Page) -> Response:
     return page.render("audit.html", entries=entries, token=token, next_link=next_link)
 
 
+async def carves_page(page: Page) -> Response:
+    status = page.request.query_params.get("status", "").strip()
+    offset = page.request.query_params.get("offset", "0")
+    listed = await page.api(
+        carves.list_carves, {"status": status, "limit": PAGE_SIZE, "offset": offset}
+    )
+    next_link = ""
+    if listed["next_offset"] is not None:
+        next_link = "/carves?" + _query(
+            {**({"status": status} if status else {}), "offset": listed["next_offset"]}
+        )
+    return page.render(
+        "carves.html",
+        carves=listed,
+        status=status,
+        statuses=carves.CARVE_STATUSES,
+        next_link=next_link,
+    )
+
+
+async def download_carve(page: Page) -> Response:
+    """The API's streamed download, as this session (a link cannot send a token)."""
+    response = await page.api(carves.download_carve, {"carve": page.request.path_params["carve"]})
+    response.headers["Content-Security-Policy"] = SECURITY_HEADERS["Content-Security-Policy"]
+    return response
+
+
 async def home(request: Request) -> Response:
     return redirect("/hosts")
 
@@ -599,6 +626,8 @@ def console_routes(console: Console) -> list[BaseRoute]:
         Route("/config/apply", post(apply_config), methods=["POST"]),
         Route("/labels", get(labels_page), methods=["GET"]),
         Route("/audit", get(audit_page), methods=["GET"]),
+        Route("/carves", get(carves_page), methods=["GET"]),
+        Route("/carves/{carve}/download", get(download_carve), methods=["GET"]),
         Route("/tokens", get(tokens_show), methods=["GET"]),
         Route("/tokens", post(create_token), methods=["POST"]),
         Route("/tokens/{token}/revoke", post(revoke_token), methods=["POST"]),
