@@ -19,6 +19,7 @@ from starlette.responses import StreamingResponse
 from api_service.backends import call, stream
 from api_service.errors import ApiError
 from api_service.json_messages import message_json
+from api_service.metrics import OpenStream
 from api_service.routing import Call, Endpoint, Param, page
 from api_service.schemas import Schema, message_schema, page_of
 from protos.v1 import distributed_pb2
@@ -74,12 +75,13 @@ async def download_carve(call_: Call) -> StreamingResponse:
 
 
 async def _bytes(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[bytes]:
-    try:
-        yield first.data
-        async for chunk in rest:
-            yield chunk.data
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+    with OpenStream("download"):
+        try:
+            yield first.data
+            async for chunk in rest:
+                yield chunk.data
+        finally:
+            await rest.aclose()  # type: ignore[attr-defined]
 
 
 ENDPOINTS = [
@@ -115,7 +117,7 @@ ENDPOINTS = [
         "operator",
         ARCHIVE,
         (CARVE_PARAM,),
-        binary=True,
+        media="application/octet-stream",
         tags=("carves",),
     ),
 ]

@@ -8,9 +8,7 @@ the page, and the services refuse it anyway: their refusal is shown as the page'
 
 from __future__ import annotations
 
-import csv
 import difflib
-import io
 import json
 import re
 import secrets
@@ -18,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
@@ -332,46 +330,14 @@ async def query_events(page: Page) -> Response:
     return await page.api(queries.query_events, {"query": page.request.path_params["query"]})
 
 
-async def _rows_by_host(page: Page, qid: str) -> list[dict]:
-    every, cursor = [], None
-    while True:
-        got = await page.api(
-            queries.query_results, {"query": qid, "limit": MAX_LIMIT, "cursor": cursor}
-        )
-        every += got["items"]
-        cursor = got["next_cursor"]
-        if cursor is None:
-            return every
-
-
 async def export_rows(page: Page) -> Response:
-    qid = page.request.path_params["query"]
+    """The API's streamed export, as this session (a link cannot send a token)."""
     kind = page.request.path_params["kind"]
-    rows = await _rows_by_host(page, qid)
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{qid}.{kind}")  # nothing to break the header
-    headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'}
-    if kind == "json":
-        return JSONResponse(rows, headers=headers)
-    if kind != "csv":
+    if kind not in queries.EXPORT_FORMATS:
         raise ApiError(404, "not_found", f"no export as {kind!r}: csv or json")
-    columns = list(dict.fromkeys(c for row in rows for c in row["columns"]))
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["host_identifier", "row_index", *columns])
-    for row in rows:
-        writer.writerow(
-            [
-                _cell(row["host_identifier"]),
-                row["row_index"],
-                *(_cell(row["columns"].get(c, "")) for c in columns),
-            ]
-        )
-    return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
-
-
-def _cell(value: str) -> str:
-    """A CSV cell a spreadsheet will not run as a formula (=, +, -, @ lead a formula)."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+    query = page.request.path_params["query"]
+    response = await page.api(queries.export_results, {"query": query, "format": kind})
+    return with_security_headers(response)
 
 
 async def cancel_query(page: Page, form: dict[str, str]) -> Response:
@@ -402,6 +368,23 @@ async def create_secret(page: Page, form: dict[str, str]) -> Response:
     pending = await page.api(hosts.list_approvals, {"limit": MAX_LIMIT})
     secrets_ = await page.api(access.list_secrets, {"limit": MAX_LIMIT})
     return page.render("approvals.html", pending=pending, secrets=secrets_, created=created)
+
+
+async def rotate_secret(page: Page, form: dict[str, str]) -> Response:
+    """A new value, shown once; the old one keeps working for the grace period asked."""
+    hours = form.get("grace_hours", "").strip() or "24"
+    if not re.fullmatch(r"\d{1,4}", hours):
+        raise bad_request(f"the grace period must be a whole number of hours, not {hours!r}")
+    rotated = await page.api(
+        access.rotate_secret,
+        {"secret": page.request.path_params["secret"]},
+        body={"grace_seconds": int(hours) * 3600},
+    )
+    pending = await page.api(hosts.list_approvals, {"limit": MAX_LIMIT})
+    secrets_ = await page.api(access.list_secrets, {"limit": MAX_LIMIT})
+    return page.render(
+        "approvals.html", pending=pending, secrets=secrets_, created=rotated, rotated=hours
+    )
 
 
 async def revoke_secret(page: Page, form: dict[str, str]) -> Response:
@@ -495,6 +478,26 @@ async def apply_config(page: Page, form: dict[str, str]) -> Response:
     return await config_page(page, draft, result=result)
 
 
+async def rollback_config(page: Page, form: dict[str, str]) -> Response:
+    version = page.request.path_params["version"]
+    live = await page.api(
+        config.rollback_config, {"version": version}, body={"author": page.session.name}
+    )
+    page.flash("ok", f"version {version}'s state is live again as version {live['version']}")
+    return redirect("/config")
+
+
+async def rollout_change(page: Page, form: dict[str, str]) -> Response:
+    action = page.request.path_params["action"]
+    handler = {"promote": config.promote_rollout, "abort": config.abort_rollout}.get(action)
+    if handler is None:
+        raise ApiError(404, "not_found", f"no such rollout action {action!r}: promote or abort")
+    live = await page.api(handler, body={"author": page.session.name})
+    done = "promoted" if action == "promote" else "aborted"
+    page.flash("ok", f"rollout {done}: version {live['version']} is live for every host")
+    return redirect("/config")
+
+
 # --- API tokens -----------------------------------------------------------------------
 
 
@@ -573,7 +576,13 @@ async def carves_page(page: Page) -> Response:
 async def download_carve(page: Page) -> Response:
     """The API's streamed download, as this session (a link cannot send a token)."""
     response = await page.api(carves.download_carve, {"carve": page.request.path_params["carve"]})
-    response.headers["Content-Security-Policy"] = SECURITY_HEADERS["Content-Security-Policy"]
+    return with_security_headers(response)
+
+
+def with_security_headers(response: Response) -> Response:
+    """The console's headers on an answer the API made, keeping its own (its filename)."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
     return response
 
 
@@ -622,8 +631,11 @@ def console_routes(console: Console) -> list[BaseRoute]:
         Route("/approvals", get(approvals_page), methods=["GET"]),
         Route("/secrets", post(create_secret), methods=["POST"]),
         Route("/secrets/{secret}/revoke", post(revoke_secret), methods=["POST"]),
+        Route("/secrets/{secret}/rotate", post(rotate_secret), methods=["POST"]),
         Route("/config", get(config_show), methods=["GET"]),
         Route("/config/apply", post(apply_config), methods=["POST"]),
+        Route("/config/versions/{version}/rollback", post(rollback_config), methods=["POST"]),
+        Route("/config/rollout/{action}", post(rollout_change), methods=["POST"]),
         Route("/labels", get(labels_page), methods=["GET"]),
         Route("/audit", get(audit_page), methods=["GET"]),
         Route("/carves", get(carves_page), methods=["GET"]),
