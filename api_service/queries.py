@@ -99,6 +99,20 @@ START_BODY: Schema = {
     "required": ["sql"],
     "additionalProperties": False,
 }
+DRY_RUN_BODY: Schema = {**START_BODY, "required": []}
+REACH: Schema = {
+    "type": "object",
+    "properties": {
+        "targeted": {"type": "integer"},
+        "open_targeting": {
+            "type": "boolean",
+            "description": "matching hosts that enroll or come back later get it too",
+        },
+        "estimate": {"type": "boolean", "description": "a percentage: the launch may differ"},
+    },
+    "required": ["targeted", "open_targeting", "estimate"],
+    "additionalProperties": False,
+}
 QUERY_ID = Param("query", "the live query's campaign id", where="path")
 
 
@@ -111,11 +125,10 @@ async def list_queries(call_: Call) -> dict:
     return page([message_json(c) for c in reply.campaigns], call_)
 
 
-async def start_query(call_: Call) -> dict:
-    body = call_.body
+def start_request(body: dict[str, Any], dry_run: bool = False) -> Any:
     targets = body.get("targets", {})
-    request = distributed_pb2.StartQueryRequest(
-        sql=body["sql"],
+    return distributed_pb2.StartQueryRequest(
+        sql=body.get("sql", ""),
         node_ids=targets.get("hosts", []),
         tags=targets.get("tags", []),
         platforms=[p.lower() for p in targets.get("platforms", [])],
@@ -126,9 +139,27 @@ async def start_query(call_: Call) -> dict:
         ttl_seconds=body.get("ttl_seconds", 0),
         offline_after_seconds=body.get("offline_after_seconds", 0),
         author=body.get("author", "") or "api",
+        dry_run=dry_run,
     )
+
+
+async def start_query(call_: Call) -> dict:
+    request = start_request(call_.body)
     campaign = await call(call_.backends.distributed.StartQuery, request, call_.token)
     return message_json(campaign)
+
+
+async def count_targets(call_: Call) -> dict:
+    """How many hosts a launch with these targets would reach now, as the distributed
+    service resolves them at launch (StartQuery's dry run: nothing is stored or sent)."""
+    request = start_request(call_.body, dry_run=True)
+    answer = await call(call_.backends.distributed.StartQuery, request, call_.token)
+    return {
+        "targeted": answer.targeted,
+        "open_targeting": answer.open_targeting,
+        # A percentage draws a shard per campaign id: the launch may differ by a few.
+        "estimate": bool(answer.percent),
+    }
 
 
 async def report(call_: Call, counts_only: bool) -> distributed_pb2.CampaignReport:
@@ -454,6 +485,16 @@ ENDPOINTS = [
         CAMPAIGN,
         body=START_BODY,
         status=201,
+        tags=("live queries",),
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/queries/dry-run",
+        count_targets,
+        "how many hosts these targets reach now; nothing is started",
+        "operator",
+        REACH,
+        body=DRY_RUN_BODY,
         tags=("live queries",),
     ),
     Endpoint(

@@ -286,7 +286,16 @@ def test_every_route_works_as_admin(
     )
     assert [h["host_identifier"] for h in in_label["items"]] == [node.host_identifier]
 
-    # Live queries.
+    # Live queries: first how many hosts targets reach (nothing is started), then one.
+    before = call("GET", "/api/v1/queries")["total"]
+    reach = call("POST", "/api/v1/queries/dry-run", json={"targets": {"all": True}})
+    assert reach == {"targeted": FLEET_SIZE, "open_targeting": True, "estimate": False}
+    one_host = {"hosts": [host["host"]["node_id"]], "platforms": ["linux"]}
+    reach = call("POST", "/api/v1/queries/dry-run", json={"sql": "SELECT 1", "targets": one_host})
+    assert reach == {"targeted": 1, "open_targeting": False, "estimate": False}
+    nobody = call("POST", "/api/v1/queries/dry-run", json={"targets": {"tags": ["no-such-tag"]}})
+    assert nobody["targeted"] == 0
+    assert call("GET", "/api/v1/queries")["total"] == before
     started = call(
         "POST",
         "/api/v1/queries",
@@ -393,9 +402,10 @@ WRITES = [
     ("POST", "/api/v1/config/rollout/promote", {"json": {}}),
     ("POST", "/api/v1/config/rollout/abort", {"json": {}}),
     ("POST", "/api/v1/queries", {"json": {"sql": "SELECT 1"}}),
+    ("POST", "/api/v1/queries/dry-run", {"json": {}}),
     ("POST", "/api/v1/queries/{query}/cancel", {}),
 ]
-OPERATOR_MAY = {"/api/v1/queries", "/api/v1/queries/{query}/cancel"}
+OPERATOR_MAY = {"/api/v1/queries", "/api/v1/queries/dry-run", "/api/v1/queries/{query}/cancel"}
 ADMIN_ONLY_READS = ["/api/v1/tokens", "/api/v1/audit"]
 
 

@@ -40,8 +40,8 @@ from api_service.console.web import (
     render,
 )
 from api_service.errors import ApiError, bad_request
-from api_service.routing import MAX_LIMIT, Call
-from osquery_config.targeting import FAMILIES, platform_family
+from api_service.routing import MAX_LIMIT
+from osquery_config.targeting import FAMILIES
 from protos.v1 import enroll_pb2
 from quarry.access.admin_auth import ROLES
 from quarry.runtime.clickhouse_sql import sql_string
@@ -222,29 +222,9 @@ def _words(text: str) -> list[str]:
     return [w for w in re.split(r"[\s,]+", text.strip()) if w]
 
 
-async def _targets(page: Page, form: dict[str, str]) -> tuple[dict[str, Any], int, bool]:
-    """The API's targets for the form, and how many active hosts they reach now (the
-    distributed service decides at launch; a percentage makes the count an estimate)."""
-    reply = await call(
-        page.backends.enroll.ListNodes,
-        enroll_pb2.ListNodesRequest(status="active"),
-        page.session.token,
-    )
-    nodes = list(reply.nodes)
-    wanted_hosts = _words(form.get("hosts", ""))
-    node_ids = []
-    for wanted in wanted_hosts:
-        match = next(
-            (n for n in nodes if wanted in (n.node_id, n.host_identifier, n.hostname)), None
-        )
-        if match is None:
-            raise bad_request(f"no active host {wanted!r} (give a hostname, identifier or node id)")
-        node_ids.append(match.node_id)
-    tags, labels = _words(form.get("tags", "")), _words(form.get("labels", ""))
-    platforms = [p.lower() for p in _words(form.get("platforms", ""))]
-    unknown = sorted(set(platforms) - set(FAMILIES))
-    if unknown:
-        raise bad_request(f"unknown platform {', '.join(unknown)}: use {', '.join(FAMILIES)}")
+async def _targets(page: Page, form: dict[str, str]) -> dict[str, Any]:
+    """The API's targets for the launch form; hosts may be named by hostname too."""
+    node_ids = await _node_ids(page, _words(form.get("hosts", "")))
     percent_text = form.get("percent", "").strip()
     try:
         percent = float(percent_text) if percent_text else 0.0
@@ -252,30 +232,36 @@ async def _targets(page: Page, form: dict[str, str]) -> tuple[dict[str, Any], in
         raise bad_request(f"percent must be a number, not {percent_text!r}") from None
     if not 0 <= percent <= 100:
         raise bad_request("percent must be between 0 and 100")
-    chosen = [n for n in nodes if not node_ids or n.node_id in node_ids]
-    chosen = [n for n in chosen if not tags or set(tags) & set(n.tags)]
-    chosen = [n for n in chosen if not platforms or platform_family(n.platform) in platforms]
-    if labels:  # any of them, as for tags (distributed_service/targeting.py)
-        memberships = await hosts.label_memberships(_as_call(page))
-        chosen = [n for n in chosen if set(labels) & set(memberships.get(n.node_id, ()))]
-    count = len(chosen)
-    estimate = bool(percent)
-    if percent:
-        count = round(count * percent / 100)
     targets: dict[str, Any] = {
         "hosts": node_ids,
-        "tags": tags,
-        "platforms": platforms,
-        "labels": labels,
+        "tags": _words(form.get("tags", "")),
+        "platforms": [p.lower() for p in _words(form.get("platforms", ""))],
+        "labels": _words(form.get("labels", "")),
     }
     if percent:
         targets["percent"] = percent
-    return targets, count, estimate
+    return targets
 
 
-def _as_call(page: Page) -> Call:
-    """A handler's view of this request, for helpers that take one (label lookups)."""
-    return Call(page.request, page.session.token, {}, {}, page.backends)
+async def _node_ids(page: Page, wanted_hosts: list[str]) -> list[str]:
+    """The node id of each host named (node id, host identifier or hostname)."""
+    if not wanted_hosts:
+        return []
+    reply = await call(
+        page.backends.enroll.ListNodes,
+        enroll_pb2.ListNodesRequest(status="active"),
+        page.session.token,
+    )
+    node_ids = []
+    for wanted in wanted_hosts:
+        match = next(
+            (n for n in reply.nodes if wanted in (n.node_id, n.host_identifier, n.hostname)),
+            None,
+        )
+        if match is None:
+            raise bad_request(f"no active host {wanted!r} (give a hostname, identifier or node id)")
+        node_ids.append(match.node_id)
+    return node_ids
 
 
 async def queries_page(page: Page) -> Response:
@@ -284,21 +270,23 @@ async def queries_page(page: Page) -> Response:
 
 
 async def reach_fragment(page: Page) -> Response:
-    """How many hosts the launch form's targets reach (htmx fills it in as one types)."""
+    """How many hosts the launch form's targets reach, as the distributed service counts
+    them (a dry run of the launch); htmx fills it in as one types."""
     form = {
         k: page.request.query_params.get(k, "")
         for k in ("hosts", "tags", "platforms", "labels", "percent")
     }
     try:
-        _, count, estimate = await _targets(page, form)
+        targets = await _targets(page, form)
+        reach = await page.api(queries.count_targets, body={"targets": targets})
     except ApiError as error:
         return page.render("reach.html", error=error.message)
-    return page.render("reach.html", count=count, estimate=estimate)
+    return page.render("reach.html", count=reach["targeted"], estimate=reach["estimate"])
 
 
 async def start_query(page: Page, form: dict[str, str]) -> Response:
     try:
-        targets, _, _ = await _targets(page, form)
+        targets = await _targets(page, form)
         body = {"sql": form.get("sql", ""), "targets": targets, "author": page.session.name}
         started = await page.api(queries.start_query, body=body)
     except ApiError as error:
@@ -567,7 +555,7 @@ async def carves_page(page: Page) -> Response:
     return page.render(
         "carves.html",
         carves=listed,
-        status=status,
+        wanted_status=status,
         statuses=carves.CARVE_STATUSES,
         next_link=next_link,
     )
