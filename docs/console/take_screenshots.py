@@ -39,6 +39,10 @@ def main() -> None:
             state = admin.ok("GET", "/api/v1/config")["live"]["state"]
             state["labels"] = {"linux-servers": {"query": "SELECT 1", "interval": 300}}
             admin.ok("POST", "/api/v1/config/apply", json={"state": state, "comment": "labels"})
+            # A second version, staged to half the fleet: the config page's rollout actions.
+            state["labels"]["linux-servers"]["interval"] = 600
+            staged = {"state": state, "comment": "slower labels", "canary_percent": 50}
+            admin.ok("POST", "/api/v1/config/apply", json=staged)
             pending = admin.ok(
                 "POST", "/api/v1/secrets", 201, json={"name": "lab", "requires_approval": True}
             )
