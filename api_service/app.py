@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api_service import access, config, hosts, queries
+from api_service import access, carves, config, health, hosts, queries
 from api_service.backends import Backends
 from api_service.console import pages as console_pages
 from api_service.console.web import Console
@@ -26,8 +27,11 @@ from api_service.errors import (
     http_error_handler,
     unexpected_error_handler,
 )
+from api_service.metrics import RequestMetrics
 from api_service.openapi import openapi_document
 from api_service.routing import Endpoint
+from quarry.runtime.loop_watch import start_loop_watch
+from quarry.runtime.metrics_endpoint import mark_ready
 from quarry.runtime.settings import Settings
 
 API_VERSION = "1"
@@ -37,6 +41,8 @@ ENDPOINTS: list[Endpoint] = [
     *queries.ENDPOINTS,
     *config.ENDPOINTS,
     *access.ENDPOINTS,
+    *carves.ENDPOINTS,
+    *health.ENDPOINTS,
 ]
 
 
@@ -48,6 +54,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Channels belong to the event loop that serves requests: made here, not before.
         held["backends"] = Backends.connect(settings)
+        mark_ready()  # the metrics port's /readyz: this process answers requests now
+        start_loop_watch()  # /livez and the loop lag (quarry/runtime/loop_watch.py)
         try:
             yield
         finally:
@@ -66,6 +74,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(RequestMetrics)],
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: http_error_handler,

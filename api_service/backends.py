@@ -29,6 +29,7 @@ from quarry.runtime.settings import Settings
 from quarry.serving.grpc_runtime import aio_channel
 
 RPC_TIMEOUT_S = 30.0
+SERVICE_NAMES = ("enroll", "config", "distributed", "ingest")
 
 
 def caller_metadata(token: str) -> tuple[tuple[str, str], ...]:
@@ -44,7 +45,8 @@ class Backends:
     config: config_pb2_grpc.ConfigServiceStub
     distributed: distributed_pb2_grpc.DistributedServiceStub
     logs: logs_pb2_grpc.LogStoreStub
-    channels: list[grpc.aio.Channel]
+    # By service name, in SERVICE_NAMES order (the health route asks each).
+    channels: dict[str, grpc.aio.Channel]
 
     @classmethod
     def connect(cls, settings: Settings) -> Backends:
@@ -53,17 +55,17 @@ class Backends:
         def channel(service: str) -> grpc.aio.Channel:
             return aio_channel(settings.service_addr(service), token="", settings=settings)
 
-        channels = {s: channel(s) for s in ("enroll", "config", "distributed", "ingest")}
+        channels = {s: channel(s) for s in SERVICE_NAMES}
         return cls(
             enroll=enroll_pb2_grpc.EnrollServiceStub(channels["enroll"]),
             config=config_pb2_grpc.ConfigServiceStub(channels["config"]),
             distributed=distributed_pb2_grpc.DistributedServiceStub(channels["distributed"]),
             logs=logs_pb2_grpc.LogStoreStub(channels["ingest"]),
-            channels=list(channels.values()),
+            channels=channels,
         )
 
     async def close(self) -> None:
-        for channel in self.channels:
+        for channel in self.channels.values():
             await channel.close()
 
 

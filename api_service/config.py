@@ -1,5 +1,6 @@
-"""The managed config state: live version, versions, and apply (with a dry run that
-answers the per-group diffs), through the config service (docs/config.md)."""
+"""The managed config state: live version, versions, apply (with a dry run that answers
+the per-group diffs), rollback to a version, and promoting or aborting a staged rollout,
+through the config service (docs/config.md)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,32 @@ async def apply_config(call_: Call) -> dict:
     return message_json(await call(call_.backends.config.ApplyState, request, call_.token))
 
 
+AUTHOR_BODY: Schema = {
+    "type": "object",
+    "properties": {"author": {"type": "string"}},
+    "additionalProperties": False,
+}
+VERSION_PARAM = Param("version", "the version number", "integer", where="path", minimum=1)
+
+
+async def rollback_config(call_: Call) -> dict:
+    """A new live version with the state of an older one (the history keeps both)."""
+    request = config_pb2.RollbackRequest(
+        version=call_.params["version"], author=call_.body.get("author", "") or "api"
+    )
+    return message_json(await call(call_.backends.config.Rollback, request, call_.token))
+
+
+async def promote_rollout(call_: Call) -> dict:
+    request = config_pb2.RolloutRequest(author=call_.body.get("author", "") or "api")
+    return message_json(await call(call_.backends.config.PromoteRollout, request, call_.token))
+
+
+async def abort_rollout(call_: Call) -> dict:
+    request = config_pb2.RolloutRequest(author=call_.body.get("author", "") or "api")
+    return message_json(await call(call_.backends.config.AbortRollout, request, call_.token))
+
+
 ENDPOINTS = [
     Endpoint(
         "GET",
@@ -105,7 +132,38 @@ ENDPOINTS = [
         "one config version",
         "read-only",
         STATE_VERSION,
-        (Param("version", "the version number", "integer", where="path", minimum=1),),
+        (VERSION_PARAM,),
+        tags=("config",),
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/config/versions/{version}/rollback",
+        rollback_config,
+        "make an older version's state live again, as a new version",
+        "admin",
+        STATE_VERSION,
+        (VERSION_PARAM,),
+        body=AUTHOR_BODY,
+        tags=("config",),
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/config/rollout/promote",
+        promote_rollout,
+        "finish a staged rollout: its candidate becomes live for every host",
+        "admin",
+        STATE_VERSION,
+        body=AUTHOR_BODY,
+        tags=("config",),
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/config/rollout/abort",
+        abort_rollout,
+        "drop a staged rollout: every host gets the live version again",
+        "admin",
+        STATE_VERSION,
+        body=AUTHOR_BODY,
         tags=("config",),
     ),
     Endpoint(

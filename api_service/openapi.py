@@ -41,7 +41,7 @@ def openapi_document(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
 
 
 def _operation(endpoint: Endpoint) -> dict[str, Any]:
-    media = "text/event-stream" if endpoint.event_stream else "application/json"
+    media = endpoint.media or ("text/event-stream" if endpoint.event_stream else "application/json")
     responses: dict[str, Any] = {
         str(endpoint.status): {
             "description": endpoint.summary,
@@ -56,7 +56,9 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": endpoint.operation_id,
         "summary": endpoint.summary,
-        "description": f"Needs a token of role {endpoint.role} or higher.",
+        "description": "Needs no token."
+        if endpoint.role == "none"
+        else f"Needs a token of role {endpoint.role} or higher.",
         "tags": list(endpoint.tags),
         "x-quarry-role": endpoint.role,
         "parameters": [
@@ -71,6 +73,8 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         ],
         "responses": responses,
     }
+    if endpoint.role == "none":
+        operation["security"] = []
     if endpoint.body is not None:
         operation["requestBody"] = {
             "required": "required" in endpoint.body,

@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import csv
+import io
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +26,7 @@ from starlette.responses import StreamingResponse
 from api_service.backends import call, sql_rows, stream
 from api_service.errors import bad_request, not_found
 from api_service.json_messages import message_json
+from api_service.metrics import OpenStream
 from api_service.routing import LIMIT, Call, Endpoint, Param, page
 from api_service.schemas import Schema, message_schema, page_of
 from protos.v1 import distributed_pb2
@@ -95,6 +99,20 @@ START_BODY: Schema = {
     "required": ["sql"],
     "additionalProperties": False,
 }
+DRY_RUN_BODY: Schema = {**START_BODY, "required": []}
+REACH: Schema = {
+    "type": "object",
+    "properties": {
+        "targeted": {"type": "integer"},
+        "open_targeting": {
+            "type": "boolean",
+            "description": "matching hosts that enroll or come back later get it too",
+        },
+        "estimate": {"type": "boolean", "description": "a percentage: the launch may differ"},
+    },
+    "required": ["targeted", "open_targeting", "estimate"],
+    "additionalProperties": False,
+}
 QUERY_ID = Param("query", "the live query's campaign id", where="path")
 
 
@@ -107,11 +125,10 @@ async def list_queries(call_: Call) -> dict:
     return page([message_json(c) for c in reply.campaigns], call_)
 
 
-async def start_query(call_: Call) -> dict:
-    body = call_.body
+def start_request(body: dict[str, Any], dry_run: bool = False) -> Any:
     targets = body.get("targets", {})
-    request = distributed_pb2.StartQueryRequest(
-        sql=body["sql"],
+    return distributed_pb2.StartQueryRequest(
+        sql=body.get("sql", ""),
         node_ids=targets.get("hosts", []),
         tags=targets.get("tags", []),
         platforms=[p.lower() for p in targets.get("platforms", [])],
@@ -122,9 +139,27 @@ async def start_query(call_: Call) -> dict:
         ttl_seconds=body.get("ttl_seconds", 0),
         offline_after_seconds=body.get("offline_after_seconds", 0),
         author=body.get("author", "") or "api",
+        dry_run=dry_run,
     )
+
+
+async def start_query(call_: Call) -> dict:
+    request = start_request(call_.body)
     campaign = await call(call_.backends.distributed.StartQuery, request, call_.token)
     return message_json(campaign)
+
+
+async def count_targets(call_: Call) -> dict:
+    """How many hosts a launch with these targets would reach now, as the distributed
+    service resolves them at launch (StartQuery's dry run: nothing is stored or sent)."""
+    request = start_request(call_.body, dry_run=True)
+    answer = await call(call_.backends.distributed.StartQuery, request, call_.token)
+    return {
+        "targeted": answer.targeted,
+        "open_targeting": answer.open_targeting,
+        # A percentage draws a shard per campaign id: the launch may differ by a few.
+        "estimate": bool(answer.percent),
+    }
 
 
 async def report(call_: Call, counts_only: bool) -> distributed_pb2.CampaignReport:
@@ -257,6 +292,89 @@ async def all_rows(call_: Call, campaign_id: str, host: str) -> AsyncIterator[li
         after = (last["host_identifier"], last["row_index"])
 
 
+# --- export ---------------------------------------------------------------------------
+
+EXPORT_FORMATS = ("csv", "json")
+
+
+def result_columns_sql(campaign_id: str) -> str:
+    """The distinct column lists of a campaign's rows: one per shape of answer, few."""
+    return (
+        "SELECT DISTINCT column_names FROM quarry.distributed_results"
+        f" WHERE campaign_id = {sql_string(campaign_id)}"
+    )
+
+
+async def result_columns(call_: Call, campaign_id: str) -> list[str]:
+    """Every column any host answered, in the order they first appear."""
+    found = await sql_rows(call_.backends, result_columns_sql(campaign_id), call_.token)
+    return list(dict.fromkeys(name for (names,) in found for name in names))
+
+
+def csv_cell(value: str) -> str:
+    """A CSV cell a spreadsheet will not run as a formula (=, +, -, @ lead a formula)."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def export_name(campaign_id: str, kind: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{campaign_id}.{kind}")  # nothing to break the header
+
+
+async def export_results(call_: Call) -> StreamingResponse:
+    """Every row, a page at a time from ClickHouse to the client: never all in memory."""
+    await report(call_, counts_only=True)
+    campaign_id, kind = call_.params["query"], call_.params["format"]
+    if kind == "csv":
+        columns = await result_columns(call_, campaign_id)
+        body, media = _csv_lines(call_, campaign_id, columns), "text/csv; charset=utf-8"
+    else:
+        body, media = _json_array(call_, campaign_id), "application/json"
+    return StreamingResponse(
+        _counted(body),
+        media_type=media,
+        headers={
+            "Content-Disposition": f'attachment; filename="{export_name(campaign_id, kind)}"',
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+async def _counted(body: AsyncIterator[str]) -> AsyncIterator[str]:
+    with OpenStream("export"):
+        async for text in body:
+            yield text
+
+
+async def _csv_lines(call_: Call, campaign_id: str, columns: list[str]) -> AsyncIterator[str]:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["host_identifier", "row_index", *columns])
+    async for rows in all_rows(call_, campaign_id, ""):
+        for row in rows:
+            writer.writerow(
+                [
+                    csv_cell(row["host_identifier"]),
+                    row["row_index"],
+                    *(csv_cell(row["columns"].get(c, "")) for c in columns),
+                ]
+            )
+        yield out.getvalue()
+        out.seek(0)
+        out.truncate()
+    yield out.getvalue()
+
+
+async def _json_array(call_: Call, campaign_id: str) -> AsyncIterator[str]:
+    yield "["
+    first = True
+    async for rows in all_rows(call_, campaign_id, ""):
+        for row in rows:
+            yield ("" if first else ",") + json.dumps(row, separators=(",", ":"))
+            first = False
+    yield "]"
+
+
 # --- Server-Sent Events ---------------------------------------------------------------
 
 
@@ -295,27 +413,30 @@ async def _events(
         await queue.put(end)
 
     reader = asyncio.create_task(pump())
-    try:
-        while True:
-            try:
-                update = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-            except TimeoutError:
-                yield ": keep-alive\n\n"
-                continue
-            if update is end:
-                return
-            if isinstance(update, Exception):
-                yield sse("error", {"code": "stream", "message": _one_line(update)})
-                return
-            async for text in _update_events(call_, campaign_id, update, with_rows):
-                yield text
-            if update.done:
-                yield sse("done", _status(update.campaign, update.counts))
-                return
-    finally:
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
-        await progress.aclose()  # type: ignore[attr-defined]
+    with OpenStream("events"):
+        try:
+            while True:
+                try:
+                    update = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if update is end:
+                    return
+                if isinstance(update, Exception):
+                    yield sse("error", {"code": "stream", "message": _one_line(update)})
+                    return
+                async for text in _update_events(call_, campaign_id, update, with_rows):
+                    yield text
+                if update.done:
+                    yield sse("done", _status(update.campaign, update.counts))
+                    return
+        finally:
+            # Also when the client went away: Starlette cancels the body, and the service's
+            # stream is cancelled here with it.
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await progress.aclose()  # type: ignore[attr-defined]
 
 
 async def _update_events(
@@ -367,6 +488,16 @@ ENDPOINTS = [
         tags=("live queries",),
     ),
     Endpoint(
+        "POST",
+        "/api/v1/queries/dry-run",
+        count_targets,
+        "how many hosts these targets reach now; nothing is started",
+        "operator",
+        REACH,
+        body=DRY_RUN_BODY,
+        tags=("live queries",),
+    ),
+    Endpoint(
         "GET",
         "/api/v1/queries/{query}",
         show_query,
@@ -410,6 +541,21 @@ ENDPOINTS = [
             Param("cursor", "next_cursor of the previous page"),
             LIMIT,
         ),
+        tags=("live queries",),
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/queries/{query}/export",
+        export_results,
+        "every row hosts answered as one CSV or JSON file, streamed",
+        "read-only",
+        {
+            "type": "string",
+            "description": "CSV: host_identifier, row_index, then every column; JSON: an"
+            " array of rows as in /results",
+        },
+        (QUERY_ID, Param("format", "csv or json", enum=EXPORT_FORMATS, default="csv")),
+        media="text/csv",
         tags=("live queries",),
     ),
     Endpoint(

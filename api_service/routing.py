@@ -134,6 +134,8 @@ class Endpoint:
     paged: bool = False
     status: int = 200
     event_stream: bool = False
+    # What the answer is when not JSON (a carve's archive: application/octet-stream).
+    media: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     @property

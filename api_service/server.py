@@ -1,4 +1,5 @@
-"""The API process: uvicorn over HTTPS on api_port, with the gateway's certificate.
+"""The API process: uvicorn over HTTPS on api_port, with the gateway's certificate, and
+/metrics, /healthz and /readyz on its metrics port (docs/observability.md).
 
 The gateway's certificate (QUARRY_TLS_CERT, else the local CA's, state_dir/tls/) is the
 one issued for the public host, which people and scripts reach; the internal one is for
@@ -13,6 +14,7 @@ import ssl
 import uvicorn
 
 from quarry.encryption.gateway_certificates import tls_files
+from quarry.runtime.metrics_endpoint import start_metrics_endpoint
 from quarry.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,9 @@ TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 def main(settings: Settings) -> None:
     files = tls_files(settings)
+    # Plain HTTP on its own port, as every process's (quarry/runtime/metrics_endpoint.py);
+    # /readyz turns 200 once the application has started (api_service/app.py).
+    start_metrics_endpoint(settings, "api")
     log.info("REST API on https://%s:%d/api/v1", settings.bind_host, settings.api_port)
     config = uvicorn.Config(
         "api_service.app:create_app",

@@ -58,6 +58,8 @@ class Launcher:
         targets = targets_of(request)
         campaign_id = "q_" + uuid.uuid4().hex  # letters, digits, "_": a safe osquery query id
         chosen = select(campaign_id, targets, *await self._directory(targets))
+        if request.dry_run:
+            return dry_run_answer(request, targets, len(chosen))
         if not chosen and not targets.is_open:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION, "no active node matches the targets")
         now = int(time.time())
@@ -140,7 +142,7 @@ def memberships(labels: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
 
 def request_problem(request: distributed_pb2.StartQueryRequest) -> str:
     """What is wrong with a StartQuery request, or "" when nothing is."""
-    if not request.sql.strip():
+    if not request.sql.strip() and not request.dry_run:
         return "the query SQL is empty"
     if request.ttl_seconds < 0 or request.offline_after_seconds < 0:
         return "ttl_seconds and offline_after_seconds must be >= 0"
@@ -156,6 +158,26 @@ def request_problem(request: distributed_pb2.StartQueryRequest) -> str:
     if version and not VERSION_PATTERN.fullmatch(version):
         return f"min_osquery_version must look like 5.12.0, not {version!r}"
     return ""
+
+
+def dry_run_answer(
+    request: distributed_pb2.StartQueryRequest, targets: Targets, reached: int
+) -> distributed_pb2.Campaign:
+    """What a launch would target now, stored nowhere: no campaign id. With a percentage
+    the count is of one draw of the shard (each campaign id draws its own), so it may
+    differ from the launch's by a few hosts."""
+    return distributed_pb2.Campaign(
+        sql=request.sql,
+        node_ids=list(targets.node_ids),
+        tags=sorted(targets.tags),
+        platforms=sorted(targets.platforms),
+        labels=sorted(targets.labels),
+        percent=targets.percent,
+        min_osquery_version=targets.min_osquery_version,
+        open_targeting=targets.is_open,
+        target_all=targets.is_open and not (targets.tags or targets.platforms),
+        targeted=reached,
+    )
 
 
 def targets_of(request: distributed_pb2.StartQueryRequest) -> Targets:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from distributed_service.carves import CarveReader
 from distributed_service.expiry import close_expired_forever
 from distributed_service.node_directory import NodeDirectory
 from distributed_service.service import DistributedServicer
@@ -13,6 +14,7 @@ from protos.v1 import distributed_pb2_grpc
 from quarry.runtime.settings import Settings
 from quarry.serving.service_process import ServiceParts, run_service
 from quarry.state.database import StateDatabase
+from quarry.state.directory import carve_dir
 
 
 def main(settings: Settings) -> None:
@@ -31,7 +33,10 @@ async def serve(settings: Settings) -> None:
 def _parts(settings: Settings, database: StateDatabase) -> ServiceParts:
     nodes = NodeDirectory(settings.service_addr("enroll"), settings.service_addr("config"))
     servicer = DistributedServicer(
-        CampaignStore(database), nodes, default_ttl_s=settings.live_query_ttl_s
+        CampaignStore(database),
+        nodes,
+        default_ttl_s=settings.live_query_ttl_s,
+        carves=CarveReader(carve_dir(settings)),
     )
     return ServiceParts(
         register=lambda s: distributed_pb2_grpc.add_DistributedServiceServicer_to_server(

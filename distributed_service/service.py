@@ -1,7 +1,8 @@
 """The DistributedService gRPC servicer: translates messages and calls the rules.
 
 Starting a campaign is in launch.py, what follows (cancel, expiry, activity, gauges) in
-campaigns.py, the feeds the gateways and analysts watch in campaign_feed.py.
+campaigns.py, the feeds the gateways and analysts watch in campaign_feed.py, reading the
+carves the gateways stored in carves.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import grpc
 
 from distributed_service.campaign_feed import CampaignFeed
 from distributed_service.campaigns import Campaigns
+from distributed_service.carves import CarveReader, carve_message
 from distributed_service.launch import Launcher
 from distributed_service.messages import (
     answer_record,
@@ -28,8 +30,15 @@ from quarry.state.change_log import ChangeLog
 
 
 class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
-    def __init__(self, store: CampaignStore, nodes: NodeDirectory, default_ttl_s: int) -> None:
+    def __init__(
+        self,
+        store: CampaignStore,
+        nodes: NodeDirectory,
+        default_ttl_s: int,
+        carves: CarveReader,
+    ) -> None:
         self._store = store
+        self._carves = carves
         self._feed = CampaignFeed(store)
         self._campaigns = Campaigns(store, self.changes)
         self._launcher = Launcher(
@@ -119,3 +128,20 @@ class DistributedServicer(distributed_pb2_grpc.DistributedServiceServicer):
         return distributed_pb2.RecordActivityResponse(
             deliveries=len(outcome.delivered), answers=len(outcome.answers)
         )
+
+    async def ListCarves(
+        self, request: distributed_pb2.ListCarvesRequest, context: grpc.aio.ServicerContext
+    ) -> distributed_pb2.ListCarvesResponse:
+        carves = self._carves.listed(request)
+        return distributed_pb2.ListCarvesResponse(carves=[carve_message(c) for c in carves])
+
+    async def GetCarve(
+        self, request: distributed_pb2.GetCarveRequest, context: grpc.aio.ServicerContext
+    ) -> distributed_pb2.CarveInfo:
+        return carve_message(self._carves.found(request.carve))
+
+    async def DownloadCarve(
+        self, request: distributed_pb2.GetCarveRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[distributed_pb2.CarveChunk]:
+        async for chunk in self._carves.chunks(request.carve):
+            yield chunk

@@ -10,6 +10,7 @@ caller puts in search parameters stays text.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import ssl
 import threading
@@ -138,6 +139,40 @@ def fleet(cluster: QuarryCluster) -> Iterator[Fleet]:
         yield running
 
 
+CARVED = b"quarry carve test\n" * 1500  # 27 KB: four of the emulator's 8 KiB blocks
+
+
+def silent_node(cluster: QuarryCluster, number: int) -> OsqueryNode:
+    """An emulated host outside the fleet's loop: it answers no live query."""
+    profile = HostProfile.make(100 + number, seed=cluster.port_base)
+    return OsqueryNode(
+        server=cluster.gateway,
+        ca_file=cluster.ca_cert,
+        enroll_secret=cluster.enroll_secret,
+        profile=profile,
+        host_identifier=profile.hardware_uuid.lower(),
+        retry_time_scale=0,
+    )
+
+
+def carve_from_a_new_host(admin: Api, cluster: QuarryCluster, number: int, data: bytes) -> str:
+    """A fresh emulated host uploads data as a carve through the gateway; its session id.
+    The host is revoked after: it answers no live query, and `all` must stay the fleet."""
+    node = silent_node(cluster, number)
+
+    async def run() -> str:
+        try:
+            result = await node.carve(data)
+        finally:
+            await node.aclose()
+        assert result.ok, node.last_error
+        return result.session_id
+
+    session = asyncio.run(run())
+    admin.ok("POST", f"/api/v1/hosts/{node.host_identifier}/revoke")
+    return session
+
+
 def documented_operations(document: dict) -> set[tuple[str, str]]:
     return {(method.upper(), path) for path, item in document["paths"].items() for method in item}
 
@@ -217,6 +252,21 @@ def test_every_route_works_as_admin(
     call(
         "GET", "/api/v1/config/versions/{version}", path={"version": applied["version"]["version"]}
     )
+    # A staged rollout aborted, another promoted, then the first version rolled back to.
+    for interval, action in ((61, "abort"), (62, "promote")):
+        state["labels"]["all-linux"]["interval"] = interval
+        staged = call("POST", "/api/v1/config/apply", json={"state": state, "canary_percent": 50})
+        assert call("GET", "/api/v1/config")["rollout"]["rollout"]["candidate_version"]
+        finished = call("POST", f"/api/v1/config/rollout/{action}", json={"author": "api test"})
+        assert not call("GET", "/api/v1/config")["rollout"]["rollout"]["candidate_version"]
+        assert (finished["version"] == staged["version"]["version"]) == (action == "promote")
+    back = call(
+        "POST",
+        "/api/v1/config/versions/{version}/rollback",
+        path={"version": applied["version"]["version"]},
+        json={},
+    )
+    assert back["state"] == applied["version"]["state"] and back["version"] > finished["version"]
     labels = call("GET", "/api/v1/labels")
     assert [label["name"] for label in labels["items"]] == ["all-linux"]
     members = eventually(
@@ -236,7 +286,16 @@ def test_every_route_works_as_admin(
     )
     assert [h["host_identifier"] for h in in_label["items"]] == [node.host_identifier]
 
-    # Live queries.
+    # Live queries: first how many hosts targets reach (nothing is started), then one.
+    before = call("GET", "/api/v1/queries")["total"]
+    reach = call("POST", "/api/v1/queries/dry-run", json={"targets": {"all": True}})
+    assert reach == {"targeted": FLEET_SIZE, "open_targeting": True, "estimate": False}
+    one_host = {"hosts": [host["host"]["node_id"]], "platforms": ["linux"]}
+    reach = call("POST", "/api/v1/queries/dry-run", json={"sql": "SELECT 1", "targets": one_host})
+    assert reach == {"targeted": 1, "open_targeting": False, "estimate": False}
+    nobody = call("POST", "/api/v1/queries/dry-run", json={"targets": {"tags": ["no-such-tag"]}})
+    assert nobody["targeted"] == 0
+    assert call("GET", "/api/v1/queries")["total"] == before
     started = call(
         "POST",
         "/api/v1/queries",
@@ -259,6 +318,13 @@ def test_every_route_works_as_admin(
     response = admin.request("GET", f"/api/v1/queries/{qid}/events")
     assert response.status_code == 200 and "event: done" in response.text
     call.covered.add(("GET", "/api/v1/queries/{query}/events"))
+    as_csv = admin.request("GET", f"/api/v1/queries/{qid}/export", params={"format": "csv"})
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    lines = as_csv.text.splitlines()
+    assert lines[0] == "host_identifier,row_index,name,version" and len(lines) == 1 + FLEET_SIZE
+    as_json = admin.request("GET", f"/api/v1/queries/{qid}/export", params={"format": "json"})
+    assert as_json.json() == rows["items"]
+    call.covered.add(("GET", "/api/v1/queries/{query}/export"))
     call("POST", "/api/v1/queries/{query}/cancel", path={"query": qid})
 
     # Enroll secrets, approvals.
@@ -286,6 +352,26 @@ def test_every_route_works_as_admin(
     assert rotated["value"] and rotated["value"] != created["value"]
     call("POST", "/api/v1/secrets/{secret}/revoke", path={"secret": "api-approval"})
 
+    # Carves: listed, shown, downloaded whole (the download is bytes: not validated as JSON).
+    session = carve_from_a_new_host(admin, cluster, 1, CARVED)
+    listed = eventually(
+        lambda: (
+            (got := call("GET", "/api/v1/carves", params={"status": "complete"}))["total"] and got
+        )
+    )
+    assert [c["session_id"] for c in listed["items"]] == [session]
+    carve = call("GET", "/api/v1/carves/{carve}", path={"carve": listed["items"][0]["carve_id"]})
+    assert carve["session_id"] == session and carve["carve_size"] == len(CARVED)
+    assert carve["sha256"] == hashlib.sha256(CARVED).hexdigest() and carve["completed_at"]
+    response = admin.request("GET", f"/api/v1/carves/{session}/download")
+    assert response.status_code == 200 and response.content == CARVED
+    assert response.headers["x-carve-sha256"] == carve["sha256"]
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"].endswith('.tar"')
+    call.covered.add(("GET", "/api/v1/carves/{carve}/download"))
+
+    assert call("GET", "/api/v1/health")["status"] == "ok"
+
     # Tokens and the audit log.
     token = call("POST", "/api/v1/tokens", 201, json={"name": "api-short", "role": "read-only"})
     assert token["value"]
@@ -312,10 +398,14 @@ WRITES = [
     ("POST", "/api/v1/tokens", {"json": {"name": "refused", "role": "admin"}}),
     ("POST", "/api/v1/tokens/{token}/revoke", {}),
     ("POST", "/api/v1/config/apply", {"json": {"state": {}, "dry_run": True}}),
+    ("POST", "/api/v1/config/versions/{version}/rollback", {"json": {}}),
+    ("POST", "/api/v1/config/rollout/promote", {"json": {}}),
+    ("POST", "/api/v1/config/rollout/abort", {"json": {}}),
     ("POST", "/api/v1/queries", {"json": {"sql": "SELECT 1"}}),
+    ("POST", "/api/v1/queries/dry-run", {"json": {}}),
     ("POST", "/api/v1/queries/{query}/cancel", {}),
 ]
-OPERATOR_MAY = {"/api/v1/queries", "/api/v1/queries/{query}/cancel"}
+OPERATOR_MAY = {"/api/v1/queries", "/api/v1/queries/dry-run", "/api/v1/queries/{query}/cancel"}
 ADMIN_ONLY_READS = ["/api/v1/tokens", "/api/v1/audit"]
 
 
@@ -327,6 +417,7 @@ def write_calls(fleet: Fleet, admin: Api) -> list[tuple[str, str, str, dict]]:
         "query": query,
         "secret": "default",
         "token": "root",
+        "version": 1,
     }
     return [(m, t, t.format(**values), kwargs) for m, t, kwargs in WRITES]
 
@@ -370,6 +461,9 @@ def test_a_read_only_token_is_refused_every_change_and_each_refusal_is_audited(
         "CreateToken",
         "RevokeToken",
         "ApplyState",
+        "Rollback",
+        "PromoteRollout",
+        "AbortRollout",
         "StartQuery",
         "CancelCampaign",
         "ListTokens",
@@ -450,6 +544,125 @@ def test_server_sent_events_deliver_the_rows_emulated_nodes_answer(
         if cursor is None:
             break
     assert sorted(map(json.dumps, paged)) == sorted(map(json.dumps, rows))
+
+
+def test_carve_bytes_are_for_operators_and_a_refusal_is_audited(
+    cluster: QuarryCluster, admin: Api, read_only: Api, operator: Api
+) -> None:
+    session = carve_from_a_new_host(admin, cluster, 2, CARVED[::-1])
+    # Listing and metadata are reads; the bytes of a carved file need operator.
+    shown = eventually(
+        lambda: (
+            (got := read_only.request("GET", f"/api/v1/carves/{session}")).status_code == 200
+            and got.json()["status"] == "complete"
+        )
+    )
+    assert shown
+    assert session in {c["session_id"] for c in read_only.ok("GET", "/api/v1/carves")["items"]}
+    refused = read_only.request("GET", f"/api/v1/carves/{session}/download")
+    assert refused.status_code == 403, refused.text
+    assert "DownloadCarve" in refused.json()["error"]["message"]
+    with operator.client.stream("GET", f"/api/v1/carves/{session}/download") as response:
+        assert response.status_code == 200
+        assert b"".join(response.iter_bytes()) == CARVED[::-1]
+    entries = eventually(
+        lambda: [
+            e
+            for e in audited_refusals(admin, "api-test-read-only")
+            if e["method"].endswith("/DownloadCarve")
+        ]
+    )
+    assert entries and session[:8] in entries[0]["summary"]
+    # Unknown carves and carves not complete are clear JSON errors.
+    missing = operator.request("GET", "/api/v1/carves/nothing-here/download")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert operator.request("GET", "/api/v1/carves", params={"status": "lost"}).status_code == 400
+
+
+def metric_samples(cluster: QuarryCluster, service: str, name: str) -> dict[str, float]:
+    """The samples of one metric a process serves, by their label text."""
+    port = cluster.settings.metrics_port(service)
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, _, value = line.rpartition(" ")
+            samples[labels[len(name) :]] = float(value)
+    return samples
+
+
+def test_the_api_counts_requests_by_route_template_and_answers_health(
+    cluster: QuarryCluster, read_only: Api, fleet: Fleet
+) -> None:
+    secret_host = "host-that-must-not-become-a-label"
+    assert read_only.request("GET", f"/api/v1/hosts/{secret_host}").status_code == 404
+    assert read_only.request("GET", "/api/v1/hosts").status_code == 200
+    assert read_only.request("GET", "/api/v1/no/such/route").status_code == 404
+    requests = metric_samples(cluster, "api", "quarry_api_requests_total")
+    assert requests['{method="GET",route="/api/v1/hosts/{host}",status="404"}'] >= 1
+    assert requests['{method="GET",route="/api/v1/hosts",status="200"}'] >= 1
+    assert requests['{method="GET",route="unmatched",status="404"}'] >= 1
+    assert not any(secret_host in labels for labels in requests)
+    latency = metric_samples(cluster, "api", "quarry_api_request_duration_seconds_count")
+    assert latency['{method="GET",route="/api/v1/hosts"}'] >= 1
+    port = cluster.settings.metrics_port("api")
+    for path in ("/healthz", "/readyz"):
+        assert httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10).status_code == 200
+    # The health route needs no token and names each service it reached.
+    health = Api(cluster, "").request("GET", "/api/v1/health")
+    assert health.status_code == 200, health.text
+    assert health.json() == {
+        "status": "ok",
+        "services": dict.fromkeys(("enroll", "config", "distributed", "ingest"), "serving"),
+    }
+
+
+def test_an_event_stream_the_client_leaves_is_freed_with_its_service_stream(
+    cluster: QuarryCluster, operator: Api, read_only: Api, fleet: Fleet
+) -> None:
+    # A host that enrolled and never reads queries: the campaign stays open for its TTL.
+    node = silent_node(cluster, 3)
+
+    async def enroll() -> None:
+        await node.get_node_key()
+        await node.aclose()
+
+    asyncio.run(enroll())
+    node_id = operator.ok("GET", f"/api/v1/hosts/{node.host_identifier}")["host"]["node_id"]
+    started = operator.ok(
+        "POST",
+        "/api/v1/queries",
+        201,
+        json={"sql": "SELECT 1", "targets": {"hosts": [node_id]}, "ttl_seconds": 600},
+    )
+    watch = '{method="/quarry.v1.DistributedService/WatchCampaign"}'
+
+    def open_streams() -> tuple[float, float]:
+        api = metric_samples(cluster, "api", "quarry_api_streams_open")['{kind="events"}']
+        service = metric_samples(cluster, "distributed", "quarry_grpc_server_calls_in_flight")
+        return api, service.get(watch, 0.0)
+
+    assert eventually(lambda: open_streams() == (0.0, 0.0)), open_streams()
+    client = httpx.Client(
+        base_url=read_only.base,
+        verify=ssl.create_default_context(cafile=cluster.ca_cert),
+        headers=read_only.client.headers,
+        timeout=60,
+    )
+    with client.stream("GET", f"/api/v1/queries/{started['campaign_id']}/events") as response:
+        assert response.status_code == 200
+        chunks = response.iter_text()  # held: a dropped iterator closes the response
+        first = ""
+        while "\n\n" not in first:
+            first += next(chunks)
+        assert first.startswith("event: progress")
+        assert eventually(lambda: open_streams() == (1.0, 1.0)), open_streams()
+    client.close()  # the connection is gone, mid-stream
+    assert eventually(lambda: open_streams() == (0.0, 0.0)), open_streams()
+    assert not operator.ok("GET", f"/api/v1/queries/{started['campaign_id']}")["done"]
+    Api(cluster, (cluster.state_dir / "admin_token").read_text().strip()).ok(
+        "POST", f"/api/v1/hosts/{node.host_identifier}/revoke"
+    )
 
 
 def test_events_of_an_unknown_query_are_a_json_404(read_only: Api) -> None:

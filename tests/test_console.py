@@ -29,7 +29,7 @@ from quarry.runtime.settings import PORT_OFFSETS
 from tests.emulator import log_records
 from tests.polling import eventually
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
-from tests.test_api import Api, Fleet, token_of_role
+from tests.test_api import Api, Fleet, carve_from_a_new_host, token_of_role
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -193,7 +193,16 @@ def test_log_in_sets_a_strict_session_cookie_and_every_page_has_the_csp(
     assert admin_token not in json.dumps(browser.get_cookies())
     assert "root (admin)" in browser.find_element(By.ID, "who").text
     with client_as(browser, console_url, cluster) as client:
-        pages = ("/hosts", "/queries", "/approvals", "/config", "/labels", "/tokens", "/audit")
+        pages = (
+            "/hosts",
+            "/queries",
+            "/approvals",
+            "/config",
+            "/labels",
+            "/carves",
+            "/tokens",
+            "/audit",
+        )
         for path in (*pages, "/login"):
             response = client.get(path)
             assert response.status_code in (200, 303), (path, response.text)
@@ -364,6 +373,72 @@ def _set_value(browser: WebDriver, element: object, text: str) -> None:
     browser.execute_script("arguments[0].value = arguments[1];", element, text)
 
 
+def test_rotate_a_secret_roll_back_the_config_and_finish_rollouts(
+    browser: WebDriver, console_url: str, admin_token: str, cluster: QuarryCluster, fleet: Fleet
+) -> None:
+    admin = Api(cluster, admin_token)
+    admin.ok("POST", "/api/v1/secrets", 201, json={"name": "console-rotate"})
+    log_in(browser, console_url, admin_token)
+    browser.get(f"{console_url}/approvals")
+    row = next(
+        r
+        for r in browser.find_elements(By.CSS_SELECTOR, "#secrets tbody tr")
+        if "console-rotate" in r.text
+    )
+    grace = row.find_element(By.NAME, "grace_hours")
+    grace.clear()
+    grace.send_keys("2")
+    row.find_element(By.CSS_SELECTOR, "form.rotate button").click()
+    rotated = wait_for(browser, "#created-secret", "Rotated secret console-rotate")
+    assert "2 more hours" in rotated.text  # type: ignore[attr-defined]
+    # A staged rollout, aborted then promoted from the config page.
+    live = admin.ok("GET", "/api/v1/config")["live"]
+    for interval, action in ((301, "abort"), (302, "promote")):
+        state = {
+            **live["state"],
+            "labels": {"rollout-label": {"query": "SELECT 1", "interval": interval}},
+        }
+        admin.ok("POST", "/api/v1/config/apply", json={"state": state, "canary_percent": 50})
+        browser.get(f"{console_url}/config")
+        wait_for(browser, "#rollout", "in progress")
+        browser.find_element(By.CSS_SELECTOR, f"#{action} button").click()
+        wait_for(browser, ".flash.ok", f"rollout {action}")  # aborted, promoted
+        assert browser.find_elements(By.ID, "rollout") == []
+    promoted = admin.ok("GET", "/api/v1/config")["live"]
+    assert promoted["state"]["labels"]["rollout-label"]["interval"] == 302
+    # Roll back to the state before both.
+    row = next(
+        r
+        for r in browser.find_elements(By.CSS_SELECTOR, "#versions tbody tr")
+        if r.text.split()[0] == str(live["version"])
+    )
+    row.find_element(By.NAME, "confirm").click()
+    row.find_element(By.CSS_SELECTOR, "form.rollback button").click()
+    wait_for(browser, ".flash.ok", f"version {live['version']}'s state is live again")
+    assert admin.ok("GET", "/api/v1/config")["live"]["state"] == live["state"]
+
+
+def test_carves_are_listed_with_a_download_link(
+    browser: WebDriver, console_url: str, admin_token: str, cluster: QuarryCluster
+) -> None:
+    data = b"a carved file\n" * 2000
+    session = carve_from_a_new_host(Api(cluster, admin_token), cluster, 8, data)
+    log_in(browser, console_url, admin_token)
+    eventually(
+        lambda: (
+            browser.get(f"{console_url}/carves")
+            or session in (browser.find_element(By.ID, "carves").get_attribute("innerHTML") or "")
+        )
+    )
+    link = browser.find_element(By.CSS_SELECTOR, f'a.download[href="/carves/{session}/download"]')
+    assert "complete" in browser.find_element(By.ID, "carves").text and link
+    with client_as(browser, console_url, cluster) as client:
+        response = client.get(f"/carves/{session}/download")
+        assert response.status_code == 200 and response.content == data
+        assert response.headers["content-disposition"].startswith("attachment;")
+        assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+
+
 # --- roles, injection, CSRF -----------------------------------------------------------
 
 
@@ -374,7 +449,10 @@ CHANGES = [
     ("/queries/{query}/cancel", {}),
     ("/secrets", {"name": "refused"}),
     ("/secrets/{secret}/revoke", {}),
+    ("/secrets/{secret}/rotate", {"grace_hours": "1"}),
     ("/config/apply", {"state": "{}", "dry_run": "1"}),
+    ("/config/versions/{version}/rollback", {}),
+    ("/config/rollout/{action}", {}),
     ("/tokens", {"name": "refused", "role": "admin"}),
     ("/tokens/{token}/revoke", {}),
 ]
@@ -397,9 +475,14 @@ def change_paths(cluster: QuarryCluster, admin_token: str, fleet: Fleet) -> list
     values = {"host": fleet.nodes[2].host_identifier, "query": query["campaign_id"]}
     values["secret"] = "default"
     values["token"] = "root"
+    values["version"] = "1"
     out = []
     for template, form in CHANGES:
-        actions = ("approve", "reject", "revoke") if "{action}" in template else ("",)
+        actions: tuple[str, ...] = ("",)
+        if template.startswith("/hosts/"):
+            actions = ("approve", "reject", "revoke")
+        elif template.startswith("/config/rollout/"):
+            actions = ("promote", "abort")
         out += [(template, template.format(**values, action=a), form) for a in actions]
     return out
 
@@ -410,10 +493,14 @@ def test_a_read_only_session_sees_no_change_and_is_refused_every_one(
     token = token_of_role(Api(cluster, admin_token), "read-only")
     log_in(browser, console_url, token)
     assert "(read-only)" in browser.find_element(By.ID, "who").text
+    carve = carve_from_a_new_host(Api(cluster, admin_token), cluster, 7, b"read-only\n" * 900)
     for path, hidden in (
         ("/queries", "#launch"),
         ("/approvals", "form.create"),
+        ("/approvals", "form.rotate"),
         ("/config", "#apply"),
+        ("/config", "form.rollback"),
+        ("/carves", "a.download"),
     ):
         browser.get(f"{console_url}{path}")
         assert browser.find_elements(By.CSS_SELECTOR, hidden) == [], path
@@ -435,6 +522,8 @@ def test_a_read_only_session_sees_no_change_and_is_refused_every_one(
             assert "read-only" in response.text and "may not call" in response.text, path
         assert client.get("/audit").status_code == 403
         assert client.get("/tokens").status_code == 403
+        refused = client.get(f"/carves/{carve}/download")
+        assert refused.status_code == 403 and "needs operator" in refused.text
     assert Api(cluster, admin_token).ok("GET", f"/api/v1/hosts/{host}")["host"]["status"] == (
         "active"
     )

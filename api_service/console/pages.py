@@ -1,5 +1,5 @@
 """The console's pages: login, hosts, a host, live queries, approvals and enroll secrets,
-config, labels, API tokens, the audit log (docs/console.md).
+config, labels, carves, API tokens, the audit log (docs/console.md).
 
 Each page is server-rendered from the API's own handlers; changes are POSTed forms that
 redirect (303) to the page showing their outcome. What a role may not do is left out of
@@ -8,9 +8,7 @@ the page, and the services refuse it anyway: their refusal is shown as the page'
 
 from __future__ import annotations
 
-import csv
 import difflib
-import io
 import json
 import re
 import secrets
@@ -18,12 +16,12 @@ from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from api_service import access, config, hosts, queries
+from api_service import access, carves, config, hosts, queries
 from api_service.backends import call, sql_rows
 from api_service.console.sessions import (
     LOGIN_COOKIE,
@@ -42,8 +40,8 @@ from api_service.console.web import (
     render,
 )
 from api_service.errors import ApiError, bad_request
-from api_service.routing import MAX_LIMIT, Call
-from osquery_config.targeting import FAMILIES, platform_family
+from api_service.routing import MAX_LIMIT
+from osquery_config.targeting import FAMILIES
 from protos.v1 import enroll_pb2
 from quarry.access.admin_auth import ROLES
 from quarry.runtime.clickhouse_sql import sql_string
@@ -224,29 +222,9 @@ def _words(text: str) -> list[str]:
     return [w for w in re.split(r"[\s,]+", text.strip()) if w]
 
 
-async def _targets(page: Page, form: dict[str, str]) -> tuple[dict[str, Any], int, bool]:
-    """The API's targets for the form, and how many active hosts they reach now (the
-    distributed service decides at launch; a percentage makes the count an estimate)."""
-    reply = await call(
-        page.backends.enroll.ListNodes,
-        enroll_pb2.ListNodesRequest(status="active"),
-        page.session.token,
-    )
-    nodes = list(reply.nodes)
-    wanted_hosts = _words(form.get("hosts", ""))
-    node_ids = []
-    for wanted in wanted_hosts:
-        match = next(
-            (n for n in nodes if wanted in (n.node_id, n.host_identifier, n.hostname)), None
-        )
-        if match is None:
-            raise bad_request(f"no active host {wanted!r} (give a hostname, identifier or node id)")
-        node_ids.append(match.node_id)
-    tags, labels = _words(form.get("tags", "")), _words(form.get("labels", ""))
-    platforms = [p.lower() for p in _words(form.get("platforms", ""))]
-    unknown = sorted(set(platforms) - set(FAMILIES))
-    if unknown:
-        raise bad_request(f"unknown platform {', '.join(unknown)}: use {', '.join(FAMILIES)}")
+async def _targets(page: Page, form: dict[str, str]) -> dict[str, Any]:
+    """The API's targets for the launch form; hosts may be named by hostname too."""
+    node_ids = await _node_ids(page, _words(form.get("hosts", "")))
     percent_text = form.get("percent", "").strip()
     try:
         percent = float(percent_text) if percent_text else 0.0
@@ -254,30 +232,36 @@ async def _targets(page: Page, form: dict[str, str]) -> tuple[dict[str, Any], in
         raise bad_request(f"percent must be a number, not {percent_text!r}") from None
     if not 0 <= percent <= 100:
         raise bad_request("percent must be between 0 and 100")
-    chosen = [n for n in nodes if not node_ids or n.node_id in node_ids]
-    chosen = [n for n in chosen if not tags or set(tags) & set(n.tags)]
-    chosen = [n for n in chosen if not platforms or platform_family(n.platform) in platforms]
-    if labels:  # any of them, as for tags (distributed_service/targeting.py)
-        memberships = await hosts.label_memberships(_as_call(page))
-        chosen = [n for n in chosen if set(labels) & set(memberships.get(n.node_id, ()))]
-    count = len(chosen)
-    estimate = bool(percent)
-    if percent:
-        count = round(count * percent / 100)
     targets: dict[str, Any] = {
         "hosts": node_ids,
-        "tags": tags,
-        "platforms": platforms,
-        "labels": labels,
+        "tags": _words(form.get("tags", "")),
+        "platforms": [p.lower() for p in _words(form.get("platforms", ""))],
+        "labels": _words(form.get("labels", "")),
     }
     if percent:
         targets["percent"] = percent
-    return targets, count, estimate
+    return targets
 
 
-def _as_call(page: Page) -> Call:
-    """A handler's view of this request, for helpers that take one (label lookups)."""
-    return Call(page.request, page.session.token, {}, {}, page.backends)
+async def _node_ids(page: Page, wanted_hosts: list[str]) -> list[str]:
+    """The node id of each host named (node id, host identifier or hostname)."""
+    if not wanted_hosts:
+        return []
+    reply = await call(
+        page.backends.enroll.ListNodes,
+        enroll_pb2.ListNodesRequest(status="active"),
+        page.session.token,
+    )
+    node_ids = []
+    for wanted in wanted_hosts:
+        match = next(
+            (n for n in reply.nodes if wanted in (n.node_id, n.host_identifier, n.hostname)),
+            None,
+        )
+        if match is None:
+            raise bad_request(f"no active host {wanted!r} (give a hostname, identifier or node id)")
+        node_ids.append(match.node_id)
+    return node_ids
 
 
 async def queries_page(page: Page) -> Response:
@@ -286,21 +270,23 @@ async def queries_page(page: Page) -> Response:
 
 
 async def reach_fragment(page: Page) -> Response:
-    """How many hosts the launch form's targets reach (htmx fills it in as one types)."""
+    """How many hosts the launch form's targets reach, as the distributed service counts
+    them (a dry run of the launch); htmx fills it in as one types."""
     form = {
         k: page.request.query_params.get(k, "")
         for k in ("hosts", "tags", "platforms", "labels", "percent")
     }
     try:
-        _, count, estimate = await _targets(page, form)
+        targets = await _targets(page, form)
+        reach = await page.api(queries.count_targets, body={"targets": targets})
     except ApiError as error:
         return page.render("reach.html", error=error.message)
-    return page.render("reach.html", count=count, estimate=estimate)
+    return page.render("reach.html", count=reach["targeted"], estimate=reach["estimate"])
 
 
 async def start_query(page: Page, form: dict[str, str]) -> Response:
     try:
-        targets, _, _ = await _targets(page, form)
+        targets = await _targets(page, form)
         body = {"sql": form.get("sql", ""), "targets": targets, "author": page.session.name}
         started = await page.api(queries.start_query, body=body)
     except ApiError as error:
@@ -332,46 +318,14 @@ async def query_events(page: Page) -> Response:
     return await page.api(queries.query_events, {"query": page.request.path_params["query"]})
 
 
-async def _rows_by_host(page: Page, qid: str) -> list[dict]:
-    every, cursor = [], None
-    while True:
-        got = await page.api(
-            queries.query_results, {"query": qid, "limit": MAX_LIMIT, "cursor": cursor}
-        )
-        every += got["items"]
-        cursor = got["next_cursor"]
-        if cursor is None:
-            return every
-
-
 async def export_rows(page: Page) -> Response:
-    qid = page.request.path_params["query"]
+    """The API's streamed export, as this session (a link cannot send a token)."""
     kind = page.request.path_params["kind"]
-    rows = await _rows_by_host(page, qid)
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{qid}.{kind}")  # nothing to break the header
-    headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'}
-    if kind == "json":
-        return JSONResponse(rows, headers=headers)
-    if kind != "csv":
+    if kind not in queries.EXPORT_FORMATS:
         raise ApiError(404, "not_found", f"no export as {kind!r}: csv or json")
-    columns = list(dict.fromkeys(c for row in rows for c in row["columns"]))
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["host_identifier", "row_index", *columns])
-    for row in rows:
-        writer.writerow(
-            [
-                _cell(row["host_identifier"]),
-                row["row_index"],
-                *(_cell(row["columns"].get(c, "")) for c in columns),
-            ]
-        )
-    return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
-
-
-def _cell(value: str) -> str:
-    """A CSV cell a spreadsheet will not run as a formula (=, +, -, @ lead a formula)."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+    query = page.request.path_params["query"]
+    response = await page.api(queries.export_results, {"query": query, "format": kind})
+    return with_security_headers(response)
 
 
 async def cancel_query(page: Page, form: dict[str, str]) -> Response:
@@ -402,6 +356,23 @@ async def create_secret(page: Page, form: dict[str, str]) -> Response:
     pending = await page.api(hosts.list_approvals, {"limit": MAX_LIMIT})
     secrets_ = await page.api(access.list_secrets, {"limit": MAX_LIMIT})
     return page.render("approvals.html", pending=pending, secrets=secrets_, created=created)
+
+
+async def rotate_secret(page: Page, form: dict[str, str]) -> Response:
+    """A new value, shown once; the old one keeps working for the grace period asked."""
+    hours = form.get("grace_hours", "").strip() or "24"
+    if not re.fullmatch(r"\d{1,4}", hours):
+        raise bad_request(f"the grace period must be a whole number of hours, not {hours!r}")
+    rotated = await page.api(
+        access.rotate_secret,
+        {"secret": page.request.path_params["secret"]},
+        body={"grace_seconds": int(hours) * 3600},
+    )
+    pending = await page.api(hosts.list_approvals, {"limit": MAX_LIMIT})
+    secrets_ = await page.api(access.list_secrets, {"limit": MAX_LIMIT})
+    return page.render(
+        "approvals.html", pending=pending, secrets=secrets_, created=rotated, rotated=hours
+    )
 
 
 async def revoke_secret(page: Page, form: dict[str, str]) -> Response:
@@ -495,6 +466,26 @@ async def apply_config(page: Page, form: dict[str, str]) -> Response:
     return await config_page(page, draft, result=result)
 
 
+async def rollback_config(page: Page, form: dict[str, str]) -> Response:
+    version = page.request.path_params["version"]
+    live = await page.api(
+        config.rollback_config, {"version": version}, body={"author": page.session.name}
+    )
+    page.flash("ok", f"version {version}'s state is live again as version {live['version']}")
+    return redirect("/config")
+
+
+async def rollout_change(page: Page, form: dict[str, str]) -> Response:
+    action = page.request.path_params["action"]
+    handler = {"promote": config.promote_rollout, "abort": config.abort_rollout}.get(action)
+    if handler is None:
+        raise ApiError(404, "not_found", f"no such rollout action {action!r}: promote or abort")
+    live = await page.api(handler, body={"author": page.session.name})
+    done = "promoted" if action == "promote" else "aborted"
+    page.flash("ok", f"rollout {done}: version {live['version']} is live for every host")
+    return redirect("/config")
+
+
 # --- API tokens -----------------------------------------------------------------------
 
 
@@ -550,6 +541,39 @@ async def audit_page(page: Page) -> Response:
     return page.render("audit.html", entries=entries, token=token, next_link=next_link)
 
 
+async def carves_page(page: Page) -> Response:
+    status = page.request.query_params.get("status", "").strip()
+    offset = page.request.query_params.get("offset", "0")
+    listed = await page.api(
+        carves.list_carves, {"status": status, "limit": PAGE_SIZE, "offset": offset}
+    )
+    next_link = ""
+    if listed["next_offset"] is not None:
+        next_link = "/carves?" + _query(
+            {**({"status": status} if status else {}), "offset": listed["next_offset"]}
+        )
+    return page.render(
+        "carves.html",
+        carves=listed,
+        wanted_status=status,
+        statuses=carves.CARVE_STATUSES,
+        next_link=next_link,
+    )
+
+
+async def download_carve(page: Page) -> Response:
+    """The API's streamed download, as this session (a link cannot send a token)."""
+    response = await page.api(carves.download_carve, {"carve": page.request.path_params["carve"]})
+    return with_security_headers(response)
+
+
+def with_security_headers(response: Response) -> Response:
+    """The console's headers on an answer the API made, keeping its own (its filename)."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
 async def home(request: Request) -> Response:
     return redirect("/hosts")
 
@@ -595,10 +619,15 @@ def console_routes(console: Console) -> list[BaseRoute]:
         Route("/approvals", get(approvals_page), methods=["GET"]),
         Route("/secrets", post(create_secret), methods=["POST"]),
         Route("/secrets/{secret}/revoke", post(revoke_secret), methods=["POST"]),
+        Route("/secrets/{secret}/rotate", post(rotate_secret), methods=["POST"]),
         Route("/config", get(config_show), methods=["GET"]),
         Route("/config/apply", post(apply_config), methods=["POST"]),
+        Route("/config/versions/{version}/rollback", post(rollback_config), methods=["POST"]),
+        Route("/config/rollout/{action}", post(rollout_change), methods=["POST"]),
         Route("/labels", get(labels_page), methods=["GET"]),
         Route("/audit", get(audit_page), methods=["GET"]),
+        Route("/carves", get(carves_page), methods=["GET"]),
+        Route("/carves/{carve}/download", get(download_carve), methods=["GET"]),
         Route("/tokens", get(tokens_show), methods=["GET"]),
         Route("/tokens", post(create_token), methods=["POST"]),
         Route("/tokens/{token}/revoke", post(revoke_token), methods=["POST"]),

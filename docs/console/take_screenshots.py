@@ -2,7 +2,7 @@
 
 Starts a throwaway `quarry up` cluster (embedded chdb) with a few emulated osquery nodes,
 logs in with Debian's chromium (Selenium, /usr/bin/chromedriver; nothing is downloaded),
-runs a live query, and saves one PNG per page next to this file:
+runs a live query, uploads two carves, and saves one PNG per page next to this file:
 
     .venv/bin/python docs/console/take_screenshots.py
 """
@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from quarry.runtime.settings import PORT_OFFSETS  # noqa: E402
 from tests.quarry_cluster import quarry_cluster  # noqa: E402
-from tests.test_api import Api, Fleet  # noqa: E402
+from tests.test_api import Api, Fleet, carve_from_a_new_host  # noqa: E402
 from tests.test_console import log_in, new_browser  # noqa: E402
 
 HOSTS = 6
@@ -39,9 +39,17 @@ def main() -> None:
             state = admin.ok("GET", "/api/v1/config")["live"]["state"]
             state["labels"] = {"linux-servers": {"query": "SELECT 1", "interval": 300}}
             admin.ok("POST", "/api/v1/config/apply", json={"state": state, "comment": "labels"})
+            # A second version, staged to half the fleet: the config page's rollout actions.
+            state["labels"]["linux-servers"]["interval"] = 600
+            staged = {"state": state, "comment": "slower labels", "canary_percent": 50}
+            admin.ok("POST", "/api/v1/config/apply", json=staged)
             pending = admin.ok(
                 "POST", "/api/v1/secrets", 201, json={"name": "lab", "requires_approval": True}
             )
+            for number in range(2):
+                carve_from_a_new_host(
+                    admin, cluster, number, b"carved bytes\n" * 5000 * (1 + number)
+                )
             with (
                 Fleet(cluster, cluster.enroll_secret, HOSTS),
                 Fleet(cluster, pending["value"], 2, first=HOSTS),
@@ -68,7 +76,7 @@ def shoot(browser, url: str, token: str) -> None:
         lambda d: d.find_element(By.ID, "live").get_attribute("data-state") == "done"
     )
     save(browser, "live-query")
-    for page in ("approvals", "config", "labels", "tokens", "audit"):
+    for page in ("approvals", "config", "labels", "carves", "tokens", "audit"):
         browser.get(f"{url}/{page}")
         save(browser, page)
 

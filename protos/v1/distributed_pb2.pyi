@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StartQueryRequest(_message.Message):
-    __slots__ = ("sql", "node_ids", "ttl_seconds", "author", "tags", "platforms", "labels", "percent", "min_osquery_version", "discovery_sql", "offline_after_seconds")
+    __slots__ = ("sql", "node_ids", "ttl_seconds", "author", "tags", "platforms", "labels", "percent", "min_osquery_version", "discovery_sql", "offline_after_seconds", "dry_run")
     SQL_FIELD_NUMBER: _ClassVar[int]
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class StartQueryRequest(_message.Message):
     MIN_OSQUERY_VERSION_FIELD_NUMBER: _ClassVar[int]
     DISCOVERY_SQL_FIELD_NUMBER: _ClassVar[int]
     OFFLINE_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     sql: str
     node_ids: _containers.RepeatedScalarFieldContainer[str]
     ttl_seconds: int
@@ -31,7 +32,8 @@ class StartQueryRequest(_message.Message):
     min_osquery_version: str
     discovery_sql: str
     offline_after_seconds: int
-    def __init__(self, sql: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., author: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., platforms: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[str]] = ..., percent: _Optional[float] = ..., min_osquery_version: _Optional[str] = ..., discovery_sql: _Optional[str] = ..., offline_after_seconds: _Optional[int] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, sql: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., author: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., platforms: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[str]] = ..., percent: _Optional[float] = ..., min_osquery_version: _Optional[str] = ..., discovery_sql: _Optional[str] = ..., offline_after_seconds: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class Campaign(_message.Message):
     __slots__ = ("campaign_id", "sql", "target_all", "node_ids", "created_at", "expires_at", "cancelled", "author", "tags", "platforms", "percent", "discovery_sql", "open_targeting", "labels", "min_osquery_version", "targeted")
@@ -260,3 +262,71 @@ class RecordActivityResponse(_message.Message):
     deliveries: int
     answers: int
     def __init__(self, deliveries: _Optional[int] = ..., answers: _Optional[int] = ...) -> None: ...
+
+class ListCarvesRequest(_message.Message):
+    __slots__ = ("status", "host_identifier", "limit")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    HOST_IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    host_identifier: str
+    limit: int
+    def __init__(self, status: _Optional[str] = ..., host_identifier: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class CarveInfo(_message.Message):
+    __slots__ = ("session_id", "carve_id", "request_id", "node_id", "host_identifier", "block_count", "block_size", "carve_size", "blocks_received", "bytes_received", "status", "sha256", "compression", "started_at", "updated_at", "completed_at")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CARVE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CARVE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    carve_id: str
+    request_id: str
+    node_id: str
+    host_identifier: str
+    block_count: int
+    block_size: int
+    carve_size: int
+    blocks_received: int
+    bytes_received: int
+    status: str
+    sha256: str
+    compression: str
+    started_at: int
+    updated_at: int
+    completed_at: int
+    def __init__(self, session_id: _Optional[str] = ..., carve_id: _Optional[str] = ..., request_id: _Optional[str] = ..., node_id: _Optional[str] = ..., host_identifier: _Optional[str] = ..., block_count: _Optional[int] = ..., block_size: _Optional[int] = ..., carve_size: _Optional[int] = ..., blocks_received: _Optional[int] = ..., bytes_received: _Optional[int] = ..., status: _Optional[str] = ..., sha256: _Optional[str] = ..., compression: _Optional[str] = ..., started_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., completed_at: _Optional[int] = ...) -> None: ...
+
+class ListCarvesResponse(_message.Message):
+    __slots__ = ("carves",)
+    CARVES_FIELD_NUMBER: _ClassVar[int]
+    carves: _containers.RepeatedCompositeFieldContainer[CarveInfo]
+    def __init__(self, carves: _Optional[_Iterable[_Union[CarveInfo, _Mapping]]] = ...) -> None: ...
+
+class GetCarveRequest(_message.Message):
+    __slots__ = ("carve",)
+    CARVE_FIELD_NUMBER: _ClassVar[int]
+    carve: str
+    def __init__(self, carve: _Optional[str] = ...) -> None: ...
+
+class CarveChunk(_message.Message):
+    __slots__ = ("carve", "offset", "data")
+    CARVE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    carve: CarveInfo
+    offset: int
+    data: bytes
+    def __init__(self, carve: _Optional[_Union[CarveInfo, _Mapping]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...

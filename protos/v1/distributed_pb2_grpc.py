@@ -69,6 +69,21 @@ class DistributedServiceStub:
                 request_serializer=protos_dot_v1_dot_distributed__pb2.ActivityBatch.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_distributed__pb2.RecordActivityResponse.FromString,
                 _registered_method=True)
+        self.ListCarves = channel.unary_unary(
+                '/quarry.v1.DistributedService/ListCarves',
+                request_serializer=protos_dot_v1_dot_distributed__pb2.ListCarvesRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_distributed__pb2.ListCarvesResponse.FromString,
+                _registered_method=True)
+        self.GetCarve = channel.unary_unary(
+                '/quarry.v1.DistributedService/GetCarve',
+                request_serializer=protos_dot_v1_dot_distributed__pb2.GetCarveRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_distributed__pb2.CarveInfo.FromString,
+                _registered_method=True)
+        self.DownloadCarve = channel.unary_stream(
+                '/quarry.v1.DistributedService/DownloadCarve',
+                request_serializer=protos_dot_v1_dot_distributed__pb2.GetCarveRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_distributed__pb2.CarveChunk.FromString,
+                _registered_method=True)
 
 
 class DistributedServiceServicer:
@@ -120,6 +135,28 @@ class DistributedServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCarves(self, request, context):
+        """The carves the gateways stored (docs/carving.md, ADR 0008), read from the carve
+        store this service shares with them: newest first, one, and a complete one's bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCarve(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadCarve(self, request, context):
+        """The archive as uploaded, in order; the stream fails with DATA_LOSS if the bytes no
+        longer hash to the sha256 recorded at completion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DistributedServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +194,21 @@ def add_DistributedServiceServicer_to_server(servicer, server):
                     servicer.RecordActivity,
                     request_deserializer=protos_dot_v1_dot_distributed__pb2.ActivityBatch.FromString,
                     response_serializer=protos_dot_v1_dot_distributed__pb2.RecordActivityResponse.SerializeToString,
+            ),
+            'ListCarves': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCarves,
+                    request_deserializer=protos_dot_v1_dot_distributed__pb2.ListCarvesRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_distributed__pb2.ListCarvesResponse.SerializeToString,
+            ),
+            'GetCarve': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCarve,
+                    request_deserializer=protos_dot_v1_dot_distributed__pb2.GetCarveRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_distributed__pb2.CarveInfo.SerializeToString,
+            ),
+            'DownloadCarve': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadCarve,
+                    request_deserializer=protos_dot_v1_dot_distributed__pb2.GetCarveRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_distributed__pb2.CarveChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +400,87 @@ class DistributedService:
             '/quarry.v1.DistributedService/RecordActivity',
             protos_dot_v1_dot_distributed__pb2.ActivityBatch.SerializeToString,
             protos_dot_v1_dot_distributed__pb2.RecordActivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCarves(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.DistributedService/ListCarves',
+            protos_dot_v1_dot_distributed__pb2.ListCarvesRequest.SerializeToString,
+            protos_dot_v1_dot_distributed__pb2.ListCarvesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCarve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.DistributedService/GetCarve',
+            protos_dot_v1_dot_distributed__pb2.GetCarveRequest.SerializeToString,
+            protos_dot_v1_dot_distributed__pb2.CarveInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadCarve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/quarry.v1.DistributedService/DownloadCarve',
+            protos_dot_v1_dot_distributed__pb2.GetCarveRequest.SerializeToString,
+            protos_dot_v1_dot_distributed__pb2.CarveChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -101,6 +101,11 @@ ADMIN_METHODS: dict[str, str] = {
     _DISTRIBUTED + "GetCampaign": READ_ONLY,
     _DISTRIBUTED + "ListCampaigns": READ_ONLY,
     _DISTRIBUTED + "WatchCampaign": READ_ONLY,
+    _DISTRIBUTED + "ListCarves": READ_ONLY,
+    _DISTRIBUTED + "GetCarve": READ_ONLY,
+    # A carve is a whole file off a host (a key, a password database): only those who
+    # may carve (StartQuery) may read one back (docs/security.md).
+    _DISTRIBUTED + "DownloadCarve": OPERATOR,
     "/quarry.v1.LogStore/Query": READ_ONLY,
 }
 

@@ -40,7 +40,7 @@ from quarry.encryption.gateway_certificates import tls_files
 from quarry.encryption.internal_tls import ensure_shared_certificate
 from quarry.encryption.zmq_curve import ensure_curve_keys
 from quarry.runtime.embedded_clickhouse import embedded_store_problem
-from quarry.runtime.settings import PROCESSES, SERVICES, Settings
+from quarry.runtime.settings import PROCESSES, Settings
 from quarry.serving.service_entry import service_command
 from quarry.state.directory import (
     chdb_dir,
@@ -327,7 +327,7 @@ def _print_banner(
         f"  REST API          https://{settings.public_host}:{settings.api_port}/api/v1   "
         "(docs/api.md)",
         encryption_line(settings),
-        "  metrics           " + ", ".join(f"{s} :{settings.metrics_port(s)}" for s in SERVICES),
+        "  metrics           " + ", ".join(f"{s} :{settings.metrics_port(s)}" for s in PROCESSES),
         *(
             f"  prometheus        http://{host}:{child.ports[0]}   (scrapes every process)"
             for child in children

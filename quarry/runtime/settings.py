@@ -52,7 +52,8 @@ class Settings:
     ingest_zmq_port: int = 50055
     # The REST API (docs/api.md): HTTPS with the gateway's certificate, never osquery's port.
     api_port: int = 8444
-    # Each process serves /metrics on metrics_port_base + its index in SERVICES.
+    # Each process serves /metrics on metrics_port_base + its index in SERVICES; the
+    # REST API on metrics_port_base + 6.
     metrics_port_base: int = 9400
     # /livez on that port answers 503 once the process's event loop has not turned for this
     # long (quarry/runtime/loop_watch.py): what a liveness probe restarts a wedged process on.
@@ -246,6 +247,9 @@ class Settings:
         return [f"tcp://{self.bind_host}:{self.ingest_zmq_port}"]
 
     def metrics_port(self, service: str) -> int:
+        if service == "api":
+            # Base + 5 is the local Prometheus of `quarry up --with-prometheus`.
+            return self.metrics_port_base + len(SERVICES) + 1
         return self.metrics_port_base + SERVICES.index(service)
 
     def path(self, *parts: str) -> Path:

@@ -1,7 +1,7 @@
 """The local-disk carve store: one data file per carve, and a SQLite index of progress.
 
-The gateway writes it (gateway/carving/sessions.py applies osquery's requests to it) and
-`quarry carve` reads it, so it lives below both, in the state layer
+The gateway writes it (gateway/carving/sessions.py applies osquery's requests to it),
+`quarry carve` and the distributed service read it, so it lives below them, in the state layer
 (docs/adr/0008-file-carving.md). Layout under the carve directory (default
 state_dir/carves, or QUARRY_CARVE_DIR: quarry/state/directory.py):
 

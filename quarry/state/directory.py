@@ -25,6 +25,7 @@ its files through the functions below, never by naming a path itself.
                             `quarry up` (quarry/encryption/zmq_curve.py) -> QUARRY_ZMQ_CURVE_DIR
     carves/                 the carve index (index.sqlite3) and one <session>.carve file
                             per carve, written by the gateway, read by `quarry carve`
+                            and the distributed service
                             (quarry/state/carve_store.py) -> QUARRY_CARVE_DIR
     <service>.sqlite3       enroll, config and distributed state with its schema
                             migrations (quarry/state/database.py,
