@@ -55,6 +55,7 @@ INSTALLS = {
     ),
     "500k": ("postgresql", "size-500k", "monitoring"),
     "10k-ingress": ("size-10k", "ingress"),
+    "10k-gateway-api": ("size-10k", "gateway-api"),
 }
 EXAMPLES = ("clickhouse", "postgresql", "admin")
 COMPOSE_FILE = REPO_ROOT / "deploy" / "compose" / "docker-compose.yaml"
@@ -63,6 +64,32 @@ DOCKERFILE = REPO_ROOT / "Dockerfile"
 KUBERNETES_VERSION = "1.27.0"
 # Custom resources of the Prometheus Operator: no schema ships with kubernetes-validate.
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# Gateway API resources (CRDs, so not in kubernetes-validate either): instead of their
+# schema, the fields of the standard channel (v1.4) that components/gateway-api may use,
+# by path, so a misspelt or experimental-only field fails here rather than at apply time.
+GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
+GATEWAY_API_FIELDS = {
+    "HTTPRoute": {
+        "spec": {"parentRefs", "hostnames", "rules"},
+        "spec.parentRefs": {"group", "kind", "name", "namespace", "sectionName", "port"},
+        "spec.rules": {"name", "matches", "filters", "backendRefs", "timeouts"},
+        "spec.rules.matches": {"path", "headers", "queryParams", "method"},
+        "spec.rules.matches.path": {"type", "value"},
+        "spec.rules.backendRefs": {"group", "kind", "name", "namespace", "port", "weight"},
+        "spec.rules.timeouts": {"request", "backendRequest"},
+    },
+    "BackendTLSPolicy": {
+        "spec": {"targetRefs", "validation", "options"},
+        "spec.targetRefs": {"group", "kind", "name", "sectionName"},
+        "spec.validation": {
+            "caCertificateRefs",
+            "wellKnownCACertificates",
+            "hostname",
+            "subjectAltNames",
+        },
+        "spec.validation.caCertificateRefs": {"group", "kind", "name"},
+    },
+}
 # Who calls whom over gRPC (architecture.md; config and distributed look each other up;
 # the REST API calls every service, ADR 0014).
 GRPC_CALLERS = {
@@ -199,11 +226,38 @@ def service_of(workload: dict[str, Any]) -> str:
 # --- schemas --------------------------------------------------------------------------
 
 
+def unknown_fields(value: Any, allowed: dict[str, set[str]], path: str) -> list[str]:
+    """Fields under `path` (a dotted path; lists are walked item by item) not in `allowed`."""
+    if isinstance(value, list):
+        return [f for item in value for f in unknown_fields(item, allowed, path)]
+    if not isinstance(value, dict) or path not in allowed:
+        return []
+    found = [f"{path}.{key}" for key in value if key not in allowed[path]]
+    for key, child in value.items():
+        found += unknown_fields(child, allowed, f"{path}.{key}")
+    return found
+
+
+def assert_valid_gateway_api(obj: dict[str, Any]) -> None:
+    """What can be checked without the Gateway API CRDs: version, metadata, known fields."""
+    assert obj["apiVersion"] == GATEWAY_API_VERSION, obj["kind"]
+    assert set(obj) == {"apiVersion", "kind", "metadata", "spec"}, obj["kind"]
+    kubernetes_validate.validate(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]},
+        KUBERNETES_VERSION,
+        strict=True,
+    )
+    assert unknown_fields(obj["spec"], GATEWAY_API_FIELDS[obj["kind"]], "spec") == []
+
+
 def assert_valid(objects: list[dict[str, Any]]) -> None:
     assert objects
     for obj in objects:
         if obj["kind"] in OPERATOR_KINDS:
             assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+            continue
+        if obj["kind"] in GATEWAY_API_FIELDS:
+            assert_valid_gateway_api(obj)
             continue
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
@@ -475,6 +529,56 @@ def test_the_ingress_publishes_the_api_only(scratch: Path) -> None:
     assert controller["from"][0]["namespaceSelector"] == {
         "matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}
     }
+
+
+def test_the_gateway_api_route_publishes_the_api_only_over_tls(scratch: Path) -> None:
+    """The HTTPRoute and BackendTLSPolicy of components/gateway-api.
+
+    kubernetes-validate has no schema for Gateway API CRDs, so assert_valid checks their
+    version, metadata and field names only (GATEWAY_API_FIELDS); this test checks what they
+    refer to: the route's only backend is the API's Service port, and the policy makes the
+    Gateway speak TLS to that port and check the certificate the API presents (the name in
+    it is QUARRY_PUBLIC_HOST, the CA a ConfigMap, the one kind every implementation takes).
+    Whether a Gateway accepts them is up to its implementation, which no test here runs.
+    """
+    objects = rendered("10k-gateway-api", scratch)
+    service = only(objects, "Service", "quarry-api")
+    service_ports = {p["port"]: p["name"] for p in service["spec"]["ports"]}
+    route = only(objects, "HTTPRoute", "quarry-api")
+    assert route["metadata"]["namespace"] == "quarry"
+    assert [p["namespace"] for p in route["spec"]["parentRefs"]] == ["gateway-system"]
+    backends = [b for rule in route["spec"]["rules"] for b in rule["backendRefs"]]
+    assert [(b["kind"], b["name"], service_ports.get(b["port"])) for b in backends] == [
+        ("Service", "quarry-api", "https")
+    ]
+    assert {r["timeouts"]["request"] for r in route["spec"]["rules"]} == {"0s"}
+    policy = only(objects, "BackendTLSPolicy", "quarry-api")
+    assert policy["metadata"]["namespace"] == route["metadata"]["namespace"]
+    assert policy["spec"]["targetRefs"] == [
+        {"group": "", "kind": "Service", "name": "quarry-api", "sectionName": "https"}
+    ]
+    settings = only(objects, "ConfigMap", "quarry-settings")["data"]
+    validation = policy["spec"]["validation"]
+    assert validation["hostname"] == settings["QUARRY_PUBLIC_HOST"]
+    assert validation["caCertificateRefs"] == [
+        {"group": "", "kind": "ConfigMap", "name": "quarry-api-ca"}
+    ]
+    assert "envoy" in allowed_callers(ingress_rules(objects, "api"), "https")
+    proxies = only(objects, "NetworkPolicy", "quarry-api-gateway")["spec"]["ingress"][0]
+    assert proxies["from"][0]["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "envoy-gateway-system"}
+    }
+
+
+def test_gateway_api_checks_catch_a_misspelt_or_experimental_field(scratch: Path) -> None:
+    route = only(rendered("10k-gateway-api", scratch), "HTTPRoute", "quarry-api")
+    misspelt = json.loads(json.dumps(route))
+    misspelt["spec"]["rules"][0]["backendRef"] = misspelt["spec"]["rules"][0].pop("backendRefs")
+    experimental = json.loads(json.dumps(route))
+    experimental["spec"]["rules"][0]["sessionPersistence"] = {"type": "Cookie"}
+    for broken in (misspelt, experimental):
+        with pytest.raises(AssertionError):
+            assert_valid_gateway_api(broken)
 
 
 # --- monitoring -----------------------------------------------------------------------
