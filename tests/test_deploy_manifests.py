@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from quarry.cli.main import build_parser
+from quarry.encryption.gateway_certificates import tls_files
 from quarry.runtime.settings import ENV_PREFIX, PORT_OFFSETS, PROCESSES, SERVICES, Settings
 from tests.free_ports import free_port_base
 from tests.polling import eventually
@@ -907,6 +908,31 @@ def test_the_api_serves_callers_with_their_own_token(running_cluster: Settings) 
     assert httpx.get(url, verify=False, timeout=10).status_code == 401
 
 
+def with_tested_ports(code: str, service: str, deployed: Settings, tested: Settings) -> str:
+    """`code` with each :PORT/ of a URL moved to the port of the same role when tested."""
+
+    def moved(match: re.Match[str]) -> str:
+        return f":{same_port_under(int(match[1]), service, deployed, tested)}/"
+
+    return re.sub(r":(\d+)/", moved, code)
+
+
+def test_every_compose_healthcheck_passes_on_the_running_process(
+    running_cluster: Settings,
+) -> None:
+    """Each compose healthcheck's command, run against the real process: its port moved to
+    the tested cluster's, and the API's CA path to where the tested gateway made its CA."""
+    deployed = Settings()
+    ca_in_compose = Settings.from_env(compose_services()["api"]["environment"]).tls_ca
+    for name, service in quarry_compose_services().items():
+        command = service["healthcheck"]["test"]
+        assert command[:3] == ["CMD", "python", "-c"], name
+        code = with_tested_ports(command[3], name, deployed, running_cluster)
+        code = code.replace(ca_in_compose, str(tls_files(running_cluster).ca_cert))
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, (name, done.stderr[-500:])
+
+
 def test_metrics_still_served_beside_healthz(running_cluster: Settings) -> None:
     port = running_cluster.metrics_port("enroll")
     health = httpx.get(f"http://{running_cluster.bind_host}:{port}/healthz")
@@ -922,22 +948,66 @@ def compose_services() -> dict[str, dict[str, Any]]:
     return yaml.safe_load(COMPOSE_FILE.read_text())["services"]
 
 
-def test_compose_runs_every_service_and_publishes_only_the_gateway() -> None:
-    services = compose_services()
-    quarry_services = {
+def compose_settings() -> dict[str, str]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())["x-quarry-settings"]
+
+
+def tls_files_under(mount: Path, scratch_state: Path) -> tuple[str, str, str]:
+    """The certificate files the gateway makes in its state directory, seen under `mount`:
+    made for real in a scratch state directory, so the names are the code's."""
+    files = tls_files(Settings(state_dir=scratch_state))
+    return tuple(
+        str(mount / p.relative_to(scratch_state)) for p in (files.cert, files.key, files.ca_cert)
+    )
+
+
+def quarry_compose_services() -> dict[str, dict[str, Any]]:
+    """The services that run a Quarry process (not the keys maker, ClickHouse, PostgreSQL)."""
+    return {
         n: s
-        for n, s in services.items()
-        if s.get("image") == "quarry:local" and "entrypoint" not in s  # not the keys maker
+        for n, s in compose_services().items()
+        if s.get("image") == "quarry:local" and "entrypoint" not in s
     }
+
+
+def test_compose_runs_every_process_and_publishes_only_the_gateway_and_api() -> None:
+    services = compose_services()
+    quarry_services = quarry_compose_services()
     assert {n: serve_target(s["command"]) for n, s in quarry_services.items()} == {
-        s: s for s in SERVICES
+        p: p for p in PROCESSES
     }
-    assert [n for n, s in services.items() if s.get("ports")] == ["gateway"]
-    assert services["gateway"]["ports"] == [f"8443:{Settings().gateway_port}"]
+    assert {n: s["ports"] for n, s in services.items() if s.get("ports")} == {
+        "gateway": [f"8443:{Settings().gateway_port}"],
+        # The console's port is the host's loopback only (docs/security.md).
+        "api": [f"127.0.0.1:8444:{Settings().api_port}"],
+    }
     for name, service in quarry_services.items():
         assert set(service["environment"]) <= SETTING_NAMES
-        healthcheck_url = service["healthcheck"]["test"][-1]
-        assert f":{Settings().metrics_port(name)}/healthz" in healthcheck_url, name
+        port = Settings().api_port if name == "api" else Settings().metrics_port(name)
+        path = "/api/v1/openapi.json" if name == "api" else "/healthz"
+        assert f":{port}{path}" in service["healthcheck"]["test"][-1], name
+
+
+def test_compose_gives_tokens_only_to_the_processes_that_read_them() -> None:
+    for name, service in quarry_compose_services().items():
+        readers = {v for v, names in TOKEN_READERS.items() if name in names}
+        assert {v for v in service["environment"] if v in TOKEN_READERS} == readers, name
+
+
+def test_compose_api_presents_the_gateways_certificate(tmp_path: Path) -> None:
+    services = compose_services()
+    api = services["api"]
+    mount = next(v for v in api["volumes"] if v.startswith("gateway:")).split(":")
+    assert mount[2] == "ro"
+    gateway_state = services["gateway"]["environment"].get(
+        "QUARRY_STATE_DIR", compose_settings()["QUARRY_STATE_DIR"]
+    )
+    assert f"gateway:{gateway_state}" in services["gateway"]["volumes"]
+    # The files the gateway makes in its state directory, seen under the API's mount.
+    made = tls_files_under(Path(mount[1]), tmp_path)
+    settings = Settings.from_env(api["environment"])
+    assert (settings.tls_cert, settings.tls_key, settings.tls_ca) == made
+    assert api["depends_on"]["gateway"] == {"condition": "service_healthy"}
 
 
 def test_compose_encrypts_internal_traffic_with_keys_made_once() -> None:
@@ -945,7 +1015,7 @@ def test_compose_encrypts_internal_traffic_with_keys_made_once() -> None:
     keys = services["keys"]
     assert keys["command"] == ["quarry tls internal init && quarry curve init"]
     volume = "keys:" + keys["environment"]["QUARRY_STATE_DIR"]
-    for name in SERVICES:
+    for name in PROCESSES:
         service = services[name]
         environment = service["environment"]
         encryption = {k: v for k, v in environment.items() if "_TLS" in k or "CURVE" in k}
