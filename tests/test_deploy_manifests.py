@@ -51,6 +51,7 @@ INSTALLS = {
         "size-100k",
         "monitoring",
         "ingress",
+        "gateway-api",
         "spread-required",
         "clickhouse-cluster",
     ),
