@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--port-base",
         type=int,
-        help="shift every port: gateway N, services N+1.., metrics N+10.. (QUARRY_PORT_BASE)",
+        help="shift every port: gateway N, services N+1.., metrics N+10.. (QUARRY_PORT_BASE;"
+        " default: the ports the state directory's last `quarry up` recorded, else the defaults)",
     )
     parser.add_argument(
         "--clickhouse-url",
