@@ -19,6 +19,10 @@ from pathlib import Path
 import yaml
 
 SECTIONS = ("blocks", "labels", "node_tags")
+# The key that marks a document as a partial view of the state (`quarry get queries`,
+# `quarry get packs`): applied alone it would replace the whole state with that part,
+# so reading one as a state file is refused (docs/config.md, "Views: quarry get").
+VIEW_KEY = "view"
 TARGET_KINDS = ("all", "tags", "platforms", "nodes", "labels")
 STATE_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -376,6 +380,12 @@ def _entries(document: object, origin: str) -> Iterable[tuple[str, str, object]]
         return
     if not isinstance(document, dict):
         raise InvalidState(f"{origin}: the top level must be a mapping of {', '.join(SECTIONS)}")
+    if VIEW_KEY in document:
+        raise InvalidState(
+            f"{origin}: a `quarry get {document[VIEW_KEY]}` view, which holds only part of"
+            " each block, cannot be applied (it would drop the rest of the state): apply"
+            " the state files it was read from, or `quarry get blocks`"
+        )
     for section, content in document.items():
         if section not in SECTIONS:
             raise InvalidState(

@@ -3,7 +3,8 @@
 Each test drives the real command in a subprocess: `quarry sql` (one statement, its
 formats and row limit), finding the cluster from its state directory alone, output
 closed early, `quarry carve start` on a fresh install (no carve store yet), two
-`quarry up` started together, and a shutdown that loses no check-ins. The last test
+`quarry up` started together, `quarry up` started again on its state directory's record,
+and a shutdown that loses no check-ins. The last test
 stops the module's cluster.
 """
 
@@ -17,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +30,7 @@ from gateway.osquery_api import routes
 from tests.emulator import HostProfile, OsqueryNode
 from tests.emulator.tables import QueryOutcome, TableExecutor
 from tests.free_ports import free_port_base
-from tests.quarry_cluster import QuarryCluster, quarry_cluster
+from tests.quarry_cluster import READY_LINE, QuarryCluster, quarry_cluster
 
 # Check-ins wait this long in the gateway before it records them: at shutdown they are
 # still waiting, so the gateway's last flush needs the enroll service still up.
@@ -308,7 +310,7 @@ async def _answer_carve_query(node: OsqueryNode, carve_guid: str) -> None:
     raise AssertionError("the carve query never reached the node")
 
 
-# --- quarry up: two at once, and shutdown --------------------------------------------------
+# --- quarry up: two at once, started again, and shutdown ----------------------------------
 
 
 def start_up(env: dict[str, str]) -> subprocess.Popen[str]:
@@ -340,6 +342,76 @@ def test_two_quarry_up_started_together_leave_one_running(tmp_path: Path) -> Non
             if up.poll() is None:
                 up.send_signal(signal.SIGTERM)
                 up.communicate(timeout=60)
+
+
+def up_until_ready(env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
+    """`quarry up` running, and the lines it printed (still collected, so its pipe never fills)."""
+    process = start_up(env)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def collect() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if READY_LINE in line:
+                ready.set()
+
+    threading.Thread(target=collect, daemon=True).start()
+    deadline = time.monotonic() + 120
+    while not ready.wait(0.2):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_up(process)
+            raise AssertionError("quarry up did not start:\n" + "\n".join(lines))
+    return process, lines
+
+
+def stop_up(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def test_quarry_up_started_again_listens_where_its_record_says(tmp_path: Path) -> None:
+    """The record admin commands read is also where `quarry up` comes back without
+    --port-base; an explicit one moves it, and both are said."""
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("QUARRY_")}
+    state = tmp_path / "state"
+    first = free_port_base()
+    up, _ = up_until_ready(
+        {**plain, "QUARRY_STATE_DIR": str(state), "QUARRY_PORT_BASE": str(first)}
+    )
+    stop_up(up)
+
+    up, lines = up_until_ready({**plain, "QUARRY_STATE_DIR": str(state)})
+    try:
+        assert (
+            f"quarry up: listening on --port-base {first}, as the last quarry up on {state}"
+            " did (cluster.json); give --port-base to move"
+        ) in lines
+        assert f"  osquery gateway   https://localhost:{first}" in lines
+        found = quarry_in(plain, "--state-dir", str(state), "secret", "list", "--json")
+        assert (found.returncode, found.stderr) == (0, "")
+        flags = quarry_in(plain, "--state-dir", str(state), "flags").stdout.splitlines()
+        assert f"--tls_hostname=localhost:{first}" in flags
+    finally:
+        stop_up(up)
+
+    moved = free_port_base()
+    up, lines = up_until_ready(
+        {**plain, "QUARRY_STATE_DIR": str(state), "QUARRY_PORT_BASE": str(moved)}
+    )
+    try:
+        assert (
+            f"quarry up: note: moving from --port-base {first}, where the last quarry up on"
+            f" {state} listened, to --port-base {moved}; osquery's flags change with it"
+            " (`quarry flags`)"
+        ) in lines
+        assert json.loads((state / "cluster.json").read_text())["port_base"] == moved
+        flags = quarry_in(plain, "--state-dir", str(state), "flags").stdout.splitlines()
+        assert f"--tls_hostname=localhost:{moved}" in flags
+    finally:
+        stop_up(up)
 
 
 def test_shutdown_stops_the_gateway_first_and_records_its_last_check_ins(

@@ -241,6 +241,37 @@ def test_config_set_dry_run_shows_the_change_and_changes_nothing(
     assert history(cluster) == before
 
 
+def test_a_view_applied_alone_is_refused_in_one_line(
+    cluster: QuarryCluster, tmp_path: Path
+) -> None:
+    """`get queries` and `get packs` hold only part of each block: applied as the state they
+    would drop the rest (the other blocks, their options, the labels), so they are refused,
+    in a file or in a tree, and nothing changes."""
+    state = {
+        "blocks": {
+            "base": {"targets": {"all": True}, "config": {"options": {"x": 1}, **BASE["config"]}},
+            "fim": {"targets": {"platforms": ["linux"]}, "config": {"packs": {"p": {}}}},
+        },
+        "labels": {"y": {"query": "SELECT 1 FROM users", "interval": 300}},
+    }
+    assert apply(cluster, write_tree(tmp_path / "full", state)).returncode == 0
+    before = history(cluster)
+    for kind in ("queries", "packs"):
+        tree = tmp_path / f"with-{kind}"
+        tree.mkdir()
+        (tree / f"{kind}.yaml").write_text(cluster.cli("get", kind, "-o", "yaml").stdout)
+        for target in (tree / f"{kind}.yaml", tree):
+            for options in ((), ("--dry-run",)):
+                result = apply(cluster, target, *options)
+                assert result.returncode == 1, result.stdout
+                assert result.stderr.splitlines() == [
+                    f"quarry config: {kind}.yaml: a `quarry get {kind}` view, which holds only"
+                    " part of each block, cannot be applied (it would drop the rest of the"
+                    " state): apply the state files it was read from, or `quarry get blocks`"
+                ]
+    assert history(cluster) == before
+
+
 def test_get_prints_a_kind_ready_for_the_tree(cluster: QuarryCluster, tmp_path: Path) -> None:
     state = {
         "blocks": {
@@ -257,9 +288,9 @@ def test_get_prints_a_kind_ready_for_the_tree(cluster: QuarryCluster, tmp_path: 
     assert cluster.cli_json("config", "apply", "-f", str(tree))["changed"] is False  # type: ignore[index]
 
     queries = json.loads(cluster.cli("get", "queries", "-o", "json").stdout)
-    assert queries == {"blocks": {"base": BASE}}
+    assert queries == {"view": "queries", "blocks": {"base": BASE}}
     packs = json.loads(cluster.cli("get", "packs", "-o", "json").stdout)
-    assert list(packs["blocks"]) == ["fim"]
+    assert packs == {"view": "packs", "blocks": {"fim": state["blocks"]["fim"]}}
     value = cluster.cli_json("secret", "create", "get-me")["value"]  # type: ignore[index]
     secrets = cluster.cli("get", "secrets", "-o", "yaml").stdout
     assert "get-me" in secrets and value not in secrets

@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from quarry.cli.main import build_parser
+from quarry.encryption.gateway_certificates import tls_files
 from quarry.runtime.settings import ENV_PREFIX, PORT_OFFSETS, PROCESSES, SERVICES, Settings
 from tests.free_ports import free_port_base
 from tests.polling import eventually
@@ -50,11 +51,13 @@ INSTALLS = {
         "size-100k",
         "monitoring",
         "ingress",
+        "gateway-api",
         "spread-required",
         "clickhouse-cluster",
     ),
     "500k": ("postgresql", "size-500k", "monitoring"),
     "10k-ingress": ("size-10k", "ingress"),
+    "10k-gateway-api": ("size-10k", "gateway-api"),
 }
 EXAMPLES = ("clickhouse", "postgresql", "admin")
 COMPOSE_FILE = REPO_ROOT / "deploy" / "compose" / "docker-compose.yaml"
@@ -63,6 +66,32 @@ DOCKERFILE = REPO_ROOT / "Dockerfile"
 KUBERNETES_VERSION = "1.27.0"
 # Custom resources of the Prometheus Operator: no schema ships with kubernetes-validate.
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# Gateway API resources (CRDs, so not in kubernetes-validate either): instead of their
+# schema, the fields of the standard channel (v1.4) that components/gateway-api may use,
+# by path, so a misspelt or experimental-only field fails here rather than at apply time.
+GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
+GATEWAY_API_FIELDS = {
+    "HTTPRoute": {
+        "spec": {"parentRefs", "hostnames", "rules"},
+        "spec.parentRefs": {"group", "kind", "name", "namespace", "sectionName", "port"},
+        "spec.rules": {"name", "matches", "filters", "backendRefs", "timeouts"},
+        "spec.rules.matches": {"path", "headers", "queryParams", "method"},
+        "spec.rules.matches.path": {"type", "value"},
+        "spec.rules.backendRefs": {"group", "kind", "name", "namespace", "port", "weight"},
+        "spec.rules.timeouts": {"request", "backendRequest"},
+    },
+    "BackendTLSPolicy": {
+        "spec": {"targetRefs", "validation", "options"},
+        "spec.targetRefs": {"group", "kind", "name", "sectionName"},
+        "spec.validation": {
+            "caCertificateRefs",
+            "wellKnownCACertificates",
+            "hostname",
+            "subjectAltNames",
+        },
+        "spec.validation.caCertificateRefs": {"group", "kind", "name"},
+    },
+}
 # Who calls whom over gRPC (architecture.md; config and distributed look each other up;
 # the REST API calls every service, ADR 0014).
 GRPC_CALLERS = {
@@ -199,11 +228,38 @@ def service_of(workload: dict[str, Any]) -> str:
 # --- schemas --------------------------------------------------------------------------
 
 
+def unknown_fields(value: Any, allowed: dict[str, set[str]], path: str) -> list[str]:
+    """Fields under `path` (a dotted path; lists are walked item by item) not in `allowed`."""
+    if isinstance(value, list):
+        return [f for item in value for f in unknown_fields(item, allowed, path)]
+    if not isinstance(value, dict) or path not in allowed:
+        return []
+    found = [f"{path}.{key}" for key in value if key not in allowed[path]]
+    for key, child in value.items():
+        found += unknown_fields(child, allowed, f"{path}.{key}")
+    return found
+
+
+def assert_valid_gateway_api(obj: dict[str, Any]) -> None:
+    """What can be checked without the Gateway API CRDs: version, metadata, known fields."""
+    assert obj["apiVersion"] == GATEWAY_API_VERSION, obj["kind"]
+    assert set(obj) == {"apiVersion", "kind", "metadata", "spec"}, obj["kind"]
+    kubernetes_validate.validate(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]},
+        KUBERNETES_VERSION,
+        strict=True,
+    )
+    assert unknown_fields(obj["spec"], GATEWAY_API_FIELDS[obj["kind"]], "spec") == []
+
+
 def assert_valid(objects: list[dict[str, Any]]) -> None:
     assert objects
     for obj in objects:
         if obj["kind"] in OPERATOR_KINDS:
             assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+            continue
+        if obj["kind"] in GATEWAY_API_FIELDS:
+            assert_valid_gateway_api(obj)
             continue
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
@@ -514,6 +570,56 @@ def test_the_ingress_publishes_the_api_only(scratch: Path) -> None:
     assert controller["from"][0]["namespaceSelector"] == {
         "matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}
     }
+
+
+def test_the_gateway_api_route_publishes_the_api_only_over_tls(scratch: Path) -> None:
+    """The HTTPRoute and BackendTLSPolicy of components/gateway-api.
+
+    kubernetes-validate has no schema for Gateway API CRDs, so assert_valid checks their
+    version, metadata and field names only (GATEWAY_API_FIELDS); this test checks what they
+    refer to: the route's only backend is the API's Service port, and the policy makes the
+    Gateway speak TLS to that port and check the certificate the API presents (the name in
+    it is QUARRY_PUBLIC_HOST, the CA a ConfigMap, the one kind every implementation takes).
+    Whether a Gateway accepts them is up to its implementation, which no test here runs.
+    """
+    objects = rendered("10k-gateway-api", scratch)
+    service = only(objects, "Service", "quarry-api")
+    service_ports = {p["port"]: p["name"] for p in service["spec"]["ports"]}
+    route = only(objects, "HTTPRoute", "quarry-api")
+    assert route["metadata"]["namespace"] == "quarry"
+    assert [p["namespace"] for p in route["spec"]["parentRefs"]] == ["gateway-system"]
+    backends = [b for rule in route["spec"]["rules"] for b in rule["backendRefs"]]
+    assert [(b["kind"], b["name"], service_ports.get(b["port"])) for b in backends] == [
+        ("Service", "quarry-api", "https")
+    ]
+    assert {r["timeouts"]["request"] for r in route["spec"]["rules"]} == {"0s"}
+    policy = only(objects, "BackendTLSPolicy", "quarry-api")
+    assert policy["metadata"]["namespace"] == route["metadata"]["namespace"]
+    assert policy["spec"]["targetRefs"] == [
+        {"group": "", "kind": "Service", "name": "quarry-api", "sectionName": "https"}
+    ]
+    settings = only(objects, "ConfigMap", "quarry-settings")["data"]
+    validation = policy["spec"]["validation"]
+    assert validation["hostname"] == settings["QUARRY_PUBLIC_HOST"]
+    assert validation["caCertificateRefs"] == [
+        {"group": "", "kind": "ConfigMap", "name": "quarry-api-ca"}
+    ]
+    assert "envoy" in allowed_callers(ingress_rules(objects, "api"), "https")
+    proxies = only(objects, "NetworkPolicy", "quarry-api-gateway")["spec"]["ingress"][0]
+    assert proxies["from"][0]["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "envoy-gateway-system"}
+    }
+
+
+def test_gateway_api_checks_catch_a_misspelt_or_experimental_field(scratch: Path) -> None:
+    route = only(rendered("10k-gateway-api", scratch), "HTTPRoute", "quarry-api")
+    misspelt = json.loads(json.dumps(route))
+    misspelt["spec"]["rules"][0]["backendRef"] = misspelt["spec"]["rules"][0].pop("backendRefs")
+    experimental = json.loads(json.dumps(route))
+    experimental["spec"]["rules"][0]["sessionPersistence"] = {"type": "Cookie"}
+    for broken in (misspelt, experimental):
+        with pytest.raises(AssertionError):
+            assert_valid_gateway_api(broken)
 
 
 # --- monitoring -----------------------------------------------------------------------
@@ -833,6 +939,31 @@ def test_the_api_serves_callers_with_their_own_token(running_cluster: Settings) 
     assert httpx.get(url, verify=False, timeout=10).status_code == 401
 
 
+def with_tested_ports(code: str, service: str, deployed: Settings, tested: Settings) -> str:
+    """`code` with each :PORT/ of a URL moved to the port of the same role when tested."""
+
+    def moved(match: re.Match[str]) -> str:
+        return f":{same_port_under(int(match[1]), service, deployed, tested)}/"
+
+    return re.sub(r":(\d+)/", moved, code)
+
+
+def test_every_compose_healthcheck_passes_on_the_running_process(
+    running_cluster: Settings,
+) -> None:
+    """Each compose healthcheck's command, run against the real process: its port moved to
+    the tested cluster's, and the API's CA path to where the tested gateway made its CA."""
+    deployed = Settings()
+    ca_in_compose = Settings.from_env(compose_services()["api"]["environment"]).tls_ca
+    for name, service in quarry_compose_services().items():
+        command = service["healthcheck"]["test"]
+        assert command[:3] == ["CMD", "python", "-c"], name
+        code = with_tested_ports(command[3], name, deployed, running_cluster)
+        code = code.replace(ca_in_compose, str(tls_files(running_cluster).ca_cert))
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, (name, done.stderr[-500:])
+
+
 def test_metrics_still_served_beside_healthz(running_cluster: Settings) -> None:
     port = running_cluster.metrics_port("enroll")
     health = httpx.get(f"http://{running_cluster.bind_host}:{port}/healthz")
@@ -848,22 +979,66 @@ def compose_services() -> dict[str, dict[str, Any]]:
     return yaml.safe_load(COMPOSE_FILE.read_text())["services"]
 
 
-def test_compose_runs_every_service_and_publishes_only_the_gateway() -> None:
-    services = compose_services()
-    quarry_services = {
+def compose_settings() -> dict[str, str]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())["x-quarry-settings"]
+
+
+def tls_files_under(mount: Path, scratch_state: Path) -> tuple[str, str, str]:
+    """The certificate files the gateway makes in its state directory, seen under `mount`:
+    made for real in a scratch state directory, so the names are the code's."""
+    files = tls_files(Settings(state_dir=scratch_state))
+    return tuple(
+        str(mount / p.relative_to(scratch_state)) for p in (files.cert, files.key, files.ca_cert)
+    )
+
+
+def quarry_compose_services() -> dict[str, dict[str, Any]]:
+    """The services that run a Quarry process (not the keys maker, ClickHouse, PostgreSQL)."""
+    return {
         n: s
-        for n, s in services.items()
-        if s.get("image") == "quarry:local" and "entrypoint" not in s  # not the keys maker
+        for n, s in compose_services().items()
+        if s.get("image") == "quarry:local" and "entrypoint" not in s
     }
+
+
+def test_compose_runs_every_process_and_publishes_only_the_gateway_and_api() -> None:
+    services = compose_services()
+    quarry_services = quarry_compose_services()
     assert {n: serve_target(s["command"]) for n, s in quarry_services.items()} == {
-        s: s for s in SERVICES
+        p: p for p in PROCESSES
     }
-    assert [n for n, s in services.items() if s.get("ports")] == ["gateway"]
-    assert services["gateway"]["ports"] == [f"8443:{Settings().gateway_port}"]
+    assert {n: s["ports"] for n, s in services.items() if s.get("ports")} == {
+        "gateway": [f"8443:{Settings().gateway_port}"],
+        # The console's port is the host's loopback only (docs/security.md).
+        "api": [f"127.0.0.1:8444:{Settings().api_port}"],
+    }
     for name, service in quarry_services.items():
         assert set(service["environment"]) <= SETTING_NAMES
-        healthcheck_url = service["healthcheck"]["test"][-1]
-        assert f":{Settings().metrics_port(name)}/healthz" in healthcheck_url, name
+        port = Settings().api_port if name == "api" else Settings().metrics_port(name)
+        path = "/api/v1/openapi.json" if name == "api" else "/healthz"
+        assert f":{port}{path}" in service["healthcheck"]["test"][-1], name
+
+
+def test_compose_gives_tokens_only_to_the_processes_that_read_them() -> None:
+    for name, service in quarry_compose_services().items():
+        readers = {v for v, names in TOKEN_READERS.items() if name in names}
+        assert {v for v in service["environment"] if v in TOKEN_READERS} == readers, name
+
+
+def test_compose_api_presents_the_gateways_certificate(tmp_path: Path) -> None:
+    services = compose_services()
+    api = services["api"]
+    mount = next(v for v in api["volumes"] if v.startswith("gateway:")).split(":")
+    assert mount[2] == "ro"
+    gateway_state = services["gateway"]["environment"].get(
+        "QUARRY_STATE_DIR", compose_settings()["QUARRY_STATE_DIR"]
+    )
+    assert f"gateway:{gateway_state}" in services["gateway"]["volumes"]
+    # The files the gateway makes in its state directory, seen under the API's mount.
+    made = tls_files_under(Path(mount[1]), tmp_path)
+    settings = Settings.from_env(api["environment"])
+    assert (settings.tls_cert, settings.tls_key, settings.tls_ca) == made
+    assert api["depends_on"]["gateway"] == {"condition": "service_healthy"}
 
 
 def test_compose_encrypts_internal_traffic_with_keys_made_once() -> None:
@@ -871,7 +1046,7 @@ def test_compose_encrypts_internal_traffic_with_keys_made_once() -> None:
     keys = services["keys"]
     assert keys["command"] == ["quarry tls internal init && quarry curve init"]
     volume = "keys:" + keys["environment"]["QUARRY_STATE_DIR"]
-    for name in SERVICES:
+    for name in PROCESSES:
         service = services[name]
         environment = service["environment"]
         encryption = {k: v for k, v in environment.items() if "_TLS" in k or "CURVE" in k}

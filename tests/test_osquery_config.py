@@ -692,6 +692,13 @@ def test_a_name_defined_in_two_files_is_refused(tmp_path: Path) -> None:
             "s.yaml: unknown section 'queries' (expected blocks, labels, node_tags)",
         ),
         (
+            "q.yaml",
+            "view: queries\nblocks:\n  b: {targets: {all: true}, config: {schedule: {}}}\n",
+            "q.yaml: a `quarry get queries` view, which holds only part of each block, cannot"
+            " be applied (it would drop the rest of the state): apply the state files it was"
+            " read from, or `quarry get blocks`",
+        ),
+        (
             "s.yaml",
             "blocks:\n  b: {targets: {hosts: [x]}}\n",
             "s.yaml: block 'b': unknown target 'hosts'"

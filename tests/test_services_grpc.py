@@ -467,9 +467,33 @@ def test_activity_for_an_unknown_campaign_is_ignored(distributed) -> None:
     assert not report.found
 
 
+def record_answer_and_wait_for_its_relay(distributed, campaign_id: str, node_id: str) -> None:
+    """RecordActivity, then wait until the service has sent that answer to its watchers.
+
+    RecordActivity returns at commit, not once the change relay has published the answer
+    (distributed_service/campaigns.py; docs/live-queries.md): on PostgreSQL a stream opened
+    right after it may get the answer in its snapshot and again as a live event. Waiting for
+    it on a stream of its own, opened before the write, means every stream opened later has
+    it in its snapshot only. If the relay never sends it, this fails: that is a real fault.
+    """
+    watch = StreamReader(distributed.WatchCampaigns(distributed_pb2.WatchCampaignsRequest()))
+    try:
+        watch.until(is_snapshot_done)
+        batch = distributed_pb2.ActivityBatch(answers=[answer(campaign_id, node_id)])
+        distributed.RecordActivity(batch)
+        watch.until(
+            lambda e: (
+                (e.kind, e.campaign.campaign_id, e.node_id)
+                == (CampaignEvent.ANSWERED, campaign_id, node_id)
+            )
+        )
+    finally:
+        watch.close()
+
+
 def test_watch_campaigns_snapshot_has_open_campaigns_and_answers(distributed) -> None:
     campaign_id = start_query(distributed, node_ids=["a", "b"]).campaign_id
-    distributed.RecordActivity(distributed_pb2.ActivityBatch(answers=[answer(campaign_id, "a")]))
+    record_answer_and_wait_for_its_relay(distributed, campaign_id, "a")
     watch = StreamReader(distributed.WatchCampaigns(distributed_pb2.WatchCampaignsRequest()))
     try:
         snapshot = watch.until(is_snapshot_done)

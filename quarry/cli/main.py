@@ -2,9 +2,10 @@
 
 Settings come from QUARRY_* environment variables; the global options below set the
 most common ones for this command and every process it starts. An admin command given
-only `--state-dir` finds the cluster where that state directory's `quarry up` recorded it
-(quarry/cli/cluster_record.py). Output closed early (`| head`) ends the command quietly
-with exit code 141, as a process killed by SIGPIPE shows in the shell (docs/cli.md).
+only `--state-dir` finds the cluster where that state directory's `quarry up` recorded it,
+and `quarry up` started again listens there (quarry/cli/cluster_record.py). Output closed
+early (`| head`) ends the command quietly with exit code 141, as a process killed by
+SIGPIPE shows in the shell (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import NoReturn
 
-from quarry.cli.cluster_record import apply_record
+from quarry.cli.cluster_record import apply_record, reuse_recorded_ports
 from quarry.cli.commands import (
     admin,
     carves,
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--port-base",
         type=int,
-        help="shift every port: gateway N, services N+1.., metrics N+10.. (QUARRY_PORT_BASE)",
+        help="shift every port: gateway N, services N+1.., metrics N+10.. (QUARRY_PORT_BASE;"
+        " default: the ports the state directory's last `quarry up` recorded, else the defaults)",
     )
     parser.add_argument(
         "--clickhouse-url",
@@ -148,7 +150,13 @@ def _apply_global_options(args: argparse.Namespace) -> None:
         os.environ["QUARRY_PORT_BASE"] = str(args.port_base)
     if args.clickhouse_url is not None:
         os.environ["QUARRY_CLICKHOUSE_URL"] = args.clickhouse_url
-    if args.command not in ("up", "serve"):
+    # Admin commands and `quarry up` read the same record: a state directory's cluster is
+    # where its last `quarry up` listened unless ports are given (cluster_record.py).
+    if args.command == "up":
+        note = reuse_recorded_ports(Settings.from_env().state_dir)
+        if note:
+            print(note, flush=True)
+    elif args.command != "serve":
         apply_record(Settings.from_env().state_dir)
 
 

@@ -40,6 +40,7 @@ its files through the functions below, never by naming a path itself.
                             same state directory is refused even while the first starts
     cluster.json            where the `quarry up` on this directory listens (its port base,
                             ports, hosts), so admin commands find it with --state-dir alone
+                            and a `quarry up` started again listens there
                             (quarry/cli/cluster_record.py)
     osquery.flags           the flags that connect a node, written by `quarry up`
     prometheus/             `quarry up --with-prometheus`: its configuration and data

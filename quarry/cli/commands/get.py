@@ -1,12 +1,13 @@
-"""`quarry get KIND -o yaml|json`: one kind of the live state on standard output, as a
-state file `quarry config apply` reads (a view like `fleetctl get`).
+"""`quarry get KIND -o yaml|json`: one kind of the live state on standard output (a view
+like `fleetctl get`).
 
-`blocks`, `labels` and `node_tags` are exactly the files `config export` writes;
-`queries` and `packs` are the blocks that hold scheduled queries or packs, each with its
-targets and only that part of its config; `secrets` are the enroll secrets' policies,
-never their values (only `quarry secret create` makes a value). `apply` replaces the
-whole state, so a view goes into the tree in place of its section, not applied alone
-(docs/config.md, "Views: quarry get").
+`blocks`, `labels` and `node_tags` are exactly the files `config export` writes, ready
+for `config apply`. `queries` and `packs` are the blocks of the whole live state (whatever
+nodes they target) that hold scheduled queries or packs, each with its targets and only
+that part of its config; `apply` replaces the whole state, so such a document applied
+alone would drop everything else: it is marked as a view (VIEW_KEY), which `config apply`
+refuses in one line. `secrets` are the enroll secrets' policies, never their values (only
+`quarry secret create` makes a value). Docs: docs/config.md, "Views: quarry get".
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 
 import yaml
 
-from osquery_config.state import State
+from osquery_config.state import VIEW_KEY, State
 from protos.v1 import config_pb2, enroll_pb2
 from quarry.cli.commands.admin import call_rpc, enroll_stub
 from quarry.runtime.settings import Settings
@@ -51,7 +52,8 @@ def get(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def view(state: State, kind: str) -> dict[str, object]:
-    """One section of the state (blocks, labels, node_tags), or the blocks' queries or packs."""
+    """One section of the state (blocks, labels, node_tags), or the view of the blocks'
+    queries or packs."""
     document = state.to_document()
     if kind not in BLOCK_VIEWS:
         return {kind: document[kind]}
@@ -61,7 +63,7 @@ def view(state: State, kind: str) -> dict[str, object]:
         for name, block in document["blocks"].items()
         if block["config"].get(part)
     }
-    return {"blocks": blocks}
+    return {VIEW_KEY: kind, "blocks": blocks}
 
 
 def _live_state(settings: Settings) -> State:
