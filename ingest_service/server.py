@@ -32,6 +32,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ingest_service import line_identities, metrics
 from ingest_service.group_commit import GroupCommitter, Reply, recent_ids_from_spool
+from ingest_service.host_inventory import HostInventory
 from ingest_service.log_store import LogStore, ReadOnlyQueries
 from ingest_service.replay import ReplayedReads, Replayer
 from ingest_service.schema import retention_days
@@ -105,6 +106,8 @@ async def serve(settings: Settings) -> None:
     committer.start()
     receiver = asyncio.create_task(receive_batches(log_socket.router, committer))
     retention = asyncio.create_task(enforce_retention(store, retention_days()))
+    inventory = HostInventory(settings, store) if settings.ingest_hosts_table else None
+    hosts = asyncio.create_task(inventory.run()) if inventory else None
     log.info(
         "ingest ready: ZeroMQ %s (%s), store version %s, %d spooled batches to replay",
         log_socket.endpoint,
@@ -117,6 +120,10 @@ async def serve(settings: Settings) -> None:
     log.info("stopping: spooling what was received, replaying for up to %ss", REPLAY_GRACE_S)
     receiver.cancel()
     retention.cancel()
+    if inventory is not None and hosts is not None:
+        hosts.cancel()
+        await asyncio.gather(hosts, return_exceptions=True)
+        await inventory.close()
     await committer.close()
     replayer.stop(REPLAY_GRACE_S)
     await replaying
