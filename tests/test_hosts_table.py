@@ -191,7 +191,7 @@ FROM (
     SELECT host_identifier, node_id, column_values[indexOf(column_names, 'path')] AS columns_path
     FROM quarry.results WHERE name = 'pack_hunt_processes'
 ) AS r
-ANY INNER JOIN (
+ALL INNER JOIN (
     SELECT node_id FROM quarry.hosts_current
     WHERE has(tags, 'prod') AND platform = 'ubuntu' AND os_version LIKE '22.04%'
         AND status = 'enrolled'
