@@ -41,10 +41,11 @@ DOCKERFILE = REPO_ROOT / "Dockerfile"
 KUBERNETES_VERSION = "1.27.0"
 # Custom resources of the Prometheus Operator: no schema ships with kubernetes-validate.
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
-# Who calls whom over gRPC (architecture.md; config and distributed look each other up).
+# Who calls whom over gRPC (architecture.md; config and distributed look each other up;
+# ingest watches enroll and config for quarry.hosts, ADR 0020).
 GRPC_CALLERS = {
-    "enroll": {"gateway", "config", "distributed"},
-    "config": {"gateway", "distributed"},
+    "enroll": {"gateway", "config", "distributed", "ingest"},
+    "config": {"gateway", "distributed", "ingest"},
     "distributed": {"gateway", "config"},
 }
 # The manifests' encryption settings; the probe test runs the services with them.
