@@ -329,6 +329,7 @@ class HostInventory:
             result = await asyncio.to_thread(self.store.query, LOAD_SQL)
             self.directory.load(written_rows(result.rows))
             self.loaded = True
+            log.info("hosts: quarry.hosts holds %d nodes", len(result.rows))
         if not self.ready():
             return 0
         rows = self.directory.changed_rows()

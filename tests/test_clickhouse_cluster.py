@@ -416,11 +416,13 @@ def test_hosts_written_by_two_ingest_replicas_show_each_node_once(
             config_addr=feeds["config"],
         ) as other:
             node = enroll(quarry)
-            # Both wrote the node's row (merges may already have folded the rows into one).
+            wait_for(lambda: "hosts: quarry.hosts holds" in other.service.log_text(), "a read")
+            quarry.cli("node", "revoke", node.host_identifier)
+            # Both write the revocation: each compares with what it wrote itself (merges
+            # may fold the rows into one at once, hence the counters).
             first_metrics = f"http://127.0.0.1:{quarry.settings.metrics_port('ingest')}/metrics"
             for metrics_url in (first_metrics, other.metrics_url):
                 wait_for(lambda url=metrics_url: hosts_rows_inserted(url) >= 1, "a row each")
-            quarry.cli("node", "revoke", node.host_identifier)
 
             def revoked_once() -> bool:
                 rows = current(quarry, node)
