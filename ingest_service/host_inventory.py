@@ -309,13 +309,20 @@ class HostInventory:
             self.directory.apply_config_event(event)
 
     async def _write_forever(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
             try:
                 await self.flush()
             except Exception as exc:
                 metrics.INSERT_ERRORS.labels(HOSTS.name).inc()
-                log.warning("hosts: cannot write quarry.hosts now (will retry): %s", exc)
+                if not failing:  # one line when writes start failing, one when they work
+                    log.warning("hosts: cannot write quarry.hosts now (will retry): %s", exc)
+                failing = True
+                continue
+            if failing:
+                log.info("hosts: writing quarry.hosts again")
+            failing = False
 
     def ready(self) -> bool:
         """Rows go out once the node snapshot is in, and the config's or its grace is over."""

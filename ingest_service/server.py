@@ -1,5 +1,6 @@
 """The ingest process: ZeroMQ ROUTER for log batches, an fsynced spool, replay into ClickHouse,
-and the LogStore gRPC service.
+the LogStore gRPC service, and quarry.hosts kept from the enroll and config services' feeds
+(ingest_service.host_inventory, docs/adr/0020-hosts-table.md).
 
 A batch goes one way through one module per stage: receive and ack (here) -> parse, dedup,
 line identities, flatten, spool append+fsync (ingest_service.group_commit, with
