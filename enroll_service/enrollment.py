@@ -199,6 +199,7 @@ class Enrollment:
             platform=facts.platform,
             osquery_version=facts.osquery_version,
             hostname=facts.hostname,
+            os_version=facts.os_version,
             host_details_json=attempt.details_json,
             client_certificate_json=certificate_json(attempt.request.client_certificate),
             pending=secret.policy.requires_approval and not (previous and previous.approved),

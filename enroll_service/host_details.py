@@ -13,6 +13,8 @@ class HostFacts:
     hardware_serial: str = ""
     platform: str = ""
     osquery_version: str = ""
+    # os_version.version, e.g. "22.04.4 LTS (Jammy Jellyfish)": the hosts table shows it.
+    os_version: str = ""
 
 
 def parse_host_details(host_details_json: str) -> tuple[str, HostFacts]:
@@ -29,6 +31,7 @@ def parse_host_details(host_details_json: str) -> tuple[str, HostFacts]:
         hardware_serial=_field(details, "system_info", "hardware_serial"),
         platform=_field(details, "os_version", "platform"),
         osquery_version=_field(details, "osquery_info", "version"),
+        os_version=_field(details, "os_version", "version"),
     )
     return json.dumps(details, separators=(",", ":")), facts
 

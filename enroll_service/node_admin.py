@@ -23,10 +23,14 @@ from enroll_service.node_feed import FEED, Event
 from enroll_service.node_messages import node_message
 from enroll_service.store import STATUS_CONDITIONS, NodeFilter, NodeRecord, NodeStore
 from osquery_config.targeting import Selection
+from protos.v1 import enroll_pb2
 from quarry.access.admin_auth import Refused
 from quarry.state.change_log import ChangeLog
 
 log = logging.getLogger(__name__)
+
+# Nodes per SEEN event: 5,000 check-ins are ~150 kB, well under gRPC's 4 MB message limit.
+SEEN_CHUNK = 5_000
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class NodeAdmin:
         self._changes = changes
         self._clones = clones
         self._tags_of = tags_of
+        # Check-ins recorded here since the last SEEN event: node id -> latest seen_at.
+        self._seen: dict[str, int] = {}
 
     def by_key(self, node_key: str) -> NodeRecord | None:
         """The node holding this key, compared in constant time; None if none or revoked."""
@@ -69,7 +75,23 @@ class NodeAdmin:
     def record_checkins(self, seen: Sequence[tuple[str, int]]) -> int:
         recorded = self._store.record_checkins(seen)
         metrics.CHECKINS.inc(len(seen))
+        for node_id, seen_at in seen:
+            if seen_at > self._seen.get(node_id, 0):
+                self._seen[node_id] = seen_at
         return recorded
+
+    def announce_seen(self) -> int:
+        """One SEEN event with the check-ins recorded since the last one (in chunks that fit
+        a gRPC message); what quarry.hosts' last_seen follows (docs/adr/0020-hosts-table.md).
+        Returns how many nodes it named."""
+        seen, self._seen = self._seen, {}
+        if not seen:
+            return 0
+        checkins = [enroll_pb2.Checkin(node_id=n, seen_at=t) for n, t in sorted(seen.items())]
+        with self._changes.recording() as announce:
+            for start in range(0, len(checkins), SEEN_CHUNK):
+                announce(FEED, Event(kind=Event.SEEN, seen=checkins[start : start + SEEN_CHUNK]))
+        return len(checkins)
 
     def list(self, node_filter: NodeFilter, suspected_clones: bool) -> list[NodeRecord]:
         if node_filter.status and node_filter.status not in STATUS_CONDITIONS:

@@ -33,6 +33,7 @@ def node_message(record: NodeRecord, tags: frozenset[str] | None = None) -> enro
         secret_name=record.secret_name,
         first_enrolled_at=record.first_enrolled_at,
         hardware_serial=record.hardware_serial,
+        os_version=record.os_version,
     )
 
 

@@ -50,11 +50,25 @@ def _parts(settings: Settings, database: StateDatabase) -> ServiceParts:
         register=lambda s: enroll_pb2_grpc.add_EnrollServiceServicer_to_server(servicer, s),
         changes=servicer.changes,
         close_watches=servicer.close_watches,
-        loops=[lambda: _refresh_gauges(servicer), config_tags.run],
+        loops=[
+            lambda: _refresh_gauges(servicer),
+            lambda: _announce_seen(servicer, settings.node_seen_interval_s),
+            config_tags.run,
+        ],
         finish=[servicer.close],
         close=[config_tags.close],
         token_authority=LocalTokenAuthority(tokens),
     )
+
+
+async def _announce_seen(servicer: EnrollServicer, interval_s: float) -> None:
+    """Every interval, the last-seen times that moved, as one SEEN event (ADR 0020)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            servicer.announce_seen()
+        except Exception:
+            log.exception("announcing last-seen times failed; trying again later")
 
 
 async def _refresh_gauges(servicer: EnrollServicer) -> None:

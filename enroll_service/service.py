@@ -68,6 +68,9 @@ class EnrollServicer(AdminTokenRpcs, enroll_pb2_grpc.EnrollServiceServicer):
             return frozenset(record.tags)
         return frozenset(record.tags) | self._config_tags.of(record.node_id, record.host_identifier)
 
+    def announce_seen(self) -> int:
+        return self._nodes.announce_seen()
+
     def refresh_gauges(self) -> None:
         refresh_gauges(self._store, self._clones)
 

@@ -20,6 +20,7 @@ from enroll_service.enroll_secrets import (
     SecretPolicy,
     SecretRecord,
 )
+from enroll_service.host_details import parse_host_details
 from enroll_service.node_identity import EnrollmentHistory
 from osquery_config.targeting import platform_selected
 from quarry.state.database import (
@@ -61,6 +62,7 @@ NODES = Table(
         Column("approved_at", INTEGER, default=0),
         Column("first_enrolled_at", INTEGER, default=0),
         Column("client_certificate_json", TEXT, default=""),
+        Column("os_version", TEXT, default="", since=4),
     ),
     primary_key=("node_id",),
     indexes=(
@@ -165,6 +167,15 @@ def _upgrade_unversioned_nodes(tx: Transaction, dialect: str) -> None:
         tx.execute(BACKFILL_OLD_NODES)
 
 
+def _backfill_os_versions(tx: Transaction, dialect: str) -> None:
+    """Nodes enrolled before the column existed: their OS version from their host details."""
+    rows = tx.execute("SELECT node_id, host_details_json FROM nodes").fetchall()
+    versions = [(parse_host_details(details or "")[1].os_version, node) for node, details in rows]
+    tx.executemany(
+        "UPDATE nodes SET os_version = ? WHERE node_id = ?", [v for v in versions if v[0]]
+    )
+
+
 MIGRATIONS = (
     Migration(
         1,
@@ -178,6 +189,12 @@ MIGRATIONS = (
         "the machines enrolled with each secret",
         tables=(SECRET_MACHINES,),
         sql=BACKFILL_SECRET_MACHINES,
+    ),
+    Migration(
+        4,
+        "each node's OS version, from the host details it enrolled with",
+        tables=(NODES,),
+        python=_backfill_os_versions,
     ),
 )
 # The enroll database: the nodes, and the admin tokens beside them.
@@ -200,7 +217,7 @@ NODE_COLUMNS = (
     "node_id, node_key, host_identifier, hardware_uuid, platform_type, platform,"
     " osquery_version, hostname, enrolled_at, last_seen_at, revoked, revision,"
     " identity, hardware_serial, tags_json, node_group, secret_name, pending, approved_at,"
-    " first_enrolled_at"
+    " first_enrolled_at, os_version"
 )
 SECRET_COLUMNS = (
     "secret_id, kind, name, tags_json, secret_group, created_at, expires_at, max_enrollments,"
@@ -244,6 +261,7 @@ class NodeRecord:
     pending: bool
     approved: bool
     first_enrolled_at: int
+    os_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -262,6 +280,7 @@ class NewNode:
     host_details_json: str
     client_certificate_json: str
     pending: bool
+    os_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -504,8 +523,8 @@ class NodeStore(StateStore):
             " platform_type, platform, osquery_version, hostname, host_details_json,"
             " enrolled_at, last_seen_at, revoked, revision, identity, hardware_serial,"
             " tags_json, node_group, secret_id, secret_name, pending, approved_at,"
-            " first_enrolled_at, client_certificate_json)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " first_enrolled_at, client_certificate_json, os_version)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (node_id) DO UPDATE SET node_key = excluded.node_key,"
             " host_identifier = excluded.host_identifier,"
             " hardware_uuid = excluded.hardware_uuid,"
@@ -519,7 +538,8 @@ class NodeStore(StateStore):
             " secret_name = excluded.secret_name, pending = excluded.pending,"
             " approved_at = CASE WHEN nodes.approved_at > 0 THEN nodes.approved_at"
             " ELSE excluded.approved_at END,"
-            " client_certificate_json = excluded.client_certificate_json",
+            " client_certificate_json = excluded.client_certificate_json,"
+            " os_version = excluded.os_version",
             (
                 node_id,
                 new.node_key,
@@ -543,6 +563,7 @@ class NodeStore(StateStore):
                 0 if new.pending else now,
                 now,
                 new.client_certificate_json,
+                new.os_version,
             ),
         )
 
@@ -709,6 +730,7 @@ def _node_record(row: tuple) -> NodeRecord:
         pending=bool(row[17]),
         approved=row[18] > 0,
         first_enrolled_at=row[19],
+        os_version=row[20],
     )
 
 

@@ -53,7 +53,7 @@ def is_modern(version: str) -> bool:
 def retention_days(environ: Mapping[str, str] | None = None) -> dict[str, int]:
     """Days to keep each table's rows (QUARRY_RETENTION_<TABLE>_DAYS); 0 means for ever."""
     settings = Settings.from_env(environ)
-    days = {table: getattr(settings, f"retention_{table}_days") for table in TABLE_NAMES}
+    days = {table: getattr(settings, f"retention_{table}_days") for table in RETAINED_TABLE_NAMES}
     for table, value in days.items():
         if value < 0:
             raise ValueError(f"QUARRY_RETENTION_{table.upper()}_DAYS must not be negative")
@@ -109,9 +109,19 @@ STORED_AT = Column("stored_at", "DateTime", default="now()")
 
 @dataclass(frozen=True)
 class Table:
+    """One table; a log table by default (MergeTree by receive day, rows kept N days)."""
+
     name: str
     columns: tuple[Column, ...]
     order_by: str
+    # The MergeTree family member and its arguments after the replicated ones.
+    engine: str = "MergeTree"
+    engine_arguments: str = ""
+    partition_by: str = "toYYYYMMDD(received_at)"
+    # Which shard a row belongs to when inserted through the Distributed table.
+    sharding_key: str = "cityHash64(batch_id)"
+    # Rows expire after QUARRY_RETENTION_<TABLE>_DAYS (TTL, or dropped partitions on 18.16).
+    retained: bool = True
 
     def columns_for(self, modern: bool) -> list[Column]:
         return [column for column in self.columns if modern or not column.modern]
@@ -205,8 +215,40 @@ RAW_BATCHES = Table(
     ),
     order_by="node_id, received_at",
 )
-TABLES = (RESULTS, STATUS_LOGS, DISTRIBUTED_RESULTS, DISTRIBUTED_STATUS, RAW_BATCHES)
+# One row per node and change, written by ingest from the enroll and config services'
+# feeds (ingest_service/host_inventory.py, docs/adr/0020-hosts-table.md). Replacing by
+# `version`, so merges keep a node's latest row; several ingest replicas write the same
+# rows, and readers take the latest per node (FINAL, or the hosts_current view).
+HOSTS = Table(
+    "hosts",
+    (
+        Column("node_id", "String"),
+        Column("host_identifier", "String"),
+        Column("hostname", "String"),
+        Column("platform", TEXT),
+        Column("os_version", TEXT),
+        Column("osquery_version", TEXT),
+        Column("tags", "Array(String)"),
+        Column("labels", "Array(String)"),
+        Column("secret_name", TEXT),
+        Column("status", TEXT),
+        Column("enrolled_at", "DateTime"),
+        Column("last_seen", "DateTime"),
+        Column("updated_at", "DateTime"),
+        Column("version", "UInt64"),
+    ),
+    order_by="node_id",
+    engine="ReplacingMergeTree",
+    engine_arguments="version",
+    partition_by="",
+    sharding_key="cityHash64(node_id)",
+    retained=False,
+)
+LOG_TABLES = (RESULTS, STATUS_LOGS, DISTRIBUTED_RESULTS, DISTRIBUTED_STATUS, RAW_BATCHES)
+TABLES = (*LOG_TABLES, HOSTS)
 TABLE_NAMES = tuple(table.name for table in TABLES)
+# The tables whose rows expire (QUARRY_RETENTION_<TABLE>_DAYS).
+RETAINED_TABLE_NAMES = tuple(table.name for table in TABLES if table.retained)
 
 # On a cluster, where a table's rows are stored on each host; the plain name is Distributed.
 LOCAL_SUFFIX = "_local"
@@ -225,37 +267,63 @@ def create_table(database: str, table: Table, modern: bool, days: int, cluster: 
     # Partitioned by the server's receive day, not the host's clock: a host with a wrong
     # clock must not create partitions for 1970 or 2099.
     columns = ",\n    ".join(column.definition(modern) for column in table.columns_for(modern))
-    ttl = ttl_clause(days) if modern else ""
+    ttl = ttl_clause(days) if modern and table.retained else ""
+    partition = f"PARTITION BY {table.partition_by}\n" if table.partition_by else ""
     return (
         f"CREATE TABLE IF NOT EXISTS {database}.{local_table(table.name, cluster)} "
         f"(\n    {columns}\n)\n"
-        f"ENGINE = {table_engine(database, table.name, cluster)}\n"
-        f"PARTITION BY toYYYYMMDD(received_at)\n"
+        f"ENGINE = {table_engine(database, table, cluster)}\n"
+        f"{partition}"
         f"ORDER BY ({table.order_by})\n{ttl}"
     ).rstrip()
 
 
-def table_engine(database: str, name: str, cluster: str) -> str:
+def table_engine(database: str, table: Table, cluster: str) -> str:
     if not cluster:
-        return "MergeTree"
+        arguments = f"({table.engine_arguments})" if table.engine_arguments else ""
+        return f"{table.engine}{arguments}"
     # {shard} and {replica} are the macros of each host's server config.
-    return f"ReplicatedMergeTree('/clickhouse/tables/{{shard}}/{database}/{name}', '{{replica}}')"
+    arguments = [f"'/clickhouse/tables/{{shard}}/{database}/{table.name}'", "'{replica}'"]
+    if table.engine_arguments:
+        arguments.append(table.engine_arguments)
+    return f"Replicated{table.engine}({', '.join(arguments)})"
 
 
 def create_distributed_table(database: str, table: Table, cluster: str) -> str:
     """The analysts' name for a table on a cluster: reads every shard's `_local` table.
 
     The sharding key matters only to inserts into the Distributed table (Quarry inserts
-    into a host's local table); it keeps a batch's rows on one shard.
+    into a host's local table); it keeps a batch's rows (a node's, for hosts) on one shard.
     """
     local = local_table(table.name, cluster)
     return (
         f"CREATE TABLE IF NOT EXISTS {database}.{table.name} AS {database}.{local}\n"
-        f"ENGINE = Distributed({cluster}, {database}, {local}, cityHash64(batch_id))"
+        f"ENGINE = Distributed({cluster}, {database}, {local}, {table.sharding_key})"
     )
 
 
 # Views
+
+# quarry.hosts read current: each node's row of the highest version. argMax over every
+# column rather than FINAL, so the view is right on a cluster too, where replicas of
+# ingest connected to different shards may each hold rows of one node.
+HOSTS_CURRENT_COLUMNS = tuple(
+    column.name for column in HOSTS.columns if column.name not in ("node_id", "version")
+)
+
+
+def hosts_current_view(database: str) -> str:
+    # The inner query renames the columns, so an output alias never shadows a column an
+    # aggregate reads (18.16 would take `version` for the alias `max(v) AS version`).
+    names = HOSTS_CURRENT_COLUMNS
+    renamed = ", ".join(f"{name} AS _{name}" for name in names)
+    latest = ",\n    ".join(f"argMax(_{name}, _version) AS {name}" for name in names)
+    return f"""CREATE VIEW IF NOT EXISTS {database}.hosts_current AS
+SELECT node_id,
+    {latest},
+    max(_version) AS version
+FROM (SELECT node_id, {renamed}, version AS _version FROM {database}.hosts)
+GROUP BY node_id"""
 
 
 def view_statements(database: str, modern: bool, cluster: str = "") -> list[str]:
@@ -291,6 +359,7 @@ WHERE action = 'snapshot'
         WHERE action = 'snapshot'
         GROUP BY host_identifier, name
     )""",
+        hosts_current_view(database),
     ]
 
 

@@ -1,5 +1,6 @@
 """The ingest process: ZeroMQ ROUTER for log batches, an fsynced spool, replay into ClickHouse,
-and the LogStore gRPC service.
+the LogStore gRPC service, and quarry.hosts kept from the enroll and config services' feeds
+(ingest_service.host_inventory, docs/adr/0020-hosts-table.md).
 
 A batch goes one way through one module per stage: receive and ack (here) -> parse, dedup,
 line identities, flatten, spool append+fsync (ingest_service.group_commit, with
@@ -33,6 +34,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ingest_service import line_identities, metrics
 from ingest_service.group_commit import GroupCommitter, Reply, recent_ids_from_spool
+from ingest_service.host_inventory import HostInventory
 from ingest_service.log_store import LogStore, ReadOnlyQueries
 from ingest_service.replay import ReplayedReads, Replayer
 from ingest_service.schema import retention_days
@@ -107,6 +109,8 @@ async def serve(settings: Settings) -> None:
     committer.start()
     receiver = asyncio.create_task(receive_batches(log_socket.router, committer))
     retention = asyncio.create_task(enforce_retention(store, retention_days()))
+    inventory = HostInventory(settings, store) if settings.ingest_hosts_table else None
+    hosts = asyncio.create_task(inventory.run()) if inventory else None
     log.info(
         "ingest ready: ZeroMQ %s (%s), store version %s, %d spooled batches to replay",
         log_socket.endpoint,
@@ -119,6 +123,10 @@ async def serve(settings: Settings) -> None:
     log.info("stopping: spooling what was received, replaying for up to %ss", REPLAY_GRACE_S)
     receiver.cancel()
     retention.cancel()
+    if inventory is not None and hosts is not None:
+        hosts.cancel()
+        await asyncio.gather(hosts, return_exceptions=True)
+        await inventory.close()
     await committer.close()
     replayer.stop(REPLAY_GRACE_S)
     await replaying

@@ -151,6 +151,8 @@ INSERT INTO secret_machines (secret_id, identity, first_enrolled_at)
 SELECT secret_id, identity, MIN(first_enrolled_at) FROM nodes
 WHERE secret_id <> '' AND identity <> '' GROUP BY secret_id, identity
 """
+# Migration 4: each node's OS version (the Python step backfills it from host_details_json).
+NODE_OS_VERSION = "ALTER TABLE nodes ADD COLUMN os_version TEXT NOT NULL DEFAULT ''"
 NODE_INDEXES = (
     "CREATE INDEX IF NOT EXISTS nodes_by_identity ON nodes (identity, enrolled_at);"
     " CREATE INDEX IF NOT EXISTS nodes_by_revision ON nodes (revision)"
@@ -377,6 +379,12 @@ REFERENCE["enroll"] += [
                 "the machines enrolled with each secret",
                 SECRET_MACHINES,
                 SECRET_MACHINES.replace("INTEGER", "BIGINT"),
+            ),
+            (
+                4,
+                "each node's OS version, from the host details it enrolled with",
+                NODE_OS_VERSION,
+                NODE_OS_VERSION,
             ),
         ],
     ),

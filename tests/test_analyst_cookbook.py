@@ -13,6 +13,7 @@ Quarry created gain the new columns (old rows included), and expired partitions 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -27,6 +28,7 @@ from clickhouse_driver import Client
 
 from ingest_service.clickhouse_server_store import client_url
 from ingest_service.embedded_clickhouse_store import EmbeddedClickHouseStore
+from ingest_service.host_inventory import COLUMNS as HOST_COLUMNS
 from ingest_service.log_store import QueryResult
 from ingest_service.schema import (
     apply_schema,
@@ -34,7 +36,9 @@ from ingest_service.schema import (
     expired_partitions,
     retention_days,
 )
-from protos.v1 import logs_pb2
+from protos.v1 import logs_pb2, logs_pb2_grpc
+from quarry.runtime.clickhouse_sql import sql_string
+from quarry.serving.grpc_runtime import sync_channel
 from tests.emulator import log_records as records
 from tests.test_ingest_pipeline import IngestProcess, query, run_ingest, send_batches
 
@@ -156,6 +160,43 @@ def lab_fleet() -> list[tuple[str, int, int, list[dict]]]:
     ]  # fmt: skip
 
 
+# quarry.hosts of the lab (what ingest writes from the services' feeds): (host, version,
+# status, platform, os_version, tags, labels, last_seen). lab-web-1's first row is older
+# (pending, untagged): the cookbook must read the table current.
+IDLE1 = "lab-idle-1"
+LAB_HOSTS = [
+    (WEB1, 1, "pending", "ubuntu", "22.04.4 LTS (Jammy Jellyfish)", [], [], EARLIER),
+    (WEB1, 2, "enrolled", "ubuntu", "22.04.4 LTS (Jammy Jellyfish)", ["prod", "web"],
+     ["internet-facing"], NOW),
+    (WEB2, 1, "enrolled", "ubuntu", "20.04.6 LTS (Focal Fossa)", ["prod", "web"],
+     ["internet-facing"], NOW),
+    (DB1, 1, "enrolled", "rhel", "9.3 (Plow)", ["db"], ["databases", "internet-facing"], NOW),
+    (OLD1, 1, "revoked", "ubuntu", "22.04.4 LTS (Jammy Jellyfish)", ["prod"], [], EARLIER),
+    (IDLE1, 1, "enrolled", "darwin", "14.5", [], [], EARLIER),
+]  # fmt: skip
+
+
+def sql_array(values: list[str]) -> str:
+    return f"[{', '.join(sql_string(v) for v in values)}]" if values else "emptyArrayString()"
+
+
+def lab_hosts_statements(table: str = "hosts") -> list[str]:
+    """INSERT ... SELECT statements of LAB_HOSTS (18.16 takes no inline VALUES from the
+    driver: ingest_service/clickhouse_server_store.py)."""
+    statements = []
+    for host, version, status, platform, os_version, tags, labels, last_seen in LAB_HOSTS:
+        values = [
+            sql_string(f"node-{host}"), sql_string(host), sql_string(f"{host}.example"),
+            sql_string(platform), sql_string(os_version), "'5.12.1'", sql_array(tags),
+            sql_array(labels), "'lab'", sql_string(status), f"toDateTime({EARLIER})",
+            f"toDateTime({last_seen})", f"toDateTime({last_seen})", str(version),
+        ]  # fmt: skip
+        statements.append(
+            f"INSERT INTO quarry.{table} ({', '.join(HOST_COLUMNS)}) SELECT {', '.join(values)}"
+        )
+    return statements
+
+
 def lab_batch(host: str, received_at: int, kind: int, data: list[dict]) -> logs_pb2.LogBatch:
     return logs_pb2.LogBatch(
         batch_id=uuid.uuid4().hex,
@@ -190,7 +231,18 @@ def lab(log_store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         finally:
             dealer.close()
         assert all(ack.ok for ack in acks), [ack.error for ack in acks if not ack.ok]
+        for statement in lab_hosts_statements():
+            write(ingest, statement)
         yield ingest
+
+
+def write(ingest: IngestProcess, sql: str) -> None:
+    """A statement that writes: with the root admin token (tests/conftest.py), as an admin's
+    `quarry sql` would."""
+    token = os.environ["QUARRY_ADMIN_TOKEN"]
+    with sync_channel(ingest.grpc_addr, token, ingest.service.settings) as channel:
+        response = logs_pb2_grpc.LogStoreStub(channel).Query(logs_pb2.SqlRequest(sql=sql))
+    assert response.error == "", response.error
 
 
 def run(ingest: IngestProcess, sql: str) -> list[list]:
@@ -286,6 +338,23 @@ EXPECTATIONS = {
     ),
     "Rows per pack in the last day": lambda rows: (
         ["baseline", 4, 1] in rows and counts(rows)["osquery-monitoring"] >= 3
+    ),
+    "Processes from /tmp on hosts tagged prod running Ubuntu 22.04": lambda rows: (
+        lab_rows(rows) == [[WEB1, f"{WEB1}.example", "4242", "/tmp/.x/xmrig"]]
+    ),
+    "osquery errors in the last day per label": lambda rows: (
+        rows == [["databases", 2, 1], ["internet-facing", 2, 1]]
+    ),
+    "Rows logged in the last day per platform and OS version": lambda rows: (
+        rows
+        == [
+            ["ubuntu", "22.04.4 LTS (Jammy Jellyfish)", 10, 1],
+            ["ubuntu", "20.04.6 LTS (Focal Fossa)", 4, 1],
+            ["rhel", "9.3 (Plow)", 3, 1],
+        ]
+    ),
+    "Enrolled hosts that have not checked in for a day": lambda rows: (
+        [[row[0], row[2], row[4]] for row in lab_rows(rows)] == [[IDLE1, "darwin", []]]
     ),
     "Results of one decorator value": lambda rows: (
         counts(rows)["pack_incident-response_processes"] >= 2

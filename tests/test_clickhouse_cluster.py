@@ -13,7 +13,9 @@ test runs two shards of one replica each.
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +29,15 @@ from ingest_service.clickhouse_server_store import ClickHouseServerStore, client
 from protos.v1 import logs_pb2
 from tests.clickhouse_cluster import ClickHouseCluster, clickhouse_cluster
 from tests.emulator import log_records
-from tests.test_analyst_cookbook import EXPECTATIONS, cookbook, lab_batch, lab_fleet
+from tests.quarry_cluster import quarry_cluster
+from tests.test_analyst_cookbook import (
+    EXPECTATIONS,
+    cookbook,
+    lab_batch,
+    lab_fleet,
+    lab_hosts_statements,
+)
+from tests.test_hosts_table import current, enroll
 from tests.test_ingest_pipeline import IngestProcess, query, run_ingest, send_batches
 
 NOW = int(time.time())
@@ -134,7 +144,9 @@ def test_every_host_has_local_replicated_tables_and_distributed_ones(
         for table in ("results", "status_logs", "distributed_results", "distributed_status"):
             assert engines[f"{table}_local"] == "ReplicatedMergeTree", (host.address, engines)
             assert engines[table] == "Distributed", (host.address, engines)
-        for view in ("host_last_seen", "query_rows_per_day", "latest_snapshot"):
+        assert engines["hosts_local"] == "ReplicatedReplacingMergeTree", engines
+        assert engines["hosts"] == "Distributed", engines
+        for view in ("host_last_seen", "query_rows_per_day", "latest_snapshot", "hosts_current"):
             assert engines[view] == "View"
         macros = dict(host.rows("SELECT macro, substitution FROM system.macros"))
         zookeeper_path = host.rows(
@@ -293,17 +305,20 @@ def test_cookbook_query_on_the_cluster(lab: IngestProcess, title: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab(ingest: IngestProcess) -> IngestProcess:
-    return lab_on_cluster(ingest)
+def lab(ingest: IngestProcess, cluster: ClickHouseCluster) -> IngestProcess:
+    return lab_on_cluster(ingest, cluster)
 
 
-def lab_on_cluster(ingest: IngestProcess) -> IngestProcess:
-    """The cookbook's lab fleet (tests/test_analyst_cookbook.py), stored on the cluster."""
+def lab_on_cluster(ingest: IngestProcess, cluster: ClickHouseCluster) -> IngestProcess:
+    """The cookbook's lab fleet (tests/test_analyst_cookbook.py), stored on the cluster; its
+    hosts rows go into the first host's local table (its shard), as ingest writes them."""
     lab_dealer = dealer_to(ingest)
     try:
         store(lab_dealer, [lab_batch(*entry) for entry in lab_fleet()])
     finally:
         lab_dealer.close()
+    for statement in lab_hosts_statements("hosts_local"):
+        cluster.hosts[0].rows(statement)
     return ingest
 
 
@@ -365,7 +380,7 @@ def test_two_shards_a_batch_stored_on_one_shard_is_found_through_the_other(
             assert on_shard_2 == {f"shards-2-{i}": 1 for i in range(LINES_PER_BATCH)}
             assert "1 batches already in results" in on_b.service.log_text()
             # The cookbook's subqueries span both shards (quarry sql reads them GLOBAL).
-            lab_on_cluster(on_a)
+            lab_on_cluster(on_a, sharded)
             query(on_a, "SELECT 1")  # returns once on_a has stored what it acked
             failed = {}
             for title, expectation in EXPECTATIONS.items():
@@ -374,3 +389,52 @@ def test_two_shards_a_batch_stored_on_one_shard_is_found_through_the_other(
                 if answer.error or not expectation(rows):
                     failed[title] = answer.error or rows
             assert not failed, failed
+
+
+def hosts_rows_inserted(metrics_url: str) -> float:
+    """quarry_ingest_rows_inserted_total{table="hosts"} of one ingest process."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    found = re.search(r'^quarry_ingest_rows_inserted_total\{table="hosts"\} (\S+)$', text, re.M)
+    return float(found[1]) if found else 0.0
+
+
+def test_hosts_written_by_two_ingest_replicas_show_each_node_once(
+    cluster: ClickHouseCluster, tmp_path: Path
+) -> None:
+    """`quarry up` on the cluster, and a second ingest process on the same feeds connected
+    to the other host: both write quarry.hosts, and analysts see each node once."""
+    first, second = (host.address for host in cluster.hosts)
+    second_first = cluster.url().replace(f"{first},{second}", f"{second},{first}")
+    env = {"QUARRY_CLICKHOUSE_CLUSTER": cluster.name}
+    with quarry_cluster(tmp_path, cluster.url(), env) as quarry:
+        feeds = {name: quarry.settings.service_addr(name) for name in ("enroll", "config")}
+        with run_ingest(
+            tmp_path / "other-ingest",
+            second_first,
+            clickhouse_cluster=cluster.name,
+            enroll_addr=feeds["enroll"],
+            config_addr=feeds["config"],
+        ) as other:
+            node = enroll(quarry)
+            wait_for(lambda: "hosts: quarry.hosts holds" in other.service.log_text(), "a read")
+            quarry.cli("node", "revoke", node.host_identifier)
+            # Both write the revocation: each compares with what it wrote itself (merges
+            # may fold the rows into one at once, hence the counters).
+            first_metrics = f"http://127.0.0.1:{quarry.settings.metrics_port('ingest')}/metrics"
+            for metrics_url in (first_metrics, other.metrics_url):
+                wait_for(lambda url=metrics_url: hosts_rows_inserted(url) >= 1, "a row each")
+
+            def revoked_once() -> bool:
+                rows = current(quarry, node)
+                return rows.get(node.host_identifier, {}).get("status") == "revoked"
+
+            wait_for(revoked_once, "the revocation")
+            for host in cluster.hosts:
+                assert host.rows(
+                    "SELECT count(), any(status) FROM quarry.hosts_current "
+                    f"WHERE host_identifier = '{node.host_identifier}'"
+                ) == [(1, "revoked")]
+                assert host.rows(
+                    "SELECT count() FROM quarry.hosts FINAL "
+                    f"WHERE host_identifier = '{node.host_identifier}'"
+                ) == [(1,)]

@@ -93,10 +93,11 @@ GATEWAY_API_FIELDS = {
     },
 }
 # Who calls whom over gRPC (architecture.md; config and distributed look each other up;
-# the REST API calls every service, ADR 0014).
+# ingest watches enroll and config for quarry.hosts, ADR 0020; the REST API calls every
+# service, ADR 0014).
 GRPC_CALLERS = {
-    "enroll": {"gateway", "config", "distributed", "api"},
-    "config": {"gateway", "distributed", "api"},
+    "enroll": {"gateway", "config", "distributed", "ingest", "api"},
+    "config": {"gateway", "distributed", "ingest", "api"},
     "distributed": {"gateway", "config", "api"},
 }
 # Which processes read which token (quarry/access/admin_auth.py): every gRPC server checks
@@ -113,8 +114,6 @@ IMMUTABLE_STATEFULSET_FIELDS = (
     "podManagementPolicy",
     "volumeClaimTemplates",
 )
-# Whether /livez (a route that proves the main loop turns) is in this checkout's code yet.
-LIVEZ_SERVED = any("/livez" in p.read_text() for p in (REPO_ROOT / "quarry").rglob("*.py"))
 # The manifests' encryption settings; the probe test runs the services with them.
 ENCRYPTED = {"QUARRY_INTERNAL_TLS": "on", "QUARRY_ZMQ_CURVE": "on"}
 SETTING_NAMES = {ENV_PREFIX + name.upper() for name in Settings.__dataclass_fields__} | {
@@ -904,14 +903,8 @@ def test_liveness_proves_the_main_loop_turns(overlay: list[dict[str, Any]]) -> N
 
 @pytest.mark.parametrize("kind", ["readinessProbe", "livenessProbe"])
 def test_every_probe_is_answered_by_the_running_service(
-    kind: str, scratch: Path, running_cluster: Settings, request: pytest.FixtureRequest
+    kind: str, scratch: Path, running_cluster: Settings
 ) -> None:
-    if kind == "livenessProbe" and not LIVEZ_SERVED:
-        # /livez (answered while the main loop turns) comes with the observability work;
-        # this passes once it is in the same checkout.
-        request.applymarker(
-            pytest.mark.xfail(reason="no /livez route in this checkout", strict=True)
-        )
     deployed = Settings.from_env(
         only(rendered("small", scratch), "ConfigMap", "quarry-settings")["data"]
     )
@@ -924,9 +917,7 @@ def test_every_probe_is_answered_by_the_running_service(
         host = running_cluster.bind_host
         # The gateway is ready once its caches hold their first snapshots.
         answered = functools.partial(probe_answers, probe, host, tested_port)
-        assert eventually(
-            answered, timeout_s=30.0 if LIVEZ_SERVED or kind == "readinessProbe" else 1.0
-        ), (service, kind)
+        assert eventually(answered, timeout_s=30.0), (service, kind)
         checked.add(service)
     assert checked == set(PROCESSES)
 

@@ -737,6 +737,8 @@ def test_a_nodes_table_from_the_previous_version_is_upgraded(tmp_path: Path) -> 
             "default",
         )
         assert (node.first_enrolled_at, node.pending, node.revoked) == (1000, False, False)
+        # Migration 4 read its OS version out of the host details it enrolled with.
+        assert node.os_version == "22.04"
         assert is_valid(enroll, "old-key")
         again = enrolled(enroll, "veteran").node
         assert again.node_id == "node-old" and again.first_enrolled_at == 1000

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -263,6 +264,43 @@ def test_record_checkins_moves_last_seen_forward(enroll) -> None:
     assert enroll.RecordCheckins(batch).recorded == 1
     after = enroll.GetNode(enroll_pb2.GetNodeRequest(node_key=node.node_key))
     assert after.last_seen_at == seen_at
+
+
+def test_check_ins_are_announced_once_per_interval_as_one_seen_event(
+    tmp_path: Path, state_env: dict[str, str]
+) -> None:
+    """What quarry.hosts' last_seen follows (docs/adr/0020-hosts-table.md): the check-ins
+    recorded since the last SEEN event, each node once with its latest time; none when no
+    node checked in. On PostgreSQL the event goes through the change outbox."""
+    secret_file = tmp_path / "enroll_secret"
+    secret_file.write_text(SECRET + "\n")
+    env = {"QUARRY_ENROLL_SECRET_FILE": str(secret_file), "QUARRY_NODE_SEEN_INTERVAL_S": "0.3"}
+    process = ServiceProcess("enroll", tmp_path, free_port_base(), {**env, **state_env}).start()
+    try:
+        stub = enroll_pb2_grpc.EnrollServiceStub(sync_channel(process.addr))
+        node = enroll_host(stub, "seen-by-the-minute").node
+        assert node.os_version == "22.04"
+        watch = StreamReader(stub.WatchNodes(enroll_pb2.WatchNodesRequest()))
+        try:
+            watch.until(is_snapshot_done)
+            later = node.last_seen_at + 5
+            checkins = [
+                enroll_pb2.Checkin(node_id=node.node_id, seen_at=t) for t in (later, later - 1)
+            ]
+            stub.RecordCheckins(enroll_pb2.CheckinBatch(checkins=checkins), timeout=RPC_TIMEOUT_S)
+            seen = watch.until(lambda e: e.kind == NodeEvent.SEEN)
+            assert [(c.node_id, c.seen_at) for c in seen[-1].seen] == [(node.node_id, later)]
+            # Nothing checked in since: no further SEEN event (other events may come).
+            time.sleep(1.0)
+            stub.RecordCheckins(
+                enroll_pb2.CheckinBatch(checkins=checkins[:1]), timeout=RPC_TIMEOUT_S
+            )
+            following = watch.until(lambda e: e.kind == NodeEvent.SEEN)
+            assert [e.kind for e in following] == [NodeEvent.SEEN]
+        finally:
+            watch.close()
+    finally:
+        process.stop()
 
 
 # Config service

@@ -58,7 +58,7 @@ class EnrollResponse(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., node_key: _Optional[str] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("node_id", "node_key", "host_identifier", "platform", "platform_type", "osquery_version", "enrolled_at", "last_seen_at", "revoked", "found", "hostname", "tags", "group", "pending", "identity", "secret_name", "first_enrolled_at", "hardware_serial", "secret_tags")
+    __slots__ = ("node_id", "node_key", "host_identifier", "platform", "platform_type", "osquery_version", "enrolled_at", "last_seen_at", "revoked", "found", "hostname", "tags", "group", "pending", "identity", "secret_name", "first_enrolled_at", "hardware_serial", "secret_tags", "os_version")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_KEY_FIELD_NUMBER: _ClassVar[int]
     HOST_IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class Node(_message.Message):
     FIRST_ENROLLED_AT_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_SERIAL_FIELD_NUMBER: _ClassVar[int]
     SECRET_TAGS_FIELD_NUMBER: _ClassVar[int]
+    OS_VERSION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     node_key: str
     host_identifier: str
@@ -97,7 +98,8 @@ class Node(_message.Message):
     first_enrolled_at: int
     hardware_serial: str
     secret_tags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., node_key: _Optional[str] = ..., host_identifier: _Optional[str] = ..., platform: _Optional[str] = ..., platform_type: _Optional[str] = ..., osquery_version: _Optional[str] = ..., enrolled_at: _Optional[int] = ..., last_seen_at: _Optional[int] = ..., revoked: _Optional[bool] = ..., found: _Optional[bool] = ..., hostname: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., group: _Optional[str] = ..., pending: _Optional[bool] = ..., identity: _Optional[str] = ..., secret_name: _Optional[str] = ..., first_enrolled_at: _Optional[int] = ..., hardware_serial: _Optional[str] = ..., secret_tags: _Optional[_Iterable[str]] = ...) -> None: ...
+    os_version: str
+    def __init__(self, node_id: _Optional[str] = ..., node_key: _Optional[str] = ..., host_identifier: _Optional[str] = ..., platform: _Optional[str] = ..., platform_type: _Optional[str] = ..., osquery_version: _Optional[str] = ..., enrolled_at: _Optional[int] = ..., last_seen_at: _Optional[int] = ..., revoked: _Optional[bool] = ..., found: _Optional[bool] = ..., hostname: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., group: _Optional[str] = ..., pending: _Optional[bool] = ..., identity: _Optional[str] = ..., secret_name: _Optional[str] = ..., first_enrolled_at: _Optional[int] = ..., hardware_serial: _Optional[str] = ..., secret_tags: _Optional[_Iterable[str]] = ..., os_version: _Optional[str] = ...) -> None: ...
 
 class NodeDetails(_message.Message):
     __slots__ = ("node", "host_details_json", "recent_enrollments", "suspected_clone", "client_certificate")
@@ -118,7 +120,7 @@ class WatchNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeEvent(_message.Message):
-    __slots__ = ("kind", "node", "revision", "group")
+    __slots__ = ("kind", "node", "revision", "group", "seen")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[NodeEvent.Kind]
@@ -126,20 +128,24 @@ class NodeEvent(_message.Message):
         REMOVE: _ClassVar[NodeEvent.Kind]
         SNAPSHOT_DONE: _ClassVar[NodeEvent.Kind]
         GROUP: _ClassVar[NodeEvent.Kind]
+        SEEN: _ClassVar[NodeEvent.Kind]
     KIND_UNSPECIFIED: NodeEvent.Kind
     UPSERT: NodeEvent.Kind
     REMOVE: NodeEvent.Kind
     SNAPSHOT_DONE: NodeEvent.Kind
     GROUP: NodeEvent.Kind
+    SEEN: NodeEvent.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
+    SEEN_FIELD_NUMBER: _ClassVar[int]
     kind: NodeEvent.Kind
     node: Node
     revision: int
     group: _containers.RepeatedCompositeFieldContainer[NodeEvent]
-    def __init__(self, kind: _Optional[_Union[NodeEvent.Kind, str]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., revision: _Optional[int] = ..., group: _Optional[_Iterable[_Union[NodeEvent, _Mapping]]] = ...) -> None: ...
+    seen: _containers.RepeatedCompositeFieldContainer[Checkin]
+    def __init__(self, kind: _Optional[_Union[NodeEvent.Kind, str]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., revision: _Optional[int] = ..., group: _Optional[_Iterable[_Union[NodeEvent, _Mapping]]] = ..., seen: _Optional[_Iterable[_Union[Checkin, _Mapping]]] = ...) -> None: ...
 
 class GetNodeRequest(_message.Message):
     __slots__ = ("node_key",)

@@ -128,6 +128,11 @@ class Settings:
 
     # Check-in writes (last seen, deliveries) are batched this long by the gateway.
     checkin_flush_interval_s: float = 1.0
+    # The enroll service announces the last-seen times that moved this often (one SEEN
+    # event on WatchNodes), so quarry.hosts follows them without a write per check-in.
+    node_seen_interval_s: float = 60.0
+    # Whether ingest keeps quarry.hosts current from the enroll and config feeds.
+    ingest_hosts_table: bool = True
     # distributed read answer `accelerate` (seconds) while a node has a live query.
     distributed_accelerate_s: int = 60
     live_query_ttl_s: int = 3600
