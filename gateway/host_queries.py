@@ -6,12 +6,13 @@ evenly over the period instead of arriving at once. The period a due moment open
 *slot*; the queries go out named with it (osquery_config.host_queries.WireName).
 
 The gateway keeps, per node, the last slot of each group it asked or saw answered, and
-nothing else: no campaign rows, no state in a service. After a (re)start the memory is
-empty, so a slot whose due moment passed before the gateway started counts as done (an
-earlier run, or another replica, asked it): the fleet is then asked at its own due moments
-over the following period, never all at once, and the first inventory of a new fleet is
-spread the same way. A host is asked once per slot: an answer with an error, or none at
-all, waits for the next slot (no retry loop).
+nothing else: no campaign rows, no state in a service. The first time a gateway sees a
+node (after its start, a replica's failover, or the node's enrollment), the node's current
+slot counts as done: an earlier run or another replica may have asked it, and a gateway
+that just started must not ask its whole fleet at once. The fleet is then asked at its own
+due moments over the following period, and the first inventory of a new fleet is spread
+the same way. A host is asked once per slot: an answer with an error, or none at all,
+waits for the next slot (no retry loop).
 """
 
 from __future__ import annotations
@@ -30,14 +31,10 @@ class HostQuerySchedule:
     """The due scheduled queries of each node, and the memory of what was asked."""
 
     def __init__(
-        self,
-        groups: tuple[QueryGroup, ...],
-        started_at: float | None = None,
-        clock: Callable[[], float] = time.time,
+        self, groups: tuple[QueryGroup, ...], clock: Callable[[], float] = time.time
     ) -> None:
         self.groups = groups
         self._clock = clock
-        self.started_at = clock() if started_at is None else started_at
         # node id -> (the last slot done per group, in `groups` order; the next due moment).
         self._done: dict[str, tuple[list[int], float]] = {}
         self._sql_by_family: dict[str, list[dict[str, str]]] = {}
@@ -62,7 +59,7 @@ class HostQuerySchedule:
         memory = self._done.get(node_id)
         if memory is not None and now < memory[1]:
             return {}  # the hot path: nothing due before the memorised moment
-        slots = memory[0] if memory is not None else self._first_slots(node_id)
+        slots = memory[0] if memory is not None else self._first_slots(node_id, now)
         queries: dict[str, str] = {}
         family = platform_family(platform)
         for index, group in enumerate(self.groups):
@@ -84,18 +81,14 @@ class HostQuerySchedule:
             if group.name != wire.group:
                 continue
             memory = self._done.get(node_id)
-            slots = memory[0] if memory else self._first_slots(node_id)
+            slots = memory[0] if memory else self._first_slots(node_id, self._clock())
             if wire.slot > slots[index]:
                 slots[index] = wire.slot
             self._done[node_id] = (slots, self._next_due(node_id, slots))
 
-    def forget(self, node_id: str) -> None:
-        self._done.pop(node_id, None)
-
-    def _first_slots(self, node_id: str) -> list[int]:
-        """The slots counted as done when this gateway first sees the node: those whose
-        due moment passed before the gateway started."""
-        return [self.slot_at(group, node_id, self.started_at) for group in self.groups]
+    def _first_slots(self, node_id: str, now: float) -> list[int]:
+        """The slots counted as done when this gateway first sees the node: the current ones."""
+        return [self.slot_at(group, node_id, now) for group in self.groups]
 
     def _next_due(self, node_id: str, slots: list[int]) -> float:
         return min(
