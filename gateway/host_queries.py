@@ -76,14 +76,17 @@ class HostQuerySchedule:
         return queries
 
     def answered(self, node_id: str, wire: WireName) -> None:
-        """A write answered this slot (maybe asked by another replica): do not ask it again."""
+        """A write answered this slot (maybe asked by another replica): do not ask it again.
+
+        A slot later than the current one was never asked: a node cannot opt out that way.
+        """
+        now = self._clock()
         for index, group in enumerate(self.groups):
-            if group.name != wire.group:
+            if group.name != wire.group or wire.slot > self.slot_at(group, node_id, now):
                 continue
             memory = self._done.get(node_id)
-            slots = memory[0] if memory else self._first_slots(node_id, self._clock())
-            if wire.slot > slots[index]:
-                slots[index] = wire.slot
+            slots = memory[0] if memory else self._first_slots(node_id, now)
+            slots[index] = max(slots[index], wire.slot)
             self._done[node_id] = (slots, self._next_due(node_id, slots))
 
     def _first_slots(self, node_id: str, now: float) -> list[int]:

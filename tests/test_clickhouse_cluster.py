@@ -27,7 +27,13 @@ from ingest_service.clickhouse_server_store import ClickHouseServerStore, client
 from protos.v1 import logs_pb2
 from tests.clickhouse_cluster import ClickHouseCluster, clickhouse_cluster
 from tests.emulator import log_records
-from tests.test_analyst_cookbook import EXPECTATIONS, cookbook, lab_batch, lab_fleet
+from tests.test_analyst_cookbook import (
+    EXPECTATIONS,
+    cookbook,
+    lab_batch,
+    lab_fleet,
+    lab_host_queries,
+)
 from tests.test_ingest_pipeline import IngestProcess, query, run_ingest, send_batches
 
 NOW = int(time.time())
@@ -131,10 +137,17 @@ def test_every_host_has_local_replicated_tables_and_distributed_ones(
         engines = dict(
             host.rows("SELECT name, engine FROM system.tables WHERE database = 'quarry'")
         )
-        for table in ("results", "status_logs", "distributed_results", "distributed_status"):
+        for table in ("results", "status_logs", "distributed_results", "distributed_status",
+                      "host_query_rows", "host_query_status"):  # fmt: skip
             assert engines[f"{table}_local"] == "ReplicatedMergeTree", (host.address, engines)
             assert engines[table] == "Distributed", (host.address, engines)
-        for view in ("host_last_seen", "query_rows_per_day", "latest_snapshot"):
+        # The software inventory: replicated aggregates fed from the local answers.
+        assert engines["software_seen_local"] == "ReplicatedAggregatingMergeTree"
+        assert engines["software_seen"] == "Distributed"
+        assert engines["software_seen_feed"] == "MaterializedView"
+        views = ("host_last_seen", "query_rows_per_day", "latest_snapshot", "host_vitals_latest",
+                 "host_vitals", "host_query_freshness", "software")  # fmt: skip
+        for view in views:
             assert engines[view] == "View"
         macros = dict(host.rows("SELECT macro, substitution FROM system.macros"))
         zookeeper_path = host.rows(
@@ -301,7 +314,7 @@ def lab_on_cluster(ingest: IngestProcess) -> IngestProcess:
     """The cookbook's lab fleet (tests/test_analyst_cookbook.py), stored on the cluster."""
     lab_dealer = dealer_to(ingest)
     try:
-        store(lab_dealer, [lab_batch(*entry) for entry in lab_fleet()])
+        store(lab_dealer, [lab_batch(*entry) for entry in lab_fleet()] + lab_host_queries())
     finally:
         lab_dealer.close()
     return ingest

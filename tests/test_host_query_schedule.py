@@ -115,6 +115,17 @@ def test_an_answer_seen_by_another_replica_counts_for_its_slot() -> None:
     assert other.due(node_id, "ubuntu") == {}
 
 
+def test_an_answer_for_a_slot_never_asked_does_not_silence_a_host() -> None:
+    clock = Clock(T0)
+    schedule = HostQuerySchedule(vitals_only(), clock)
+    node_id = "node-liar"
+    schedule.due(node_id, "ubuntu")
+    future = schedule.slot_at(schedule.groups[0], node_id, T0) + 1000
+    schedule.answered(node_id, WireName("vitals", "os_version", future))
+    clock.now += HOUR
+    assert schedule.due(node_id, "ubuntu")
+
+
 def test_each_host_gets_the_sql_of_its_platform() -> None:
     clock = Clock(T0)
     schedule = HostQuerySchedule(builtin_groups(HOUR, 24 * HOUR), clock)
