@@ -166,22 +166,21 @@ async def store_logs(
     records: list,
     campaign_id: str = "",
     received_at: int = 0,
-    identity: str = "",
 ) -> None:
     """Hand a batch to ingest and return once it is stored; otherwise raise an error.
 
     Log and status lines carry an identity each, so lines osquery re-sends inside a later,
     merged batch are stored once; a live query's rows are one answer, re-sent whole, and the
-    batch's id suffices (docs/adr/0012-line-level-exactly-once.md). A scheduled host query's
-    rows are identified by its wire name (`identity`), which names the slot they answer.
+    batch's id suffices (docs/adr/0012-line-level-exactly-once.md). `received_at`: the
+    write's time, when several batches of one write must agree on it.
     """
-    whole_answer = kind in (logs_pb2.DISTRIBUTED, logs_pb2.HOST_QUERY)
+    whole_answer = kind == logs_pb2.DISTRIBUTED
     if whole_answer:
         data_json = line_ids = orjson.dumps(records)
     else:
         data_json, line_ids = encode_lines(records)
     batch = logs_pb2.LogBatch(
-        batch_id=batch_id(node.node_id, kind, identity or campaign_id, line_ids),
+        batch_id=batch_id(node.node_id, kind, campaign_id, line_ids),
         kind=kind,  # type: ignore[arg-type]
         node_id=node.node_id,
         host_identifier=node.host_identifier,
@@ -260,15 +259,17 @@ async def distributed_write(request: Request, state: GatewayState, body: dict) -
 def _host_query_stores(
     state: GatewayState, node: NodeIdentity, body: dict, scheduled: dict[str, list]
 ) -> list[Awaitable[None]]:
-    """Stores of the answers to scheduled host queries: rows and statuses, never a campaign.
+    """Stores of the answers to scheduled host queries, never a campaign: one batch of rows
+    (a line per answer) and one of statuses (a line per query), so a vitals write costs
+    ingest two batches, not one per query. Each line names its slot: osquery re-sending a
+    write, alone or merged with newer answers, repeats lines ingest stores once (ADR 0012).
 
     Each answer is memorised as its slot's, so this gateway does not ask it again even if
     another replica asked it. A name that is ours but unreadable (a later Quarry's) is
     dropped: refusing the write would make osquery send it for ever.
     """
     collected_at = int(time.time())
-    stores: list[Awaitable[None]] = []
-    statuses = []
+    answers, statuses = [], []
     for name, rows in scheduled.items():
         wire = parse_wire_name(name)
         if wire is None:
@@ -276,15 +277,16 @@ def _host_query_stores(
             continue
         state.host_queries.answered(node.node_id, wire)
         answer = _answer(body, node, name, len(rows))
-        outcome = "ok" if answer.status == 0 else "failed"
-        metrics.HOST_QUERY_ANSWERS.labels(wire.group, outcome).inc()
-        statuses.append(
-            {"group": wire.group, "query": wire.query, "slot": wire.slot} | _status_fields(answer)
-        )
+        metrics.HOST_QUERY_ANSWERS.labels(
+            wire.group, "ok" if answer.status == 0 else "failed"
+        ).inc()
+        which = {"group": wire.group, "query": wire.query, "slot": wire.slot}
+        statuses.append(which | _status_fields(answer))
         if rows:
-            stores.append(
-                store_logs(state, node, logs_pb2.HOST_QUERY, rows, wire.path, collected_at, name)
-            )
+            answers.append(which | {"rows": rows})
+    stores = []
+    if answers:
+        stores.append(store_logs(state, node, logs_pb2.HOST_QUERY, answers, "", collected_at))
     if statuses:
         stores.append(
             store_logs(state, node, logs_pb2.HOST_QUERY_STATUS, statuses, "", collected_at)

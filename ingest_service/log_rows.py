@@ -203,7 +203,7 @@ def flatten_batch(batch: logs_pb2.LogBatch, records: list[Any] | None = None) ->
     if batch.kind == logs_pb2.DISTRIBUTED_STATUS:
         return flatten_distributed_status(records, common, batch.host_identifier)
     if batch.kind == logs_pb2.HOST_QUERY:
-        return flatten_host_query(records, common, batch.host_identifier, batch.campaign_id)
+        return flatten_host_query(records, common, batch.host_identifier)
     if batch.kind == logs_pb2.HOST_QUERY_STATUS:
         return flatten_host_query_status(records, common, batch.host_identifier)
     raise MalformedBatch(f"unknown log kind {batch.kind}")
@@ -400,18 +400,20 @@ def flatten_distributed_status(records: list[Any], common: Row, host_identifier:
 # Scheduled host queries
 
 
-def flatten_host_query(
-    records: list[Any], common: Row, host_identifier: str, path: str
-) -> FlatBatch:
-    """One answer's rows; `path` is `<group>/<query>` (protos/v1/logs.proto)."""
+def flatten_host_query(records: list[Any], common: Row, host_identifier: str) -> FlatBatch:
+    """One row per result row of each answer (protos/v1/logs.proto, HOST_QUERY)."""
     flat = FlatBatch(HOST_QUERY_ROWS_TABLE)
-    group, _, query = path.partition("/")
-    header = (*common, group, query, host_identifier, common[1])  # collected when received
-    for row_index, record in enumerate(records):
-        if not isinstance(record, dict):
+    for record in records:
+        rows = record.get("rows") if isinstance(record, dict) else None
+        if not isinstance(rows, list):
             flat.skipped_records += 1
             continue
-        flat.rows.append((*header, row_index, *column_arrays(record)))
+        # Collected when the gateway received the write.
+        header = (*common, as_text(record.get("group")), as_text(record.get("query")),
+                  host_identifier, common[1])  # fmt: skip
+        for row_index, row in enumerate(rows):
+            if isinstance(row, dict):
+                flat.rows.append((*header, row_index, *column_arrays(row)))
     return flat
 
 

@@ -183,10 +183,10 @@ def host_query_batch(
                           data_json=orjson.dumps([status]), **common)
     ]  # fmt: skip
     if rows:
+        answer = {"group": group, "query": query, "slot": at // 3600, "rows": rows}
         batches.append(
             logs_pb2.LogBatch(batch_id=uuid.uuid4().hex, kind=logs_pb2.HOST_QUERY,
-                              campaign_id=f"{group}/{query}", data_json=orjson.dumps(rows),
-                              **common)
+                              data_json=orjson.dumps([answer]), **common)
         )  # fmt: skip
     return batches
 
