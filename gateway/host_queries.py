@@ -34,6 +34,7 @@ class HostQuerySchedule:
         self, groups: tuple[QueryGroup, ...], clock: Callable[[], float] = time.time
     ) -> None:
         self.groups = groups
+        self.group_names = frozenset(group.name for group in groups)
         self._clock = clock
         # node id -> (the last slot done per group, in `groups` order; the next due moment).
         self._done: dict[str, tuple[list[int], float]] = {}

@@ -105,8 +105,9 @@ HOST_QUERIES_ASKED = Counter(
 )
 HOST_QUERY_ANSWERS = Counter(
     "quarry_gateway_host_query_answers_total",
-    "Answers to scheduled host queries in distributed writes, by group and outcome "
-    "(ok, failed: osquery reported an error, e.g. a table missing on the platform).",
+    "Answers to scheduled host queries in distributed writes, by group (other: a group this "
+    "gateway does not run) and outcome (ok, failed: osquery reported an error, e.g. a table "
+    "missing on the platform; unreadable_name).",
     ["group", "outcome"],
 )
 BATCHED_WRITES = Counter(

@@ -277,9 +277,10 @@ def _host_query_stores(
             continue
         state.host_queries.answered(node.node_id, wire)
         answer = _answer(body, node, name, len(rows))
-        metrics.HOST_QUERY_ANSWERS.labels(
-            wire.group, "ok" if answer.status == 0 else "failed"
-        ).inc()
+        # Label values only from this gateway's groups: a node must not mint new series.
+        group = wire.group if wire.group in state.host_queries.group_names else "other"
+        outcome = "ok" if answer.status == 0 else "failed"
+        metrics.HOST_QUERY_ANSWERS.labels(group, outcome).inc()
         which = {"group": wire.group, "query": wire.query, "slot": wire.slot}
         statuses.append(which | _status_fields(answer))
         if rows:
