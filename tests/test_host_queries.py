@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from osquery_config.host_queries import parse_wire_name
-from tests.emulator import HostProfile, OsqueryNode
+from tests.emulator import HostProfile, OsqueryNode, QueryResult
 from tests.emulator.node import DistributedRound
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
 
@@ -228,3 +228,33 @@ def test_software_lists_packages_with_first_and_last_seen(
     assert ("Google Chrome.app", "apps") in sources and ("Google Chrome", "programs") in sources
     text = cluster.cli("software", "hosts", "7-Zip 23.01 (x64)").stdout
     assert fleet.host("windows") in text and "first_seen" in text
+
+
+def test_a_write_with_unreadable_host_query_names_is_answered_and_stores_nothing(
+    cluster: QuarryCluster,
+) -> None:
+    """A name in our prefix that does not parse (a later Quarry's, or garbage) is dropped:
+    refusing the write would make osquery send it for ever. Its neighbours are stored."""
+    profile = HostProfile.make(9, "linux", seed=cluster.port_base)
+    ok_name = "quarry__vitals__uptime__7"
+    results = {
+        "quarry__bogus": QueryResult(rows=[{"x": "1"}], status=0),
+        "quarry__vitals__uptime__notaslot": QueryResult(rows=[{"x": "2"}], status=0),
+        ok_name: QueryResult(rows=[{"total_seconds": "5"}], status=0),
+    }
+
+    async def write() -> tuple[bool, str]:
+        async with make_node(cluster, profile) as node:
+            assert await node.get_node_key()
+            return await node.distributed_write(results), node.host_identifier
+
+    written, host = asyncio.run(write())
+    assert written
+    stored = cluster.sql(
+        f"SELECT query_name, slot FROM quarry.host_query_status WHERE host_identifier = '{host}'"
+    )
+    assert stored == [{"query_name": "uptime", "slot": 7}]
+    rows = cluster.sql(
+        f"SELECT column_values FROM quarry.host_query_rows WHERE host_identifier = '{host}'"
+    )
+    assert rows == [{"column_values": ["5"]}]
