@@ -166,7 +166,8 @@ def add_node_commands(sub: argparse._SubParsersAction, add: AddCommand) -> None:
     cmd.add_argument(
         "--stale",
         action="store_true",
-        help="only nodes with no vitals answer for two vitals periods (2 h by default), or none",
+        help="only active nodes with no vitals answer for two vitals periods (2 h by default),"
+        " or none",
     )
     cmd.add_argument(
         "--stale-after",
@@ -329,10 +330,12 @@ def node_list(settings: Settings, args: argparse.Namespace) -> int:
         vitals = inventory.fleet_vitals(settings)
         stale = inventory.stale_after(settings, args) if args.stale else None
         now = time.time()
+        # Pending and revoked nodes are never asked (docs/inventory.md): never stale.
         nodes = [
             n
             for n in nodes
             if inventory.matches_vitals(vitals.get(n.node_id), args.os_version, stale, now)
+            and (stale is None or node_status(n) == "active")
         ]
     if args.json:
         emit_json(

@@ -72,7 +72,7 @@ def node_vitals(settings: Settings, node_id: str) -> dict[str, dict]:
 def vitals_lines(vitals: dict[str, dict]) -> list[tuple[str, str]]:
     """One line per vitals row for `node show`: `query (age): key=value ...`."""
     if not vitals:
-        return [("vitals", "none yet (asked within an hour of enrollment: docs/inventory.md)")]
+        return [("vitals", "none yet (a host answers within one vitals period: docs/inventory.md)")]
     lines = []
     for query, entry in vitals.items():
         label = f"  {query} ({age_text(entry['age_s'])} ago)"
