@@ -116,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--gateway-workers", type=int, default=1)
     parser.add_argument(
+        "--vitals-interval",
+        type=int,
+        default=0,
+        help="seconds between each host's vitals answers (default 0: off, as before the"
+        " inventory; production's default is 3600; docs/inventory.md)",
+    )
+    parser.add_argument(
+        "--software-interval",
+        type=int,
+        default=0,
+        help="seconds between each host's software inventories (default 0: off; production 86400)",
+    )
+    parser.add_argument(
         "--clickhouse-url", default="", help="a ClickHouse server (default: embedded chdb)"
     )
     parser.add_argument(
@@ -191,6 +204,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.start_period < 0:
         parser.error("--start-period must not be negative")
+    if args.vitals_interval < 0 or args.software_interval < 0:
+        parser.error("--vitals-interval and --software-interval must not be negative (0: off)")
     return args
 
 
@@ -206,7 +221,11 @@ def progress(message: str) -> None:
 @contextmanager
 def bench_cluster(args: argparse.Namespace, scratch: Path, index: int) -> Iterator[QuarryCluster]:
     """The cluster of one workload: its own processes and state directory."""
-    env = {"QUARRY_GATEWAY_WORKERS": str(args.gateway_workers)}
+    env = {
+        "QUARRY_GATEWAY_WORKERS": str(args.gateway_workers),
+        "QUARRY_HOST_VITALS_INTERVAL_S": str(args.vitals_interval),
+        "QUARRY_HOST_SOFTWARE_INTERVAL_S": str(args.software_interval),
+    }
     port_base = args.port_base + index * PORTS_PER_CLUSTER if args.port_base else None
     scratch.mkdir(parents=True, exist_ok=True)
     with quarry_cluster(scratch, args.clickhouse_url, env, port_base) as cluster:

@@ -256,6 +256,7 @@ def measure_workload(
         "fleet": result.to_dict(),
         "costs": cost_model(costs_report(whole_run.costs), result),
         "rows_check": rows_check(cluster, result),
+        "host_queries": host_query_counts(cluster, result.config.identifier_prefix),
         "clickhouse_settle_s": settled_s,
         "clickhouse_idle_cores": idle_cores,
     }
@@ -432,6 +433,26 @@ def rows_check(cluster: QuarryCluster, result: FleetResult) -> dict[str, Any]:
         # be stored, so a difference of up to these is no proof of a lost or doubled row.
         "lines_unacknowledged": result.lines_unacknowledged,
     }
+
+
+def host_query_counts(cluster: QuarryCluster, identifier_prefix: str) -> dict[str, int]:
+    """What the scheduled host queries stored for this run's hosts (docs/inventory.md):
+    answers per group, failed ones, and their rows."""
+    prefix = identifier_prefix.replace("'", "")
+    mine = f"startsWith(host_identifier, '{prefix}-')"
+    counts: dict[str, int] = {}
+    for row in cluster.sql(
+        "SELECT group_name, count() AS answers, countIf(status != 0) AS failed"
+        f" FROM quarry.host_query_status WHERE {mine} GROUP BY group_name"
+    ):
+        counts[f"{row['group_name']}_answers"] = int(row["answers"])
+        counts[f"{row['group_name']}_failed"] = int(row["failed"])
+    for row in cluster.sql(
+        "SELECT group_name, count() AS n FROM quarry.host_query_rows"
+        f" WHERE {mine} GROUP BY group_name"
+    ):
+        counts[f"{row['group_name']}_rows"] = int(row["n"])
+    return counts
 
 
 def stored_rows(cluster: QuarryCluster, identifier_prefix: str) -> dict[str, int]:

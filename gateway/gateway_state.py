@@ -13,10 +13,12 @@ from gateway import metrics
 from gateway.activity_batcher import ActivityBatcher
 from gateway.config_cache import ConfigCache
 from gateway.enroll_batcher import EnrollBatcher
+from gateway.host_queries import HostQuerySchedule
 from gateway.live_queries import LiveQueries
 from gateway.log_forwarder import LogForwarder
 from gateway.node_cache import NodeCache
 from gateway.request_body import BodyLimits
+from osquery_config.host_queries import builtin_groups
 from protos.v1 import config_pb2_grpc, distributed_pb2_grpc, enroll_pb2_grpc
 from quarry.encryption.zmq_curve import client_keys
 from quarry.runtime.settings import Settings
@@ -38,6 +40,7 @@ class GatewayState:
     live_queries: LiveQueries
     activity: ActivityBatcher
     logs: LogForwarder
+    host_queries: HostQuerySchedule
     channels: list[grpc.aio.Channel]
     tasks: list[asyncio.Task] = field(default_factory=list)
     # Each endpoint's request limits, made from settings on its first request.
@@ -67,6 +70,9 @@ class GatewayState:
                 settings.zmq_endpoints(),
                 settings.log_ack_timeout_s,
                 client_keys(settings) if settings.zmq_curve else None,
+            ),
+            host_queries=HostQuerySchedule(
+                builtin_groups(settings.host_vitals_interval_s, settings.host_software_interval_s)
             ),
             channels=[enroll_ch, config_ch, distributed_ch],
         )

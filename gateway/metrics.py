@@ -117,6 +117,19 @@ LOG_BATCH_FAILOVERS = Counter(
 LIVE_QUERIES_OPEN = Gauge(
     "quarry_gateway_live_queries_open", "Open live query campaigns held.", multiprocess_mode="max"
 )
+HOST_QUERIES_ASKED = Counter(
+    "quarry_gateway_host_queries_asked_total",
+    "Scheduled host query groups added to a distributed read (one per host per due slot), "
+    "by group (vitals, software; docs/inventory.md).",
+    ["group"],
+)
+HOST_QUERY_ANSWERS = Counter(
+    "quarry_gateway_host_query_answers_total",
+    "Answers to scheduled host queries in distributed writes, by group (other: a group this "
+    "gateway does not run) and outcome (ok, failed: osquery reported an error, e.g. a table "
+    "missing on the platform; unreadable_name).",
+    ["group", "outcome"],
+)
 BATCHED_WRITES = Counter(
     "quarry_gateway_batched_writes_total",
     "Check-in writes flushed to the services, by kind (checkin, delivery, answer).",

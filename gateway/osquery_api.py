@@ -36,6 +36,7 @@ from gateway.request_body import (
     too_deep_to_forward,
 )
 from gateway.routing import Answer, Request, Route
+from osquery_config.host_queries import is_host_query, parse_wire_name
 from protos.v1 import distributed_pb2, enroll_pb2, logs_pb2
 from quarry.runtime.settings import Settings
 from quarry.state.carve_store import CarveRejected
@@ -179,14 +180,17 @@ async def store_logs(
     kind: int,
     records: list,
     campaign_id: str = "",
+    received_at: int = 0,
 ) -> None:
     """Hand a batch to ingest and return once it is stored; otherwise raise an error.
 
     Log and status lines carry an identity each, so lines osquery re-sends inside a later,
     merged batch are stored once; a live query's rows are one answer, re-sent whole, and the
-    batch's id suffices (docs/adr/0012-line-level-exactly-once.md).
+    batch's id suffices (docs/adr/0012-line-level-exactly-once.md). `received_at`: the
+    write's time, when several batches of one write must agree on it.
     """
-    if kind == logs_pb2.DISTRIBUTED:
+    whole_answer = kind == logs_pb2.DISTRIBUTED
+    if whole_answer:
         data_json = line_ids = orjson.dumps(records)
     else:
         data_json, line_ids = encode_lines(records)
@@ -195,10 +199,10 @@ async def store_logs(
         kind=kind,  # type: ignore[arg-type]
         node_id=node.node_id,
         host_identifier=node.host_identifier,
-        received_at=int(time.time()),
+        received_at=received_at or int(time.time()),
         data_json=data_json,
         campaign_id=campaign_id,
-        line_ids=b"" if kind == logs_pb2.DISTRIBUTED else line_ids,
+        line_ids=b"" if whole_answer else line_ids,
     )
     ack = await state.logs.send(batch)
     kind_name = logs_pb2.LogKind.Name(kind).lower()  # type: ignore[arg-type]
@@ -213,21 +217,25 @@ async def store_logs(
 
 
 async def distributed_read(request: Request, state: GatewayState, body: dict) -> Answer:
-    """The node's pending live queries (and their discovery gates), from memory.
+    """The node's pending live queries (and their discovery gates), from memory, and the
+    scheduled host queries due for it (vitals, software: docs/inventory.md).
 
-    `accelerate` makes osquery read again within seconds while it has work, so answers
-    come back fast instead of one distributed_interval later.
+    `accelerate` makes osquery read again within seconds while it has a live query, so
+    answers come back fast instead of one distributed_interval later; scheduled queries
+    are in no hurry and do not ask for it.
     """
     node = await authenticate(request, state, body)
-    campaigns = [] if node.pending else state.live_queries.pending_for(node)
-    if not campaigns:
+    if node.pending:
+        return json_response(NO_LIVE_QUERIES)
+    campaigns = state.live_queries.pending_for(node)
+    scheduled = state.host_queries.due(node.node_id, node.platform)
+    if not campaigns and not scheduled:
         return json_response(NO_LIVE_QUERIES)
     for campaign in campaigns:
         state.activity.delivered(campaign.campaign_id, node.node_id, node.host_identifier)
-    answer: dict = {
-        "queries": {c.campaign_id: c.sql for c in campaigns},
-        "accelerate": state.settings.distributed_accelerate_s,
-    }
+    answer: dict = {"queries": {**scheduled, **{c.campaign_id: c.sql for c in campaigns}}}
+    if campaigns:
+        answer["accelerate"] = state.settings.distributed_accelerate_s
     discovery = {c.campaign_id: c.discovery_sql for c in campaigns if c.discovery_sql}
     if discovery:
         answer["discovery"] = discovery
@@ -236,7 +244,9 @@ async def distributed_read(request: Request, state: GatewayState, body: dict) ->
 
 async def distributed_write(request: Request, state: GatewayState, body: dict) -> Answer:
     node = await authenticate(request, state, body)
-    rows_by_campaign = _rows_by_campaign(body)
+    results = _rows_by_campaign(body)
+    scheduled = {name: rows for name, rows in results.items() if is_host_query(name)}
+    rows_by_campaign = {name: rows for name, rows in results.items() if name not in scheduled}
     answers = [
         _answer(body, node, campaign_id, len(rows))
         for campaign_id, rows in rows_by_campaign.items()
@@ -249,14 +259,55 @@ async def distributed_write(request: Request, state: GatewayState, body: dict) -
     ]
     if answers:
         stores.append(store_logs(state, node, logs_pb2.DISTRIBUTED_STATUS, _statuses(answers)))
+    stores.extend(_host_query_stores(state, node, body, scheduled))
     await asyncio.gather(*stores)
-    try:
-        await state.activity.answer(answers)
-    except Exception as exc:
-        raise error(f"live query answers not recorded, retry later: {exc}", 503) from exc
+    if answers:
+        try:
+            await state.activity.answer(answers)
+        except Exception as exc:
+            raise error(f"live query answers not recorded, retry later: {exc}", 503) from exc
     for answer in answers:
         state.live_queries.mark_answered(answer.campaign_id, node.node_id)
     return json_response({})
+
+
+def _host_query_stores(
+    state: GatewayState, node: NodeIdentity, body: dict, scheduled: dict[str, list]
+) -> list[Awaitable[None]]:
+    """Stores of the answers to scheduled host queries, never a campaign: one batch of rows
+    (a line per answer) and one of statuses (a line per query), so a vitals write costs
+    ingest two batches, not one per query. Each line names its slot: osquery re-sending a
+    write, alone or merged with newer answers, repeats lines ingest stores once (ADR 0012).
+
+    Each answer is memorised as its slot's, so this gateway does not ask it again even if
+    another replica asked it. A name that is ours but unreadable (a later Quarry's) is
+    dropped: refusing the write would make osquery send it for ever.
+    """
+    collected_at = int(time.time())
+    answers, statuses = [], []
+    for name, rows in scheduled.items():
+        wire = parse_wire_name(name)
+        if wire is None:
+            metrics.HOST_QUERY_ANSWERS.labels("unknown", "unreadable_name").inc()
+            continue
+        state.host_queries.answered(node.node_id, wire)
+        answer = _answer(body, node, name, len(rows))
+        # Label values only from this gateway's groups: a node must not mint new series.
+        group = wire.group if wire.group in state.host_queries.group_names else "other"
+        outcome = "ok" if answer.status == 0 else "failed"
+        metrics.HOST_QUERY_ANSWERS.labels(group, outcome).inc()
+        which = {"group": wire.group, "query": wire.query, "slot": wire.slot}
+        statuses.append(which | _status_fields(answer))
+        if rows:
+            answers.append(which | {"rows": rows})
+    stores = []
+    if answers:
+        stores.append(store_logs(state, node, logs_pb2.HOST_QUERY, answers, "", collected_at))
+    if statuses:
+        stores.append(
+            store_logs(state, node, logs_pb2.HOST_QUERY_STATUS, statuses, "", collected_at)
+        )
+    return stores
 
 
 def _rows_by_campaign(body: dict) -> dict[str, list]:
@@ -295,19 +346,20 @@ WRITE_MAP_TYPES = {"statuses": "status code", "messages": "message", "stats": "s
 def _statuses(answers: list[distributed_pb2.Answer]) -> list[dict]:
     """The DISTRIBUTED_STATUS lines, one per query: no receive time in them, so a write osquery
     sends again (alone or merged with newer answers) repeats its lines and is stored once."""
-    return [
-        {
-            "campaign_id": answer.campaign_id,
-            "status": answer.status,
-            "message": answer.message,
-            "row_count": answer.row_count,
-            "wall_time_ms": answer.stats.wall_time_ms,
-            "user_time": answer.stats.user_time,
-            "system_time": answer.stats.system_time,
-            "memory": answer.stats.memory,
-        }
-        for answer in answers
-    ]
+    return [{"campaign_id": answer.campaign_id} | _status_fields(answer) for answer in answers]
+
+
+def _status_fields(answer: distributed_pb2.Answer) -> dict:
+    """How one query went on the node: osquery's status, message and stats."""
+    return {
+        "status": answer.status,
+        "message": answer.message,
+        "row_count": answer.row_count,
+        "wall_time_ms": answer.stats.wall_time_ms,
+        "user_time": answer.stats.user_time,
+        "system_time": answer.stats.system_time,
+        "memory": answer.stats.memory,
+    }
 
 
 def _answer(body: dict, node: NodeIdentity, campaign_id: str, rows: int) -> distributed_pb2.Answer:

@@ -35,6 +35,8 @@ STATUS_TABLE = "status_logs"
 DISTRIBUTED_TABLE = "distributed_results"
 DISTRIBUTED_STATUS_TABLE = "distributed_status"
 RAW_TABLE = "raw_batches"
+HOST_QUERY_ROWS_TABLE = "host_query_rows"
+HOST_QUERY_STATUS_TABLE = "host_query_status"
 
 # Top-level keys osquery itself writes; any other key is a top-level decoration
 # (--decorations_top_level).
@@ -126,6 +128,30 @@ DISTRIBUTED_STATUS_COLUMNS = (
     "row_count",
     *QUERY_STATS,
 )
+# Scheduled host queries (vitals, software: docs/inventory.md): the batch's receive time is
+# when the answer was collected, the same for a write's rows and statuses.
+HOST_QUERY_ROWS_COLUMNS = (
+    *COMMON_COLUMNS,
+    "group_name",
+    "query_name",
+    "host_identifier",
+    "collected_at",
+    "row_index",
+    "column_names",
+    "column_values",
+)
+HOST_QUERY_STATUS_COLUMNS = (
+    *COMMON_COLUMNS,
+    "group_name",
+    "query_name",
+    "host_identifier",
+    "collected_at",
+    "slot",
+    "status",
+    "message",
+    "row_count",
+    *QUERY_STATS,
+)
 BATCH_ID_INDEX = COMMON_COLUMNS.index("batch_id")  # the same in every table's rows
 RAW_COLUMNS = (*COMMON_COLUMNS, "kind", "host_identifier", "campaign_id", "data_json")
 TABLE_COLUMNS = {
@@ -134,6 +160,8 @@ TABLE_COLUMNS = {
     DISTRIBUTED_TABLE: DISTRIBUTED_COLUMNS,
     DISTRIBUTED_STATUS_TABLE: DISTRIBUTED_STATUS_COLUMNS,
     RAW_TABLE: RAW_COLUMNS,
+    HOST_QUERY_ROWS_TABLE: HOST_QUERY_ROWS_COLUMNS,
+    HOST_QUERY_STATUS_TABLE: HOST_QUERY_STATUS_COLUMNS,
 }
 
 
@@ -174,6 +202,10 @@ def flatten_batch(batch: logs_pb2.LogBatch, records: list[Any] | None = None) ->
         return flatten_distributed(records, common, batch.host_identifier, batch.campaign_id)
     if batch.kind == logs_pb2.DISTRIBUTED_STATUS:
         return flatten_distributed_status(records, common, batch.host_identifier)
+    if batch.kind == logs_pb2.HOST_QUERY:
+        return flatten_host_query(records, common, batch.host_identifier)
+    if batch.kind == logs_pb2.HOST_QUERY_STATUS:
+        return flatten_host_query_status(records, common, batch.host_identifier)
     raise MalformedBatch(f"unknown log kind {batch.kind}")
 
 
@@ -356,6 +388,49 @@ def flatten_distributed_status(records: list[Any], common: Row, host_identifier:
                 *common,
                 as_text(record.get("campaign_id")),
                 host_identifier,
+                as_uint(record.get("status"), UINT32_MAX),
+                as_text(record.get("message")),
+                as_uint(record.get("row_count"), UINT64_MAX),
+                *(as_uint(record.get(stat), UINT64_MAX) for stat in QUERY_STATS),
+            )
+        )
+    return flat
+
+
+# Scheduled host queries
+
+
+def flatten_host_query(records: list[Any], common: Row, host_identifier: str) -> FlatBatch:
+    """One row per result row of each answer (protos/v1/logs.proto, HOST_QUERY)."""
+    flat = FlatBatch(HOST_QUERY_ROWS_TABLE)
+    for record in records:
+        rows = record.get("rows") if isinstance(record, dict) else None
+        if not isinstance(rows, list):
+            flat.skipped_records += 1
+            continue
+        # Collected when the gateway received the write.
+        header = (*common, as_text(record.get("group")), as_text(record.get("query")),
+                  host_identifier, common[1])  # fmt: skip
+        for row_index, row in enumerate(rows):
+            if isinstance(row, dict):
+                flat.rows.append((*header, row_index, *column_arrays(row)))
+    return flat
+
+
+def flatten_host_query_status(records: list[Any], common: Row, host_identifier: str) -> FlatBatch:
+    flat = FlatBatch(HOST_QUERY_STATUS_TABLE)
+    for record in records:
+        if not isinstance(record, dict):
+            flat.skipped_records += 1
+            continue
+        flat.rows.append(
+            (
+                *common,
+                as_text(record.get("group")),
+                as_text(record.get("query")),
+                host_identifier,
+                common[1],
+                as_uint(record.get("slot"), UINT64_MAX),
                 as_uint(record.get("status"), UINT32_MAX),
                 as_text(record.get("message")),
                 as_uint(record.get("row_count"), UINT64_MAX),

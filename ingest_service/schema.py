@@ -244,8 +244,55 @@ HOSTS = Table(
     sharding_key="cityHash64(node_id)",
     retained=False,
 )
-LOG_TABLES = (RESULTS, STATUS_LOGS, DISTRIBUTED_RESULTS, DISTRIBUTED_STATUS, RAW_BATCHES)
-TABLES = (*LOG_TABLES, HOSTS)
+# Scheduled host queries (docs/inventory.md, ADR 0019): each answer's rows, and how each
+# query went (an error, e.g. a table missing on the host's platform, is a status row).
+HOST_QUERY_ROWS = Table(
+    "host_query_rows",
+    (
+        Column("group_name", TEXT),
+        Column("query_name", TEXT),
+        Column("host_identifier", "String"),
+        Column("collected_at", "DateTime"),
+        Column("row_index", "UInt32"),
+        Column("column_names", "Array(String)"),
+        Column("column_values", "Array(String)"),
+        *INGEST_COLUMNS,
+        STORED_AT,
+        COLUMNS_MAP,
+    ),
+    order_by="group_name, query_name, node_id, collected_at",
+)
+HOST_QUERY_STATUS = Table(
+    "host_query_status",
+    (
+        Column("group_name", TEXT),
+        Column("query_name", TEXT),
+        Column("host_identifier", "String"),
+        Column("collected_at", "DateTime"),
+        # The cadence period answered (osquery_config/host_queries.py).
+        Column("slot", "UInt64"),
+        Column("status", "UInt32"),
+        Column("message", "String"),
+        Column("row_count", "UInt64"),
+        Column("wall_time_ms", "UInt64"),
+        Column("user_time", "UInt64"),
+        Column("system_time", "UInt64"),
+        Column("memory", "UInt64"),
+        *INGEST_COLUMNS,
+        STORED_AT,
+    ),
+    order_by="group_name, node_id, collected_at",
+)
+TABLES = (
+    RESULTS,
+    STATUS_LOGS,
+    DISTRIBUTED_RESULTS,
+    DISTRIBUTED_STATUS,
+    RAW_BATCHES,
+    HOST_QUERY_ROWS,
+    HOST_QUERY_STATUS,
+    HOSTS,
+)
 TABLE_NAMES = tuple(table.name for table in TABLES)
 # The tables whose rows expire (QUARRY_RETENTION_<TABLE>_DAYS).
 RETAINED_TABLE_NAMES = tuple(table.name for table in TABLES if table.retained)
@@ -300,6 +347,65 @@ def create_distributed_table(database: str, table: Table, cluster: str) -> str:
         f"CREATE TABLE IF NOT EXISTS {database}.{table.name} AS {database}.{local}\n"
         f"ENGINE = Distributed({cluster}, {database}, {local}, {table.sharding_key})"
     )
+
+
+# The software inventory: one row per host, source, package and version with its first and
+# last sighting, kept for ever whatever the raw answers' retention. An AggregatingMergeTree
+# fed by a materialized view on each insert of software answers, so it holds one row per
+# package once merged instead of one per daily answer (min and max states: inserting an
+# answer twice changes nothing). 18.16 has AggregateFunction and MATERIALIZED VIEW ... TO.
+SOFTWARE_SEEN = Table(
+    "software_seen",
+    (
+        Column("node_id", "String"),
+        Column("host_identifier", "String"),
+        Column("source", "String"),
+        Column("name", "String"),
+        Column("version", "String"),
+        Column("first_seen", "AggregateFunction(min, DateTime)"),
+        Column("last_seen", "AggregateFunction(max, DateTime)"),
+    ),
+    order_by="name, version, source, node_id, host_identifier",
+    engine="AggregatingMergeTree",
+    partition_by="",
+    sharding_key="cityHash64(node_id)",
+    retained=False,
+)
+SOFTWARE_STATE = SOFTWARE_SEEN.name
+SOFTWARE_FEED = "software_seen_feed"
+SOFTWARE_KEY = "node_id, host_identifier, source, name, version"
+
+
+def _row_value(column: str) -> str:
+    """A result column's value from the parallel arrays ('' when the row lacks it)."""
+    return f"column_values[indexOf(column_names, '{column}')]"
+
+
+def software_statements(database: str, cluster: str = "") -> list[str]:
+    """The inventory's table (its `_local` and Distributed on a cluster) and its feed."""
+    state = local_table(SOFTWARE_STATE, cluster)
+    columns = ",\n    ".join(f"{column.name} {column.type}" for column in SOFTWARE_SEEN.columns)
+    statements = [
+        f"""CREATE TABLE IF NOT EXISTS {database}.{state} (
+    {columns}
+)
+ENGINE = {table_engine(database, SOFTWARE_SEEN, cluster)}
+ORDER BY ({SOFTWARE_SEEN.order_by})""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{SOFTWARE_FEED}
+TO {database}.{state} AS
+SELECT node_id, host_identifier, query_name AS source,
+    {_row_value("name")} AS name, {_row_value("version")} AS version,
+    minState(collected_at) AS first_seen, maxState(collected_at) AS last_seen
+FROM {database}.{local_table(HOST_QUERY_ROWS.name, cluster)}
+WHERE group_name = 'software'
+GROUP BY {SOFTWARE_KEY}""",
+    ]
+    if cluster:
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {database}.{SOFTWARE_STATE} AS {database}.{state}\n"
+            f"ENGINE = Distributed({cluster}, {database}, {state}, cityHash64(node_id))"
+        )
+    return statements
 
 
 # Views
@@ -360,7 +466,57 @@ WHERE action = 'snapshot'
         GROUP BY host_identifier, name
     )""",
         hosts_current_view(database),
+        *host_query_views(database, modern, in_subquery),
     ]
+
+
+def host_query_views(database: str, modern: bool, in_subquery: str) -> list[str]:
+    """The views over scheduled host queries' answers (docs/analysts.md, docs/inventory.md)."""
+    columns_map = ",\n    mapFromArrays(column_names, column_values) AS columns" if modern else ""
+    return [
+        # Per host and group: when it last answered, and last answered without an error.
+        f"""CREATE VIEW IF NOT EXISTS {database}.host_query_freshness AS
+SELECT node_id, argMax(host_identifier, collected_at) AS host_identifier, group_name,
+    max(collected_at) AS last_answer_at, maxIf(collected_at, status = 0) AS last_success_at,
+    maxIf(collected_at, status != 0) AS last_failure_at, max(slot) AS last_slot
+FROM {database}.host_query_status
+GROUP BY node_id, group_name""",
+        # The rows of each host's latest successful answer to each vitals query.
+        f"""CREATE VIEW IF NOT EXISTS {database}.host_vitals_latest AS
+SELECT node_id, host_identifier, query_name, collected_at, row_index,
+    column_names, column_values{columns_map}
+FROM {database}.host_query_rows
+WHERE group_name = 'vitals'
+    AND (node_id, query_name, collected_at) {in_subquery} (
+        SELECT node_id, query_name, max(collected_at)
+        FROM {database}.host_query_status
+        WHERE group_name = 'vitals' AND status = 0
+        GROUP BY node_id, query_name
+    )""",
+        # One row per host: the vitals people look for first, from the latest answers.
+        f"""CREATE VIEW IF NOT EXISTS {database}.host_vitals AS
+SELECT node_id, any(host_identifier) AS host_identifier, max(collected_at) AS collected_at,
+    {_vital("os_version", "name")} AS os_name,
+    {_vital("os_version", "version")} AS os_version,
+    {_vital("os_version", "arch")} AS arch,
+    {_vital("osquery_info", "version")} AS osquery_version,
+    {_vital("system_info", "hardware_model")} AS hardware_model,
+    {_vital("system_info", "physical_memory")} AS physical_memory,
+    {_vital("uptime", "total_seconds")} AS uptime_seconds,
+    groupArrayIf({_row_value("address")}, query_name = 'interface_addresses') AS addresses,
+    groupUniqArrayIf({_row_value("user")}, query_name = 'logged_in_users') AS logged_in_users
+FROM {database}.host_vitals_latest
+GROUP BY node_id""",
+        f"""CREATE VIEW IF NOT EXISTS {database}.software AS
+SELECT {SOFTWARE_KEY},
+    minMerge(first_seen) AS first_seen, maxMerge(last_seen) AS last_seen
+FROM {database}.{SOFTWARE_STATE}
+GROUP BY {SOFTWARE_KEY}""",
+    ]
+
+
+def _vital(query: str, column: str) -> str:
+    return f"anyIf({_row_value(column)}, query_name = '{query}' AND row_index = 0)"
 
 
 # Creating and migrating
@@ -437,6 +593,8 @@ def apply_schema(
         )
         for statement in ttl_statements(database, engines, days, cluster):
             run(statement)
+    for statement in software_statements(database, cluster):
+        run(statement)
     for statement in view_statements(database, modern, cluster):
         run(statement)
 

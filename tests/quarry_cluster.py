@@ -73,6 +73,9 @@ class QuarryCluster:
             QUARRY_CLICKHOUSE_URL=self.clickhouse_url,
             # Quick batching keeps tests short; production defaults are in settings.py.
             QUARRY_CHECKIN_FLUSH_INTERVAL_S="0.2",
+            # Scheduled host queries off: a test's distributed reads hand out only its own
+            # live queries. Tests of vitals and software turn them on (test_host_queries.py).
+            **SCHEDULED_HOST_QUERIES_OFF,
         )
         env.update(self.extra_env)
         return env
@@ -168,6 +171,12 @@ def live_query_report(result: subprocess.CompletedProcess[str]) -> dict:
     expected = 0 if answered == targeted else 3 if answered else 4
     assert result.returncode == expected, result.stderr
     return reports[0]
+
+
+SCHEDULED_HOST_QUERIES_OFF = {
+    "QUARRY_HOST_VITALS_INTERVAL_S": "0",
+    "QUARRY_HOST_SOFTWARE_INTERVAL_S": "0",
+}
 
 
 @contextmanager

@@ -59,6 +59,10 @@ class ServiceProcess:
             "QUARRY_STATE_DIR": str(self.state_dir),
             "QUARRY_PORT_BASE": str(self.port_base),
             "PYTHONUNBUFFERED": "1",
+            # Distributed reads hand out only the test's own live queries unless it asks
+            # for scheduled host queries (docs/inventory.md).
+            "QUARRY_HOST_VITALS_INTERVAL_S": "0",
+            "QUARRY_HOST_SOFTWARE_INTERVAL_S": "0",
             **self._extra_env,
         }
         with open(self.log_path, "ab") as log:

@@ -209,6 +209,58 @@ def lab_batch(host: str, received_at: int, kind: int, data: list[dict]) -> logs_
     )
 
 
+LONG_AGO = NOW - 10 * DAY  # before "this week"
+
+
+def host_query_batch(
+    host: str, at: int, group: str, query: str, rows: list[dict], error: str = ""
+) -> list[logs_pb2.LogBatch]:
+    """What the gateway forwards for one scheduled host query's answer: rows, then status."""
+    common = {"node_id": f"node-{host}", "host_identifier": host, "received_at": at}
+    status = {"group": group, "query": query, "slot": at // 3600, "status": 1 if error else 0,
+              "message": error, "row_count": len(rows)}  # fmt: skip
+    batches = [
+        logs_pb2.LogBatch(batch_id=uuid.uuid4().hex, kind=logs_pb2.HOST_QUERY_STATUS,
+                          data_json=orjson.dumps([status]), **common)
+    ]  # fmt: skip
+    if rows:
+        answer = {"group": group, "query": query, "slot": at // 3600, "rows": rows}
+        batches.append(
+            logs_pb2.LogBatch(batch_id=uuid.uuid4().hex, kind=logs_pb2.HOST_QUERY,
+                              data_json=orjson.dumps([answer]), **common)
+        )  # fmt: skip
+    return batches
+
+
+def package(name: str, version: str) -> dict:
+    return {"name": name, "version": version, "detail": "amd64"}
+
+
+def lab_host_queries() -> list[logs_pb2.LogBatch]:
+    """Vitals and software answers: WEB1 upgraded its OS; openssl 3.0.2 is old news on WEB1
+    and new on DB1; lab-tool is new this week; DB1 lacks memory_info; OLD1 went quiet."""
+
+    def os_version(version: str) -> list[dict]:
+        return [{"name": "Ubuntu", "version": version, "arch": "x86_64"}]
+
+    answers = [
+        (WEB1, LONG_AGO, "software", "deb_packages", [package("openssl", "3.0.2")], ""),
+        (WEB1, NOW, "software", "deb_packages",
+         [package("openssl", "3.0.2"), package("curl", "7.81.0")], ""),
+        (WEB2, NOW, "software", "deb_packages", [package("openssl", "3.0.13")], ""),
+        (DB1, NOW, "software", "deb_packages",
+         [package("openssl", "3.0.2"), package("lab-tool", "1.0")], ""),
+        (WEB1, EARLIER, "vitals", "os_version", os_version("20.04.6 LTS"), ""),
+        (WEB1, NOW, "vitals", "os_version", os_version("22.04.4 LTS"), ""),
+        (WEB1, NOW, "vitals", "osquery_info", [{"version": "5.23.1"}], ""),
+        (WEB1, NOW, "vitals", "uptime", [{"total_seconds": "273906"}], ""),
+        (DB1, NOW, "vitals", "os_version", os_version("22.04.4 LTS"), ""),
+        (DB1, NOW, "vitals", "memory", [], "no such table: memory_info"),
+        (OLD1, EARLIER, "vitals", "os_version", os_version("18.04.6 LTS"), ""),
+    ]  # fmt: skip
+    return [batch for answer in answers for batch in host_query_batch(*answer)]
+
+
 @pytest.fixture(scope="module")
 def lab(log_store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IngestProcess]:
     """An ingest process per backend that has stored the lab fleet's logs.
@@ -227,7 +279,8 @@ def lab(log_store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.connect(ingest.zmq_endpoint)
         try:
-            acks = send_batches(dealer, [lab_batch(*entry) for entry in lab_fleet()])
+            batches = [lab_batch(*entry) for entry in lab_fleet()] + lab_host_queries()
+            acks = send_batches(dealer, batches)
         finally:
             dealer.close()
         assert all(ack.ok for ack in acks), [ack.error for ack in acks if not ack.ok]
@@ -284,6 +337,30 @@ EXPECTATIONS = {
     "Software first seen in the fleet in the last day": lambda rows: (
         ["netcat-openbsd", 1] in [[row[0], row[2]] for row in rows]
         and all(row[0] != "openssl" for row in rows)
+    ),
+    "Which hosts run openssl 3.0.2": lambda rows: (
+        [[row[0], row[1], row[2]] for row in lab_rows(rows)]
+        == [[DB1, "deb_packages", "3.0.2"], [WEB1, "deb_packages", "3.0.2"]]
+        # WEB1 has had it for ten days, DB1 since today.
+        and lab_rows(rows)[1][3] < lab_rows(rows)[0][3]
+    ),
+    "Software new in the fleet this week": lambda rows: (
+        ["lab-tool", "1.0", "deb_packages"] in [row[:3] for row in rows]
+        and ["openssl", "3.0.13", "deb_packages"] in [row[:3] for row in rows]
+        and all(row[:2] != ["openssl", "3.0.2"] for row in rows)
+    ),
+    "Latest vitals per host": lambda rows: (
+        [row[:5] for row in lab_rows(rows)]
+        == [
+            [DB1, "Ubuntu", "22.04.4 LTS", "", ""],
+            [OLD1, "Ubuntu", "18.04.6 LTS", "", ""],
+            [WEB1, "Ubuntu", "22.04.4 LTS", "5.23.1", "273906"],
+        ]
+    ),
+    "Hosts whose vitals are stale": lambda rows: [row[0] for row in lab_rows(rows)] == [OLD1],
+    "Scheduled host queries failing per host": lambda rows: (
+        [row[:4] for row in lab_rows(rows)]
+        == [[DB1, "vitals", "memory", "no such table: memory_info"]]
     ),
     "Rare process names across the fleet": lambda rows: (
         ["xmrig", 1, WEB1] in rows
@@ -408,6 +485,8 @@ RETENTION = {
     "distributed_results": 90,
     "distributed_status": 90,
     "raw_batches": 7,
+    "host_query_rows": 30,
+    "host_query_status": 30,
 }
 
 

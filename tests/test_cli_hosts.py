@@ -374,6 +374,8 @@ JSON_COMMANDS: dict[str, list[str]] = {
     "node show": ["node", "show", "{alpha}"],
     "node approve": ["node", "approve", "{alpha}"],
     "node revoke": ["node", "revoke", "spare-host"],  # by hostname
+    "software list": ["software", "list"],
+    "software hosts": ["software", "hosts", "openssl", "--version", "3.0.2"],
     "label list": ["label", "list"],
     "label members": ["label", "members", LABEL],
     "query run": ["query", "run", "SELECT 1", "--node", "{alpha}"],

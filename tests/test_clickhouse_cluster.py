@@ -35,6 +35,7 @@ from tests.test_analyst_cookbook import (
     cookbook,
     lab_batch,
     lab_fleet,
+    lab_host_queries,
     lab_hosts_statements,
 )
 from tests.test_hosts_table import current, enroll
@@ -141,12 +142,20 @@ def test_every_host_has_local_replicated_tables_and_distributed_ones(
         engines = dict(
             host.rows("SELECT name, engine FROM system.tables WHERE database = 'quarry'")
         )
-        for table in ("results", "status_logs", "distributed_results", "distributed_status"):
+        for table in ("results", "status_logs", "distributed_results", "distributed_status",
+                      "host_query_rows", "host_query_status"):  # fmt: skip
             assert engines[f"{table}_local"] == "ReplicatedMergeTree", (host.address, engines)
             assert engines[table] == "Distributed", (host.address, engines)
         assert engines["hosts_local"] == "ReplicatedReplacingMergeTree", engines
         assert engines["hosts"] == "Distributed", engines
-        for view in ("host_last_seen", "query_rows_per_day", "latest_snapshot", "hosts_current"):
+        # The software inventory: replicated aggregates fed from the local answers.
+        assert engines["software_seen_local"] == "ReplicatedAggregatingMergeTree"
+        assert engines["software_seen"] == "Distributed"
+        assert engines["software_seen_feed"] == "MaterializedView"
+        views = ("host_last_seen", "query_rows_per_day", "latest_snapshot", "hosts_current",
+                 "host_vitals_latest", "host_vitals", "host_query_freshness",
+                 "software")  # fmt: skip
+        for view in views:
             assert engines[view] == "View"
         macros = dict(host.rows("SELECT macro, substitution FROM system.macros"))
         zookeeper_path = host.rows(
@@ -314,7 +323,7 @@ def lab_on_cluster(ingest: IngestProcess, cluster: ClickHouseCluster) -> IngestP
     hosts rows go into the first host's local table (its shard), as ingest writes them."""
     lab_dealer = dealer_to(ingest)
     try:
-        store(lab_dealer, [lab_batch(*entry) for entry in lab_fleet()])
+        store(lab_dealer, [lab_batch(*entry) for entry in lab_fleet()] + lab_host_queries())
     finally:
         lab_dealer.close()
     for statement in lab_hosts_statements("hosts_local"):

@@ -12,12 +12,13 @@ import gzip
 import json
 import ssl
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from osquery_config.host_queries import builtin_groups
 from quarry.encryption.gateway_certificates import TlsFiles, ensure_certificates
 from tests.emulator import (
     OSQUERY_DOC_ENDPOINTS,
@@ -620,3 +621,24 @@ def test_host_profiles_are_distinct_and_deterministic() -> None:
     assert HostProfile.make(42) == HostProfile.make(42)
     assert HostProfile.make(1, platform="darwin").platform_type == "21"
     assert "extra" in HostProfile.make(1, platform="darwin").table("os_version")[0]
+
+
+def test_hosts_answer_the_vitals_and_software_queries_of_their_platform() -> None:
+    """Every built-in host query runs on the emulator of its platform (docs/inventory.md);
+    a table the host's osquery lacks fails as osquery reports it."""
+    for platform in ("linux", "darwin", "windows"):
+        run = TableExecutor(HostProfile.make(7, platform=platform))
+        for group in builtin_groups(3600, 86400):
+            for name, sql in group.sql_for(platform).items():
+                assert run(sql).ok, (platform, name, run(sql).error)
+    linux = TableExecutor(HostProfile.make(7))
+    packages = linux("SELECT name, version, arch AS detail FROM deb_packages").rows
+    assert {"name": "bash", "version": "5.1-6ubuntu1.1", "detail": "amd64"} in packages
+    mounts = linux("SELECT path FROM mounts WHERE path IN ('/', '/home')").rows
+    assert mounts == [{"path": "/"}]
+    mac = TableExecutor(HostProfile.make(7, platform="darwin"))
+    extensions = mac("SELECT name, uid FROM users CROSS JOIN chrome_extensions USING (uid)").rows
+    assert [row["name"] for row in extensions] == ["Google Docs Offline"]
+    assert linux("SELECT * FROM programs").error == "no such table: programs"
+    old = TableExecutor(replace(HostProfile.make(7), missing_tables=frozenset({"python_packages"})))
+    assert old("SELECT name FROM python_packages").error == "no such table: python_packages"

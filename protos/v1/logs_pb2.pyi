@@ -14,11 +14,15 @@ class LogKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STATUS: _ClassVar[LogKind]
     DISTRIBUTED: _ClassVar[LogKind]
     DISTRIBUTED_STATUS: _ClassVar[LogKind]
+    HOST_QUERY: _ClassVar[LogKind]
+    HOST_QUERY_STATUS: _ClassVar[LogKind]
 LOG_KIND_UNSPECIFIED: LogKind
 RESULT: LogKind
 STATUS: LogKind
 DISTRIBUTED: LogKind
 DISTRIBUTED_STATUS: LogKind
+HOST_QUERY: LogKind
+HOST_QUERY_STATUS: LogKind
 
 class LogBatch(_message.Message):
     __slots__ = ("batch_id", "kind", "node_id", "host_identifier", "received_at", "data_json", "campaign_id", "failover", "line_ids", "answer_by_ms", "repeated_lines")

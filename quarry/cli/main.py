@@ -25,6 +25,7 @@ from quarry.cli.commands import (
     config,
     encryption,
     enrollment,
+    inventory,
     labels,
     migrate,
     queries,
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_config_commands(sub, _admin)
     enrollment.add_secret_commands(sub, _admin)
     enrollment.add_node_commands(sub, _admin)
+    inventory.add_software_commands(sub, _admin)
     labels.add_label_commands(sub, _admin)
 
     queries.add_query_commands(sub, _admin)

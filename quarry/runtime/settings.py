@@ -122,6 +122,10 @@ class Settings:
     retention_distributed_results_days: int = 90
     retention_distributed_status_days: int = 90
     retention_raw_batches_days: int = 7
+    # Raw answers to scheduled host queries; the software inventory's first and last seen
+    # (quarry.software) are kept apart, for ever.
+    retention_host_query_rows_days: int = 30
+    retention_host_query_status_days: int = 30
     # Keep every batch as received in quarry.raw_batches too, for forensic replay. Off by
     # default: it roughly doubles what ClickHouse stores.
     ingest_keep_raw_batches: bool = False
@@ -136,6 +140,11 @@ class Settings:
     # distributed read answer `accelerate` (seconds) while a node has a live query.
     distributed_accelerate_s: int = 60
     live_query_ttl_s: int = 3600
+    # Scheduled host queries (docs/inventory.md, ADR 0019): each host answers the vitals
+    # group once per this many seconds, and the software inventory once per that many;
+    # 0 turns a group off.
+    host_vitals_interval_s: int = 3600
+    host_software_interval_s: int = 86400
 
     log_level: str = "INFO"
     extra: dict[str, str] = field(default_factory=dict)

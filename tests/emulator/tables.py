@@ -2,13 +2,15 @@
 
 It understands only what tests and the benchmark send:
 
-    SELECT * | item [, item ...] [FROM table [WHERE cond [AND cond ...]]] [;]
+    SELECT * | item [, item ...] [FROM table [CROSS JOIN table USING (column)]
+        [WHERE cond [AND cond ...]]] [;]
 
 where an item is a column, `count(*)`/`count(1)`, or a number/'string' literal, each with an
-optional `AS alias`, and a cond is `column = | != | <> literal` or a bare `true`/`false`/
-`1`/`0`. Tables are the ones `HostProfile.table` knows (osquery_info, system_info,
-os_version, platform_info, processes, users, uptime). Results are lists of string-valued
-rows whose keys follow the SELECT order, as osquery's distributed results are (spec §9.3).
+optional `AS alias`, and a cond is `column = | != | <> literal`, `column IN (literal, ...)`
+or a bare `true`/`false`/`1`/`0`. Tables are the ones `HostProfile.table` knows (osquery_info,
+system_info, os_version, platform_info, processes, users, uptime, the vitals and package
+tables of docs/inventory.md). Results are lists of string-valued rows whose keys follow the
+SELECT order, as osquery's distributed results are (spec §9.3).
 
 Anything else fails the way osquery reports SQLite errors: `no such table: X`,
 `no such column: X`, or `near "X": syntax error`.
@@ -23,7 +25,8 @@ from tests.emulator.host_profile import HostProfile
 
 _QUERY = re.compile(
     r"^\s*select\s+(?P<items>.+?)"
-    r"(?:\s+from\s+(?P<table>\w+))?"
+    r"(?:\s+from\s+(?P<table>\w+)"
+    r"(?:\s+cross\s+join\s+(?P<joined>\w+)\s+using\s*\(\s*(?P<using>\w+)\s*\))?)?"
     r"(?:\s+where\s+(?P<where>.+?))?\s*;?\s*$",
     re.IGNORECASE | re.DOTALL,
 )
@@ -31,6 +34,7 @@ _ALIAS = re.compile(r"^(?P<expr>.+?)\s+as\s+(?P<alias>\w+)$", re.IGNORECASE)
 _COUNT = re.compile(r"^count\(\s*(\*|1)\s*\)$", re.IGNORECASE)
 _LITERAL = re.compile(r"^(?:-?\d+(?:\.\d+)?|'(?:[^']|'')*')$")
 _CONDITION = re.compile(r"^(?P<column>\w+)\s*(?P<op>=|==|!=|<>)\s*(?P<value>.+)$")
+_IN = re.compile(r"^(?P<column>\w+)\s+in\s*\((?P<values>.+)\)$", re.IGNORECASE)
 _IDENTIFIER = re.compile(r"^\w+$")
 
 
@@ -68,6 +72,8 @@ class TableExecutor:
             raise SqlSyntaxError(f'near "{_first_word(sql)}": syntax error')
         table = match["table"]
         rows = self._table_rows(table)
+        if match["joined"]:
+            rows = _join(rows, self._table_rows(match["joined"]), match["using"])
         if match["where"]:
             rows = [row for row in rows if _matches_all(row, match["where"])]
         items = [item.strip() for item in match["items"].split(",")]
@@ -121,11 +127,29 @@ def _matches_all(row: dict[str, str], where: str) -> bool:
     return all(_matches(row, condition.strip()) for condition in conditions)
 
 
+def _join(left: list[dict[str, str]], right: list[dict[str, str]], column: str) -> list[dict]:
+    """CROSS JOIN ... USING (column): each pair agreeing on the column, right's columns last."""
+    return [
+        {**a, **b}
+        for a in left
+        for b in right
+        if column in a and column in b and _same_value(a[column], b[column])
+    ]
+
+
 def _matches(row: dict[str, str], condition: str) -> bool:
     if condition.lower() in ("true", "1"):
         return True
     if condition.lower() in ("false", "0"):
         return False
+    listed = _IN.match(condition)
+    if listed is not None:
+        values = [value.strip() for value in listed["values"].split(",")]
+        if not all(_LITERAL.match(value) for value in values):
+            raise SqlSyntaxError(f'near "{_first_word(condition)}": syntax error')
+        if listed["column"] not in row:
+            raise SqlSyntaxError(f"no such column: {listed['column']}")
+        return any(_same_value(row[listed["column"]], _literal_value(v)) for v in values)
     match = _CONDITION.match(condition)
     if match is None or not _LITERAL.match(match["value"].strip()):
         raise SqlSyntaxError(f'near "{_first_word(condition)}": syntax error')

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from protos.v1 import enroll_pb2, enroll_pb2_grpc
+from quarry.cli.commands import inventory
 from quarry.cli.commands.admin import CommandError, call_rpc, enroll_stub
 from quarry.cli.commands.node_names import NODE_NAME_HELP
 from quarry.runtime.command_output import (
@@ -157,10 +158,27 @@ def add_node_commands(sub: argparse._SubParsersAction, add: AddCommand) -> None:
     )
     cmd.add_argument("--secret", help="only nodes enrolled with the secret of this name")
     cmd.add_argument("--clones", action="store_true", help="only nodes whose identity looks cloned")
+    cmd.add_argument(
+        "--os-version",
+        metavar="TEXT",
+        help="only nodes whose latest vitals' OS name and version contain TEXT (e.g. 22.04)",
+    )
+    cmd.add_argument(
+        "--stale",
+        action="store_true",
+        help="only active nodes with no vitals answer for two vitals periods (2 h by default),"
+        " or none",
+    )
+    cmd.add_argument(
+        "--stale-after",
+        type=int,
+        metavar="SECONDS",
+        help="with --stale: stale after this many seconds without a vitals answer instead",
+    )
 
     ref_help = NODE_NAME_HELP + " (an ambiguous name is refused with the candidates)"
     for name, help_text, handler in (
-        ("show", "one node in detail: identity, secret, enrollments, host", node_show),
+        ("show", "one node in detail: identity, secret, enrollments, host, vitals", node_show),
         ("approve", "let a pending node get its config and live queries", node_approve),
         ("reject", "refuse a pending node; it may not enroll again", node_reject),
         ("revoke", "invalidate a node's key; its next request gets node_invalid", node_revoke),
@@ -305,9 +323,27 @@ def node_list(settings: Settings, args: argparse.Namespace) -> int:
         suspected_clones=args.clones,
         search=args.search or "",
     )
-    nodes = call_rpc(enroll_stub(settings).ListNodes, request).nodes
+    nodes = list(call_rpc(enroll_stub(settings).ListNodes, request).nodes)
+    by_vitals = args.os_version is not None or args.stale
+    vitals: dict[str, dict] = {}
+    if by_vitals:
+        vitals = inventory.fleet_vitals(settings)
+        stale = inventory.stale_after(settings, args) if args.stale else None
+        now = time.time()
+        # Pending and revoked nodes are never asked (docs/inventory.md): never stale.
+        nodes = [
+            n
+            for n in nodes
+            if inventory.matches_vitals(vitals.get(n.node_id), args.os_version, stale, now)
+            and (stale is None or node_status(n) == "active")
+        ]
     if args.json:
-        emit_json([_node_json(n) for n in nodes])
+        emit_json(
+            [
+                _node_json(n) | ({"vitals": vitals.get(n.node_id)} if by_vitals else {})
+                for n in nodes
+            ]
+        )
         return 0
     rows = [
         (
@@ -320,6 +356,7 @@ def node_list(settings: Settings, args: argparse.Namespace) -> int:
             n.secret_name,
             node_status(n),
             utc_iso(n.last_seen_at),
+            *(_vitals_cells(vitals.get(n.node_id)) if by_vitals else ()),
         )
         for n in nodes
     ]
@@ -327,20 +364,40 @@ def node_list(settings: Settings, args: argparse.Namespace) -> int:
         "node_id", "hostname", "host_identifier", "platform", "osquery", "tags", "secret",
         "status", "last_seen",
     ]  # fmt: skip
+    if by_vitals:
+        columns += ["os", "vitals_age"]
     emit_table(columns, rows)
     return 0
+
+
+def _vitals_cells(vitals: dict | None) -> tuple[str, str]:
+    if vitals is None:
+        return "-", "never"
+    age = inventory.age_text(time.time() - vitals["last_answer_at"])
+    return _words(vitals["os_name"], vitals["os_version"]) or "-", age
 
 
 def node_show(settings: Settings, args: argparse.Namespace) -> int:
     details = call_rpc(enroll_stub(settings).ShowNode, enroll_pb2.NodeRef(node=args.node))
     host_details = _host_details(details.host_details_json)
+    try:
+        vitals: dict | None = inventory.node_vitals(settings, details.node.node_id)
+        vitals_error = ""
+    except CommandError as exc:  # the node's record is still worth showing
+        vitals, vitals_error = None, str(exc)
     if args.json:
         emit_json(
             proto_to_json(details)
             | {"node": _node_json(details.node), "host_details_json": host_details}
+            | {"vitals": vitals}
         )
         return 0
-    for label, value in _node_detail_lines(details, host_details):
+    lines = _node_detail_lines(details, host_details)
+    if vitals is None:
+        lines.append(("vitals", f"unavailable: {vitals_error}"))
+    else:
+        lines.extend(inventory.vitals_lines(vitals))
+    for label, value in lines:
         print(f"{label + ':':<22}{value}")
     return 0
 
