@@ -102,6 +102,9 @@ ADMIN_METHODS: dict[str, str] = {
     _DISTRIBUTED + "ListCampaigns": READ_ONLY,
     _DISTRIBUTED + "WatchCampaign": READ_ONLY,
     "/quarry.v1.LogStore/Query": READ_ONLY,
+    "/quarry.v1.LogStore/StoreAlerts": SERVICE,
+    "/quarry.v1.DetectionService/ListDetections": READ_ONLY,
+    "/quarry.v1.DetectionService/TestDetection": OPERATOR,
 }
 
 # Request fields never written to the audit log, whatever the message.
