@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from quarry.cli import local_prometheus
-from quarry.runtime.settings import SERVICES, Settings
+from quarry.runtime.settings import MEASURED_PROCESSES, Settings
 from tests.emulator import HostProfile, OsqueryNode, log_records
 from tests.free_ports import free_port_base
 from tests.polling import eventually
@@ -340,7 +340,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScrapedCluster
         try:
             wait_ready(process, process.port, log)  # type: ignore[attr-defined]
             prometheus = PrometheusServer(f"http://127.0.0.1:{process.port}")  # type: ignore[attr-defined]
-            jobs = {f"quarry-{service}" for service in SERVICES}
+            jobs = {f"quarry-{service}" for service in MEASURED_PROCESSES}
             assert eventually(lambda: prometheus.targets_up() == jobs), prometheus.targets_up()
             before_traffic = time.time()
             assert eventually(lambda: prometheus.last_scrape_after(before_traffic + 1))
@@ -483,7 +483,7 @@ def test_quarry_up_with_prometheus_scrapes_every_process(tmp_path: Path) -> None
             return
         assert f"prometheus        http://127.0.0.1:{port}" in cluster.log_text()
         prometheus = PrometheusServer(f"http://127.0.0.1:{port}")
-        jobs = {f"quarry-{service}" for service in SERVICES}
+        jobs = {f"quarry-{service}" for service in MEASURED_PROCESSES}
         assert eventually(lambda: prometheus.targets_up() == jobs, 60), cluster.log_text()
         rules = prometheus.api("rules")["data"]["groups"]
         assert {rule["name"] for group in rules for rule in group["rules"]} >= {

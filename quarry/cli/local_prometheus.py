@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from quarry.runtime.settings import SERVICES, Settings
+from quarry.runtime.settings import MEASURED_PROCESSES, SERVICES, Settings
 
 BINARY_CANDIDATES = ("prometheus", "/usr/bin/prometheus")
 RULES_FILE = Path(__file__).resolve().parents[2] / "deploy/prometheus/rules/quarry-alerts.yml"
@@ -48,7 +48,7 @@ def scrape_config(
                     {"targets": [f"{settings.bind_host}:{settings.metrics_port(service)}"]}
                 ],
             }
-            for service in SERVICES
+            for service in MEASURED_PROCESSES
         ],
     }
 

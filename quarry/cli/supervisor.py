@@ -39,7 +39,7 @@ from quarry.cli.up_processes import (
 from quarry.encryption.gateway_certificates import tls_files
 from quarry.encryption.internal_tls import ensure_shared_certificate
 from quarry.encryption.zmq_curve import ensure_curve_keys
-from quarry.runtime.settings import PROCESSES, SERVICES, Settings
+from quarry.runtime.settings import MEASURED_PROCESSES, PROCESSES, Settings
 from quarry.serving.service_entry import service_command
 from quarry.state.directory import (
     chdb_dir,
@@ -321,8 +321,10 @@ def _print_banner(
         f"  log store         {store}",
         f"  REST API          https://{settings.public_host}:{settings.api_port}/api/v1   "
         "(docs/api.md)",
+        f"  detection         grpc {host}:{settings.detection_port}   (docs/detections.md)",
         encryption_line(settings),
-        "  metrics           " + ", ".join(f"{s} :{settings.metrics_port(s)}" for s in SERVICES),
+        "  metrics           "
+        + ", ".join(f"{s} :{settings.metrics_port(s)}" for s in MEASURED_PROCESSES),
         *(
             f"  prometheus        http://{host}:{child.ports[0]}   (scrapes every process)"
             for child in children

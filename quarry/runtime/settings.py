@@ -254,7 +254,9 @@ class Settings:
         return [f"tcp://{self.bind_host}:{self.ingest_zmq_port}"]
 
     def metrics_port(self, service: str) -> int:
-        return self.metrics_port_base + METRICS_PROCESSES.index(service)
+        if service == "detection":
+            return self.metrics_port_base + DETECTION_METRICS_OFFSET
+        return self.metrics_port_base + SERVICES.index(service)
 
     def path(self, *parts: str) -> Path:
         """A path under the state directory, created on first use."""
@@ -268,8 +270,11 @@ SERVICES = ("enroll", "config", "distributed", "ingest", "gateway")
 # the REST API, a client of them all (docs/adr/0014-rest-api-over-grpc.md), and the detection
 # service, which reads the logs through ingest (docs/adr/0021-detections-on-arrival.md).
 PROCESSES = (*SERVICES, "api", "detection")
-# Processes with a /metrics endpoint: the services, then the detection service.
-METRICS_PROCESSES = (*SERVICES, "detection")
+# The detection service's /metrics port, from metrics_port_base: the services take 0-4 and
+# `quarry up --with-prometheus` listens on 5.
+DETECTION_METRICS_OFFSET = 6
+# Every process with a /metrics endpoint (what a Prometheus scrapes).
+MEASURED_PROCESSES = (*SERVICES, "detection")
 
 
 def _convert(type_name: object, raw: str) -> object:
