@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import orjson
 import pytest
 import yaml
@@ -25,7 +26,8 @@ from detection_service.engine import group_hits
 from osquery_config.detections import Detection
 from osquery_config.state import InvalidState, State, read_state_files
 from osquery_config.validation import validate_state
-from protos.v1 import logs_pb2
+from protos.v1 import logs_pb2, logs_pb2_grpc
+from quarry.serving.grpc_runtime import sync_channel
 from tests.emulator import log_records as records
 from tests.test_ingest_pipeline import IngestProcess, query, run_ingest, send_batches
 
@@ -201,3 +203,58 @@ def test_a_state_without_rules_keeps_its_json() -> None:
     assert "detections" not in State().to_json()
     with_rules = State.from_files([STARTER])
     assert State.from_json(with_rules.to_json()) == with_rules
+
+
+# Alert events into quarry.alerts (LogStore.StoreAlerts), on both stores.
+
+
+def alert_event(event_id: str, event: str) -> logs_pb2.AlertEvent:
+    return logs_pb2.AlertEvent(
+        event_id=event_id,
+        alert_id="alert-" + event_id[:8],
+        rule="processes-from-tmp",
+        severity="high",
+        event=event,
+        dedup_key=json.dumps([WEB, "/tmp/.x/xmrig"]),
+        host_identifier=WEB,
+        at=NOW,
+        first_seen=NOW,
+        hits=1,
+        rows_json=[json.dumps({"path": "/tmp/.x/xmrig", "pid": "4242"})],
+    )
+
+
+def test_an_alert_event_sent_again_is_stored_once(ingest: IngestProcess) -> None:
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    with ingest.service.channel() as channel:
+        stub = logs_pb2_grpc.LogStoreStub(channel)
+        sent = logs_pb2.AlertEvents(events=[alert_event(first, "firing")])
+        assert stub.StoreAlerts(sent, timeout=10).stored == 1
+        again = logs_pb2.AlertEvents(
+            events=[alert_event(first, "firing"), alert_event(second, "resolved")]
+        )
+        answer = stub.StoreAlerts(again, timeout=10)
+    assert (answer.stored, answer.already_stored) == (1, 1)
+    rows = run_sql(
+        ingest,
+        "SELECT event, host_identifier, rows_json FROM quarry.alerts "
+        f"WHERE batch_id IN ('{first}', '{second}') ORDER BY event",
+    )
+    assert [(row[0], row[1]) for row in rows] == [("firing", WEB), ("resolved", WEB)]
+    assert json.loads(rows[0][2][0])["path"] == "/tmp/.x/xmrig"
+
+
+def test_only_quarrys_own_processes_may_store_alerts(ingest: IngestProcess) -> None:
+    # The tests' admin channel presents the root admin token, not the service token.
+    with sync_channel(ingest.grpc_addr, settings=ingest.service.settings) as channel:
+        stub = logs_pb2_grpc.LogStoreStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.StoreAlerts(logs_pb2.AlertEvents(events=[alert_event("x" * 32, "firing")]))
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "it needs service" in refused.value.details()
+
+
+def run_sql(ingest: IngestProcess, sql: str) -> list[list]:
+    response = query(ingest, sql)
+    assert response.error == "", response.error
+    return [orjson.loads(row) for row in response.rows_json]

@@ -1,0 +1,147 @@
+"""The detection engine on shared state (PostgreSQL) and SQLite: one leader among replicas,
+each window evaluated exactly once even when two replicas run it, and the delivery
+outbox's backoff. A unit test of engine.py: the logs are a stand-in reader that answers
+the rows of the window asked for, like ingest's LogStore would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detection_service.delivery import Delivery, destination_names
+from detection_service.engine import Engine
+from detection_service.server import LEADER_LOCK_KEY
+from detection_service.store import SERVICE_SCHEMA, DetectionStore
+from osquery_config.detections import Detection
+from quarry.runtime.settings import Settings
+from quarry.state.database import StateDatabase, open_state_database
+from quarry.state.service_database import migrate_service
+from tests.postgres_server import fresh_database
+
+RULE = Detection(
+    name="tmp",
+    sql="SELECT host_identifier, path FROM quarry.results WHERE {arrived}",
+    schedule=5,
+    dedup_key=("host_identifier", "path"),
+)
+
+
+class StoredRows:
+    """Rows with their stored_at second; answers a window's rows as the rule's SQL would."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, str, str]] = []
+        self.queries: list[str] = []
+
+    async def query(self, sql: str) -> tuple[list[str], list[list[Any]]]:
+        self.queries.append(sql)
+        start = int(sql.split("stored_at >= toDateTime(")[1].split(")")[0])
+        end = int(sql.split("stored_at < toDateTime(")[1].split(")")[0])
+        return ["host_identifier", "path"], [
+            [host, path] for at, host, path in self.rows if start <= at < end
+        ]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[StateDatabase]]:
+    """Two replicas' handles on one detection database."""
+    env = {"QUARRY_STATE_DIR": str(tmp_path)}
+    if request.param == "postgresql":
+        env["QUARRY_DATABASE_URL"] = fresh_database(request.getfixturevalue("postgres_url"))
+    settings = Settings.from_env(env)
+    opened = [open_state_database(settings, "detection") for _ in range(2)]
+    migrate_service(opened[0], SERVICE_SCHEMA)
+    yield opened
+    for database in opened:
+        database.close()
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def engine(database: StateDatabase, rows: StoredRows, clock: Clock) -> Engine:
+    made = Engine(
+        DetectionStore(database),
+        rows,
+        destination_names("", "http://127.0.0.1:9/hook"),
+        settle_s=10,
+        max_window_s=3600,
+        leads=lambda: database.holds_lead(LEADER_LOCK_KEY),
+        clock=clock,
+    )
+    made.set_rules([RULE])
+    return made
+
+
+def test_one_replica_leads_and_another_takes_over_when_it_goes(
+    databases: list[StateDatabase],
+) -> None:
+    first, second = databases
+    assert first.holds_lead(LEADER_LOCK_KEY)
+    if not first.shared:
+        return  # SQLite: one process owns the file, and so leads
+    assert not second.holds_lead(LEADER_LOCK_KEY)
+    first.close()
+    assert second.holds_lead(LEADER_LOCK_KEY)
+
+
+def test_each_row_is_evaluated_once_even_when_two_replicas_run_a_window(
+    databases: list[StateDatabase],
+) -> None:
+    rows, clock = StoredRows(), Clock(1_000_000)
+    a, b = (engine(database, rows, clock) for database in databases)
+    store = DetectionStore(databases[0])
+
+    async def scenario() -> None:
+        a.leader = True
+        states = a._sync_rules()  # the rule starts at now - settle: rows from then on
+        rows.rows += [(999_995, "h1", "/tmp/x"), (999_996, "h1", "/tmp/x")]
+        # A row that arrives late (replayed from a spool) is stamped when it is stored.
+        clock.now += 30
+        rows.rows.append((1_000_012, "h2", "/tmp/y"))
+        # Both replicas believe they lead and run the same window from the same state.
+        assert await a.run_rule(RULE, states["tmp"])
+        assert await b.run_rule(RULE, states["tmp"])
+
+    asyncio.run(scenario())
+    alerts = {(alert.host_identifier, alert.hits) for alert in store.open_alerts()}
+    assert alerts == {("h1", 2), ("h2", 1)}
+    assert store.rule_states()["tmp"].watermark == 1_000_020
+    assert store.rule_states()["tmp"].total_hits == 3
+    # One firing event each for ClickHouse and the webhook, not two.
+    assert len(store.due(2_000_000)) == 4
+
+
+def test_a_rule_behind_catches_up_in_windows_of_at_most_max_window(
+    databases: list[StateDatabase],
+) -> None:
+    rows, clock = StoredRows(), Clock(1_000_000)
+    runner = engine(databases[0], rows, clock)
+    runner.max_window_s = 100
+    states = runner._sync_rules()
+    clock.now += 250
+    caught_up = asyncio.run(runner.run_rule(RULE, states["tmp"]))
+    assert not caught_up
+    assert runner.store.rule_states()["tmp"].watermark == 999_990 + 100
+
+
+def test_a_failed_delivery_waits_longer_each_time_up_to_the_maximum(
+    databases: list[StateDatabase],
+) -> None:
+    store = DetectionStore(databases[0])
+    delivery = Delivery(store, _never, "", 60, retry_base_s=1, retry_max_s=10)
+    assert [delivery._backoff(n) for n in range(6)] == [1, 2, 4, 8, 10, 10]
+
+
+async def _never(events: list) -> None:
+    raise AssertionError("not called")
