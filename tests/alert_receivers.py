@@ -92,17 +92,23 @@ class WebhookReceiver:
 
     url: str
     fail_first: int
-    requests: list[tuple[int, str, dict]] = field(default_factory=list)  # status, key, body
+    # (status, Idempotency-Key, body, when it arrived: time.time())
+    requests: list[tuple[int, str, dict, float]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def delivered(self) -> list[dict]:
         """The bodies it accepted (answered 200), in order."""
         with self.lock:
-            return [body for status, _, body in self.requests if status == 200]
+            return [body for status, _, body, _ in self.requests if status == 200]
+
+    def arrivals(self) -> list[tuple[float, dict]]:
+        """(when, body) of each request it accepted."""
+        with self.lock:
+            return [(at, body) for status, _, body, at in self.requests if status == 200]
 
     def refused(self) -> int:
         with self.lock:
-            return sum(1 for status, _, _ in self.requests if status != 200)
+            return sum(1 for status, *_ in self.requests if status != 200)
 
 
 @contextmanager
@@ -115,7 +121,8 @@ def webhook_receiver(fail_first: int) -> Iterator[WebhookReceiver]:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with receiver.lock:
                 status = 500 if len(receiver.requests) < receiver.fail_first else 200
-                receiver.requests.append((status, self.headers["Idempotency-Key"], body))
+                key = self.headers["Idempotency-Key"]
+                receiver.requests.append((status, key, body, time.time()))
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()

@@ -242,6 +242,11 @@ def test_an_alert_event_sent_again_is_stored_once(ingest: IngestProcess) -> None
     )
     assert [(row[0], row[1]) for row in rows] == [("firing", WEB), ("resolved", WEB)]
     assert json.loads(rows[0][2][0])["path"] == "/tmp/.x/xmrig"
+    # The query docs/analysts.md gives for quarry.alerts runs on this store too.
+    doc = (STARTER.parent.parent.parent / "docs" / "analysts.md").read_text()
+    section = doc[doc.index("## `quarry.alerts`") :]
+    documented = section.split("```sql\n", 1)[1].split("```", 1)[0]
+    assert run_sql(ingest, documented)
 
 
 def test_only_quarrys_own_processes_may_store_alerts(ingest: IngestProcess) -> None:

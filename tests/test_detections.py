@@ -174,9 +174,7 @@ def test_the_webhook_gets_it_after_refusing_and_every_attempt_is_recorded(
         (first_alert["event_id"],),
     )
     assert [o for (o,) in outcomes] == ["failed", "failed", "delivered"]
-    keys = {
-        key for status, key, body in hook.requests if body["event_id"] == first_alert["event_id"]
-    }
+    keys = {key for _, key, body, _ in hook.requests if body["event_id"] == first_alert["event_id"]}
     assert keys == {first_alert["event_id"]}
 
 
