@@ -1,6 +1,7 @@
 """What a state change does to each node group's config, as unified diffs for people.
 
-`quarry config apply --dry-run` shows these before anything goes live.
+`quarry config apply --dry-run` shows these before anything goes live, and the diff of the
+detection rules, which no node's config holds (docs/detections.md).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from osquery_config.composition import compose
 from osquery_config.state import State
 from osquery_config.targeting import NodeGroup
 
+# The name the detection rules' diff goes by among the node groups' diffs.
+DETECTIONS_GROUP = "detection rules"
+
 
 def diff_states(old: State, new: State, groups: Iterable[NodeGroup]) -> list[tuple[NodeGroup, str]]:
     """The unified diff of each group's rendered config, old -> new, for changed groups only."""
@@ -23,6 +27,21 @@ def diff_states(old: State, new: State, groups: Iterable[NodeGroup]) -> list[tup
         if before != after:
             changed.append((group, _unified(before, after, group.describe())))
     return changed
+
+
+def diff_detections(old: State, new: State) -> str:
+    """The unified diff of the detection rules, old -> new ("" when they are the same)."""
+    before, after = (
+        json.dumps(
+            {rule.name: rule.to_document() for rule in state.detections},
+            indent=2,
+            sort_keys=True,
+            ensure_ascii=False,
+        )
+        + "\n"
+        for state in (old, new)
+    )
+    return _unified(before, after, DETECTIONS_GROUP) if before != after else ""
 
 
 def pretty_config(config: dict) -> str:

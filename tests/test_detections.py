@@ -299,3 +299,19 @@ def test_the_alert_resolves_when_the_rule_stops_hitting(
     )
     listed = cluster.cli_json("detection", "list")["detections"]
     assert listed[0]["open_alerts"] == 0
+
+
+def test_a_dry_run_shows_the_rules_diff_and_get_prints_them(
+    cluster: QuarryCluster, tmp_path: Path
+) -> None:
+    live = yaml.safe_load(cluster.cli("get", "detections").stdout)
+    assert set(live["detections"]) == {RULE}
+    live["detections"][RULE]["severity"] = "critical"
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(live))
+    shown = cluster.cli("config", "apply", "-f", str(tmp_path / "rules.yaml"), "--dry-run")
+    assert "## detection rules (run by the detection service, not sent to nodes)" in shown.stdout
+    assert '-    "severity": "high"' in shown.stdout
+    assert '+    "severity": "critical"' in shown.stdout
+    assert shown.stdout.strip().endswith(
+        "dry run: 0 node group(s) would change; the detection rules would change; nothing applied"
+    )

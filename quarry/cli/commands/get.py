@@ -1,7 +1,7 @@
 """`quarry get KIND -o yaml|json`: one kind of the live state on standard output, as a
 state file `quarry config apply` reads (a view like `fleetctl get`).
 
-`blocks`, `labels` and `node_tags` are exactly the files `config export` writes;
+`blocks`, `labels`, `node_tags` and `detections` are exactly the files `config export` writes;
 `queries` and `packs` are the blocks that hold scheduled queries or packs, each with its
 targets and only that part of its config; `secrets` are the enroll secrets' policies,
 never their values (only `quarry secret create` makes a value). `apply` replaces the
@@ -22,7 +22,7 @@ from protos.v1 import config_pb2, enroll_pb2
 from quarry.cli.commands.admin import call_rpc, enroll_stub
 from quarry.runtime.settings import Settings
 
-KINDS = ("blocks", "labels", "node_tags", "queries", "packs", "secrets")
+KINDS = ("blocks", "labels", "node_tags", "detections", "queries", "packs", "secrets")
 # Which part of a block's config each block view keeps.
 BLOCK_VIEWS = {"queries": "schedule", "packs": "packs"}
 
@@ -54,7 +54,8 @@ def view(state: State, kind: str) -> dict[str, object]:
     """One section of the state (blocks, labels, node_tags), or the blocks' queries or packs."""
     document = state.to_document()
     if kind not in BLOCK_VIEWS:
-        return {kind: document[kind]}
+        # A state without detection rules leaves the section out of its document.
+        return {kind: document.get(kind, {})}
     part = BLOCK_VIEWS[kind]
     blocks = {
         name: {"targets": block["targets"], "config": {part: block["config"][part]}}
