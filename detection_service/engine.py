@@ -145,11 +145,15 @@ class Engine:
                 # Behind (after an outage): the next window at once, else on schedule.
                 self._due[rule.name] = now if not caught_up else now + rule.schedule
         await asyncio.to_thread(self.resolve_quiet)
-        self._show_lag()
+        await asyncio.to_thread(self._show_lag)
 
     def _sync_rules(self) -> dict[str, RuleState]:
+        """Each live rule's state (a new rule starts now); rules no longer live forgotten."""
+        states = self.store.rule_states()
+        if set(states) == set(self.rules):
+            return states
         horizon = int(self.clock()) - self.settle_s
-        for name in self.rules:
+        for name in set(self.rules) - set(states):
             self.store.start_rule(name, horizon)
         self.store.forget_rules(list(self.rules))
         for gone in set(self._due) - set(self.rules):
