@@ -10,7 +10,7 @@ One run on this machine, on a cluster started the way `quarry up` does (embedded
    window (LogStore.Query), in the same run, so the figure is the rule's cost over the
    store's own floor;
 2. alert latency: for D seconds one host a second logs a process from /tmp (a new dedup
-   key each, so each raises an alert), at the given schedule (default 60 s, the default)
+   key each, so each raises an alert), at the given schedule (default 30 s, a rule's default)
    and the default settle delay; each latency runs from the gateway's answer to the log
    POST (the row is durable) to the webhook's receipt of its `firing` event.
 """
@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000, help="rows in the evaluated window")
     parser.add_argument("--runs", type=int, default=5, help="evaluations to take the median of")
     parser.add_argument("--duration", type=int, default=120, help="seconds of one alert a second")
-    parser.add_argument("--schedule", type=int, default=60, help="the rule's schedule, seconds")
+    parser.add_argument("--schedule", type=int, default=30, help="the rule's schedule, seconds")
     parser.add_argument("--port-base", type=int, default=0, help="the cluster's ports (0: free)")
     parser.add_argument("--clickhouse-url", default="", help="a ClickHouse server (default chdb)")
     args = parser.parse_args()
