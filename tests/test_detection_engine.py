@@ -7,6 +7,7 @@ the rows of the window asked for, like ingest's LogStore would.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,15 @@ from detection_service.engine import Engine, RuleFailed
 from detection_service.server import LEADER_LOCK_KEY
 from detection_service.store import SERVICE_SCHEMA, DetectionStore
 from osquery_config.detections import Detection
+from protos.v1 import detection_pb2, detection_pb2_grpc
 from quarry.runtime.settings import Settings
+from quarry.serving.grpc_runtime import sync_channel
 from quarry.state.database import StateDatabase, open_state_database
 from quarry.state.service_database import migrate_service
+from tests.free_ports import free_port_base
 from tests.polling import eventually
 from tests.postgres_server import fresh_database
+from tests.service_processes import ServiceProcess
 
 RULE = Detection(
     name="tmp",
@@ -202,3 +207,34 @@ def test_alerts_resolve_after_quiet_and_when_their_rule_is_removed(
     assert runner.resolve_quiet() == 1
     resolved = [e.payload for e in runner.store.due(10**10) if e.payload["event"] == "resolved"]
     assert sorted(e["host_identifier"] for e in resolved) == ["h1", "h1", "h2", "h2"]
+
+
+# Two detection service processes on one PostgreSQL database.
+
+
+def listed_leader(process: ServiceProcess) -> bool:
+    admin = os.environ["QUARRY_ADMIN_TOKEN"]  # the tests' root token (tests/conftest.py)
+    with sync_channel(process.addr, admin, process.settings) as channel:
+        stub = detection_pb2_grpc.DetectionServiceStub(channel)
+        return stub.ListDetections(detection_pb2.ListDetectionsRequest(), timeout=10).leader
+
+
+def test_two_replicas_on_postgresql_elect_one_leader_and_the_other_takes_over(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    env = {"QUARRY_DATABASE_URL": fresh_database(postgres_url)}
+    replicas = [
+        ServiceProcess("detection", tmp_path / name, free_port_base(), env) for name in "ab"
+    ]
+    try:
+        for replica in replicas:
+            replica.start()
+        # Neither finds config or ingest (not started): each still takes part in the election.
+        assert eventually(lambda: sorted(map(listed_leader, replicas)) == [False, True], 30)
+        leader = next(r for r in replicas if listed_leader(r))
+        other = next(r for r in replicas if r is not leader)
+        leader.kill()
+        assert eventually(lambda: listed_leader(other), 30)
+    finally:
+        for replica in replicas:
+            replica.stop()
