@@ -4,7 +4,8 @@ what `config apply` says of a rule it cannot run.
 Each rule's SQL runs exactly as the engine runs it (its `{arrived}` window filled in)
 through a real ingest process, on chdb and on ClickHouse 18.16, over rows that must fire
 and rows that must not: a baseline run (counter 0), removed rows, processes from ordinary
-paths. Hosts are named `det-*` so rows other modules left in the shared server cannot
+paths; and a batch stored late with an old received_at (as after a ClickHouse outage),
+which a window on arrival still catches. Hosts are named `det-*` so rows other modules left in the shared server cannot
 satisfy an assertion.
 """
 
@@ -34,6 +35,9 @@ from tests.test_ingest_pipeline import IngestProcess, query, run_ingest, send_ba
 STARTER = Path(__file__).resolve().parent.parent / "deploy" / "detections" / "starter-rules.yaml"
 NOW = int(time.time())
 WEB, DB = "det-web-" + uuid.uuid4().hex[:6], "det-db-" + uuid.uuid4().hex[:6]
+# A batch received three days ago and stored only now, as one replayed from ingest's spool
+# after a ClickHouse outage: its received_at is old, its stored_at is now.
+LATE, LATE_RECEIVED_AT = "det-late-" + uuid.uuid4().hex[:6], NOW - 3 * 86400
 PACK = "pack_incident-response_"
 
 
@@ -42,9 +46,9 @@ def process(pid: int, path: str, on_disk: int = 1) -> dict:
             "on_disk": on_disk}  # fmt: skip
 
 
-def fleet_logs() -> list[tuple[str, list[dict]]]:
+def fleet_logs() -> list[tuple[str, int, list[dict]]]:
     event = records.event_records
-    return [
+    return [(host, LATE_RECEIVED_AT if host == LATE else NOW, data) for host, data in [
         (WEB, [
             *event(PACK + "processes", WEB, NOW, added=[
                 process(4242, "/tmp/.x/xmrig"),
@@ -72,7 +76,8 @@ def fleet_logs() -> list[tuple[str, list[dict]]]:
         # A query scheduled outside any pack has the same query name.
         (DB, [*event("processes", DB, NOW, added=[process(77, "/var/tmp/miner")]),
               *event("processes", DB, NOW, removed=[process(78, "/tmp/gone")])]),
-    ]  # fmt: skip
+        (LATE, event("processes", LATE, LATE_RECEIVED_AT, added=[process(5, "/tmp/late")])),
+    ]]  # fmt: skip
 
 
 # rule -> the dedup keys it must raise (only det-* hosts are looked at).
@@ -81,6 +86,7 @@ EXPECTED = {
         (WEB, "/tmp/.x/xmrig"),
         (WEB, "/dev/shm/kworkerd"),
         (DB, "/var/tmp/miner"),
+        (LATE, "/tmp/late"),
     },
     "deleted-binaries": {(WEB, "/dev/shm/kworkerd")},
     "new-listening-ports": {(WEB, "4444")},
@@ -109,10 +115,10 @@ def ingest(log_store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                     kind=logs_pb2.RESULT,
                     node_id=f"node-{host}",
                     host_identifier=host,
-                    received_at=NOW,
+                    received_at=received_at,
                     data_json=orjson.dumps(data),
                 )
-                for host, data in fleet_logs()
+                for host, received_at, data in fleet_logs()
             ]
             acks = send_batches(dealer, batches)
         finally:
