@@ -10,6 +10,8 @@ import difflib
 import json
 from collections.abc import Iterable
 
+import yaml
+
 from osquery_config.composition import compose
 from osquery_config.state import State
 from osquery_config.targeting import NodeGroup
@@ -30,18 +32,30 @@ def diff_states(old: State, new: State, groups: Iterable[NodeGroup]) -> list[tup
 
 
 def diff_detections(old: State, new: State) -> str:
-    """The unified diff of the detection rules, old -> new ("" when they are the same)."""
+    """The unified diff of the detection rules as the state files write them (YAML, SQL on
+    its own lines), old -> new ("" when they are the same)."""
     before, after = (
-        json.dumps(
+        yaml.dump(
             {rule.name: rule.to_document() for rule in state.detections},
-            indent=2,
+            Dumper=_BlockStrings,
             sort_keys=True,
-            ensure_ascii=False,
+            allow_unicode=True,
         )
-        + "\n"
         for state in (old, new)
     )
     return _unified(before, after, DETECTIONS_GROUP) if before != after else ""
+
+
+class _BlockStrings(yaml.SafeDumper):
+    """Multi-line strings (a rule's SQL) as YAML block literals, one line of SQL a line."""
+
+
+def _string(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_BlockStrings.add_representer(str, _string)
 
 
 def pretty_config(config: dict) -> str:

@@ -5,8 +5,8 @@ Each rule's SQL runs exactly as the engine runs it (its `{arrived}` window fille
 through a real ingest process, on chdb and on ClickHouse 18.16, over rows that must fire
 and rows that must not: a baseline run (counter 0), removed rows, processes from ordinary
 paths; and a batch stored late with an old received_at (as after a ClickHouse outage),
-which a window on arrival still catches. Hosts are named `det-*` so rows other modules left in the shared server cannot
-satisfy an assertion.
+which a window on arrival still catches. Hosts are named `det-*` so rows other modules
+left in the shared server cannot satisfy an assertion.
 """
 
 from __future__ import annotations

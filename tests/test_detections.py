@@ -310,8 +310,9 @@ def test_a_dry_run_shows_the_rules_diff_and_get_prints_them(
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(live))
     shown = cluster.cli("config", "apply", "-f", str(tmp_path / "rules.yaml"), "--dry-run")
     assert "## detection rules (run by the detection service, not sent to nodes)" in shown.stdout
-    assert '-    "severity": "high"' in shown.stdout
-    assert '+    "severity": "critical"' in shown.stdout
+    assert "-  severity: high" in shown.stdout
+    assert "+  severity: critical" in shown.stdout
+    assert "   sql: |" in shown.stdout  # the SQL on its own lines, as in the files
     assert shown.stdout.strip().endswith(
         "dry run: 0 node group(s) would change; the detection rules would change; nothing applied"
     )
