@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -100,6 +100,7 @@ class Engine:
         max_window_s: int,
         leads: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
+        store_clock: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.store = store
         self.reader = reader
@@ -108,7 +109,10 @@ class Engine:
         self.settle_s = settle_s
         self.max_window_s = max_window_s
         self.leads = leads
+        # This host's clock (alert times, resolution), and the store's (windows; default
+        # this host's too).
         self.clock = clock
+        self.store_clock = store_clock
         self.rules: dict[str, Detection] = {}
         self.rules_known = False
         self.leader = False
@@ -137,7 +141,14 @@ class Engine:
         metrics.LEADER.set(1 if self.leader else 0)
         if not self.leader or not self.rules_known:
             return
-        states = await asyncio.to_thread(self._sync_rules)
+        states = await asyncio.to_thread(self.store.rule_states)
+        if set(states) != set(self.rules):
+            try:
+                horizon = await self._store_now() - self.settle_s
+            except RuleFailed as exc:
+                log.warning("new detection rules wait for the log store: %s", exc)
+                return
+            states = await asyncio.to_thread(self._sync_rules, horizon)
         now = time.monotonic()
         for rule in list(self.rules.values()):
             if self._due.get(rule.name, 0.0) <= now:
@@ -147,12 +158,14 @@ class Engine:
         await asyncio.to_thread(self.resolve_quiet)
         await asyncio.to_thread(self._show_lag)
 
-    def _sync_rules(self) -> dict[str, RuleState]:
-        """Each live rule's state (a new rule starts now); rules no longer live forgotten."""
+    def _sync_rules(self, horizon: int | None = None) -> dict[str, RuleState]:
+        """Each live rule's state (a new rule starts at horizon: rows stored from then on);
+        rules no longer live forgotten."""
         states = self.store.rule_states()
         if set(states) == set(self.rules):
             return states
-        horizon = int(self.clock()) - self.settle_s
+        if horizon is None:
+            horizon = int(self.clock()) - self.settle_s
         for name in set(self.rules) - set(states):
             self.store.start_rule(name, horizon)
         self.store.forget_rules(list(self.rules))
@@ -164,12 +177,12 @@ class Engine:
         """One window of one rule; True when it reached the settle horizon."""
         now = int(self.clock())
         start = state.watermark
-        horizon = now - self.settle_s
-        end = min(horizon, start + self.max_window_s)
-        if end <= start:
-            return True
         began = time.monotonic()
         try:
+            horizon = await self._store_now() - self.settle_s
+            end = min(horizon, start + self.max_window_s)
+            if end <= start:
+                return True
             columns, rows = await self.reader.query(rule.window_sql(start, end))
             hits = group_hits(rule, columns, rows)
         except RuleFailed as exc:
@@ -183,6 +196,13 @@ class Engine:
         if committed:
             metrics.HITS.labels(rule.name).inc(len(rows))
         return end >= horizon
+
+    async def _store_now(self) -> int:
+        """Now by the log store's clock: the one that stamps stored_at, so a skew between
+        this host and ClickHouse cannot close a window over seconds not yet stamped."""
+        if self.store_clock is None:
+            return int(self.clock())
+        return await self.store_clock()
 
     def _commit(
         self, rule: Detection, start: int, end: int, now: int, hits: list[Hit], rows: int

@@ -52,6 +52,7 @@ def _parts(settings: Settings, database: StateDatabase) -> ServiceParts:
         settings.detection_settle_s,
         settings.detection_max_window_s,
         leads=leads,
+        store_clock=logs.store_now,
     )
     delivery = Delivery(
         store,

@@ -72,6 +72,11 @@ class IngestLogs:
             raise RuleFailed(response.error)
         return list(response.columns), [orjson.loads(row) for row in response.rows_json]
 
+    async def store_now(self) -> int:
+        """Unix time by the log store's clock (the one that stamps stored_at)."""
+        _, rows = await self.query("SELECT toUnixTimestamp(now())")
+        return int(rows[0][0])
+
     async def store_alerts(self, events: list[logs_pb2.AlertEvent]) -> None:
         await self._stub.StoreAlerts(logs_pb2.AlertEvents(events=events), timeout=STORE_TIMEOUT_S)
 

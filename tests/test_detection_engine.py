@@ -238,3 +238,29 @@ def test_two_replicas_on_postgresql_elect_one_leader_and_the_other_takes_over(
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def test_windows_end_by_the_stores_clock_when_this_hosts_runs_ahead(
+    databases: list[StateDatabase],
+) -> None:
+    rows, clock = StoredRows(), Clock(1_000_000)
+    runner = engine(databases[0], rows, clock)
+    store_now = [999_000]  # ClickHouse's clock, 1,000 s behind this host's
+
+    async def store_clock() -> int:
+        return store_now[0]
+
+    runner.store_clock = store_clock
+
+    async def scenario() -> None:
+        runner.leader = True
+        await runner.tick()  # the rule starts at the store's now - settle
+        # Stamped by the store after the start: by this host's clock, long "past".
+        rows.rows.append((999_005, "h1", "/tmp/x"))
+        store_now[0] += 30
+        await runner.run_rule(RULE, runner.store.rule_states()["tmp"])
+
+    runner.leads = lambda: True
+    asyncio.run(scenario())
+    assert runner.store.rule_states()["tmp"].watermark == 999_020
+    assert [a.host_identifier for a in runner.store.open_alerts()] == ["h1"]
