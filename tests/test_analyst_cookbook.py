@@ -339,6 +339,7 @@ RETENTION = {
     "distributed_results": 90,
     "distributed_status": 90,
     "raw_batches": 7,
+    "alerts": 365,
 }
 
 
