@@ -104,6 +104,7 @@ class Delivery:
         retry_base_s: float,
         retry_max_s: float,
         clock: Callable[[], float] = time.time,
+        describe: Callable[[str], str] = lambda rule: "",
     ) -> None:
         self.store = store
         self.store_alerts = store_alerts
@@ -112,6 +113,8 @@ class Delivery:
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
         self.clock = clock
+        # rule -> its description, for the re-posts (Alertmanager keeps the latest annotations).
+        self.describe = describe
         self.http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_S)
         self._reposted_at = 0.0
 
@@ -203,7 +206,7 @@ class Delivery:
         ends_at = self.clock() + 3 * self.repost_s
         try:
             await self._post_alertmanager(
-                [alertmanager_alert(_as_event(a), ends_at) for a in alerts]
+                [alertmanager_alert(_as_event(a, self.describe(a.rule)), ends_at) for a in alerts]
             )
         except Exception as exc:
             log.warning("re-posting open alerts to Alertmanager failed: %s", _reason(exc))
@@ -212,7 +215,7 @@ class Delivery:
         await self.http.aclose()
 
 
-def _as_event(alert: Alert) -> dict:
+def _as_event(alert: Alert, description: str) -> dict:
     return {
         "rule": alert.rule,
         "host_identifier": alert.host_identifier,
@@ -221,7 +224,7 @@ def _as_event(alert: Alert) -> dict:
         "alert_id": alert.alert_id,
         "hits": alert.hits,
         "first_seen": alert.first_seen,
-        "description": "",
+        "description": description,
     }
 
 

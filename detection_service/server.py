@@ -61,6 +61,7 @@ def _parts(settings: Settings, database: StateDatabase) -> ServiceParts:
         settings.detection_repost_s,
         settings.detection_retry_base_s,
         settings.detection_retry_max_s,
+        describe=lambda rule: engine.rules[rule].description if rule in engine.rules else "",
     )
     rules = LiveRules(settings.service_addr("config"), engine.set_rules)
     servicer = DetectionServicer(engine)

@@ -156,6 +156,10 @@ def test_a_matching_row_fires_one_alert_in_alertmanager_with_its_labels(
     }
     assert alert["status"]["state"] == "active"
     assert alert["annotations"]["alert_id"] == first_alert["alert_id"]
+    # Re-posted every 2 s while open, with the rule's description each time.
+    time.sleep(3)
+    (alert,) = host_alerts(manager, host)
+    assert alert["annotations"]["description"] == first_alert["description"] != ""
 
 
 def test_the_webhook_gets_it_after_refusing_and_every_attempt_is_recorded(
