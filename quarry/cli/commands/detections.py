@@ -99,6 +99,8 @@ def detection_list(settings: Settings, args: argparse.Namespace) -> int:
         ["rule", "severity", "schedule", "last_run", "lag", "last_hits", "hits", "open", "error"],
         rows,
     )
+    if not answer.leader:
+        progress("answered by a standby replica: the leader runs the rules (docs/detections.md)")
     return 0
 
 
