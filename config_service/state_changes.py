@@ -27,6 +27,7 @@ from config_service.node_groups import (
 )
 from config_service.rollout import InvalidCanary, check_canary, rollout_message
 from config_service.store import ConfigStore, RolloutInProgress, StateVersion, sha256_hex
+from osquery_config.diff import DETECTIONS_GROUP, diff_detections
 from osquery_config.rollout import nodes_for_count
 from osquery_config.state import InvalidState, State
 from osquery_config.validation import parse_config_json, validate_state
@@ -135,6 +136,9 @@ class StateChanges:
             warnings=warnings,
             conflicts=conflicts,
         )
+        rules_diff = diff_detections(live.state, state)
+        if rules_diff:
+            response.diffs.append(config_pb2.GroupDiff(group=DETECTIONS_GROUP, diff=rules_diff))
         state_json = state.to_json()
         response.changed = sha256_hex(state_json) != live.sha256
         if dry_run or not response.changed:

@@ -283,6 +283,28 @@ HOST_QUERY_STATUS = Table(
     ),
     order_by="group_name, node_id, collected_at",
 )
+# What the detection service raised (docs/detections.md): one row per alert event (an
+# alert opening, new hits while open, its resolution). batch_id is the event's identity,
+# so a re-sent event is stored once (LogStore.StoreAlerts); node_id is empty and
+# received_at is when the event happened.
+ALERTS = Table(
+    "alerts",
+    (
+        Column("alert_id", "String"),
+        Column("rule", TEXT),
+        Column("severity", TEXT),
+        Column("event", TEXT),
+        Column("dedup_key", "String"),
+        Column("host_identifier", "String"),
+        Column("first_seen", "DateTime"),
+        Column("hits", "UInt64"),
+        # Which stored rows matched: each a JSON object of the rule's answer row.
+        Column("rows_json", "Array(String)"),
+        *INGEST_COLUMNS,
+        STORED_AT,
+    ),
+    order_by="rule, alert_id, received_at",
+)
 TABLES = (
     RESULTS,
     STATUS_LOGS,
@@ -291,6 +313,7 @@ TABLES = (
     RAW_BATCHES,
     HOST_QUERY_ROWS,
     HOST_QUERY_STATUS,
+    ALERTS,
     HOSTS,
 )
 TABLE_NAMES = tuple(table.name for table in TABLES)

@@ -98,6 +98,7 @@ async def serve(settings: Settings) -> None:
     service = LogStoreService(
         writable=ReplayedReads(store, spool, replayer),
         read_only=ReplayedReads(ReadOnlyQueries(store), spool, replayer),
+        alerts=store,
     )
     grpc_server = await serve_grpc(
         f"{settings.bind_host}:{settings.ingest_port}",

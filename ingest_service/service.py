@@ -1,4 +1,6 @@
-"""The LogStore gRPC service: runs analysts' SQL (`quarry sql`) on the ingest process's store.
+"""The LogStore gRPC service: runs analysts' SQL (`quarry sql`) on the ingest process's store,
+and stores the detection service's alert events (StoreAlerts: with embedded chdb only this
+process may write the store, docs/adr/0021-detections-on-arrival.md).
 
 Only an admin's SQL may change the store. Anyone else's (read-only and operator tokens,
 and Quarry's own processes with the service token) runs read-only in ClickHouse itself
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -28,10 +31,32 @@ class Queries(Protocol):
     def query(self, sql: str) -> QueryResult: ...
 
 
+class AlertWriter(Protocol):
+    def stored_batch_rows(self, table: str, batch_ids: list[str]) -> dict[str, int]: ...
+
+    def insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple]) -> None: ...
+
+
+ALERT_COLUMNS = (
+    "alert_id", "rule", "severity", "event", "dedup_key", "host_identifier", "first_seen",
+    "hits", "rows_json", "node_id", "received_at", "batch_id",
+)  # fmt: skip
+
+
 class LogStoreService(logs_pb2_grpc.LogStoreServicer):
-    def __init__(self, writable: Queries, read_only: Queries) -> None:
+    def __init__(
+        self, writable: Queries, read_only: Queries, alerts: AlertWriter | None = None
+    ) -> None:
         self.writable = writable
         self.read_only = read_only
+        self.alerts = alerts
+
+    async def StoreAlerts(
+        self, request: logs_pb2.AlertEvents, context: grpc.aio.ServicerContext
+    ) -> logs_pb2.StoreAlertsResponse:
+        if self.alerts is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no alert store here")
+        return await asyncio.to_thread(store_alert_events, self.alerts, list(request.events))
 
     async def Query(
         self, request: logs_pb2.SqlRequest, context: grpc.aio.ServicerContext
@@ -63,6 +88,27 @@ class LogStoreService(logs_pb2_grpc.LogStoreServicer):
             rows_json=[json_row(row) for row in rows],
             total_rows=len(result.rows),
         )
+
+
+def store_alert_events(
+    store: AlertWriter, events: list[logs_pb2.AlertEvent]
+) -> logs_pb2.StoreAlertsResponse:
+    """Insert the events quarry.alerts does not hold yet (by event_id, its batch_id): the
+    detection service re-sends an event whose answer it missed (at least once), and it is
+    stored once. One writer (the detection leader) makes check-then-insert enough."""
+    unique = list({event.event_id: event for event in events}.values())
+    held = store.stored_batch_rows("alerts", [e.event_id for e in unique]) if unique else {}
+    fresh = [event for event in unique if event.event_id not in held]
+    store.insert_rows("alerts", ALERT_COLUMNS, [_alert_row(event) for event in fresh])
+    return logs_pb2.StoreAlertsResponse(stored=len(fresh), already_stored=len(events) - len(fresh))
+
+
+def _alert_row(event: logs_pb2.AlertEvent) -> tuple:
+    return (
+        event.alert_id, event.rule, event.severity, event.event, event.dedup_key,
+        event.host_identifier, event.first_seen, event.hits, list(event.rows_json), "",
+        event.at, event.event_id,
+    )  # fmt: skip
 
 
 def _statement_count_error(count: int) -> str:

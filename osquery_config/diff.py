@@ -1,6 +1,7 @@
 """What a state change does to each node group's config, as unified diffs for people.
 
-`quarry config apply --dry-run` shows these before anything goes live.
+`quarry config apply --dry-run` shows these before anything goes live, and the diff of the
+detection rules, which no node's config holds (docs/detections.md).
 """
 
 from __future__ import annotations
@@ -9,9 +10,14 @@ import difflib
 import json
 from collections.abc import Iterable
 
+import yaml
+
 from osquery_config.composition import compose
 from osquery_config.state import State
 from osquery_config.targeting import NodeGroup
+
+# The name the detection rules' diff goes by among the node groups' diffs.
+DETECTIONS_GROUP = "detection rules"
 
 
 def diff_states(old: State, new: State, groups: Iterable[NodeGroup]) -> list[tuple[NodeGroup, str]]:
@@ -23,6 +29,33 @@ def diff_states(old: State, new: State, groups: Iterable[NodeGroup]) -> list[tup
         if before != after:
             changed.append((group, _unified(before, after, group.describe())))
     return changed
+
+
+def diff_detections(old: State, new: State) -> str:
+    """The unified diff of the detection rules as the state files write them (YAML, SQL on
+    its own lines), old -> new ("" when they are the same)."""
+    before, after = (
+        yaml.dump(
+            {rule.name: rule.to_document() for rule in state.detections},
+            Dumper=_BlockStrings,
+            sort_keys=True,
+            allow_unicode=True,
+        )
+        for state in (old, new)
+    )
+    return _unified(before, after, DETECTIONS_GROUP) if before != after else ""
+
+
+class _BlockStrings(yaml.SafeDumper):
+    """Multi-line strings (a rule's SQL) as YAML block literals, one line of SQL a line."""
+
+
+def _string(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_BlockStrings.add_representer(str, _string)
 
 
 def pretty_config(config: dict) -> str:

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import yaml
 
-SECTIONS = ("blocks", "labels", "node_tags")
+from osquery_config.detections import Detection, InvalidDetection, parse_detection
+
+SECTIONS = ("blocks", "labels", "node_tags", "detections")
 # The key that marks a document as a partial view of the state (`quarry get queries`,
 # `quarry get packs`): applied alone it would replace the whole state with that part,
 # so reading one as a state file is refused (docs/config.md, "Views: quarry get").
@@ -104,10 +106,15 @@ class State:
     blocks: tuple[Block, ...] = ()
     labels: tuple[Label, ...] = ()
     node_tags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Detection rules (osquery_config/detections.py): run by the detection service, never
+    # sent to osquery.
+    detections: tuple[Detection, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(sorted(self.blocks, key=lambda b: b.name)))
         object.__setattr__(self, "labels", tuple(sorted(self.labels, key=lambda lb: lb.name)))
+        rules = tuple(sorted(self.detections, key=lambda rule: rule.name))
+        object.__setattr__(self, "detections", rules)
         node_tags = {node: tuple(tags) for node, tags in sorted(self.node_tags.items())}
         object.__setattr__(self, "node_tags", node_tags)
 
@@ -139,6 +146,13 @@ class State:
             },
             "labels": {label.name: label.to_document() for label in self.labels},
             "node_tags": {node: list(tags) for node, tags in self.node_tags.items()},
+            # Only when there are some, so a state without rules keeps the JSON (and the
+            # SHA-256) it had before detections existed.
+            **(
+                {"detections": {rule.name: rule.to_document() for rule in self.detections}}
+                if self.detections
+                else {}
+            ),
         }
 
     def to_json(self) -> str:
@@ -196,7 +210,12 @@ class State:
         return frozenset(node for block in self.blocks for node in block.targets.nodes)
 
 
-_SINGULAR = {"blocks": "block", "labels": "label", "node_tags": "node_tags entry"}
+_SINGULAR = {
+    "blocks": "block",
+    "labels": "label",
+    "node_tags": "node_tags entry",
+    "detections": "detection",
+}
 
 
 class Export(list[Path]):
@@ -241,6 +260,7 @@ def _merge_documents(documents: Iterable[tuple[object, str]]) -> StateFiles:
     blocks: dict[str, Block] = {}
     labels: dict[str, Label] = {}
     node_tags: dict[str, tuple[str, ...]] = {}
+    detections: dict[str, Detection] = {}
     origins: dict[tuple[str, str], str] = {}
     found: list[str] = []
     for document, origin in documents:
@@ -262,13 +282,18 @@ def _merge_documents(documents: Iterable[tuple[object, str]]) -> StateFiles:
                     blocks[name] = _parse_block(name, value, origin)
                 elif section == "labels":
                     labels[name] = _parse_label(name, value, origin)
+                elif section == "detections":
+                    detections[name] = _parse_detection(name, value, origin)
                 else:
                     node_tags[name] = _string_tuple(value, f"{origin}: node_tags of {name!r}")
             except InvalidState as exc:
                 found.extend(exc.problems)
     if found:
         raise InvalidState(*found)
-    return StateFiles(State(tuple(blocks.values()), tuple(labels.values()), node_tags), origins)
+    state = State(
+        tuple(blocks.values()), tuple(labels.values()), node_tags, tuple(detections.values())
+    )
+    return StateFiles(state, origins)
 
 
 def _state_files_in(directory: Path) -> list[Path]:
@@ -454,6 +479,13 @@ def _parse_label(name: str, value: object, origin: str) -> Label:
         raise InvalidState(f"{where}: 'interval' must be a whole number of seconds")
     platforms = _string_tuple(value.get("platforms"), f"{where}: platforms")
     return Label(name, query, interval, platforms)
+
+
+def _parse_detection(name: str, value: object, origin: str) -> Detection:
+    try:
+        return parse_detection(name, value)
+    except InvalidDetection as exc:
+        raise InvalidState(*(f"{origin}: {problem}" for problem in exc.problems)) from None
 
 
 def _string_tuple(value: object, where: str) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 
+from osquery_config.detections import InvalidDetection, check_detection
 from osquery_config.state import Block, InvalidState, Label, State
 from osquery_config.targeting import FAMILIES, combined_kinds
 
@@ -87,6 +88,11 @@ def validate_state(state: State, origins: Mapping[tuple[str, str], str] | None =
         _collect(
             problems, where("node_tags", node), lambda node=node: _check_node_tags(node, state)
         )
+    for rule in state.detections:
+        try:
+            check_detection(rule)
+        except InvalidDetection as exc:
+            problems.extend(where("detections", rule.name) + p for p in exc.problems)
     if problems:
         raise InvalidState(*problems)
     return warnings

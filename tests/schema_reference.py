@@ -359,7 +359,7 @@ def _alter(table: str, columns: dict[str, str]) -> str:
 # service -> its components in the order they were migrated, each a list of
 # (version, name, SQLite script or None, PostgreSQL script or None).
 REFERENCE: dict[str, list[tuple[str, list[tuple[int, str, str | None, str | None]]]]] = {}
-for _service in ("enroll", "config", "distributed"):
+for _service in ("enroll", "config", "distributed", "detection"):
     REFERENCE[_service] = [
         (f"{_service}.changes", [(1, "change outbox", None, CHANGES_POSTGRESQL)])
     ]
@@ -421,4 +421,97 @@ REFERENCE["distributed"] += [
             )
         ],
     )
+]
+
+# The detection service's tables as its first release created them.
+DETECTION_SQLITE = """
+CREATE TABLE IF NOT EXISTS rule_state (
+    rule TEXT PRIMARY KEY,
+    watermark INTEGER NOT NULL,
+    last_run_at INTEGER NOT NULL DEFAULT 0,
+    last_hits INTEGER NOT NULL DEFAULT 0,
+    total_hits INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    dedup_key TEXT NOT NULL,
+    host_identifier TEXT NOT NULL DEFAULT '',
+    severity TEXT NOT NULL,
+    status TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    hits INTEGER NOT NULL,
+    resolved_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS alerts_open ON alerts (status, rule, dedup_key);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    delivered_at INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered_at, next_attempt_at);
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    outbox_id INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS attempts_by_entry ON delivery_attempts (outbox_id)
+"""
+DETECTION_POSTGRESQL = """
+CREATE TABLE IF NOT EXISTS rule_state (
+    rule TEXT PRIMARY KEY,
+    watermark BIGINT NOT NULL,
+    last_run_at BIGINT NOT NULL DEFAULT 0,
+    last_hits BIGINT NOT NULL DEFAULT 0,
+    total_hits BIGINT NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    dedup_key TEXT NOT NULL,
+    host_identifier TEXT NOT NULL DEFAULT '',
+    severity TEXT NOT NULL,
+    status TEXT NOT NULL,
+    first_seen BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    hits BIGINT NOT NULL,
+    resolved_at BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS alerts_open ON alerts (status, rule, dedup_key);
+CREATE TABLE IF NOT EXISTS outbox (
+    id BIGSERIAL PRIMARY KEY,
+    destination TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL DEFAULT 0,
+    delivered_at BIGINT NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered_at, next_attempt_at);
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    rowid BIGSERIAL,
+    outbox_id BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS attempts_by_entry ON delivery_attempts (outbox_id)
+"""
+REFERENCE["detection"] += [
+    (
+        "detection",
+        [(1, "rule state, alerts, delivery outbox", DETECTION_SQLITE, DETECTION_POSTGRESQL)],
+    ),
 ]

@@ -487,6 +487,7 @@ RETENTION = {
     "raw_batches": 7,
     "host_query_rows": 30,
     "host_query_status": 30,
+    "alerts": 365,
 }
 
 

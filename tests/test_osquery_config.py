@@ -689,7 +689,7 @@ def test_a_name_defined_in_two_files_is_refused(tmp_path: Path) -> None:
         (
             "s.yaml",
             "queries: {}\n",
-            "s.yaml: unknown section 'queries' (expected blocks, labels, node_tags)",
+            "s.yaml: unknown section 'queries' (expected blocks, labels, node_tags, detections)",
         ),
         (
             "q.yaml",
@@ -728,7 +728,7 @@ def test_a_name_defined_in_two_files_is_refused(tmp_path: Path) -> None:
         (
             "s.yaml",
             "- a list\n",
-            "s.yaml: the top level must be a mapping of blocks, labels, node_tags",
+            "s.yaml: the top level must be a mapping of blocks, labels, node_tags, detections",
         ),
         ("s.json", '{"blocks": NaN}', "s.json: NaN is not valid JSON"),
         ("s.toml", "", "s.toml: state files must end in .yaml, .yml or .json"),

@@ -24,23 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/v1/logs.proto\x12\tquarry.v1\"\xf7\x01\n\x08LogBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12 \n\x04kind\x18\x02 \x01(\x0e\x32\x12.quarry.v1.LogKind\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x17\n\x0fhost_identifier\x18\x04 \x01(\t\x12\x13\n\x0breceived_at\x18\x05 \x01(\x03\x12\x11\n\tdata_json\x18\x06 \x01(\x0c\x12\x13\n\x0b\x63\x61mpaign_id\x18\x07 \x01(\t\x12\x10\n\x08\x66\x61ilover\x18\x08 \x01(\x08\x12\x10\n\x08line_ids\x18\t \x01(\x0c\x12\x14\n\x0c\x61nswer_by_ms\x18\n \x01(\x03\x12\x16\n\x0erepeated_lines\x18\x0b \x01(\x0c\"t\n\x06LogAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x11\n\tduplicate\x18\x05 \x01(\x08\x12\x1c\n\x14lines_already_stored\x18\x06 \x01(\x03\"+\n\nSqlRequest\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x10\n\x08max_rows\x18\x02 \x01(\x04\"c\n\x0bSqlResponse\x12\x0f\n\x07\x63olumns\x18\x01 \x03(\t\x12\r\n\x05types\x18\x02 \x03(\t\x12\x11\n\trows_json\x18\x03 \x03(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x12\n\ntotal_rows\x18\x05 \x01(\x04*\x8b\x01\n\x07LogKind\x12\x18\n\x14LOG_KIND_UNSPECIFIED\x10\x00\x12\n\n\x06RESULT\x10\x01\x12\n\n\x06STATUS\x10\x02\x12\x0f\n\x0b\x44ISTRIBUTED\x10\x03\x12\x16\n\x12\x44ISTRIBUTED_STATUS\x10\x04\x12\x0e\n\nHOST_QUERY\x10\x05\x12\x15\n\x11HOST_QUERY_STATUS\x10\x06\x32\x42\n\x08LogStore\x12\x36\n\x05Query\x12\x15.quarry.v1.SqlRequest\x1a\x16.quarry.v1.SqlResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/v1/logs.proto\x12\tquarry.v1\"\xf7\x01\n\x08LogBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12 \n\x04kind\x18\x02 \x01(\x0e\x32\x12.quarry.v1.LogKind\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x17\n\x0fhost_identifier\x18\x04 \x01(\t\x12\x13\n\x0breceived_at\x18\x05 \x01(\x03\x12\x11\n\tdata_json\x18\x06 \x01(\x0c\x12\x13\n\x0b\x63\x61mpaign_id\x18\x07 \x01(\t\x12\x10\n\x08\x66\x61ilover\x18\x08 \x01(\x08\x12\x10\n\x08line_ids\x18\t \x01(\x0c\x12\x14\n\x0c\x61nswer_by_ms\x18\n \x01(\x03\x12\x16\n\x0erepeated_lines\x18\x0b \x01(\x0c\"t\n\x06LogAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x11\n\tduplicate\x18\x05 \x01(\x08\x12\x1c\n\x14lines_already_stored\x18\x06 \x01(\x03\"\xcc\x01\n\nAlertEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08\x61lert_id\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x10\n\x08severity\x18\x04 \x01(\t\x12\r\n\x05\x65vent\x18\x05 \x01(\t\x12\x11\n\tdedup_key\x18\x06 \x01(\t\x12\x17\n\x0fhost_identifier\x18\x07 \x01(\t\x12\n\n\x02\x61t\x18\x08 \x01(\x03\x12\x12\n\nfirst_seen\x18\t \x01(\x03\x12\x0c\n\x04hits\x18\n \x01(\x04\x12\x11\n\trows_json\x18\x0b \x03(\t\"4\n\x0b\x41lertEvents\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.quarry.v1.AlertEvent\"=\n\x13StoreAlertsResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x04\x12\x16\n\x0e\x61lready_stored\x18\x02 \x01(\x04\"+\n\nSqlRequest\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x10\n\x08max_rows\x18\x02 \x01(\x04\"c\n\x0bSqlResponse\x12\x0f\n\x07\x63olumns\x18\x01 \x03(\t\x12\r\n\x05types\x18\x02 \x03(\t\x12\x11\n\trows_json\x18\x03 \x03(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x12\n\ntotal_rows\x18\x05 \x01(\x04*\x8b\x01\n\x07LogKind\x12\x18\n\x14LOG_KIND_UNSPECIFIED\x10\x00\x12\n\n\x06RESULT\x10\x01\x12\n\n\x06STATUS\x10\x02\x12\x0f\n\x0b\x44ISTRIBUTED\x10\x03\x12\x16\n\x12\x44ISTRIBUTED_STATUS\x10\x04\x12\x0e\n\nHOST_QUERY\x10\x05\x12\x15\n\x11HOST_QUERY_STATUS\x10\x06\x32\x89\x01\n\x08LogStore\x12\x36\n\x05Query\x12\x15.quarry.v1.SqlRequest\x1a\x16.quarry.v1.SqlResponse\x12\x45\n\x0bStoreAlerts\x12\x16.quarry.v1.AlertEvents\x1a\x1e.quarry.v1.StoreAlertsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.v1.logs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOGKIND']._serialized_start=550
-  _globals['_LOGKIND']._serialized_end=689
+  _globals['_LOGKIND']._serialized_start=874
+  _globals['_LOGKIND']._serialized_end=1013
   _globals['_LOGBATCH']._serialized_start=36
   _globals['_LOGBATCH']._serialized_end=283
   _globals['_LOGACK']._serialized_start=285
   _globals['_LOGACK']._serialized_end=401
-  _globals['_SQLREQUEST']._serialized_start=403
-  _globals['_SQLREQUEST']._serialized_end=446
-  _globals['_SQLRESPONSE']._serialized_start=448
-  _globals['_SQLRESPONSE']._serialized_end=547
-  _globals['_LOGSTORE']._serialized_start=691
-  _globals['_LOGSTORE']._serialized_end=757
+  _globals['_ALERTEVENT']._serialized_start=404
+  _globals['_ALERTEVENT']._serialized_end=608
+  _globals['_ALERTEVENTS']._serialized_start=610
+  _globals['_ALERTEVENTS']._serialized_end=662
+  _globals['_STOREALERTSRESPONSE']._serialized_start=664
+  _globals['_STOREALERTSRESPONSE']._serialized_end=725
+  _globals['_SQLREQUEST']._serialized_start=727
+  _globals['_SQLREQUEST']._serialized_end=770
+  _globals['_SQLRESPONSE']._serialized_start=772
+  _globals['_SQLRESPONSE']._serialized_end=871
+  _globals['_LOGSTORE']._serialized_start=1016
+  _globals['_LOGSTORE']._serialized_end=1153
 # @@protoc_insertion_point(module_scope)

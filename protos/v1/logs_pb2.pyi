@@ -2,7 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -65,6 +65,46 @@ class LogAck(_message.Message):
     duplicate: bool
     lines_already_stored: int
     def __init__(self, batch_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., rows: _Optional[int] = ..., duplicate: _Optional[bool] = ..., lines_already_stored: _Optional[int] = ...) -> None: ...
+
+class AlertEvent(_message.Message):
+    __slots__ = ("event_id", "alert_id", "rule", "severity", "event", "dedup_key", "host_identifier", "at", "first_seen", "hits", "rows_json")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ALERT_ID_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_KEY_FIELD_NUMBER: _ClassVar[int]
+    HOST_IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_JSON_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    alert_id: str
+    rule: str
+    severity: str
+    event: str
+    dedup_key: str
+    host_identifier: str
+    at: int
+    first_seen: int
+    hits: int
+    rows_json: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, event_id: _Optional[str] = ..., alert_id: _Optional[str] = ..., rule: _Optional[str] = ..., severity: _Optional[str] = ..., event: _Optional[str] = ..., dedup_key: _Optional[str] = ..., host_identifier: _Optional[str] = ..., at: _Optional[int] = ..., first_seen: _Optional[int] = ..., hits: _Optional[int] = ..., rows_json: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AlertEvents(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[AlertEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[AlertEvent, _Mapping]]] = ...) -> None: ...
+
+class StoreAlertsResponse(_message.Message):
+    __slots__ = ("stored", "already_stored")
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_STORED_FIELD_NUMBER: _ClassVar[int]
+    stored: int
+    already_stored: int
+    def __init__(self, stored: _Optional[int] = ..., already_stored: _Optional[int] = ...) -> None: ...
 
 class SqlRequest(_message.Message):
     __slots__ = ("sql", "max_rows")

@@ -39,6 +39,11 @@ class LogStoreStub:
                 request_serializer=protos_dot_v1_dot_logs__pb2.SqlRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_logs__pb2.SqlResponse.FromString,
                 _registered_method=True)
+        self.StoreAlerts = channel.unary_unary(
+                '/quarry.v1.LogStore/StoreAlerts',
+                request_serializer=protos_dot_v1_dot_logs__pb2.AlertEvents.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_logs__pb2.StoreAlertsResponse.FromString,
+                _registered_method=True)
 
 
 class LogStoreServicer:
@@ -50,6 +55,14 @@ class LogStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StoreAlerts(self, request, context):
+        """The detection service's alert events into quarry.alerts (service token only); an
+        event whose event_id is stored already is not stored again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +70,11 @@ def add_LogStoreServicer_to_server(servicer, server):
                     servicer.Query,
                     request_deserializer=protos_dot_v1_dot_logs__pb2.SqlRequest.FromString,
                     response_serializer=protos_dot_v1_dot_logs__pb2.SqlResponse.SerializeToString,
+            ),
+            'StoreAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.StoreAlerts,
+                    request_deserializer=protos_dot_v1_dot_logs__pb2.AlertEvents.FromString,
+                    response_serializer=protos_dot_v1_dot_logs__pb2.StoreAlertsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +104,33 @@ class LogStore:
             '/quarry.v1.LogStore/Query',
             protos_dot_v1_dot_logs__pb2.SqlRequest.SerializeToString,
             protos_dot_v1_dot_logs__pb2.SqlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StoreAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.LogStore/StoreAlerts',
+            protos_dot_v1_dot_logs__pb2.AlertEvents.SerializeToString,
+            protos_dot_v1_dot_logs__pb2.StoreAlertsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -107,6 +107,9 @@ ADMIN_METHODS: dict[str, str] = {
     # may carve (StartQuery) may read one back (docs/security.md).
     _DISTRIBUTED + "DownloadCarve": OPERATOR,
     "/quarry.v1.LogStore/Query": READ_ONLY,
+    "/quarry.v1.LogStore/StoreAlerts": SERVICE,
+    "/quarry.v1.DetectionService/ListDetections": READ_ONLY,
+    "/quarry.v1.DetectionService/TestDetection": OPERATOR,
 }
 
 # Request fields never written to the audit log, whatever the message.

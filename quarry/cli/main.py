@@ -23,6 +23,7 @@ from quarry.cli.commands import (
     admin,
     carves,
     config,
+    detections,
     encryption,
     enrollment,
     inventory,
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     enrollment.add_node_commands(sub, _admin)
     inventory.add_software_commands(sub, _admin)
     labels.add_label_commands(sub, _admin)
+    detections.add_detection_commands(sub, _admin)
 
     queries.add_query_commands(sub, _admin)
     carves.add_carve_commands(sub, _admin)

@@ -326,6 +326,7 @@ def _print_banner(
         f"  log store         {store}",
         f"  REST API          https://{settings.public_host}:{settings.api_port}/api/v1   "
         "(docs/api.md)",
+        f"  detection         grpc {host}:{settings.detection_port}   (docs/detections.md)",
         encryption_line(settings),
         "  metrics           " + ", ".join(f"{s} :{settings.metrics_port(s)}" for s in PROCESSES),
         *(

@@ -25,6 +25,7 @@ PORT_OFFSETS = {
     "ingest_port": 4,
     "ingest_zmq_port": 5,
     "api_port": 6,
+    "detection_port": 7,
     "metrics_port_base": 10,
 }
 
@@ -52,8 +53,9 @@ class Settings:
     ingest_zmq_port: int = 50055
     # The REST API (docs/api.md): HTTPS with the gateway's certificate, never osquery's port.
     api_port: int = 8444
-    # Each process serves /metrics on metrics_port_base + its index in SERVICES; the
-    # REST API on metrics_port_base + 6.
+    # The detection service (docs/detections.md): gRPC for `quarry detection`.
+    detection_port: int = 50056
+    # Each process serves /metrics on metrics_port_base + its METRICS_OFFSETS entry.
     metrics_port_base: int = 9400
     # /livez on that port answers 503 once the process's event loop has not turned for this
     # long (quarry/runtime/loop_watch.py): what a liveness probe restarts a wedged process on.
@@ -65,6 +67,22 @@ class Settings:
     distributed_addr: str = ""
     ingest_zmq_addrs: str = ""  # comma-separated tcp:// endpoints of ingest replicas
     ingest_addr: str = ""
+    detection_addr: str = ""
+
+    # Detections (docs/detections.md). A rule's window ends this many seconds before now,
+    # so every row ClickHouse stamped before the end is visible when the rule runs.
+    detection_settle_s: int = 10
+    # At most this much arrival time per run: after an outage the engine catches up in steps.
+    detection_max_window_s: int = 3600
+    # Where alerts go: Alertmanager's base URL (http://host:9093), and webhooks
+    # (comma-separated URLs), each sent every alert's firing and resolved events.
+    detection_alertmanager_url: str = ""
+    detection_webhook_urls: str = ""
+    # Open alerts are posted to Alertmanager again this often (it resolves what it stops
+    # hearing about); a failed delivery is retried with backoff up to the maximum.
+    detection_repost_s: float = 60.0
+    detection_retry_base_s: float = 1.0
+    detection_retry_max_s: float = 300.0
 
     # Shared enroll secret; empty: read or create state_dir/enroll_secret.
     enroll_secret: str = ""
@@ -126,6 +144,7 @@ class Settings:
     # (quarry.software) are kept apart, for ever.
     retention_host_query_rows_days: int = 30
     retention_host_query_status_days: int = 30
+    retention_alerts_days: int = 365
     # Keep every batch as received in quarry.raw_batches too, for forensic replay. Off by
     # default: it roughly doubles what ClickHouse stores.
     ingest_keep_raw_batches: bool = False
@@ -261,10 +280,7 @@ class Settings:
         return [f"tcp://{self.bind_host}:{self.ingest_zmq_port}"]
 
     def metrics_port(self, service: str) -> int:
-        if service == "api":
-            # Base + 5 is the local Prometheus of `quarry up --with-prometheus`.
-            return self.metrics_port_base + len(SERVICES) + 1
-        return self.metrics_port_base + SERVICES.index(service)
+        return self.metrics_port_base + METRICS_OFFSETS[service]
 
     def path(self, *parts: str) -> Path:
         """A path under the state directory, created on first use."""
@@ -275,8 +291,12 @@ class Settings:
 # Start order matters: the gateway comes last, once what it watches is up.
 SERVICES = ("enroll", "config", "distributed", "ingest", "gateway")
 # Every process `quarry serve` runs and `quarry up` starts, in start order: the services, then
-# the REST API, a client of them all (docs/adr/0014-rest-api-over-grpc.md).
-PROCESSES = (*SERVICES, "api")
+# the REST API, a client of them all (docs/adr/0014-rest-api-over-grpc.md), and the detection
+# service, which reads the logs through ingest (docs/adr/0021-detections-on-arrival.md).
+PROCESSES = (*SERVICES, "api", "detection")
+# Each process's /metrics port, from metrics_port_base: the services take 0-4,
+# `quarry up --with-prometheus` listens on 5, then the REST API and the detection service.
+METRICS_OFFSETS = {**{name: index for index, name in enumerate(SERVICES)}, "api": 6, "detection": 7}
 
 
 def _convert(type_name: object, raw: str) -> object:

@@ -29,6 +29,7 @@ SERVICE_PACKAGES = {
     "distributed": "distributed_service",
     "ingest": "ingest_service",
     "api": "api_service",
+    "detection": "detection_service",
 }
 
 

@@ -38,6 +38,7 @@ SERVICE_LOCK_KEYS = {
     "enroll": 0x717561727279_01,
     "config": 0x717561727279_02,
     "distributed": 0x717561727279_03,
+    "detection": 0x717561727279_04,
 }
 # Schema migrations of every service queue on this one: services may share a database.
 MIGRATION_LOCK_KEY = 0x717561727279_00

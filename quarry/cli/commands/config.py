@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from osquery_config.diff import DETECTIONS_GROUP
 from osquery_config.state import InvalidState, State, read_state_files
 from osquery_config.validation import parse_config_json, validate_state
 from protos.v1 import config_pb2, config_pb2_grpc
@@ -215,12 +216,17 @@ def _print_notes(reply: config_pb2.ApplyStateResponse) -> None:
 
 
 def _print_diffs(diffs: list[config_pb2.GroupDiff]) -> None:
-    changed = [d for d in diffs if d.diff]
+    changed = [d for d in diffs if d.diff and d.group != DETECTIONS_GROUP]
     for group_diff in changed:
         nodes = f"{group_diff.nodes} node{'s' if group_diff.nodes != 1 else ''}"
         print(f"## {group_diff.group} ({nodes})")
         print(group_diff.diff.rstrip("\n"))
-    print(f"dry run: {len(changed)} node group(s) would change; nothing applied")
+    rules = [d for d in diffs if d.diff and d.group == DETECTIONS_GROUP]
+    for rules_diff in rules:
+        print(f"## {DETECTIONS_GROUP} (run by the detection service, not sent to nodes)")
+        print(rules_diff.diff.rstrip("\n"))
+    also = "; the detection rules would change" if rules else ""
+    print(f"dry run: {len(changed)} node group(s) would change{also}; nothing applied")
 
 
 def _apply_outcome(

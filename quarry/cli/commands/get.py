@@ -1,9 +1,9 @@
 """`quarry get KIND -o yaml|json`: one kind of the live state on standard output (a view
 like `fleetctl get`).
 
-`blocks`, `labels` and `node_tags` are exactly the files `config export` writes, ready
-for `config apply`. `queries` and `packs` are the blocks of the whole live state (whatever
-nodes they target) that hold scheduled queries or packs, each with its targets and only
+`blocks`, `labels`, `node_tags` and `detections` are exactly the files `config export`
+writes, ready for `config apply`. `queries` and `packs` are the blocks of the whole live
+state (whatever nodes they target) that hold scheduled queries or packs, each with its targets and only
 that part of its config; `apply` replaces the whole state, so such a document applied
 alone would drop everything else: it is marked as a view (VIEW_KEY), which `config apply`
 refuses in one line. `secrets` are the enroll secrets' policies, never their values (only
@@ -23,7 +23,7 @@ from protos.v1 import config_pb2, enroll_pb2
 from quarry.cli.commands.admin import call_rpc, enroll_stub
 from quarry.runtime.settings import Settings
 
-KINDS = ("blocks", "labels", "node_tags", "queries", "packs", "secrets")
+KINDS = ("blocks", "labels", "node_tags", "detections", "queries", "packs", "secrets")
 # Which part of a block's config each block view keeps.
 BLOCK_VIEWS = {"queries": "schedule", "packs": "packs"}
 
@@ -56,7 +56,8 @@ def view(state: State, kind: str) -> dict[str, object]:
     queries or packs."""
     document = state.to_document()
     if kind not in BLOCK_VIEWS:
-        return {kind: document[kind]}
+        # A state without detection rules leaves the section out of its document.
+        return {kind: document.get(kind, {})}
     part = BLOCK_VIEWS[kind]
     blocks = {
         name: {"targets": block["targets"], "config": {part: block["config"][part]}}

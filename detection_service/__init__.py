@@ -1,0 +1,1 @@
+"""The detection service: rules over the logs, alerts, their delivery (docs/detections.md)."""
