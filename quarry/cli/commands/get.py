@@ -3,11 +3,12 @@ like `fleetctl get`).
 
 `blocks`, `labels`, `node_tags` and `detections` are exactly the files `config export`
 writes, ready for `config apply`. `queries` and `packs` are the blocks of the whole live
-state (whatever nodes they target) that hold scheduled queries or packs, each with its targets and only
-that part of its config; `apply` replaces the whole state, so such a document applied
-alone would drop everything else: it is marked as a view (VIEW_KEY), which `config apply`
-refuses in one line. `secrets` are the enroll secrets' policies, never their values (only
-`quarry secret create` makes a value). Docs: docs/config.md, "Views: quarry get".
+state (whatever nodes they target) that hold scheduled queries or packs, each with its
+targets and only that part of its config; `apply` replaces the whole state, so such a
+document applied alone would drop everything else: it is marked as a view (VIEW_KEY),
+which `config apply` refuses in one line. `secrets` are the enroll secrets' policies,
+never their values (only `quarry secret create` makes a value). Docs: docs/config.md,
+"Views: quarry get".
 """
 
 from __future__ import annotations
