@@ -14,8 +14,13 @@ SWEEP_INTERVAL_S (a float shared by every connection noting it, so noting costs 
   its head and body in one read, and is never watched.
 - An idle keep-alive connection notes when its last answer went out; every
   IDLE_SCAN_INTERVAL_S the sweep looks at all connections and closes those idle for
-  longer than the keep-alive timeout (75 s; osquery reconnects when it needs to).
+  longer than the keep-alive timeout (75 s; osquery reconnects when it needs to), then
+  hands the heap's free pages back to the system (gateway/read_buffers.py): what the TLS
+  handshakes of new connections allocated and freed.
 - It also formats the Date header once a second, for every answer of that second.
+- A connection that has just carried a large body or answer is *spent*: at the next tick
+  the sweep hands back the pages its TLS buffers grew into (gateway/read_buffers.py), away
+  from the request path and never inside a read.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import asyncio
 import time
 from email.utils import formatdate
 from typing import Protocol
+
+from gateway.read_buffers import return_free_memory
 
 SWEEP_INTERVAL_S = 0.5
 IDLE_SCAN_INTERVAL_S = 5.0
@@ -40,6 +47,8 @@ class Swept(Protocol):
 
     def idle_too_long(self) -> None: ...
 
+    def release_spare_pages(self) -> None: ...
+
 
 class ConnectionSweep:
     """The clock, the watched connections and the idle scan of one gateway process."""
@@ -48,6 +57,7 @@ class ConnectionSweep:
         self.keep_alive_timeout_s = keep_alive_timeout_s
         self.connections: set[Swept] = set()
         self.watched: set[Swept] = set()
+        self.spent: set[Swept] = set()  # carried a large body or answer since the last tick
         self.now = time.monotonic()
         self.date = _http_date()
         self._date_at = int(time.time())
@@ -68,18 +78,24 @@ class ConnectionSweep:
             self.sweep()
 
     def sweep(self) -> None:
-        """Advance the clock, cut off watched connections past their deadline, scan idle ones."""
+        """Advance the clock, cut off watched connections past their deadline, release the
+        buffers of spent ones, scan idle ones."""
         self.now = now = time.monotonic()
         wall = int(time.time())
         if wall != self._date_at:
             self._date_at, self.date = wall, _http_date()
         for connection in [c for c in self.watched if 0.0 < c.deadline <= now]:
             connection.deadline_passed()
+        if self.spent:
+            spent, self.spent = self.spent, set()
+            for connection in spent:
+                connection.release_spare_pages()
         if now >= self._next_idle_scan:
             self._next_idle_scan = now + IDLE_SCAN_INTERVAL_S
             oldest = now - self.keep_alive_timeout_s
             for connection in [c for c in self.connections if 0.0 < c.idle_since <= oldest]:
                 connection.idle_too_long()
+            return_free_memory()
 
 
 def _http_date() -> bytes:
