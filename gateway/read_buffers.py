@@ -61,6 +61,7 @@ MADV_DONTNEED = 4  # <sys/mman.h> on Linux
 PAGE = mmap.PAGESIZE
 # OpenSSL's <openssl/bio.h>
 BIO_C_GET_BUF_MEM_PTR = 115
+BIO_CTRL_PENDING = 10
 BIO_TYPE_MEM = 1 | 0x0400
 
 
@@ -141,9 +142,13 @@ class _Release:
         """Drop the pages of a memory BIO past the bytes it holds; the bytes released."""
         if self.bio_ctrl is None:
             return 0
+        if type(memory_bio).__basicsize__ < self.header_bytes + ctypes.sizeof(ctypes.c_void_p):
+            return 0
         bio = ctypes.c_void_p.from_address(id(memory_bio) + self.header_bytes).value
         if not bio or self.bio_method_type(bio) != BIO_TYPE_MEM:
             return 0
+        if self.bio_ctrl(bio, BIO_CTRL_PENDING, 0, None) != memory_bio.pending:
+            return 0  # not the BIO behind this object
         buf = ctypes.POINTER(_BufMem)()
         if self.bio_ctrl(bio, BIO_C_GET_BUF_MEM_PTR, 0, ctypes.byref(buf)) != 1 or not buf:
             return 0
