@@ -13,7 +13,8 @@ With `--large-body-kb N` each connection first carries one POST of an N KB body,
 logger connection does with osquery's large result batches, and the figure is what such a
 connection keeps once idle. The body goes to a path the gateway does not serve (answered
 404 once read, the connection kept): it passes through the same TLS layer and read buffers
-as a log batch, and nothing is stored.
+as a log batch, and nothing is stored. RSS is read once the gateway has handed back the
+pages those bodies left (about 30 s later: gateway/connection_sweep.py).
 
     python -m bench.idle_connections --connections 2000            # its own `quarry up`
     python -m bench.idle_connections --connections 2000 --gateway-workers 2
@@ -50,6 +51,7 @@ from bench.process_costs import (
     process_tree,
     read_rss_bytes,
 )
+from gateway.connection_sweep import IDLE_SCAN_INTERVAL_S, SPENT_QUIET_S
 from quarry.runtime.settings import Settings
 from tests.emulator import osquery_ssl_context
 from tests.emulator.http_client import HttpConnection, ServerAddress, osquery_headers
@@ -186,7 +188,9 @@ async def measure(gateway: Gateway, count: int, large_body_kb: int = 0) -> IdleC
     await asyncio.sleep(SETTLE_S)
     before = gateway_rss_bytes(gateway.pid)
     connections = await open_used_connections(gateway, node_key, count, large_body_kb)
-    await asyncio.sleep(SETTLE_S)
+    # After large bodies the gateway hands their buffers' pages back once the connections
+    # have carried none for SPENT_QUIET_S, at its next idle scan.
+    await asyncio.sleep(SETTLE_S + (SPENT_QUIET_S + IDLE_SCAN_INTERVAL_S if large_body_kb else 0))
     idle = gateway_rss_bytes(gateway.pid)
     gauge = await asyncio.to_thread(gauge_value, gateway.metrics_url)
     for connection in connections + warm_up:

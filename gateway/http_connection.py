@@ -67,7 +67,8 @@ MAX_HEAD_BYTES = 64 * 1024
 # What one read of decrypted data may bring; a larger body comes in several reads.
 READ_BUFFER_BYTES = 64 * 1024
 # A body or answer at least this large leaves its connection's TLS buffers grown (eight
-# pages or more each); the sweep hands those pages back (gateway/read_buffers.py).
+# pages or more each); the sweep hands those pages back once the connection carries no
+# more for a while (gateway/connection_sweep.py, gateway/read_buffers.py).
 SPENT_BYTES = 32 * 1024
 
 # What the connection is reading.
@@ -221,7 +222,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         sweep = self.listener.sweep
         sweep.connections.discard(self)
         sweep.watched.discard(self)
-        sweep.spent.discard(self)
+        sweep.spent.pop(self, None)
         if self.transport is not None:
             metrics.OPEN_CONNECTIONS.dec()
         if self.reading == BODY and self.route is not None and self.request is not None:
@@ -343,7 +344,7 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._unwatch()
         request, route, parts = self.request, self.route, self.body_parts
         if self.received >= SPENT_BYTES:
-            self.listener.sweep.spent.add(self)
+            self.listener.sweep.spent[self] = self.listener.sweep.now
         self._forget_request()
         self.reading = BETWEEN
         if parts:
@@ -432,7 +433,7 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._close()
             return
         if len(body) >= SPENT_BYTES:
-            self.listener.sweep.spent.add(self)
+            self.listener.sweep.spent[self] = self.listener.sweep.now
         if self.reading == BETWEEN and not self.pipeline:
             self.idle_since = self.listener.sweep.now
 
