@@ -9,8 +9,16 @@ the gateway process and its workers, from /proc) before they open, while they ar
 and after they close. It prints KB of gateway memory per idle connection, and the open
 connections gauge (quarry_gateway_open_connections) while they are idle.
 
+With `--large-body-kb N` each connection first carries one POST of an N KB body, as a
+logger connection does with osquery's large result batches, and the figure is what such a
+connection keeps once idle. The body goes to a path the gateway does not serve (answered
+404 once read, the connection kept): it passes through the same TLS layer and read buffers
+as a log batch, and nothing is stored. RSS is read once the gateway has handed back the
+pages those bodies left (about 30 s later: gateway/connection_sweep.py).
+
     python -m bench.idle_connections --connections 2000            # its own `quarry up`
     python -m bench.idle_connections --connections 2000 --gateway-workers 2
+    python -m bench.idle_connections --connections 2000 --large-body-kb 512
     python -m bench.idle_connections --connections 2000 \
         --state-dir /tmp/q-state --port-base 22000                 # a running `quarry up`
 
@@ -43,6 +51,7 @@ from bench.process_costs import (
     process_tree,
     read_rss_bytes,
 )
+from gateway.connection_sweep import IDLE_SCAN_INTERVAL_S, SPENT_QUIET_S
 from quarry.runtime.settings import Settings
 from tests.emulator import osquery_ssl_context
 from tests.emulator.http_client import HttpConnection, ServerAddress, osquery_headers
@@ -51,8 +60,10 @@ from tests.quarry_cluster import quarry_cluster
 OSQUERY_VERSION = "5.23.1"
 ENROLL_PATH = "/api/v1/osquery/enroll"
 READ_PATH = "/api/v1/osquery/distributed/read"
+LARGE_BODY_PATH = "/bench/large-body"  # not a gateway route: read, answered 404, not kept
 OPEN_CONCURRENCY = 100  # handshakes in flight while opening (the gateway's CPU is the limit)
-SETTLE_S = 3.0  # after opening or closing, before RSS is read: let the gateway go quiet
+SETTLE_S = 6.0  # after opening or closing, before RSS is read: the gateway quiet, and past
+# its sweep's 5 s memory trim (gateway/connection_sweep.py)
 GAUGE = "quarry_gateway_open_connections"
 
 
@@ -75,6 +86,7 @@ class IdleConnectionsResult:
     rss_idle_bytes: int
     rss_after_bytes: int
     open_connections_gauge: float | None  # while they were idle (one more: the warm-up)
+    large_body_kb: int = 0  # what each connection carried once before idling
 
     @property
     def kb_per_connection(self) -> float:
@@ -137,14 +149,26 @@ def ssl_context(gateway: Gateway) -> ssl.SSLContext:
     return osquery_ssl_context(gateway.ca_file)
 
 
-async def open_used_connections(gateway: Gateway, node_key: str, count: int) -> list:
-    """`count` keep-alive connections, each having answered one distributed read."""
+async def post_large_body(connection: HttpConnection, gateway: Gateway, size: int) -> None:
+    headers = osquery_headers(version=OSQUERY_VERSION, host_header=gateway.address.host)
+    response = await connection.request("POST", LARGE_BODY_PATH, headers, b"x" * size)
+    if response.status != 404:
+        raise SystemExit(f"a large body to {LARGE_BODY_PATH} was answered {response.status}")
+
+
+async def open_used_connections(
+    gateway: Gateway, node_key: str, count: int, large_body_kb: int = 0
+) -> list:
+    """`count` keep-alive connections, each having answered one distributed read (after
+    one large body, with large_body_kb)."""
     context = ssl_context(gateway)
     connections = [HttpConnection(gateway.address, context) for _ in range(count)]
     limit = asyncio.Semaphore(OPEN_CONCURRENCY)
 
     async def use(connection: HttpConnection) -> None:
         async with limit:
+            if large_body_kb:
+                await post_large_body(connection, gateway, large_body_kb * 1024)
             answer = await post(connection, gateway, node_key, {"node_key": node_key})
             if answer.get("node_invalid"):
                 raise SystemExit("the gateway refused the enrolled node key")
@@ -155,7 +179,7 @@ async def open_used_connections(gateway: Gateway, node_key: str, count: int) -> 
     return connections
 
 
-async def measure(gateway: Gateway, count: int) -> IdleConnectionsResult:
+async def measure(gateway: Gateway, count: int, large_body_kb: int = 0) -> IdleConnectionsResult:
     raise_open_file_limit(count + 100)
     node_key = await enroll(gateway)
     # One connection first, open until the end: the request path's first-use allocations
@@ -163,8 +187,10 @@ async def measure(gateway: Gateway, count: int) -> IdleConnectionsResult:
     warm_up = await open_used_connections(gateway, node_key, 1)
     await asyncio.sleep(SETTLE_S)
     before = gateway_rss_bytes(gateway.pid)
-    connections = await open_used_connections(gateway, node_key, count)
-    await asyncio.sleep(SETTLE_S)
+    connections = await open_used_connections(gateway, node_key, count, large_body_kb)
+    # After large bodies the gateway hands their buffers' pages back once the connections
+    # have carried none for SPENT_QUIET_S, at its next idle scan.
+    await asyncio.sleep(SETTLE_S + (SPENT_QUIET_S + IDLE_SCAN_INTERVAL_S if large_body_kb else 0))
     idle = gateway_rss_bytes(gateway.pid)
     gauge = await asyncio.to_thread(gauge_value, gateway.metrics_url)
     for connection in connections + warm_up:
@@ -172,7 +198,7 @@ async def measure(gateway: Gateway, count: int) -> IdleConnectionsResult:
     await asyncio.sleep(SETTLE_S)
     after = gateway_rss_bytes(gateway.pid)
     processes = len(process_tree(gateway.pid, all_stats()))
-    return IdleConnectionsResult(count, processes, before, idle, after, gauge)
+    return IdleConnectionsResult(count, processes, before, idle, after, gauge, large_body_kb)
 
 
 def gateway_of(state_dir: Path, port_base: int, pid: int | None = None) -> Gateway:
@@ -190,7 +216,9 @@ def gateway_of(state_dir: Path, port_base: int, pid: int | None = None) -> Gatew
     )
 
 
-def run_own_cluster(count: int, workers: int, clickhouse_url: str) -> IdleConnectionsResult:
+def run_own_cluster(
+    count: int, workers: int, clickhouse_url: str, large_body_kb: int = 0
+) -> IdleConnectionsResult:
     """Start `quarry up` in a scratch directory, measure, stop it."""
     env = {"QUARRY_GATEWAY_WORKERS": str(workers)}
     with (
@@ -201,7 +229,7 @@ def run_own_cluster(count: int, workers: int, clickhouse_url: str) -> IdleConnec
         pid = find_quarry_service_pids(cluster.process.pid)["gateway"]
         gateway = gateway_of(cluster.state_dir, cluster.port_base, pid)
         time.sleep(SETTLE_S)  # the gateway's workers finish starting
-        return asyncio.run(measure(gateway, count))
+        return asyncio.run(measure(gateway, count, large_body_kb))
 
 
 def report(result: IdleConnectionsResult) -> str:
@@ -211,7 +239,8 @@ def report(result: IdleConnectionsResult) -> str:
     return "\n".join(
         [
             f"idle keep-alive TLS connections: {result.connections} "
-            f"(gateway processes: {result.gateway_processes})",
+            f"(gateway processes: {result.gateway_processes})"
+            + (f", each after one {result.large_body_kb} KB body" if result.large_body_kb else ""),
             f"gateway RSS before: {result.rss_before_bytes / mib:.1f} MiB, "
             f"idle: {result.rss_idle_bytes / mib:.1f} MiB, "
             f"after closing: {result.rss_after_bytes / mib:.1f} MiB",
@@ -231,10 +260,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--clickhouse-url", default="", help="for its own cluster; empty: chdb")
     parser.add_argument("--state-dir", type=Path, help="measure the `quarry up` of this state dir")
     parser.add_argument("--port-base", type=int, help="that `quarry up`'s QUARRY_PORT_BASE")
+    parser.add_argument(
+        "--large-body-kb", type=int, default=0, help="one body this large on each first (KB)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     if args.connections < 1:
         parser.error("--connections must be at least 1")
+    if args.large_body_kb < 0:
+        parser.error("--large-body-kb must be 0 or more")
     if (args.state_dir is None) != (args.port_base is None):
         parser.error("--state-dir and --port-base go together")
     return args
@@ -244,9 +278,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.state_dir is not None:
         gateway = gateway_of(args.state_dir, args.port_base)
-        result = asyncio.run(measure(gateway, args.connections))
+        result = asyncio.run(measure(gateway, args.connections, args.large_body_kb))
     else:
-        result = run_own_cluster(args.connections, args.gateway_workers, args.clickhouse_url)
+        result = run_own_cluster(
+            args.connections, args.gateway_workers, args.clickhouse_url, args.large_body_kb
+        )
     print(json.dumps(result.as_dict(), indent=2) if args.json else report(result))
 
 

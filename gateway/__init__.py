@@ -8,5 +8,6 @@ little plumbing under it, `app.py` the wiring). The HTTP/1.1 server is the gatew
 watch streams; writes leave through `activity_batcher.py` (gRPC, in
 batches) and `log_forwarder.py` (ZeroMQ to the ingest service). `client_certificates.py`
 reads each TLS connection's verified client certificate for enrollment; `read_buffers.py`
-hands a closed connection's TLS read buffer back to the system.
+hands TLS buffers' memory back to the system: a closed connection's, and the pages a large
+body grew in an open one (docs/adr/0017-tls-buffer-pages-handed-back.md).
 """

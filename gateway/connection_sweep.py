@@ -14,8 +14,16 @@ SWEEP_INTERVAL_S (a float shared by every connection noting it, so noting costs 
   its head and body in one read, and is never watched.
 - An idle keep-alive connection notes when its last answer went out; every
   IDLE_SCAN_INTERVAL_S the sweep looks at all connections and closes those idle for
-  longer than the keep-alive timeout (75 s; osquery reconnects when it needs to).
+  longer than the keep-alive timeout (75 s; osquery reconnects when it needs to), then
+  hands the heap's free pages back to the system (gateway/read_buffers.py): what the TLS
+  handshakes of new connections allocated and freed.
 - It also formats the Date header once a second, for every answer of that second.
+- A connection that carried a large body or answer is *spent*: once it has carried none
+  for SPENT_QUIET_S, the idle scan hands back the pages its TLS buffers grew into
+  (gateway/read_buffers.py), away from the request path and never inside a read. A
+  connection that keeps carrying large bodies (a logger sending big batches every 10 s)
+  keeps its pages: handing them back each time would cost a page fault per page on the
+  next body, and a TLB flush on every core for each release.
 """
 
 from __future__ import annotations
@@ -25,9 +33,13 @@ import time
 from email.utils import formatdate
 from typing import Protocol
 
+from gateway.read_buffers import return_free_memory
+
 SWEEP_INTERVAL_S = 0.5
 IDLE_SCAN_INTERVAL_S = 5.0
 KEEP_ALIVE_TIMEOUT_S = 75.0  # as uvicorn had it: osquery keeps one connection per plugin thread
+# Longer than osquery's busiest interval (logger_tls_period, 10 s by default, Fleet's too).
+SPENT_QUIET_S = 25.0
 
 
 class Swept(Protocol):
@@ -40,6 +52,8 @@ class Swept(Protocol):
 
     def idle_too_long(self) -> None: ...
 
+    def release_spare_pages(self) -> None: ...
+
 
 class ConnectionSweep:
     """The clock, the watched connections and the idle scan of one gateway process."""
@@ -48,6 +62,8 @@ class ConnectionSweep:
         self.keep_alive_timeout_s = keep_alive_timeout_s
         self.connections: set[Swept] = set()
         self.watched: set[Swept] = set()
+        # Connections that carried a large body or answer -> when they last did.
+        self.spent: dict[Swept, float] = {}
         self.now = time.monotonic()
         self.date = _http_date()
         self._date_at = int(time.time())
@@ -68,7 +84,8 @@ class ConnectionSweep:
             self.sweep()
 
     def sweep(self) -> None:
-        """Advance the clock, cut off watched connections past their deadline, scan idle ones."""
+        """Advance the clock, cut off watched connections past their deadline, scan idle and
+        spent ones."""
         self.now = now = time.monotonic()
         wall = int(time.time())
         if wall != self._date_at:
@@ -80,6 +97,11 @@ class ConnectionSweep:
             oldest = now - self.keep_alive_timeout_s
             for connection in [c for c in self.connections if 0.0 < c.idle_since <= oldest]:
                 connection.idle_too_long()
+            quiet_since = now - SPENT_QUIET_S
+            for connection in [c for c, t in self.spent.items() if t <= quiet_since]:
+                del self.spent[connection]
+                connection.release_spare_pages()
+            return_free_memory()
 
 
 def _http_date() -> bytes:

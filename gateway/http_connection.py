@@ -49,6 +49,7 @@ import httptools
 from gateway import metrics
 from gateway.client_certificates import PeerCertificate, peer_certificate
 from gateway.connection_sweep import SWEEP_INTERVAL_S, ConnectionSweep
+from gateway.read_buffers import release_spare_pages
 from gateway.request_body import (
     BadRequest,
     BodyLimits,
@@ -65,6 +66,10 @@ log = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 64 * 1024
 # What one read of decrypted data may bring; a larger body comes in several reads.
 READ_BUFFER_BYTES = 64 * 1024
+# A body or answer at least this large leaves its connection's TLS buffers grown (eight
+# pages or more each); the sweep hands those pages back once the connection carries no
+# more for a while (gateway/connection_sweep.py, gateway/read_buffers.py).
+SPENT_BYTES = 32 * 1024
 
 # What the connection is reading.
 BETWEEN = 0  # no request begun
@@ -217,6 +222,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         sweep = self.listener.sweep
         sweep.connections.discard(self)
         sweep.watched.discard(self)
+        sweep.spent.pop(self, None)
         if self.transport is not None:
             metrics.OPEN_CONNECTIONS.dec()
         if self.reading == BODY and self.route is not None and self.request is not None:
@@ -337,6 +343,8 @@ class HttpConnection(asyncio.BufferedProtocol):
         if self.deadline != 0.0:
             self._unwatch()
         request, route, parts = self.request, self.route, self.body_parts
+        if self.received >= SPENT_BYTES:
+            self.listener.sweep.spent[self] = self.listener.sweep.now
         self._forget_request()
         self.reading = BETWEEN
         if parts:
@@ -423,7 +431,10 @@ class HttpConnection(asyncio.BufferedProtocol):
         )
         if close:
             self._close()
-        elif self.reading == BETWEEN and not self.pipeline:
+            return
+        if len(body) >= SPENT_BYTES:
+            self.listener.sweep.spent[self] = self.listener.sweep.now
+        if self.reading == BETWEEN and not self.pipeline:
             self.idle_since = self.listener.sweep.now
 
     def _queue(self, item: tuple[Route | None, Request] | bytes) -> None:
@@ -506,6 +517,11 @@ class HttpConnection(asyncio.BufferedProtocol):
     def idle_too_long(self) -> None:
         """From the sweep: idle past the keep-alive timeout."""
         self._close()
+
+    def release_spare_pages(self) -> None:
+        """From the sweep, after a large body or answer: its TLS buffers' spare pages back."""
+        if self.transport is not None and not self.transport.is_closing():
+            metrics.TLS_BUFFER_BYTES_RELEASED.inc(release_spare_pages(self.transport))
 
     def close_if_between_requests(self) -> None:
         """At shutdown: a connection without a request under way closes now."""

@@ -66,6 +66,11 @@ OPEN_CONNECTIONS = Gauge(
     "idle between requests).",
     multiprocess_mode="livesum",
 )
+TLS_BUFFER_BYTES_RELEASED = Counter(
+    "quarry_gateway_tls_buffer_released_bytes",
+    "Bytes of TLS buffer pages handed back to the system after a connection carried a "
+    "large body or answer (gateway/read_buffers.py).",
+)
 LOG_BATCHES = Counter(
     "quarry_gateway_log_batches_total",
     "Log batches sent to ingest, by kind and outcome (ok, duplicate, error: not stored, "

@@ -7,7 +7,10 @@ PROMETHEUS_MULTIPROC_DIR, quarry/runtime/metrics_endpoint.py). The kernel spread
 connections over the workers. The parent serves /metrics (the workers' sums) and watches:
 a worker that dies is replaced, unless it failed at start-up (its state could not start:
 restarting would fail the same way), which stops the gateway. SIGTERM or SIGINT is passed
-to every worker, which drains (gateway/serving.py), and the parent waits for them.
+to every worker, which drains (gateway/serving.py), and the parent waits for them. A
+parent killed outright (SIGKILL, the OOM killer) takes its workers with it: each gets
+SIGTERM from the kernel (quarry/runtime/parent_death.py) and drains as above, rather than
+serving on alone with no one to replace it or to stop it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from prometheus_client import multiprocess
@@ -25,6 +29,7 @@ from prometheus_client import multiprocess
 from gateway.serving import APP, STARTUP_FAILURE, serve
 from gateway.tls_policy import gateway_policy
 from quarry.runtime.garbage_collection import tune_for_throughput
+from quarry.runtime.parent_death import die_with_parent
 from quarry.runtime.process_logging import setup_logging
 from quarry.runtime.settings import Settings
 
@@ -43,7 +48,8 @@ def run_workers(settings: Settings, listening: socket.socket, app: str = APP) ->
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     fd = listening.fileno()
-    workers = [_start_worker(fd, app) for _ in range(settings.gateway_workers)]
+    preexec = die_with_parent()  # made once; workers are started from this (main) thread
+    workers = [_start_worker(fd, app, preexec) for _ in range(settings.gateway_workers)]
     code = 0
     while not stopping:
         time.sleep(WATCH_INTERVAL_S)
@@ -58,7 +64,7 @@ def run_workers(settings: Settings, listening: socket.socket, app: str = APP) ->
                 code = 1
                 break
             log.warning("gateway worker %d exited (%s); starting another", worker.pid, exit_code)
-            workers[index] = _start_worker(fd, app)
+            workers[index] = _start_worker(fd, app, preexec)
     for worker in workers:
         if worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
@@ -73,8 +79,12 @@ def forget_worker_metrics(pid: int) -> None:
     multiprocess.mark_process_dead(pid)
 
 
-def _start_worker(fd: int, app: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gateway.workers", str(fd), app], pass_fds=(fd,))
+def _start_worker(fd: int, app: str, preexec: Callable[[], None] | None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway.workers", str(fd), app],
+        pass_fds=(fd,),
+        preexec_fn=preexec,
+    )
 
 
 def worker_main(argv: list[str]) -> int:

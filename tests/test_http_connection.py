@@ -4,7 +4,8 @@ A Listener with a few test routes runs on uvloop in a background thread, as a ga
 process runs it (gateway/serving.py) but without the gateway's state; the client is a
 plain TLS socket writing bytes, so every edge case is exactly what goes over the wire:
 keep-alive, pipelining, chunked bodies, Expect: 100-continue, head and body limits,
-HEAD, HTTP/1.0, malformed requests, deadlines, the idle timeout and graceful shutdown.
+HEAD, HTTP/1.0, malformed requests, deadlines, the idle timeout, graceful shutdown, and
+the TLS buffers' pages handed back after a large body (gateway/read_buffers.py).
 The osquery endpoints over the same server are in tests/test_hostile_input.py and the
 other cluster tests.
 """
@@ -22,10 +23,11 @@ from pathlib import Path
 import orjson
 import pytest
 import uvloop
+from prometheus_client import REGISTRY
 
 from gateway import connection_sweep
 from gateway.connection_sweep import ConnectionSweep
-from gateway.http_connection import MAX_HEAD_BYTES, HttpConnection, Listener
+from gateway.http_connection import MAX_HEAD_BYTES, SPENT_BYTES, HttpConnection, Listener
 from gateway.request_body import BadRequest, BodyLimits
 from gateway.routing import Answer, GatewayApp, Request, Route
 from quarry.encryption.gateway_certificates import ensure_certificates
@@ -35,6 +37,8 @@ MAX_BODY = 1000
 BODY_TIMEOUT_S = 0.5
 HEAD_TIMEOUT_S = 0.5
 LIMITS = BodyLimits(MAX_BODY, 10_000, 1000, 1000, BODY_TIMEOUT_S)
+LARGE_LIMITS = BodyLimits(4 << 20, 4 << 20, 1000, 1000, 10.0)
+RELEASED = "quarry_gateway_tls_buffer_released_bytes_total"
 
 
 class Echo(Route):
@@ -48,6 +52,16 @@ class Echo(Route):
 
     def refuse(self, request: Request, refusal: BadRequest) -> Answer:
         return Answer(orjson.dumps({"error": str(refusal)}), refusal.status, refusal.close)
+
+
+class Mirror(Echo):
+    """Answers with the body it received, whatever its size (up to LARGE_LIMITS)."""
+
+    def body_limits(self, state: object) -> BodyLimits:
+        return LARGE_LIMITS
+
+    async def serve(self, request: Request) -> Answer:
+        return Answer(request.body)
 
 
 class Slow(Echo):
@@ -87,7 +101,9 @@ def server(tmp_path: Path) -> Iterator[Server]:
     async def start() -> None:
         sweep = ConnectionSweep(keep_alive_timeout_s=1.0)
         sweep.start()
-        app = GatewayApp({"/echo": Echo(), "/slow": Slow()}, _nothing, _nothing)
+        app = GatewayApp(
+            {"/echo": Echo(), "/slow": Slow(), "/mirror": Mirror()}, _nothing, _nothing
+        )
         listener = Listener(app, None, sweep, HEAD_TIMEOUT_S)
         server = await loop.create_server(listener.connection, "127.0.0.1", 0, ssl=context)
         started.update(
@@ -357,3 +373,30 @@ def test_shutdown_answers_the_request_under_way_and_closes_idle_connections(
     finally:
         busy.close()
         idle.close()
+
+
+def released_bytes() -> float:
+    return REGISTRY.get_sample_value(RELEASED) or 0.0
+
+
+def test_after_a_large_body_the_tls_buffers_spare_pages_go_back_and_the_connection_serves_on(
+    server: Server, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connection_sweep, "SPENT_QUIET_S", 0.3)  # 25 s in production
+    before = released_bytes()
+    client.send(post("/echo", b"small"))
+    assert client.reply().json()["body"] == "small"
+    assert server.call(lambda: len(server.sweep.spent)) == 0  # small requests: nothing to do
+    large = bytes(range(256)) * 2400  # 600 KB, every byte value: corruption would show
+    assert len(large) > 8 * SPENT_BYTES
+    for _ in range(2):  # the second one lands in pages handed back after the first
+        client.send(post("/mirror", large))
+        assert client.reply().body == large
+        assert eventually(lambda floor=before: released_bytes() > floor)
+        assert server.call(lambda: len(server.sweep.spent)) == 0
+        # uvloop's 256 KB read buffer, all but the page its allocator's header shares.
+        assert released_bytes() - before >= 255 * 1024
+        before = released_bytes()
+    client.send(post("/echo", b"after") + post("/mirror", large[:100]))
+    assert client.reply().json()["body"] == "after"
+    assert client.reply().body == large[:100]

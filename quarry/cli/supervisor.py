@@ -28,7 +28,6 @@ from quarry.cli.cluster_record import PORT_BASE_ENV, write_record
 from quarry.cli.osquery_flags import osquery_flags, write_flagfile
 from quarry.cli.up_processes import (
     Recorded,
-    die_with_parent,
     hold_lock,
     lock_holder,
     read_pid_file,
@@ -40,6 +39,7 @@ from quarry.encryption.gateway_certificates import tls_files
 from quarry.encryption.internal_tls import ensure_shared_certificate
 from quarry.encryption.zmq_curve import ensure_curve_keys
 from quarry.runtime.embedded_clickhouse import embedded_store_problem
+from quarry.runtime.parent_death import die_with_parent
 from quarry.runtime.settings import PROCESSES, Settings
 from quarry.serving.service_entry import service_command
 from quarry.state.directory import (

@@ -1,33 +1,29 @@
 """The processes of `quarry up`: children that die with it, and leftovers found by the next.
 
 On Linux each child asks the kernel for SIGTERM when its parent dies (prctl
-PR_SET_PDEATHSIG), so a `kill -9` of the supervisor stops its children too, each as after
-Ctrl-C. Whatever escapes that (a child that ignores SIGTERM) the next `quarry up` on the
-same state directory finds in the pid file (state_dir/quarry-up.pids,
-quarry/state/directory.py): the supervisor's pid and its children's, each with the
-kernel's start time of the process, so a pid the kernel has since given to an unrelated
-process is never taken for ours. docs/faults.md says what the next `quarry up` does with
-them. Both are Linux's: elsewhere children do not die with the supervisor and no recorded
-process is found alive.
+PR_SET_PDEATHSIG, quarry/runtime/parent_death.py), so a `kill -9` of the supervisor
+stops its children too, each as after Ctrl-C. Whatever escapes that (a child that
+ignores SIGTERM) the next `quarry up` on the same state directory finds in the pid file
+(state_dir/quarry-up.pids, quarry/state/directory.py): the supervisor's pid and its
+children's, each with the kernel's start time of the process, so a pid the kernel has
+since given to an unrelated process is never taken for ours. docs/faults.md says what
+the next `quarry up` does with them. Both are Linux's: elsewhere children do not die
+with the supervisor and no recorded process is found alive.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from quarry.runtime.file_writes import write_atomically
 
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 LEFTOVER_STOP_TIMEOUT_S = 15.0
 
 
@@ -116,19 +112,3 @@ def stop_processes(processes: list[Recorded]) -> None:
 def _signal(process: Recorded, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(process.pid, signum)
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A Popen preexec_fn that makes the child get SIGTERM when this process dies (Linux);
-    None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the child
-    parent = os.getpid()
-
-    def in_child() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return in_child
