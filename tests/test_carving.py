@@ -427,6 +427,12 @@ def test_carve_commands_use_the_callers_token_a_reader_may_not_download(
     assert got.returncode == 0, got.stderr
     assert out.read_bytes() == data and json.loads(got.stdout)["bytes_written"] == len(data)
     assert stat.S_IMODE(out.stat().st_mode) == 0o600  # a file off a host: private
+    nowhere = tmp_path / "no-such-dir" / "taken.tar"
+    unwritable = cli_with_token(
+        cluster, operator, elsewhere, "carve", "get", result.carve_id, "-o", str(nowhere)
+    )
+    assert unwritable.returncode == 1
+    assert unwritable.stderr == f"quarry carve: cannot write {nowhere}: No such file or directory\n"
 
     audited = {
         (e["token_name"], e["method"].rsplit("/", 1)[-1], e["outcome"])

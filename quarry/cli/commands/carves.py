@@ -164,7 +164,9 @@ def _follow_upload(settings: Settings, carve_id: str, deadline: float) -> CarveI
     return carve
 
 
-def _carve_if_known(stub: distributed_pb2_grpc.DistributedServiceStub, carve_id: str):
+def _carve_if_known(
+    stub: distributed_pb2_grpc.DistributedServiceStub, carve_id: str
+) -> CarveInfo | None:
     """The carve's record, or None while the service knows no such carve (NOT_FOUND)."""
     try:
         return stub.GetCarve(distributed_pb2.GetCarveRequest(carve=carve_id), timeout=RPC_TIMEOUT_S)
@@ -253,8 +255,13 @@ def carve_get(settings: Settings, args: argparse.Namespace) -> int:
     decompress = args.decompress and carve.compression == "zstd"
     if args.decompress and not decompress:
         progress(f"carve {carve.carve_id} is not compressed; writing it as it is")
-    with verified_output(args.output) as output:
-        written = receive_verified(carve, itertools.chain([first], chunks), output, decompress)
+    try:
+        with verified_output(args.output) as output:
+            written = receive_verified(carve, itertools.chain([first], chunks), output, decompress)
+    except BrokenPipeError:
+        raise  # `-o - | head`: quarry/cli/main.py ends the command quietly
+    except OSError as exc:  # no such directory, no permission, disk full...
+        raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     summary = {
         "session_id": carve.session_id,
         "carve_id": carve.carve_id,
@@ -297,26 +304,16 @@ def verified_output(path: str) -> Iterator[BinaryIO]:
         sys.stdout.buffer.flush()
         return
     if target.exists() and not target.is_file():
-        with _opened(lambda: target.open("wb"), path) as output:
+        with target.open("wb") as output:
             yield output
         return
-    fd, partial = _opened(
-        lambda: tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent),
-        path,
-    )
+    fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as output:
             yield output
         os.replace(partial, target)
     finally:
         Path(partial).unlink(missing_ok=True)
-
-
-def _opened(opener: Callable, path: str):
-    try:
-        return opener()
-    except OSError as exc:
-        raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 class _CountingWriter:
