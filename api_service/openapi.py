@@ -40,12 +40,20 @@ def openapi_document(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
     }
 
 
-def _operation(endpoint: Endpoint) -> dict[str, Any]:
+def response_content(endpoint: Endpoint) -> dict[str, Any]:
+    """The success answer's media types, each with its schema (several: alternatives)."""
     media = endpoint.media or ("text/event-stream" if endpoint.event_stream else "application/json")
+    return {
+        media: {"schema": schema}
+        for media, schema in ((media, endpoint.response), *endpoint.alternatives)
+    }
+
+
+def _operation(endpoint: Endpoint) -> dict[str, Any]:
     responses: dict[str, Any] = {
         str(endpoint.status): {
             "description": endpoint.summary,
-            "content": {media: {"schema": endpoint.response}},
+            "content": response_content(endpoint),
         }
     }
     for status, why in ERROR_STATUSES.items():

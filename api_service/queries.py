@@ -295,6 +295,16 @@ async def all_rows(call_: Call, campaign_id: str, host: str) -> AsyncIterator[li
 # --- export ---------------------------------------------------------------------------
 
 EXPORT_FORMATS = ("csv", "json")
+EXPORT_CSV: Schema = {
+    "type": "string",
+    "description": "format=csv: a header line (host_identifier, row_index, then every column"
+    " any host answered), then one line per row",
+}
+EXPORT_JSON: Schema = {
+    "type": "array",
+    "items": ROW,
+    "description": "format=json: every row, as the items of /results",
+}
 
 
 def result_columns_sql(campaign_id: str) -> str:
@@ -549,13 +559,10 @@ ENDPOINTS = [
         export_results,
         "every row hosts answered as one CSV or JSON file, streamed",
         "read-only",
-        {
-            "type": "string",
-            "description": "CSV: host_identifier, row_index, then every column; JSON: an"
-            " array of rows as in /results",
-        },
+        EXPORT_CSV,
         (QUERY_ID, Param("format", "csv or json", enum=EXPORT_FORMATS, default="csv")),
         media="text/csv",
+        alternatives=(("application/json", EXPORT_JSON),),
         tags=("live queries",),
     ),
     Endpoint(

@@ -136,6 +136,9 @@ class Endpoint:
     event_stream: bool = False
     # What the answer is when not JSON (a carve's archive: application/octet-stream).
     media: str = ""
+    # Several media types, each with its schema, when a parameter picks one (the export's
+    # ?format=csv|json): the document lists each, so a client knows what it will get.
+    alternatives: tuple[tuple[str, Schema], ...] = ()
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     @property

@@ -177,12 +177,23 @@ def documented_operations(document: dict) -> set[tuple[str, str]]:
     return {(method.upper(), path) for path, item in document["paths"].items() for method in item}
 
 
-def validate(document: dict, method: str, path: str, status: int, body: Any) -> None:
-    """body against the schema the document gives for this operation and status."""
-    operation = document["paths"][path][method.lower()]
-    content = operation["responses"][str(status)]["content"]
-    schema = next(iter(content.values()))["schema"]
+def documented_content(document: dict, method: str, path: str, status: int = 200) -> dict:
+    """The media types the document gives for this operation's answer, with their schemas."""
+    return document["paths"][path][method.lower()]["responses"][str(status)]["content"]
+
+
+def validate(
+    document: dict, method: str, path: str, status: int, body: Any, media: str = ""
+) -> None:
+    """body against the schema the document gives for this operation, status and media
+    type (by default the first it lists)."""
+    content = documented_content(document, method, path, status)
+    schema = content[media]["schema"] if media else next(iter(content.values()))["schema"]
     jsonschema.validate(body, {**schema, "components": document["components"]})
+
+
+def media_type(response: httpx.Response) -> str:
+    return response.headers["content-type"].split(";")[0].strip()
 
 
 class Recorder:
@@ -318,13 +329,20 @@ def test_every_route_works_as_admin(
     response = admin.request("GET", f"/api/v1/queries/{qid}/events")
     assert response.status_code == 200 and "event: done" in response.text
     call.covered.add(("GET", "/api/v1/queries/{query}/events"))
-    as_csv = admin.request("GET", f"/api/v1/queries/{qid}/export", params={"format": "csv"})
-    assert as_csv.headers["content-type"].startswith("text/csv")
-    lines = as_csv.text.splitlines()
+    # The export: each format's media type is one the document lists, with its schema.
+    export = "/api/v1/queries/{query}/export"
+    exported = {
+        kind: admin.request("GET", export.format(query=qid), params={"format": kind})
+        for kind in ("csv", "json")
+    }
+    assert [media_type(r) for r in exported.values()] == ["text/csv", "application/json"]
+    assert set(documented_content(document, "GET", export)) == {"text/csv", "application/json"}
+    lines = exported["csv"].text.splitlines()
     assert lines[0] == "host_identifier,row_index,name,version" and len(lines) == 1 + FLEET_SIZE
-    as_json = admin.request("GET", f"/api/v1/queries/{qid}/export", params={"format": "json"})
-    assert as_json.json() == rows["items"]
-    call.covered.add(("GET", "/api/v1/queries/{query}/export"))
+    validate(document, "GET", export, 200, exported["csv"].text, "text/csv")
+    assert exported["json"].json() == rows["items"]
+    validate(document, "GET", export, 200, exported["json"].json(), "application/json")
+    call.covered.add(("GET", export))
     call("POST", "/api/v1/queries/{query}/cancel", path={"query": qid})
 
     # Enroll secrets, approvals.
@@ -367,6 +385,9 @@ def test_every_route_works_as_admin(
     assert response.status_code == 200 and response.content == CARVED
     assert response.headers["x-carve-sha256"] == carve["sha256"]
     assert response.headers["content-type"] == "application/octet-stream"
+    assert list(documented_content(document, "GET", "/api/v1/carves/{carve}/download")) == [
+        "application/octet-stream"
+    ]
     assert response.headers["content-disposition"].endswith('.tar"')
     call.covered.add(("GET", "/api/v1/carves/{carve}/download"))
 

@@ -13,7 +13,11 @@ import base64
 import hashlib
 import io
 import itertools
+import json
+import os
+import re
 import ssl
+import stat
 import subprocess
 import sys
 import tarfile
@@ -26,6 +30,9 @@ import orjson
 import pytest
 import zstandard
 
+from protos.v1 import distributed_pb2
+from quarry.cli.commands.admin import CommandError
+from quarry.cli.commands.carves import receive_verified
 from tests.emulator import OSQUERY_DOC_ENDPOINTS, HostProfile, OsqueryNode
 from tests.emulator.http_client import HttpResponse
 from tests.emulator.tables import QueryOutcome, TableExecutor
@@ -171,6 +178,14 @@ def test_a_multi_megabyte_file_is_carved_stored_and_read_back_intact(
     got = cluster.cli("carve", "get", result.carve_id, "-o", str(out))
     assert out.read_bytes() == archive
     assert "verified" in got.stderr
+    # Six 1 MiB chunks: progress as bytes of the total, a line per 10% off a terminal.
+    shown = re.findall(r"([\d.]+ [KM]iB) of ([\d.]+ MiB) received \((\d+)%\)", got.stderr)
+    assert len(shown) >= 5, got.stderr
+    assert {total for _, total, _ in shown} == {f"{len(archive) / MIB:.1f} MiB"}
+    assert shown[-1][2] == "100" and [int(p) for *_, p in shown] == sorted(
+        int(p) for *_, p in shown
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["carve.tar"]  # no partial file left
     with tarfile.open(out) as extracted:
         assert len(extracted.getnames()) > 10
 
@@ -352,7 +367,129 @@ def test_carve_commands_explain_what_they_do(cluster: QuarryCluster) -> None:
         assert "--json" in cluster.cli("carve", action, "--help").stdout
     missing = cluster.cli("carve", "get", "nope", "-o", "/dev/null", check=False)
     assert missing.returncode == 1
-    assert "no carve nope" in missing.stderr
+    assert missing.stderr == "quarry carve: NOT_FOUND: no carve 'nope'\n"
+
+
+# --- the carve commands over gRPC: roles, no state directory, the hash ----------------
+
+
+def cli_with_token(
+    cluster: QuarryCluster, token: str, state_dir: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`quarry ARGS` as token, from a state directory that is not the cluster's (so no
+    carve store, no admin token file), finding the services by --port-base alone."""
+    env = {**cluster.env(), "QUARRY_ADMIN_TOKEN": token, "QUARRY_STATE_DIR": str(state_dir)}
+    command = [sys.executable, "-m", "quarry", "--port-base", str(cluster.port_base), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def token_of_role(cluster: QuarryCluster, name: str, role: str) -> str:
+    return cluster.cli_json("token", "create", name, "--role", role)["value"]  # type: ignore[index]
+
+
+def test_carve_commands_use_the_callers_token_a_reader_may_not_download(
+    cluster: QuarryCluster, tmp_path: Path
+) -> None:
+    data = b"a file only operators may take\n" * 500
+    node = new_node(cluster)
+    result = asyncio.run(carve_with(node, data))
+    assert result.ok, node.last_error
+    completed(cluster, result.carve_id)
+    elsewhere = tmp_path / "not-the-state-dir"  # never made: the commands need none
+    reader = token_of_role(cluster, "carve-reader", "read-only")
+
+    listed = cli_with_token(cluster, reader, elsewhere, "carve", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert result.session_id in [c["session_id"] for c in json.loads(listed.stdout)]
+    mine = cli_with_token(
+        cluster, reader, elsewhere, "carve", "list", "--host", node.host_identifier
+    )
+    assert mine.returncode == 0 and result.session_id in mine.stdout and "(1 row)" in mine.stdout
+    shown = cli_with_token(cluster, reader, elsewhere, "carve", "show", result.carve_id)
+    assert shown.returncode == 0, shown.stderr
+    assert f"sha256           {hashlib.sha256(data).hexdigest()}" in shown.stdout
+
+    out = tmp_path / "taken.tar"
+    refused = cli_with_token(
+        cluster, reader, elsewhere, "carve", "get", result.carve_id, "-o", str(out)
+    )
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        "quarry carve: PERMISSION_DENIED: token 'carve-reader' (read-only) may not call"
+        " DownloadCarve: it needs operator\n"
+    ), refused.stderr
+    assert not out.exists() and not elsewhere.exists()
+
+    operator = token_of_role(cluster, "carve-operator", "operator")
+    got = cli_with_token(
+        cluster, operator, elsewhere, "carve", "get", result.carve_id, "-o", str(out), "--json"
+    )
+    assert got.returncode == 0, got.stderr
+    assert out.read_bytes() == data and json.loads(got.stdout)["bytes_written"] == len(data)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # a file off a host: private
+    nowhere = tmp_path / "no-such-dir" / "taken.tar"
+    unwritable = cli_with_token(
+        cluster, operator, elsewhere, "carve", "get", result.carve_id, "-o", str(nowhere)
+    )
+    assert unwritable.returncode == 1
+    assert unwritable.stderr == f"quarry carve: cannot write {nowhere}: No such file or directory\n"
+
+    audited = {
+        (e["token_name"], e["method"].rsplit("/", 1)[-1], e["outcome"])
+        for e in cluster.cli_json("audit", "list", "--since", "15m")  # type: ignore[union-attr]
+    }
+    assert {
+        ("carve-reader", "ListCarves", "OK"),
+        ("carve-reader", "GetCarve", "OK"),
+        ("carve-reader", "DownloadCarve", "PERMISSION_DENIED"),
+        ("carve-operator", "DownloadCarve", "OPENED"),  # a stream is audited as it opens
+    } <= audited
+
+
+def test_a_carve_changed_on_disk_is_not_written_and_the_command_says_why(
+    cluster: QuarryCluster, tmp_path: Path
+) -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB: the change is in the last chunk
+    node = new_node(cluster, carver_block_size=256 * 1024)
+    result = asyncio.run(carve_with(node, data))
+    assert result.ok, node.last_error
+    completed(cluster, result.carve_id)
+    stored = cluster.state_dir / "carves" / f"{result.session_id}.carve"
+    with stored.open("r+b") as archive:  # the same size, one byte different
+        archive.seek(len(data) - 1)
+        archive.write(b"\x00" if data[-1:] != b"\x00" else b"\x01")
+        archive.flush()
+        os.fsync(archive.fileno())
+    out = tmp_path / "changed.tar"
+    failed = cluster.cli("carve", "get", result.session_id, "-o", str(out), check=False)
+    assert failed.returncode == 1
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("quarry carve: DATA_LOSS: the stored archive's sha256 is"), last
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a partial one
+
+
+def test_the_cli_keeps_no_archive_whose_size_hash_or_order_is_not_the_record_s() -> None:
+    data = b"carved" * 100_000
+    carve = distributed_pb2.CarveInfo(
+        carve_id="c", carve_size=len(data), sha256=hashlib.sha256(data).hexdigest()
+    )
+
+    def chunks(payload: bytes, skip: int = 0) -> list[distributed_pb2.CarveChunk]:
+        step = 256 * 1024
+        return [
+            distributed_pb2.CarveChunk(offset=o + skip, data=payload[o : o + step])
+            for o in range(0, len(payload), step)
+        ]
+
+    assert receive_verified(carve, chunks(data), io.BytesIO(), decompress=False) == len(data)
+    changed = data[:-1] + b"!"
+    for wrong, said in (
+        (chunks(changed), "sha256"),
+        (chunks(data[:-6]), f"received {len(data) - 6} bytes"),
+        (chunks(data, skip=1), "came where byte 0 was due"),
+    ):
+        with pytest.raises(CommandError, match=said):
+            receive_verified(carve, wrong, io.BytesIO(), decompress=False)
 
 
 async def _enroll(node: OsqueryNode) -> str:

@@ -384,6 +384,7 @@ JSON_COMMANDS: dict[str, list[str]] = {
     "query cancel": ["query", "cancel", "{campaign}"],
     "carve list": ["carve", "list"],
     "carve show": ["carve", "show", "{carve}"],
+    "carve get": ["carve", "get", "{carve}", "-o", "{tmp}/carve.tar"],
     "token create": ["token", "create", "json-check", "--role", "read-only"],
     "token list": ["token", "list"],
     "token revoke": ["token", "revoke", "json-check"],
@@ -407,7 +408,6 @@ JSON_EXEMPT = {
     "config rollout abort": "needs a staged rollout",
     "node reject": "needs a pending node",
     "carve start": "waits for an upload (--no-wait covered in the hostname tests)",
-    "carve get": "needs a finished carve",
     "migrate": "needs the services stopped",
     "curve authorize": "prints what curve add-client does, for a key made elsewhere",
 }

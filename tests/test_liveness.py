@@ -156,6 +156,14 @@ def test_series_start_at_zero_before_their_first_event(workers_cluster: QuarryCl
     acks = f'quarry_gateway_log_acks_total{{replica="{replica}",result="timeout"}}'
     assert sample(gateway, acks) == 0
     assert sample(gateway, 'quarry_gateway_requests_in_flight{endpoint="log"}') == 0
+    # The gateway's stubs' methods it never calls: its client series exist, at zero.
+    revoke = '{code="OK",method="/quarry.v1.EnrollService/RevokeNode"}'
+    assert sample(gateway, f"quarry_grpc_client_calls_total{revoke}") == 0
+    revoke_time = '{method="/quarry.v1.EnrollService/RevokeNode"}'
+    assert sample(gateway, f"quarry_grpc_client_call_duration_seconds_count{revoke_time}") == 0
+    download = '{method="/quarry.v1.DistributedService/DownloadCarve"}'
+    assert sample(gateway, f"quarry_grpc_client_calls_in_flight{download}") == 0
+    assert sample(gateway, f"quarry_grpc_client_call_duration_seconds_count{download}") is None
     assert sample(gateway, "quarry_gateway_open_connections") is not None
 
 

@@ -129,14 +129,7 @@ MAKES_STATE = {
     migrate.migrate,  # says itself what it needs (QUARRY_DATABASE_URL needs no directory)
 }
 # Commands that read the state directory's own files even when QUARRY_ADMIN_TOKEN is given.
-READS_STATE_FILES = {
-    admin.flags,
-    admin.tls_client_cert,
-    carves.carve_start,
-    carves.carve_list,
-    carves.carve_show,
-    carves.carve_get,
-}
+READS_STATE_FILES = {admin.flags, admin.tls_client_cert}
 
 
 def package_version() -> str:

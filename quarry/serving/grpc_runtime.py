@@ -8,7 +8,8 @@ method and status code, latency per method, and calls in flight (open watch stre
 included), as quarry_grpc_server_* and quarry_grpc_client_* metrics. The method is the
 only label beside the code, so cardinality stays bounded by the protos. Streaming calls
 are counted and shown in flight but not timed: a watch stream lasts for hours and would
-drown the latency of the unary calls.
+drown the latency of the unary calls. Each method a server registers, and each method of
+the stubs made on an async channel, starts at zero (docs/observability.md, "Conventions").
 
 Every server also answers the standard gRPC health check (grpc.health.v1.Health), which
 Kubernetes' grpc probes and grpc_health_probe call. It answers SERVING for the server as a
@@ -217,7 +218,8 @@ def add_health_service(server: grpc.aio.Server) -> health.aio.HealthServicer:
 def aio_channel(
     addr: str, token: str | None = None, settings: Settings | None = None
 ) -> grpc.aio.Channel:
-    """A channel for long-running processes; its calls are measured and carry token.
+    """A channel for long-running processes; its calls are measured and carry token, and
+    the methods of every stub made on it start at zero in the metrics (MeasuredChannel).
 
     By default the service token of this process's settings; settings (by default this
     process's environment) also say whether the channel uses internal TLS.
@@ -228,10 +230,12 @@ def aio_channel(
     interceptors = [UnaryUnaryMetricsInterceptor(token), UnaryStreamMetricsInterceptor(token)]
     options = channel_options(settings)
     if settings.internal_tls:
-        return grpc.aio.secure_channel(
+        channel = grpc.aio.secure_channel(
             addr, channel_credentials(settings), options=options, interceptors=interceptors
         )
-    return grpc.aio.insecure_channel(addr, options=options, interceptors=interceptors)
+    else:
+        channel = grpc.aio.insecure_channel(addr, options=options, interceptors=interceptors)
+    return MeasuredChannel(channel)
 
 
 def sync_channel(
@@ -504,6 +508,68 @@ class UnaryStreamMetricsInterceptor(grpc.aio.UnaryStreamClientInterceptor):
         call = await continuation(client_call_details, request)
         call.add_done_callback(lambda done: _count_finished_stream(done, method))
         return call
+
+
+def export_client_methods(methods: dict[str, bool]) -> None:
+    """Each method's calls (code OK), in-flight gauge and, if unary, latency at zero: as
+    the server side's (export_server_methods), before this process's first call."""
+    for method, unary in methods.items():
+        CLIENT_CALLS.labels(method, grpc.StatusCode.OK.name)
+        CLIENT_CALLS_IN_FLIGHT.labels(method)
+        if unary:
+            CLIENT_CALL_SECONDS.labels(method)
+
+
+class MeasuredChannel(grpc.aio.Channel):
+    """An async channel whose stubs' methods start at zero in the client metrics.
+
+    A generated stub asks its channel for one callable per method of its service when it
+    is made, so the methods a process may call are known then, bounded by the protos
+    (docs/observability.md, "Conventions"). Everything else is the wrapped channel's.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+        self._exported: set[str] = set()  # a stub made per call (health checks) adds none
+
+    def _export(self, method: str, unary: bool) -> None:
+        if method not in self._exported:
+            self._exported.add(method)
+            export_client_methods({method: unary})
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self._export(method, unary=True)
+        return self._channel.unary_unary(method, *args, **kwargs)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self._export(method, unary=False)
+        return self._channel.unary_stream(method, *args, **kwargs)
+
+    # Client streams: no proto has one, and the interceptors measure none.
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_unary(method, *args, **kwargs)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_stream(method, *args, **kwargs)
+
+    async def __aenter__(self) -> MeasuredChannel:
+        await self._channel.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._channel.__aexit__(*exc_info)
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
 
 
 def _count_finished_stream(call: grpc.aio.Call, method: str) -> None:

@@ -24,8 +24,8 @@ its files through the functions below, never by naming a path itself.
     zmq-curve/              ZeroMQ CURVE keys of the log path, by `quarry curve init` or
                             `quarry up` (quarry/encryption/zmq_curve.py) -> QUARRY_ZMQ_CURVE_DIR
     carves/                 the carve index (index.sqlite3) and one <session>.carve file
-                            per carve, written by the gateway, read by `quarry carve`
-                            and the distributed service
+                            per carve, written by the gateway, read by the
+                            distributed service (for `quarry carve` and the API)
                             (quarry/state/carve_store.py) -> QUARRY_CARVE_DIR
     <service>.sqlite3       enroll, config and distributed state with its schema
                             migrations (quarry/state/database.py,

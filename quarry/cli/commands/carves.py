@@ -1,33 +1,46 @@
 """`quarry carve start|list|show|get`: pull files from hosts with osquery's carver.
 
 `start` launches a live query on the `carves` table for one node (DistributedService
-StartQuery), reads the carve id from the node's answer, then follows the upload. The
-other commands read the carve index straight from the state directory the gateway
-writes (state_dir/carves, or QUARRY_CARVE_DIR), so they run on the gateway's machine or
-anywhere that directory is mounted (docs/carving.md).
+StartQuery), reads the carve id from the node's answer, then follows the upload. Every
+command reads carves through the distributed service (ListCarves, GetCarve,
+DownloadCarve; docs/adr/0018-carves-read-through-the-distributed-service.md) with the
+caller's token, so roles and the audit log apply as to every admin command, and the CLI
+needs no access to the gateways' carve directory (docs/carving.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import itertools
+import os
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import grpc
+
 from protos.v1 import distributed_pb2, distributed_pb2_grpc
-from quarry.cli.commands.admin import CommandError, call_rpc
+from quarry.cli.commands.admin import RPC_TIMEOUT_S, CommandError, call_rpc, rpc_error_line
 from quarry.cli.commands.node_names import NODE_NAME_HELP, resolve_node
 from quarry.cli.commands.queries import follow, result_rows
-from quarry.runtime.command_output import emit_json, emit_table, progress, utc_iso
+from quarry.runtime.command_output import (
+    emit_json,
+    emit_table,
+    progress,
+    proto_to_json,
+    utc_iso,
+)
 from quarry.runtime.settings import Settings
 from quarry.serving.grpc_runtime import sync_channel
-from quarry.state.carve_store import COMPLETE, RECEIVING, Carve, CarveStore
-from quarry.state.directory import carve_dir
+from quarry.state.carve_store import COMPLETE, EXPIRED, RECEIVING
 
-COPY_CHUNK_BYTES = 1024 * 1024
+CarveInfo = distributed_pb2.CarveInfo
+CARVE_STATUSES = (RECEIVING, COMPLETE, EXPIRED)
 POLL_INTERVAL_S = 0.5
 WAIT_LINE_EVERY_S = 10.0  # off a terminal, a waiting line this often (on one, each poll)
 BAR_WIDTH = 30
@@ -50,7 +63,9 @@ def add_carve_commands(sub: argparse._SubParsersAction, admin: Callable) -> None
     cmd.add_argument(
         "--no-wait", action="store_true", help="print the live query id and return at once"
     )
-    admin(carve_sub, "list", "carves, newest first, with their progress", carve_list)
+    cmd = admin(carve_sub, "list", "carves, newest first, with their progress", carve_list)
+    cmd.add_argument("--status", choices=CARVE_STATUSES, help="only carves in this state")
+    cmd.add_argument("--host", help="only this host identifier's carves")
     cmd = admin(carve_sub, "show", "one carve (by session id or osquery carve id)", carve_show)
     cmd.add_argument("id")
     cmd = admin(carve_sub, "get", "write a complete carve's archive to a file", carve_get)
@@ -114,18 +129,18 @@ def _carve_id_from_answer(settings: Settings, campaign_id: str, deadline: float)
     return carve_ids[0]
 
 
-def _follow_upload(settings: Settings, carve_id: str, deadline: float) -> Carve:
+def _follow_upload(settings: Settings, carve_id: str, deadline: float) -> CarveInfo:
     """Show the upload's progress until the carve completes, expires or time is up.
 
-    Until osquery's start request arrives (at the next minute) there is no carve to show,
-    and on a fresh install no carve store yet (the gateway makes it then): a waiting line,
-    rewritten in place on a terminal, counts the seconds.
+    Until osquery's start request arrives (at the next minute) the distributed service
+    knows no such carve (on a fresh install, no carve store at all: the gateway makes it
+    then): a waiting line, rewritten in place on a terminal, counts the seconds.
     """
+    stub = _stub(settings)
     started = time.monotonic()
-    carve, store, shown_wait = None, None, -WAIT_LINE_EVERY_S
+    carve, shown_wait = None, -WAIT_LINE_EVERY_S
     while time.monotonic() < deadline:
-        store = store or _existing_store(settings)
-        carve = store.find(carve_id) if store else None
+        carve = _carve_if_known(stub, carve_id)
         if carve is not None:
             progress(progress_bar(carve))
             if carve.status != RECEIVING:
@@ -149,7 +164,19 @@ def _follow_upload(settings: Settings, carve_id: str, deadline: float) -> Carve:
     return carve
 
 
-def progress_bar(carve: Carve) -> str:
+def _carve_if_known(
+    stub: distributed_pb2_grpc.DistributedServiceStub, carve_id: str
+) -> CarveInfo | None:
+    """The carve's record, or None while the service knows no such carve (NOT_FOUND)."""
+    try:
+        return stub.GetCarve(distributed_pb2.GetCarveRequest(carve=carve_id), timeout=RPC_TIMEOUT_S)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise CommandError(rpc_error_line(exc)) from exc
+
+
+def progress_bar(carve: CarveInfo) -> str:
     share = carve.blocks_received / carve.block_count if carve.block_count else 1.0
     filled = round(share * BAR_WIDTH)
     return (
@@ -159,9 +186,9 @@ def progress_bar(carve: Carve) -> str:
     )
 
 
-def _print_started(args: argparse.Namespace, campaign_id: str, carve: Carve | None) -> None:
+def _print_started(args: argparse.Namespace, campaign_id: str, carve: CarveInfo | None) -> None:
     if args.json:
-        emit_json({"campaign_id": campaign_id, "carve": carve.to_json() if carve else None})
+        emit_json({"campaign_id": campaign_id, "carve": carve})
         return
     if carve is None:
         print(f"live query {campaign_id} started; follow with `quarry carve list`")
@@ -177,10 +204,12 @@ def _print_started(args: argparse.Namespace, campaign_id: str, carve: Carve | No
 
 
 def carve_list(settings: Settings, args: argparse.Namespace) -> int:
-    store = _existing_store(settings)  # none yet: no carve was ever started
-    carves = store.list() if store else []
+    request = distributed_pb2.ListCarvesRequest(
+        status=args.status or "", host_identifier=args.host or ""
+    )
+    carves = list(call_rpc(_stub(settings).ListCarves, request).carves)
     if args.json:
-        emit_json([carve.to_json() for carve in carves])
+        emit_json(carves)
         return 0
     emit_table(
         ("session", "carve_id", "host", "status", "blocks", "size", "sha256", "started"),
@@ -193,7 +222,7 @@ def carve_list(settings: Settings, args: argparse.Namespace) -> int:
                 f"{carve.blocks_received}/{carve.block_count}",
                 _size(carve.carve_size),
                 carve.sha256 or "-",
-                utc_iso(int(carve.started_at)),
+                utc_iso(carve.started_at),
             )
             for carve in carves
         ],
@@ -202,11 +231,12 @@ def carve_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def carve_show(settings: Settings, args: argparse.Namespace) -> int:
-    carve = _find(_open_store(settings), args.id)
+    request = distributed_pb2.GetCarveRequest(carve=args.id)
+    carve = call_rpc(_stub(settings).GetCarve, request)
     if args.json:
-        emit_json(carve.to_json())
+        emit_json(carve)
         return 0
-    for name, value in carve.to_json().items():
+    for name, value in proto_to_json(carve).items():
         print(f"{name:16} {value}")
     return 0
 
@@ -215,22 +245,23 @@ def carve_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def carve_get(settings: Settings, args: argparse.Namespace) -> int:
-    store = _open_store(settings)
-    carve = _find(store, args.id)
-    if carve.status != COMPLETE:
-        raise CommandError(
-            f"carve {args.id} is {carve.status} ({carve.blocks_received}/{carve.block_count}"
-            " blocks); only a complete carve can be read"
-        )
+    chunks = download_chunks(_stub(settings), args.id)
+    # The first chunk carries the carve's record; a refusal (role, unknown or incomplete
+    # carve) comes before it, so then no output file is made.
+    first = next(chunks, None)
+    if first is None:
+        raise CommandError(f"the distributed service sent no part of carve {args.id}")
+    carve = first.carve
     decompress = args.decompress and carve.compression == "zstd"
     if args.decompress and not decompress:
         progress(f"carve {carve.carve_id} is not compressed; writing it as it is")
-    source = store.data_path(carve.session_id)
-    if args.output == "-":
-        written = _copy_verified(source, carve, sys.stdout.buffer, decompress)
-    else:
-        with open(args.output, "wb") as output:
-            written = _copy_verified(source, carve, output, decompress)
+    try:
+        with verified_output(args.output) as output:
+            written = receive_verified(carve, itertools.chain([first], chunks), output, decompress)
+    except BrokenPipeError:
+        raise  # `-o - | head`: quarry/cli/main.py ends the command quietly
+    except OSError as exc:  # no such directory, no permission, disk full...
+        raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     summary = {
         "session_id": carve.session_id,
         "carve_id": carve.carve_id,
@@ -244,6 +275,45 @@ def carve_get(settings: Settings, args: argparse.Namespace) -> int:
     else:
         progress(f"wrote {_size(written)} to {args.output}; archive sha256 {carve.sha256} verified")
     return 0
+
+
+def download_chunks(
+    stub: distributed_pb2_grpc.DistributedServiceStub, carve_id: str
+) -> Iterator[distributed_pb2.CarveChunk]:
+    """DownloadCarve's chunks; a refusal or a broken stream is a one-line CommandError.
+
+    No deadline: a large carve takes as long as it takes, and the channel's keepalive
+    notices a dead connection."""
+    call = stub.DownloadCarve(distributed_pb2.GetCarveRequest(carve=carve_id))
+    try:
+        yield from call
+    except grpc.RpcError as exc:
+        raise CommandError(rpc_error_line(exc)) from exc
+    finally:
+        call.cancel()  # nothing once the stream ended; frees it when the command stops early
+
+
+@contextlib.contextmanager
+def verified_output(path: str) -> Iterator[BinaryIO]:
+    """Where the archive goes: stdout for '-', a device or pipe as it is; a file is written
+    beside its name (private, 0600) and renamed over it only once the download is whole and
+    its hash checked, so a failed one leaves neither a partial nor a wrong file."""
+    target = Path(path)
+    if path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    if target.exists() and not target.is_file():
+        with target.open("wb") as output:
+            yield output
+        return
+    fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as output:
+            yield output
+        os.replace(partial, target)
+    finally:
+        Path(partial).unlink(missing_ok=True)
 
 
 class _CountingWriter:
@@ -260,27 +330,51 @@ class _CountingWriter:
         self.output.flush()
 
 
-def _copy_verified(source: Path, carve: Carve, output: BinaryIO, decompress: bool) -> int:
-    """Copy (and maybe decompress) the archive, checking its sha256 against the index."""
+def receive_verified(
+    carve: CarveInfo,
+    chunks: Iterable[distributed_pb2.CarveChunk],
+    output: BinaryIO,
+    decompress: bool,
+) -> int:
+    """Write (and maybe decompress) the chunks in order, showing bytes of the total, and
+    check the archive's size and SHA-256 against the carve's record; the bytes written.
+
+    The service checks the hash as it reads the file too (a changed file fails the stream
+    with DATA_LOSS); this check covers what reached this machine."""
     digest = hashlib.sha256()
     counted = _CountingWriter(output)
     writer = _zstd_writer(counted) if decompress else counted
-    shown = -1
-    with source.open("rb") as archive:
-        while chunk := archive.read(COPY_CHUNK_BYTES):
-            digest.update(chunk)
-            writer.write(chunk)
-            percent = archive.tell() * 100 // max(1, carve.carve_size)
-            if percent // 10 != shown // 10:  # a line per 10% when not on a terminal
-                shown = percent
-                progress(f"{percent}% of {_size(carve.carve_size)} read")
+    received, shown = 0, -1
+    for chunk in chunks:
+        if chunk.offset != received:
+            raise CommandError(
+                f"carve {carve.carve_id}: a chunk at byte {chunk.offset} came where byte"
+                f" {received} was due; download it again"
+            )
+        digest.update(chunk.data)
+        writer.write(chunk.data)
+        received += len(chunk.data)
+        shown = _show_download(carve, received, shown)
     writer.flush()
-    if digest.hexdigest() != carve.sha256:
+    if received != carve.carve_size or digest.hexdigest() != carve.sha256:
         raise CommandError(
-            f"the stored archive's sha256 is {digest.hexdigest()}, not {carve.sha256}:"
-            " it changed on disk after the carve completed"
+            f"carve {carve.carve_id}: received {received} bytes with sha256"
+            f" {digest.hexdigest()}, not the carve's {carve.carve_size} bytes with sha256"
+            f" {carve.sha256}; nothing was kept, download it again"
         )
     return counted.count
+
+
+def _show_download(carve: CarveInfo, received: int, shown: int) -> int:
+    """A progress line per chunk on a terminal, per 10% off one; the percent shown."""
+    percent = received * 100 // max(1, carve.carve_size)
+    if sys.stderr.isatty() or percent // 10 != shown // 10:
+        progress(
+            f"carve {carve.carve_id}: {_size(received)} of {_size(carve.carve_size)}"
+            f" received ({percent}%)"
+        )
+        return percent
+    return shown
 
 
 def _zstd_writer(output: _CountingWriter):
@@ -290,31 +384,6 @@ def _zstd_writer(output: _CountingWriter):
 
 
 # --- shared ---------------------------------------------------------------------------
-
-
-def _open_store(settings: Settings) -> CarveStore:
-    store = _existing_store(settings)
-    if store is None:
-        raise CommandError(
-            f"no carves at {carve_dir(settings)}: none was started yet, or this is not where"
-            " the gateway's state directory is (QUARRY_STATE_DIR or QUARRY_CARVE_DIR)"
-        )
-    return store
-
-
-def _existing_store(settings: Settings) -> CarveStore | None:
-    """The carve store, unless the gateway has not made it yet (reading never makes it)."""
-    directory = carve_dir(settings)
-    if not (directory / "index.sqlite3").exists():
-        return None
-    return CarveStore(directory)
-
-
-def _find(store: CarveStore, carve_or_session_id: str) -> Carve:
-    carve = store.find(carve_or_session_id)
-    if carve is None:
-        raise CommandError(f"no carve {carve_or_session_id}")
-    return carve
 
 
 def _size(count: int) -> str:
