@@ -430,6 +430,15 @@ EXPECTATIONS = {
             ["rhel", "9.3 (Plow)", 3, 1],
         ]
     ),
+    # DB1 is internet-facing too; WEB2 runs 3.0.13.
+    "openssl 3.0.2 on internet-facing hosts": lambda rows: (
+        [row[:3] for row in lab_rows(rows)]
+        == [[DB1, "rhel", "3.0.2"], [WEB1, "ubuntu", "3.0.2"]]
+    ),
+    # OLD1 is tagged prod but revoked; WEB1's OS version is its latest answer's.
+    "Vitals of enrolled hosts tagged prod": lambda rows: (
+        lab_rows(rows) == [[WEB1, "ubuntu", "22.04.4 LTS", "5.23.1", "273906"]]
+    ),
     "Enrolled hosts that have not checked in for a day": lambda rows: (
         [[row[0], row[2], row[4]] for row in lab_rows(rows)] == [[IDLE1, "darwin", []]]
     ),
