@@ -432,8 +432,7 @@ EXPECTATIONS = {
     ),
     # DB1 is internet-facing too; WEB2 runs 3.0.13.
     "openssl 3.0.2 on internet-facing hosts": lambda rows: (
-        [row[:3] for row in lab_rows(rows)]
-        == [[DB1, "rhel", "3.0.2"], [WEB1, "ubuntu", "3.0.2"]]
+        [row[:3] for row in lab_rows(rows)] == [[DB1, "rhel", "3.0.2"], [WEB1, "ubuntu", "3.0.2"]]
     ),
     # OLD1 is tagged prod but revoked; WEB1's OS version is its latest answer's.
     "Vitals of enrolled hosts tagged prod": lambda rows: (
