@@ -4,17 +4,41 @@ from __future__ import annotations
 
 import random
 import socket
+from pathlib import Path
 
 from quarry.runtime.settings import PORT_OFFSETS
 
 # Every port one base uses: the service ports, and the metrics ports above them.
 PORT_SPAN = max(PORT_OFFSETS.values()) + 10
+LOWEST_BASE = 10_000
+HIGHEST_PORT = 65_535
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux's default if unread)."""
+    try:
+        low, high = (int(part) for part in EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32_768, 60_999
+    return low, high
+
+
+def candidate_bases() -> list[range]:
+    """Bases whose whole span lies outside the ephemeral range: a port in it may be taken by
+    any outgoing connection (a test's own clients included) between the check that it is
+    free and the moment a service binds it."""
+    low, high = ephemeral_ports()
+    below = range(LOWEST_BASE, low - PORT_SPAN)
+    above = range(high + 1, HIGHEST_PORT - PORT_SPAN)
+    return [span for span in (below, above) if len(span) > 0]
 
 
 def free_port_base() -> int:
     """A base port whose whole span is free on loopback right now."""
+    spans = candidate_bases()
     for _ in range(200):
-        base = random.randrange(20_000, 60_000 - PORT_SPAN)
+        base = random.choice(random.choice(spans))
         if all(port_is_free(base + offset) for offset in range(PORT_SPAN)):
             return base
     raise RuntimeError("no free port range found")
