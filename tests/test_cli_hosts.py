@@ -29,6 +29,7 @@ from quarry.cli.main import build_parser
 from tests.emulator import HostProfile, OsqueryNode
 from tests.polling import eventually
 from tests.quarry_cluster import QuarryCluster, live_query_report, quarry_cluster
+from tests.service_processes import REPO_ROOT
 
 LOOP_PAUSE_S = 0.2
 LABEL = "deployers"
@@ -359,6 +360,7 @@ def test_json_lines_stream_rows_and_host_states_as_they_come(
 
 # Every command that takes --json, and how it is run here ({alpha}: a node's hostname,
 # {campaign}: a live query id). A new command must be added (or exempted, with why).
+STARTER_RULES = str(REPO_ROOT / "deploy" / "detections" / "starter-rules.yaml")
 JSON_COMMANDS: dict[str, list[str]] = {
     "sql": ["sql", "SELECT 1 AS one"],
     "config show": ["config", "show"],
@@ -389,6 +391,8 @@ JSON_COMMANDS: dict[str, list[str]] = {
     "token list": ["token", "list"],
     "token revoke": ["token", "revoke", "json-check"],
     "audit list": ["audit", "list", "--since", "15m"],
+    "detection list": ["detection", "list"],
+    "detection test": ["detection", "test", "processes-from-tmp", "-f", STARTER_RULES],
     "flags": ["flags"],
     "get": ["get", "secrets"],
     "tls client-cert": ["tls", "client-cert", "json-check", "-o", "{tmp}/certs"],
