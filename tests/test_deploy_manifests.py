@@ -1055,6 +1055,16 @@ def test_compose_runs_every_process_and_publishes_only_the_gateway_and_api() -> 
         assert f":{port}{path}" in service["healthcheck"]["test"][-1], name
 
 
+def test_compose_addresses_are_its_services_under_names_the_certificate_holds() -> None:
+    settings = Settings.from_env(compose_settings())
+    services = compose_services()
+    for name in (*STATEFUL_SERVICES, "ingest"):
+        host, _, port = settings.service_addr(name).rpartition(":")
+        assert serve_target(services[host]["command"]) == name
+        assert int(port) == getattr(Settings(), f"{name}_port"), name
+        assert host in DEFAULT_SANS, f"{host}: add it to the internal certificate's names"
+
+
 def test_compose_gives_tokens_only_to_the_processes_that_read_them() -> None:
     for name, service in quarry_compose_services().items():
         readers = {v for v, names in TOKEN_READERS.items() if name in names}
