@@ -704,12 +704,16 @@ def test_the_monitoring_component_without_its_settings_says_what_is_missing(
 def test_each_process_has_a_metrics_service_named_for_its_job(
     overlay: list[dict[str, Any]],
 ) -> None:
+    services = []
     for name in (*SERVICES, "detection"):
         service = only(overlay, "Service", f"quarry-{name}")
         ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
         assert ports["metrics"] == Settings().metrics_port(name)
+        services.append(service)
     for monitor in [o for o in overlay if o["kind"] == "ServiceMonitor"]:
         assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+        selected = monitor["spec"]["selector"]["matchLabels"].items()
+        assert [s for s in services if not selected <= s["metadata"]["labels"].items()] == []
 
 
 # --- service-to-service encryption -----------------------------------------------------
