@@ -195,13 +195,14 @@ class Delivery:
             raise RuntimeError(f"Alertmanager answered HTTP {response.status_code}")
 
     async def repost_open(self) -> None:
-        """Every repost_s, every open alert again, so Alertmanager keeps it firing."""
-        if not self.alertmanager_url or self.clock() - self._reposted_at < self.repost_s:
+        """Every repost_s, every open alert again, so Alertmanager keeps it firing (and the
+        open-alerts gauge, which the dashboards show with or without an Alertmanager)."""
+        if self.clock() - self._reposted_at < self.repost_s:
             return
         self._reposted_at = self.clock()
         alerts = await asyncio.to_thread(self.store.open_alerts)
         metrics.OPEN_ALERTS.set(len(alerts))
-        if not alerts:
+        if not alerts or not self.alertmanager_url:
             return
         ends_at = self.clock() + 3 * self.repost_s
         try:

@@ -254,6 +254,8 @@ class Engine:
         now = int(self.clock())
         for name, state in self.store.rule_states().items():
             metrics.LAG.labels(name).set(max(0, now - state.watermark))
+            if name in self.rules:
+                metrics.SCHEDULE.labels(name).set(self.rules[name].schedule)
 
 
 class _Superseded(Exception):

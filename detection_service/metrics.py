@@ -19,6 +19,9 @@ LAG = Gauge(
     "Seconds between now and the rule's watermark (rows stored since are not evaluated yet).",
     ["rule"],
 )
+# Beside the lag, so an alert can tell a rule that is behind from one that runs rarely
+# (deploy/prometheus/rules/quarry-alerts.yml, QuarryDetectionRuleLagging).
+SCHEDULE = Gauge("quarry_detection_schedule_seconds", "Seconds between the rule's runs.", ["rule"])
 DELIVERIES = Counter(
     "quarry_detection_deliveries_total",
     "Alert event deliveries by destination kind (clickhouse, alertmanager, webhook) and"

@@ -33,6 +33,7 @@ import yaml
 
 from quarry.cli.main import build_parser
 from quarry.encryption.gateway_certificates import tls_files
+from quarry.encryption.internal_tls import DEFAULT_SANS
 from quarry.runtime.settings import ENV_PREFIX, PORT_OFFSETS, PROCESSES, SERVICES, Settings
 from tests.free_ports import free_port_base
 from tests.polling import eventually
@@ -94,18 +95,24 @@ GATEWAY_API_FIELDS = {
 }
 # Who calls whom over gRPC (architecture.md; config and distributed look each other up;
 # ingest watches enroll and config for quarry.hosts, ADR 0020; the REST API calls every
-# service, ADR 0014).
+# service, ADR 0014; the detection service watches config, reads and stores through
+# ingest's LogStore and, as every gRPC server, resolves admin tokens at enroll, ADR 0021).
 GRPC_CALLERS = {
-    "enroll": {"gateway", "config", "distributed", "ingest", "api"},
-    "config": {"gateway", "distributed", "ingest", "api"},
+    "enroll": {"gateway", "config", "distributed", "ingest", "api", "detection"},
+    "config": {"gateway", "distributed", "ingest", "api", "detection"},
     "distributed": {"gateway", "config", "api"},
+    "detection": {"api"},
 }
+# LogStore, on ingest's gRPC port: `quarry sql`, the API's queries, the detection rules.
+LOG_STORE_CALLERS = {"api", "detection"}
+# The services that keep state: one replica on SQLite, several on PostgreSQL.
+STATEFUL_SERVICES = ("enroll", "config", "distributed", "detection")
 # Which processes read which token (quarry/access/admin_auth.py): every gRPC server checks
 # the service token and accepts the root token itself; the gateway calls no admin RPC and
 # the API presents its callers' tokens only.
 TOKEN_READERS = {
-    "QUARRY_SERVICE_TOKEN": {"enroll", "config", "distributed", "ingest"},
-    "QUARRY_ADMIN_TOKEN": {"enroll", "config", "distributed", "ingest"},
+    "QUARRY_SERVICE_TOKEN": {"enroll", "config", "distributed", "ingest", "detection"},
+    "QUARRY_ADMIN_TOKEN": {"enroll", "config", "distributed", "ingest", "detection"},
 }
 # StatefulSet fields Kubernetes refuses to change on an existing one.
 IMMUTABLE_STATEFULSET_FIELDS = (
@@ -398,7 +405,7 @@ def test_stateful_services_run_one_replica_on_sqlite_or_several_on_postgresql(
     overlay: list[dict[str, Any]],
 ) -> None:
     state_dir = Settings.from_env(only(overlay, "ConfigMap", "quarry-settings")["data"]).state_dir
-    for name in ("enroll", "config", "distributed"):
+    for name in STATEFUL_SERVICES:
         workload = only(overlay, "StatefulSet", f"quarry-{name}")
         container = quarry_container(workload)
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
@@ -417,7 +424,7 @@ def test_stateful_services_run_one_replica_on_sqlite_or_several_on_postgresql(
 
 def test_the_large_overlay_keeps_shared_state_in_postgresql() -> None:
     objects = render(KUBERNETES_DIR / "overlays" / "large")
-    for name in ("enroll", "config", "distributed"):
+    for name in STATEFUL_SERVICES:
         workload = only(objects, "StatefulSet", f"quarry-{name}")
         assert workload["spec"]["replicas"] >= 2, name
 
@@ -519,7 +526,7 @@ def test_moving_between_sizes_changes_no_immutable_statefulset_field(scratch: Pa
         assert fields[name] == fields["small"], name
     # And those an existing installation has: a change here is refused on upgrade too.
     released = {"quarry-ingest": ("Parallel", "10Gi")} | {
-        f"quarry-{s}": (None, "5Gi") for s in ("enroll", "config", "distributed")
+        f"quarry-{s}": (None, "5Gi") for s in STATEFUL_SERVICES
     }
     for workload, (policy, size) in released.items():
         small = fields["small"][workload]
@@ -697,12 +704,16 @@ def test_the_monitoring_component_without_its_settings_says_what_is_missing(
 def test_each_process_has_a_metrics_service_named_for_its_job(
     overlay: list[dict[str, Any]],
 ) -> None:
-    for name in SERVICES:
+    services = []
+    for name in (*SERVICES, "detection"):
         service = only(overlay, "Service", f"quarry-{name}")
         ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
         assert ports["metrics"] == Settings().metrics_port(name)
+        services.append(service)
     for monitor in [o for o in overlay if o["kind"] == "ServiceMonitor"]:
         assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+        selected = monitor["spec"]["selector"]["matchLabels"].items()
+        assert [s for s in services if not selected <= s["metadata"]["labels"].items()] == []
 
 
 # --- service-to-service encryption -----------------------------------------------------
@@ -810,8 +821,46 @@ def test_services_accept_their_callers_and_admin_pods_only(
         assert allowed_callers(ingress_rules(overlay, service), "grpc") == callers | {admin}
     ingest_rules = ingress_rules(overlay, "ingest")
     assert allowed_callers(ingest_rules, "zmq") == {"gateway"}
-    assert allowed_callers(ingest_rules, "grpc") == {"api", admin}
+    assert allowed_callers(ingest_rules, "grpc") == LOG_STORE_CALLERS | {admin}
     assert allowed_callers(ingress_rules(overlay, "api"), "https") >= {admin}
+
+
+def test_every_grpc_address_is_its_service_under_a_name_the_certificate_holds(
+    overlay: list[dict[str, Any]],
+) -> None:
+    """Each QUARRY_*_ADDR names the Service of that process and its gRPC port, and a name
+    the internal certificate is issued for (DEFAULT_SANS), so mutual TLS verifies it."""
+    settings = Settings.from_env(only(overlay, "ConfigMap", "quarry-settings")["data"])
+    for name in (*STATEFUL_SERVICES, "ingest"):
+        host, _, port = settings.service_addr(name).rpartition(":")
+        service = only(overlay, "Service", host)
+        assert service["spec"]["selector"] == {"app.kubernetes.io/name": name}
+        ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+        assert ports["grpc"] == int(port) == getattr(Settings(), f"{name}_port"), name
+        assert host in DEFAULT_SANS, f"{host}: add it to the internal certificate's names"
+
+
+def test_the_detection_service_alone_gets_the_delivery_settings(
+    overlay: list[dict[str, Any]],
+) -> None:
+    """Alertmanager's URL is a setting of the ConfigMap (empty: alerts only in ClickHouse);
+    the webhook URLs, which may hold a credential, come from an optional Secret, and only
+    to the detection pod."""
+    data = only(overlay, "ConfigMap", "quarry-settings")["data"]
+    assert Settings.from_env(data).detection_alertmanager_url == ""
+    assert "QUARRY_DETECTION_ALERTMANAGER_URL" in data
+    for workload in workloads(overlay):
+        webhooks = [
+            env
+            for env in quarry_container(workload).get("env", [])
+            if env["name"] == "QUARRY_DETECTION_WEBHOOK_URLS"
+        ]
+        if service_of(workload) != "detection":
+            assert webhooks == [], service_of(workload)
+            continue
+        assert [w["valueFrom"]["secretKeyRef"] for w in webhooks] == [
+            {"name": "quarry-detection", "key": "webhook-urls", "optional": True}
+        ]
 
 
 # --- probes, hit on real processes ----------------------------------------------------
@@ -1008,6 +1057,16 @@ def test_compose_runs_every_process_and_publishes_only_the_gateway_and_api() -> 
         port = Settings().api_port if name == "api" else Settings().metrics_port(name)
         path = "/api/v1/openapi.json" if name == "api" else "/healthz"
         assert f":{port}{path}" in service["healthcheck"]["test"][-1], name
+
+
+def test_compose_addresses_are_its_services_under_names_the_certificate_holds() -> None:
+    settings = Settings.from_env(compose_settings())
+    services = compose_services()
+    for name in (*STATEFUL_SERVICES, "ingest"):
+        host, _, port = settings.service_addr(name).rpartition(":")
+        assert serve_target(services[host]["command"]) == name
+        assert int(port) == getattr(Settings(), f"{name}_port"), name
+        assert host in DEFAULT_SANS, f"{host}: add it to the internal certificate's names"
 
 
 def test_compose_gives_tokens_only_to_the_processes_that_read_them() -> None:

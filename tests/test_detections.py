@@ -193,6 +193,8 @@ def test_the_detection_metrics(cluster: QuarryCluster, first_alert: dict) -> Non
         'quarry_detection_deliveries_total{destination="alertmanager",outcome="delivered"}' in text
     )
     assert f'quarry_detection_lag_seconds{{rule="{RULE}"}}' in text
+    # Beside the lag, for the alert that tells a rule behind from one that runs rarely.
+    assert f'quarry_detection_schedule_seconds{{rule="{RULE}"}} 5.0' in text
 
 
 def test_the_alert_is_stored_in_clickhouse_with_its_rows(

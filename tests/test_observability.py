@@ -87,6 +87,12 @@ MOVING_METRICS = (
     "quarry_config_live_version",
     "quarry_config_live_size_bytes",
     "quarry_config_fetches_recorded_total",
+    # detection: one live rule that hits the emulated logs (DETECTION_RULES)
+    "quarry_detection_runs_total",
+    "quarry_detection_run_seconds_count",
+    "quarry_detection_hits_total",
+    "quarry_detection_deliveries_total",
+    "quarry_detection_open_alerts",
 )
 # Gauges of work in progress, and error counters: they must exist (at zero when idle).
 PRESENT_METRICS = (
@@ -113,10 +119,31 @@ PRESENT_METRICS = (
     "quarry_ingest_spool_full_ratio",
     "quarry_ingest_spool_disk_free_bytes",
     "quarry_ingest_spool_limit_bytes",
+    "quarry_detection_lag_seconds",
+    "quarry_detection_schedule_seconds",
+    "quarry_detection_outbox_pending",
+    "quarry_detection_leader",
 )
 # What a dashboard's $job and $instance are on "All" (generate_dashboards.label_variable).
 DASHBOARD_VARIABLES = {"$__rate_interval": "1m", "$job": ".*", "$instance": ".*"}
 RUNBOOK_BASE = "{{ with $externalLabels.quarry_runbook_base }}"
+# A live detection rule on the emulated logs, so the detection metrics and dashboard have
+# series (a rule's series appear with its first run); short delays keep the test short.
+DETECTION_RULE = "observed-rows"
+DETECTION_RULES = {
+    "detections": {
+        DETECTION_RULE: {
+            "schedule": 5,
+            "sql": "SELECT host_identifier, batch_id FROM quarry.results"
+            " WHERE {arrived} AND query = 'obs'",
+        }
+    }
+}
+DETECTION_ENV = {
+    "QUARRY_DETECTION_SETTLE_S": "1",
+    "QUARRY_DETECTION_REPOST_S": "1",  # how often the open-alerts gauge is refreshed
+    "QUARRY_INGEST_FLUSH_INTERVAL_S": "0.2",
+}
 
 
 def binary_or_skip(name: str) -> str:
@@ -379,7 +406,10 @@ def fail_a_tls_handshake(cluster: QuarryCluster) -> None:
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScrapedCluster]:
     binary = binary_or_skip("prometheus")
     root = tmp_path_factory.mktemp("observability")
-    with quarry_cluster(root) as cluster, tempfile.TemporaryDirectory() as data_dir:
+    with (
+        quarry_cluster(root, "", DETECTION_ENV) as cluster,
+        tempfile.TemporaryDirectory() as data_dir,
+    ):
         settings = Settings.from_env(cluster.env())
         config = local_prometheus.write_config(settings, root / "prometheus", 1.0)
         log = root / "prometheus.log"
@@ -395,8 +425,16 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScrapedCluster
             config_file = root / "config.json"
             config_file.write_text(json.dumps({"options": {"logger_tls_period": 7}}))
             cluster.cli("config", "set", "-f", str(config_file))
+            start_detection_rule(cluster, root / "rules.yaml")
             fail_a_tls_handshake(cluster)
             hosts = asyncio.run(drive_fleet(cluster))
+            # Its hits (one row per host) raise alerts, delivered to ClickHouse.
+            assert eventually(lambda: detection_rule(cluster)["total_hits"] >= HOSTS, 60.0)
+            delivered = 'sum(quarry_detection_deliveries_total{outcome="delivered"})'
+            assert eventually(lambda: prometheus.value(delivered) >= 1, 60.0)
+            opened = "max(quarry_detection_open_alerts)"
+            assert eventually(lambda: prometheus.value(opened) >= HOSTS, 60.0)
+            cluster.cli("detection", "list")  # the detection service's gRPC server
             cluster.sql("SELECT count() FROM quarry.results")  # LogStore.Query over gRPC
             node_ids = [n["node_id"] for n in cluster.cli_json("nodes", "list")]
             # Past the gateway's active-nodes sweep and the batched writes, then one scrape.
@@ -406,6 +444,25 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScrapedCluster
             yield ScrapedCluster(cluster, prometheus, node_ids, hosts, before_traffic)
         finally:
             stop(process)
+
+
+def detection_rule(cluster: QuarryCluster) -> dict:
+    answer = cluster.cli_json("detection", "list")
+    return next(r for r in answer["detections"] if r["name"] == DETECTION_RULE)  # type: ignore[index]
+
+
+def start_detection_rule(cluster: QuarryCluster, path: Path) -> None:
+    """DETECTION_RULES live, and run once: it evaluates the rows stored from then on."""
+    path.write_text(yaml.safe_dump(DETECTION_RULES))
+    cluster.cli("config", "apply", "-f", str(path))
+
+    def has_run() -> bool:
+        try:
+            return detection_rule(cluster)["last_run_at"] > 0
+        except StopIteration:
+            return False
+
+    assert eventually(has_run, 60.0)
 
 
 def local_prometheus_sweep_s() -> float:

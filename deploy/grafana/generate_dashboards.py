@@ -117,6 +117,12 @@ OVERVIEW = Dashboard(
                 kind="stat",
             ),
             Panel(
+                "Detection alerts open",
+                {"open": "max(quarry_detection_open_alerts)"},
+                kind="stat",
+                description="Alerts the detection rules raised that have not resolved.",
+            ),
+            Panel(
                 "Versions running",
                 {"{{version}}": "count by (version) (quarry_build_info)"},
                 kind="stat",
@@ -527,7 +533,80 @@ INGEST = Dashboard(
     ],
 )
 
-DASHBOARDS = (OVERVIEW, GATEWAY, ENROLL, CONFIG, DISTRIBUTED, INGEST)
+# A standby keeps the per-rule gauges of when it last led: only the leader's are current.
+LEADER = "and on (job, instance) (quarry_detection_leader == 1)"
+
+DETECTION = Dashboard(
+    "quarry-detection",
+    "Quarry / Detection service",
+    "Detection rules (runs, lag, hits), open alerts, deliveries to ClickHouse, Alertmanager "
+    "and webhooks, the leader, and the detection service's gRPC (docs/detections.md).",
+    [
+        [
+            Panel(
+                "Rule runs by outcome",
+                {"{{rule}} {{outcome}}": rate("quarry_detection_runs_total", "rule, outcome")},
+                unit="ops",
+                description="error: the rule's SQL failed (its watermark waits; "
+                "QuarryDetectionRunsFailing); superseded: another replica ran the window.",
+            ),
+            Panel(
+                "Rule lag",
+                {
+                    "{{rule}}": f"max by (rule) (quarry_detection_lag_seconds {LEADER})",
+                    "{{rule}} schedule": (
+                        f"max by (rule) (quarry_detection_schedule_seconds {LEADER})"
+                    ),
+                },
+                unit="s",
+                description="Seconds between now and each rule's watermark: a sawtooth up to "
+                "about settle + schedule when healthy; growing past three schedules is "
+                "QuarryDetectionRuleLagging.",
+            ),
+            Panel(
+                "Run p99 by rule",
+                {"{{rule}}": p99("quarry_detection_run_seconds", "rule")},
+                unit="s",
+                description="The rule's SQL through ingest and the commit of its alerts.",
+            ),
+        ],
+        [
+            Panel(
+                "Hits per second by rule",
+                {"{{rule}}": rate("quarry_detection_hits_total", "rule")},
+                unit="ops",
+            ),
+            Panel("Open alerts", {"open": "max(quarry_detection_open_alerts)"}),
+            Panel(
+                "Leader",
+                {"{{instance}}": "max by (instance) (quarry_detection_leader)"},
+                description="1 on the replica that runs the rules and deliveries; none is "
+                "QuarryDetectionNoLeader.",
+            ),
+        ],
+        [
+            Panel(
+                "Deliveries by destination and outcome",
+                {
+                    "{{destination}} {{outcome}}": rate(
+                        "quarry_detection_deliveries_total", "destination, outcome"
+                    )
+                },
+                unit="ops",
+                description="Attempts: failed ones are retried with backoff "
+                "(QuarryDetectionDeliveriesFailing when none gets through).",
+            ),
+            Panel(
+                "Outbox pending",
+                {"events": "max(quarry_detection_outbox_pending)"},
+                description="Alert events not delivered yet, one per destination.",
+            ),
+        ],
+        *grpc_rows("quarry-detection"),
+    ],
+)
+
+DASHBOARDS = (OVERVIEW, GATEWAY, ENROLL, CONFIG, DISTRIBUTED, INGEST, DETECTION)
 
 
 def panel_json(panel: Panel, panel_id: int, x: int, y: int, width: int) -> dict:

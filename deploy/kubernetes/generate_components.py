@@ -41,10 +41,11 @@ class Size:
 
     name: str
     hosts: int
-    # enroll, config, distributed: 1 each on SQLite; more only on PostgreSQL.
+    # enroll, config, distributed, detection: 1 each on SQLite; more only on PostgreSQL.
     enroll: int
     config: int
     distributed: int
+    detection: int
     # Requests / limits of enroll, config and distributed (cores, memory).
     service_cpu: tuple[str, str]
     service_memory: tuple[str, str]
@@ -64,18 +65,21 @@ class Size:
 
     @property
     def needs_postgresql(self) -> bool:
-        return max(self.enroll, self.config, self.distributed) > 1
+        return max(self.enroll, self.config, self.distributed, self.detection) > 1
 
 
 # Enroll's burst CPU is 0.13 core per 10,000 hosts (docs/deploy.md): at 500,000 hosts 6.5
 # cores, 7 replicas of 1 core requested plus one spare (3 below that, as overlays/large).
 # Config and distributed were not measured apart: 2 replicas for availability, 4 at
 # 500,000 hosts. Beyond 50,000 hosts all of it extrapolates what was measured.
+# Detection runs its rules on one leader whatever the size (ADR 0021; the queries' work is
+# ClickHouse's): 2 replicas on PostgreSQL, so a standby takes over when the leader goes. Its
+# resources stay the base's: they follow the rules and their hits, not the fleet.
 SIZES = (
-    Size("10k", 10_000, 1, 1, 1, ("250m", "1"), ("256Mi", "1Gi")),
-    Size("50k", 50_000, 3, 2, 2, ("1", "2"), ("1Gi", "2Gi")),
-    Size("100k", 100_000, 3, 2, 2, ("1", "2"), ("1Gi", "2Gi")),
-    Size("500k", 500_000, 8, 4, 4, ("1", "2"), ("2Gi", "4Gi")),
+    Size("10k", 10_000, 1, 1, 1, 1, ("250m", "1"), ("256Mi", "1Gi")),
+    Size("50k", 50_000, 3, 2, 2, 2, ("1", "2"), ("1Gi", "2Gi")),
+    Size("100k", 100_000, 3, 2, 2, 2, ("1", "2"), ("1Gi", "2Gi")),
+    Size("500k", 500_000, 8, 4, 4, 2, ("1", "2"), ("2Gi", "4Gi")),
 )
 
 
@@ -134,7 +138,7 @@ def ingest_addrs(replicas: int) -> str:
 
 
 def size_component(size: Size) -> str:
-    services = ("enroll", "config", "distributed")
+    services = ("enroll", "config", "distributed", "detection")
     component = {
         "apiVersion": "kustomize.config.k8s.io/v1alpha1",
         "kind": "Component",
@@ -188,16 +192,18 @@ def size_component(size: Size) -> str:
         ],
     }
     needs = (
-        "Needs components/postgresql (several enroll, config and distributed replicas).\n"
+        "Needs components/postgresql (several enroll, config, distributed and detection "
+        "replicas).\n"
         if size.needs_postgresql
-        else "SQLite is enough: one enroll, config and distributed replica.\n"
+        else "SQLite is enough: one enroll, config, distributed and detection replica.\n"
     )
     header = (
         f"# Size preset: up to about {size.hosts:,} osquery hosts (docs/deploy.md, 'Sizing').\n"
         f"# gateway HPA {size.gateway_min}-{size.gateway_max} "
         f"(max: ceil(hosts / {HOSTS_PER_GATEWAY:,}) + 1; min: half, at least 2),\n"
         f"# ingest {size.ingest} (max({MIN_INGEST}, ceil(hosts / {HOSTS_PER_INGEST:,}))), "
-        f"enroll / config / distributed {size.enroll} / {size.config} / {size.distributed}.\n"
+        f"enroll / config / distributed {size.enroll} / {size.config} / {size.distributed}, "
+        f"detection {size.detection}.\n"
         "# " + needs
     )
     return GENERATED + header + dump(component)

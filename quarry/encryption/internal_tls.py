@@ -51,10 +51,12 @@ DEFAULT_SANS = (
     "quarry-config",
     "quarry-distributed",
     "quarry-ingest",
+    "quarry-detection",
     "enroll",
     "config",
     "distributed",
     "ingest",
+    "detection",
 )
 
 
