@@ -13,7 +13,9 @@ Alerts pages show the same, and an operator tests a rule from the page.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,18 @@ import yaml
 
 from api_service.app import OPENAPI_PATH
 from quarry.runtime.settings import PORT_OFFSETS
+from tests.emulator import log_records
 from tests.polling import eventually
 from tests.quarry_cluster import QuarryCluster, quarry_cluster
 from tests.test_api import Api, validate
-from tests.test_detections import RULE, STARTER, log_processes
+from tests.test_detections import RULE, STARTER, log_processes, new_node
 
 HOST = "det-api-host"
 QUIET_HOST = "det-api-quiet"
+# A second rule that resolves soon after its last hit: an alert seen open, then resolved.
+RESOLVING_RULE = "deleted-binaries"
+RESOLVING_HOST = "det-api-resolving"
+RESOLVE_AFTER_S = 6
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +51,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuarryCluster]
     with quarry_cluster(root, "", env) as running:
         rules = yaml.safe_load(STARTER.read_text())
         rules["detections"][RULE].update(schedule=5)
-        (root / "rules.yaml").write_text(
-            yaml.safe_dump({"detections": {RULE: rules["detections"][RULE]}})
-        )
+        rules["detections"][RESOLVING_RULE].update(schedule=5, resolve_after=RESOLVE_AFTER_S)
+        live = {name: rules["detections"][name] for name in (RULE, RESOLVING_RULE)}
+        (root / "rules.yaml").write_text(yaml.safe_dump({"detections": live}))
         running.cli("config", "apply", "-f", str(root / "rules.yaml"))
         yield running
 
@@ -92,8 +99,8 @@ def test_the_rules_are_listed_with_last_run_lag_and_hits(
     admin: Api, document: dict, alert: dict
 ) -> None:
     listed = get(admin, document, "/api/v1/detections")
-    assert listed["leader"] is True and listed["total"] == 1
-    (rule,) = listed["items"]
+    assert listed["leader"] is True and listed["total"] == 2
+    (rule,) = [r for r in listed["items"] if r["name"] == RULE]
     assert rule["name"] == RULE and rule["severity"] == "high" and rule["last_error"] == ""
     assert rule["total_hits"] >= 1 and rule["open_alerts"] >= 1
     assert rule["last_run_at"] is not None and rule["watermark"] is not None
@@ -110,7 +117,7 @@ def test_a_rule_is_tried_over_the_last_hours(admin: Api, document: dict, alert: 
     assert not [a for a in tried["alerts"] if a["host_identifier"] == QUIET_HOST]
     # Mistakes are one line each: an unknown rule, a bad window, a rule whose SQL fails.
     unknown = admin.request("POST", "/api/v1/detections/nope/test", json={})
-    assert unknown.status_code == 404 and f"live: {RULE}" in unknown.json()["error"]["message"]
+    assert unknown.status_code == 404 and RULE in unknown.json()["error"]["message"]
     bad = admin.request("POST", f"/api/v1/detections/{RULE}/test", json={"since": "yesterday"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_duration"
     broken = {"rule": {"sql": "SELECT host_identifier FROM quarry.no_such_table WHERE {arrived}"}}
@@ -157,6 +164,46 @@ def test_an_alert_shows_its_events_and_the_rows_that_matched(
     assert row["path"] == "/tmp/.x/miner" and row["host_identifier"] == HOST
     missing = admin.request("GET", f"/api/v1/alerts/{quote('nope', safe='')}")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def log_deleted_binary(cluster: QuarryCluster, host: str) -> None:
+    """A process whose executable is gone from disk: a hit of RESOLVING_RULE."""
+
+    async def send() -> None:
+        node = new_node(cluster)
+        node.host_identifier = host
+        await node.enroll()
+        row = {"pid": "4242", "name": "gone", "path": "/usr/bin/gone", "on_disk": "0"}
+        records = log_records.event_records(
+            "pack_incident-response_processes", host, int(time.time()), added=[row]
+        )
+        assert await node.send_logs("result", records)
+        await node.aclose()
+
+    asyncio.run(send())
+
+
+def test_an_alert_the_rule_stops_hitting_is_resolved_and_listed_after_the_open(
+    cluster: QuarryCluster, admin: Api, document: dict, alert: dict
+) -> None:
+    log_deleted_binary(cluster, RESOLVING_HOST)
+
+    def resolved() -> list[dict]:
+        params = {"rule": RESOLVING_RULE, "state": "resolved"}
+        return get(admin, document, "/api/v1/alerts", params=params)["items"]
+
+    found = eventually(resolved, 90)
+    assert found, cluster.log_text()[-4000:]
+    (gone,) = found
+    assert gone["host_identifier"] == RESOLVING_HOST and gone["state"] == "resolved"
+    open_ = get(admin, document, "/api/v1/alerts", params={"state": "open"})["items"]
+    assert gone["alert_id"] not in {a["alert_id"] for a in open_}
+    # Open alerts come first in the unfiltered list, the resolved one after them.
+    states = [a["state"] for a in get(admin, document, "/api/v1/alerts")["items"]]
+    assert "resolved" in states and states == sorted(states)  # "open" < "resolved"
+    shown = get(admin, document, "/api/v1/alerts/{alert}", path={"alert": gone["alert_id"]})
+    assert [e["event"] for e in shown["events"]] == ["firing", "resolved"]
+    assert shown["events"][0]["rows"][0]["path"] == "/usr/bin/gone"
 
 
 def test_a_read_only_token_lists_but_is_refused_the_test_and_it_is_audited(
@@ -215,7 +262,8 @@ def test_the_console_shows_the_rules_and_the_alert_and_an_operator_tests_a_rule(
         browser.find_element(By.LINK_TEXT, "Detections").click()
         rules = console.wait_for(browser, "#detections tbody tr", RULE)
         assert "high" in rules.text
-        browser.find_element(By.CSS_SELECTOR, "form.test-rule button").click()
+        test_form = f"form.test-rule[action='/detections/{RULE}/test'] button"
+        browser.find_element(By.CSS_SELECTOR, test_form).click()
         result = console.wait_for(browser, "#would-raise", HOST)
         assert json.dumps([HOST, "/tmp/.x/miner"]) in result.text
         assert "Nothing was stored or sent" in browser.find_element(By.ID, "test-result").text
