@@ -140,7 +140,7 @@ def test_the_alert_is_listed_open_and_found_by_each_filter(
     for params in (
         {"rule": "other"},
         {"severity": "low"},
-        {"state": "resolved"},
+        {"state": "resolved", "rule": RULE},
         {"host": QUIET_HOST},
         # A filter's text is a value, never SQL.
         {"host": "x' OR '1'='1"},
