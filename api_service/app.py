@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api_service import access, carves, config, health, hosts, queries
+from api_service import access, carves, config, detections, health, hosts, queries
 from api_service.backends import Backends
 from api_service.console import pages as console_pages
 from api_service.console.web import Console
@@ -42,6 +42,7 @@ ENDPOINTS: list[Endpoint] = [
     *config.ENDPOINTS,
     *access.ENDPOINTS,
     *carves.ENDPOINTS,
+    *detections.ENDPOINTS,
     *health.ENDPOINTS,
 ]
 

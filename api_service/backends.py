@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from api_service.errors import ApiError, from_rpc_error
 from protos.v1 import (
     config_pb2_grpc,
+    detection_pb2_grpc,
     distributed_pb2_grpc,
     enroll_pb2_grpc,
     logs_pb2,
@@ -29,7 +30,9 @@ from quarry.runtime.settings import Settings
 from quarry.serving.grpc_runtime import aio_channel
 
 RPC_TIMEOUT_S = 30.0
+# The services the health route asks; the detection service is reached too, for its rules.
 SERVICE_NAMES = ("enroll", "config", "distributed", "ingest")
+CHANNEL_NAMES = (*SERVICE_NAMES, "detection")
 
 
 def caller_metadata(token: str) -> tuple[tuple[str, str], ...]:
@@ -39,13 +42,14 @@ def caller_metadata(token: str) -> tuple[tuple[str, str], ...]:
 
 @dataclass
 class Backends:
-    """Stubs of the enroll, config, distributed and log-store services."""
+    """Stubs of the enroll, config, distributed, log-store and detection services."""
 
     enroll: enroll_pb2_grpc.EnrollServiceStub
     config: config_pb2_grpc.ConfigServiceStub
     distributed: distributed_pb2_grpc.DistributedServiceStub
     logs: logs_pb2_grpc.LogStoreStub
-    # By service name, in SERVICE_NAMES order (the health route asks each).
+    detection: detection_pb2_grpc.DetectionServiceStub
+    # By service name, in CHANNEL_NAMES order (the health route asks SERVICE_NAMES').
     channels: dict[str, grpc.aio.Channel]
 
     @classmethod
@@ -55,12 +59,13 @@ class Backends:
         def channel(service: str) -> grpc.aio.Channel:
             return aio_channel(settings.service_addr(service), token="", settings=settings)
 
-        channels = {s: channel(s) for s in SERVICE_NAMES}
+        channels = {s: channel(s) for s in CHANNEL_NAMES}
         return cls(
             enroll=enroll_pb2_grpc.EnrollServiceStub(channels["enroll"]),
             config=config_pb2_grpc.ConfigServiceStub(channels["config"]),
             distributed=distributed_pb2_grpc.DistributedServiceStub(channels["distributed"]),
             logs=logs_pb2_grpc.LogStoreStub(channels["ingest"]),
+            detection=detection_pb2_grpc.DetectionServiceStub(channels["detection"]),
             channels=channels,
         )
 

@@ -403,11 +403,27 @@ def test_every_route_works_as_admin(
     times = [entry["at"] for entry in audit["items"]]
     assert times == sorted(times, reverse=True)
 
+    # Detections: no rule is live on this cluster (tests/test_api_detections.py has one);
+    # a rule given whole is tried, and an alert that is not there is a 404.
+    assert call("GET", "/api/v1/detections")["items"] == []
+    tried = call("POST", "/api/v1/detections/{rule}/test", path={"rule": "given"}, json=TRIED)
+    assert tried["alerts"] == [] and tried["rule"] == "given"
+    assert call("GET", "/api/v1/alerts", params={"host": "none"})["items"] == []
+    call("GET", "/api/v1/alerts/{alert}", 404, path={"alert": "none"})
+
     assert call.covered == documented_operations(document)
 
 
 # --- roles: the services decide, the API adds and removes nothing ---------------------
 
+# A rule given whole to the test route (no host logs a process from here).
+TRIED = {
+    "since": "1h",
+    "rule": {
+        "sql": "SELECT host_identifier, batch_id FROM quarry.results WHERE {arrived}"
+        " AND query = 'processes' AND like(column_values[1], '/nowhere/%')"
+    },
+}
 # Every change the API offers, with arguments that would work for an admin.
 WRITES = [
     ("POST", "/api/v1/hosts/{host}/approve", {}),
@@ -425,8 +441,14 @@ WRITES = [
     ("POST", "/api/v1/queries", {"json": {"sql": "SELECT 1"}}),
     ("POST", "/api/v1/queries/dry-run", {"json": {}}),
     ("POST", "/api/v1/queries/{query}/cancel", {}),
+    ("POST", "/api/v1/detections/{rule}/test", {"json": TRIED}),
 ]
-OPERATOR_MAY = {"/api/v1/queries", "/api/v1/queries/dry-run", "/api/v1/queries/{query}/cancel"}
+OPERATOR_MAY = {
+    "/api/v1/queries",
+    "/api/v1/queries/dry-run",
+    "/api/v1/queries/{query}/cancel",
+    "/api/v1/detections/{rule}/test",
+}
 ADMIN_ONLY_READS = ["/api/v1/tokens", "/api/v1/audit"]
 
 
@@ -439,6 +461,7 @@ def write_calls(fleet: Fleet, admin: Api) -> list[tuple[str, str, str, dict]]:
         "secret": "default",
         "token": "root",
         "version": 1,
+        "rule": "given",
     }
     return [(m, t, t.format(**values), kwargs) for m, t, kwargs in WRITES]
 
@@ -487,6 +510,7 @@ def test_a_read_only_token_is_refused_every_change_and_each_refusal_is_audited(
         "AbortRollout",
         "StartQuery",
         "CancelCampaign",
+        "TestDetection",
         "ListTokens",
         "ListAudit",
     } <= methods

@@ -25,6 +25,9 @@ def test_the_api_calls_the_services_over_mutual_tls_as_the_caller(cluster: Quarr
     assert admin.ok("GET", "/api/v1/hosts")["total"] == 0
     started = admin.ok("POST", "/api/v1/queries", 201, json={"sql": "SELECT 1"})
     assert admin.ok("GET", f"/api/v1/queries/{started['campaign_id']}/results")["items"] == []
+    # The detection service too, and the alerts through the log store.
+    assert admin.ok("GET", "/api/v1/detections")["items"] == []
+    assert admin.ok("GET", "/api/v1/alerts")["total"] == 0
     token = admin.ok("POST", "/api/v1/tokens", 201, json={"name": "tls-ro", "role": "read-only"})
     refused = Api(cluster, token["value"]).request("POST", "/api/v1/queries", json={"sql": "x"})
     assert refused.status_code == 403

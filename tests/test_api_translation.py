@@ -6,6 +6,13 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from api_service.detections import (
+    alerts_count_sql,
+    alerts_having,
+    alerts_sql,
+    alerts_where,
+    since_seconds,
+)
 from api_service.errors import ApiError, from_rpc_error
 from api_service.json_messages import iso_time, message_json, parse_time
 from api_service.queries import decode_cursor, encode_cursor, rows_sql
@@ -105,3 +112,27 @@ def test_cursors_round_trip_and_the_rows_query_quotes_every_value() -> None:
     for bad in ("%%", encode_cursor("h", 1)[:-2] + "!!", "W10"):
         with pytest.raises(ApiError):
             decode_cursor(bad)
+
+
+def test_the_alerts_query_quotes_every_filter_and_pages_in_clickhouse() -> None:
+    where = alerts_where("r' --", "high", "h' OR 1=1 --")
+    sql = alerts_sql(where, alerts_having("open"), 10, 20)
+    assert "rule = 'r\\' --'" in sql and "host_identifier = 'h\\' OR 1=1 --'" in sql
+    assert "HAVING argMax(event, received_at) != 'resolved'" in sql
+    assert sql.endswith("LIMIT 20, 10")
+    assert alerts_where("", "", "") == "1" and alerts_having("") == ""
+    assert "'resolved'" in alerts_count_sql(where, alerts_having("resolved"))
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("15m", 900), ("24h", 86400), (" 7d ", 604800)]
+)
+def test_a_test_window_is_a_duration(text: str, seconds: int) -> None:
+    assert since_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0h", "24", "1w", "yesterday", "-1h"])
+def test_a_bad_test_window_is_refused_in_one_line(text: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        since_seconds(text)
+    assert refused.value.status == 400 and "30m, 24h or 7d" in refused.value.message

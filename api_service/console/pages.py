@@ -1,5 +1,5 @@
 """The console's pages: login, hosts, a host, live queries, approvals and enroll secrets,
-config, labels, carves, API tokens, the audit log (docs/console.md).
+config, labels, carves, detections and alerts, API tokens, the audit log (docs/console.md).
 
 Each page is server-rendered from the API's own handlers; changes are POSTed forms that
 redirect (303) to the page showing their outcome. What a role may not do is left out of
@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Match, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from api_service import access, carves, config, hosts, queries
+from api_service import access, carves, config, detections, hosts, queries
 from api_service.backends import call, sql_rows
 from api_service.console.sessions import (
     LOGIN_COOKIE,
@@ -561,6 +561,68 @@ async def carves_page(page: Page) -> Response:
     )
 
 
+# --- detections and alerts -----------------------------------------------------------
+
+ALERT_FILTERS = ("rule", "severity", "state", "host")
+TEST_WINDOW = "24h"
+
+
+async def detections_page(
+    page: Page, tried: dict | None = None, error: str = "", status: int = 200
+) -> Response:
+    listed = await page.api(detections.list_detections, {"limit": MAX_LIMIT})
+    return page.render(
+        "detections.html",
+        status,
+        detections=listed,
+        tried=tried,
+        tried_rule=page.request.path_params.get("rule", ""),
+        error=error,
+        window=TEST_WINDOW,
+    )
+
+
+async def detections_show(page: Page) -> Response:
+    return await detections_page(page)
+
+
+async def test_detection(page: Page, form: dict[str, str]) -> Response:
+    """The rule over the last 24 h, shown on the Detections page (nothing is stored)."""
+    rule = {"rule": page.request.path_params["rule"]}
+    try:
+        tried = await page.api(detections.test_detection, rule, body={"since": TEST_WINDOW})
+    except ApiError as error:
+        return await detections_page(page, error=error.message, status=error.status)
+    return await detections_page(page, tried=tried)
+
+
+async def alerts_page(page: Page) -> Response:
+    given = {name: page.request.query_params.get(name, "").strip() for name in ALERT_FILTERS}
+    offset = page.request.query_params.get("offset", "0")
+    found = await page.api(detections.list_alerts, {**given, "limit": PAGE_SIZE, "offset": offset})
+    next_link = ""
+    if found["next_offset"] is not None:
+        more = {k: v for k, v in given.items() if v}
+        next_link = "/alerts?" + _query({**more, "offset": found["next_offset"]})
+    return page.render(
+        "alerts.html",
+        alerts=found,
+        filters=given,
+        severities=detections.SEVERITIES,
+        states=detections.ALERT_STATES,
+        next_link=next_link,
+    )
+
+
+async def alert_page(page: Page) -> Response:
+    shown = await page.api(detections.show_alert, {"alert": page.request.path_params["alert"]})
+    rows = [row for event in shown["events"] for row in event["rows"]]
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    return page.render(
+        "alert.html", alert=shown["alert"], events=shown["events"], rows=rows, columns=columns
+    )
+
+
 async def download_carve(page: Page) -> Response:
     """The API's streamed download, as this session (a link cannot send a token)."""
     response = await page.api(carves.download_carve, {"carve": page.request.path_params["carve"]})
@@ -628,6 +690,10 @@ def console_routes(console: Console) -> list[BaseRoute]:
         Route("/audit", get(audit_page), methods=["GET"]),
         Route("/carves", get(carves_page), methods=["GET"]),
         Route("/carves/{carve}/download", get(download_carve), methods=["GET"]),
+        Route("/detections", get(detections_show), methods=["GET"]),
+        Route("/detections/{rule}/test", post(test_detection), methods=["POST"]),
+        Route("/alerts", get(alerts_page), methods=["GET"]),
+        Route("/alerts/{alert}", get(alert_page), methods=["GET"]),
         Route("/tokens", get(tokens_show), methods=["GET"]),
         Route("/tokens", post(create_token), methods=["POST"]),
         Route("/tokens/{token}/revoke", post(revoke_token), methods=["POST"]),

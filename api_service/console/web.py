@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from api_service import access, carves, config, hosts, queries
+from api_service import access, carves, config, detections, hosts, queries
 from api_service.backends import Backends
 from api_service.console.sessions import SESSION_COOKIE, Session, SessionStore
 from api_service.errors import ApiError, bad_request
@@ -58,7 +58,9 @@ SECURITY_HEADERS = {
 }
 
 ENDPOINTS: dict[Callable[..., Any], Endpoint] = {
-    e.handler: e for module in (hosts, queries, config, access, carves) for e in module.ENDPOINTS
+    e.handler: e
+    for module in (hosts, queries, config, access, carves, detections)
+    for e in module.ENDPOINTS
 }
 
 
