@@ -377,6 +377,17 @@ def flatten_distributed(
     return flat
 
 
+def query_outcome(record: dict) -> tuple:
+    """How one query went on a host, as osquery's distributed write says: status, message,
+    row count and its stats (the columns both status tables share, ingest_service/schema.py)."""
+    return (
+        as_uint(record.get("status"), UINT32_MAX),
+        as_text(record.get("message")),
+        as_uint(record.get("row_count"), UINT64_MAX),
+        *(as_uint(record.get(stat), UINT64_MAX) for stat in QUERY_STATS),
+    )
+
+
 def flatten_distributed_status(records: list[Any], common: Row, host_identifier: str) -> FlatBatch:
     flat = FlatBatch(DISTRIBUTED_STATUS_TABLE)
     for record in records:
@@ -388,10 +399,7 @@ def flatten_distributed_status(records: list[Any], common: Row, host_identifier:
                 *common,
                 as_text(record.get("campaign_id")),
                 host_identifier,
-                as_uint(record.get("status"), UINT32_MAX),
-                as_text(record.get("message")),
-                as_uint(record.get("row_count"), UINT64_MAX),
-                *(as_uint(record.get(stat), UINT64_MAX) for stat in QUERY_STATS),
+                *query_outcome(record),
             )
         )
     return flat
@@ -431,10 +439,7 @@ def flatten_host_query_status(records: list[Any], common: Row, host_identifier: 
                 host_identifier,
                 common[1],
                 as_uint(record.get("slot"), UINT64_MAX),
-                as_uint(record.get("status"), UINT32_MAX),
-                as_text(record.get("message")),
-                as_uint(record.get("row_count"), UINT64_MAX),
-                *(as_uint(record.get(stat), UINT64_MAX) for stat in QUERY_STATS),
+                *query_outcome(record),
             )
         )
     return flat

@@ -105,6 +105,17 @@ INGEST_COLUMNS = (
 # When ClickHouse wrote the row; retention (TTL) counts from here, so a batch whose
 # received_at is old (replayed from a spool, or a test's fixed clock) is still kept N days.
 STORED_AT = Column("stored_at", "DateTime", default="now()")
+# How one query went on one host (a distributed write's status and stats): the columns of
+# distributed_status and host_query_status. status is osquery's code: 0 when the query ran.
+QUERY_OUTCOME_COLUMNS = (
+    Column("status", "UInt32"),
+    Column("message", "String"),
+    Column("row_count", "UInt64"),
+    Column("wall_time_ms", "UInt64"),
+    Column("user_time", "UInt64"),
+    Column("system_time", "UInt64"),
+    Column("memory", "UInt64"),
+)
 
 
 @dataclass(frozen=True)
@@ -189,14 +200,7 @@ DISTRIBUTED_STATUS = Table(
     (
         Column("campaign_id", "String"),
         Column("host_identifier", "String"),
-        # osquery's status code: 0 when the query ran, otherwise its error.
-        Column("status", "UInt32"),
-        Column("message", "String"),
-        Column("row_count", "UInt64"),
-        Column("wall_time_ms", "UInt64"),
-        Column("user_time", "UInt64"),
-        Column("system_time", "UInt64"),
-        Column("memory", "UInt64"),
+        *QUERY_OUTCOME_COLUMNS,
         *INGEST_COLUMNS,
         STORED_AT,
     ),
@@ -271,13 +275,7 @@ HOST_QUERY_STATUS = Table(
         Column("collected_at", "DateTime"),
         # The cadence period answered (osquery_config/host_queries.py).
         Column("slot", "UInt64"),
-        Column("status", "UInt32"),
-        Column("message", "String"),
-        Column("row_count", "UInt64"),
-        Column("wall_time_ms", "UInt64"),
-        Column("user_time", "UInt64"),
-        Column("system_time", "UInt64"),
-        Column("memory", "UInt64"),
+        *QUERY_OUTCOME_COLUMNS,
         *INGEST_COLUMNS,
         STORED_AT,
     ),
