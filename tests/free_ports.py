@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import random
 import socket
 from pathlib import Path
@@ -11,7 +12,6 @@ from quarry.runtime.settings import PORT_OFFSETS
 # Every port one base uses: the service ports, and the metrics ports above them.
 PORT_SPAN = max(PORT_OFFSETS.values()) + 10
 LOWEST_BASE = 10_000
-HIGHEST_PORT = 65_535
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
@@ -24,22 +24,28 @@ def ephemeral_ports() -> tuple[int, int]:
     return low, high
 
 
-def candidate_bases() -> list[range]:
-    """Bases whose whole span lies outside the ephemeral range: a port in it may be taken by
+def candidate_bases() -> range:
+    """Bases whose whole span lies below the ephemeral range: a port in it may be taken by
     any outgoing connection (a test's own clients included) between the check that it is
     free and the moment a service binds it."""
-    low, high = ephemeral_ports()
-    below = range(LOWEST_BASE, low - PORT_SPAN)
-    above = range(high + 1, HIGHEST_PORT - PORT_SPAN)
-    return [span for span in (below, above) if len(span) > 0]
+    low, _ = ephemeral_ports()
+    return range(LOWEST_BASE, low - PORT_SPAN)
+
+
+# Bases handed out lately: a test that starts two clusters asks for both bases before
+# either binds its ports, so the second must not overlap the first's span.
+_recent: collections.deque[int] = collections.deque(maxlen=64)
 
 
 def free_port_base() -> int:
     """A base port whose whole span is free on loopback right now."""
-    spans = candidate_bases()
+    bases = candidate_bases()
     for _ in range(200):
-        base = random.choice(random.choice(spans))
+        base = random.choice(bases)
+        if any(abs(base - other) < PORT_SPAN for other in _recent):
+            continue
         if all(port_is_free(base + offset) for offset in range(PORT_SPAN)):
+            _recent.append(base)
             return base
     raise RuntimeError("no free port range found")
 
